@@ -137,7 +137,9 @@ fn every_vector_encodes_and_decodes_exactly() {
         let msg = message(command, &v["fields"]);
         assert_eq!(msg.id() as u64, v["id"].as_u64().unwrap(), "{name}: id");
         assert_eq!(msg.name(), command, "{name}: name");
-        let got = msg.encode().unwrap_or_else(|e| panic!("{name}: encode: {e}"));
+        let got = msg
+            .encode()
+            .unwrap_or_else(|e| panic!("{name}: encode: {e}"));
         assert_eq!(
             got.iter().map(hex::encode).collect::<Vec<_>>(),
             want.iter().map(hex::encode).collect::<Vec<_>>(),

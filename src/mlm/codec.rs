@@ -701,7 +701,10 @@ impl fmt::Display for Message {
                 sender,
                 subject,
                 ..
-            } => write!(f, " stream={address:?} sender={sender:?} subject={subject:?}")?,
+            } => write!(
+                f,
+                " stream={address:?} sender={sender:?} subject={subject:?}"
+            )?,
             Message::MailboxSend {
                 address, subject, ..
             }
@@ -719,7 +722,10 @@ impl fmt::Display for Message {
                 address,
                 subject,
                 ..
-            } => write!(f, " sender={sender:?} address={address:?} subject={subject:?}")?,
+            } => write!(
+                f,
+                " sender={sender:?} address={address:?} subject={subject:?}"
+            )?,
             Message::ServiceOffer { address, pattern } => {
                 write!(f, " address={address:?} pattern={pattern:?}")?
             }
@@ -727,9 +733,11 @@ impl fmt::Display for Message {
                 write!(f, " {} {:?}", status.code, status.reason)?
             }
             Message::Credit { amount } => write!(f, " amount={amount}")?,
-            Message::Confirm { tracker, status } => {
-                write!(f, " tracker={tracker:?} {} {:?}", status.code, status.reason)?
-            }
+            Message::Confirm { tracker, status } => write!(
+                f,
+                " tracker={tracker:?} {} {:?}",
+                status.code, status.reason
+            )?,
             Message::ConnectionPing | Message::ConnectionPong | Message::ConnectionClose => {}
         }
         let content = self.content();

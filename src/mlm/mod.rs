@@ -1,6 +1,11 @@
 //! The Malamute protocol (MLM): a pure codec ([`codec`]) and a blocking client
 //! ([`client`]) that moves its frames over one ZeroMQ DEALER socket.
 
+pub mod client;
 pub mod codec;
 
+pub use client::{
+    AckToken, Client, ClientError, ClientOptions, ConnState, Credentials, Delivery, DeliveryKind,
+    Wait,
+};
 pub use codec::{Content, DecodeError, EncodeError, Message, Status};

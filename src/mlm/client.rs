@@ -1,0 +1,1027 @@
+//! A blocking MLM client with the capabilities of libmlm's `mlm_client`.
+//!
+//! One [`Client`] owns one ZeroMQ DEALER socket (and the PAIR socket that
+//! monitors it); all its methods run on the caller's thread. It opens the
+//! connection under an address, registers offers, consumers and a producer
+//! stream, sends the three kinds of message and receives deliveries.
+//!
+//! Staying connected is the client's job, as in libmlm:
+//! - it pings every [`ClientOptions::heartbeat`] while it waits;
+//! - a broker silent for [`ClientOptions::timeout`] is reported as gone
+//!   ([`ConnState::Lost`]) and the client keeps trying;
+//! - a broker that answers ERROR 500 (it restarted, or expired us), or a
+//!   transport that reconnects after a disconnect, makes the client send
+//!   CONNECTION OPEN again under the same address and replay its offers,
+//!   consumers and producer.
+//!
+//! Messages sent while the broker is away are kept in a bounded outbox and
+//! written after the connection is open again; the socket uses
+//! `ZMQ_IMMEDIATE` so nothing is queued towards a broker that is not there
+//! (it would reach a restarted broker before our CONNECTION OPEN and be
+//! refused).
+//!
+//! With the project's own broker (it says `ack/1` in the OK to CONNECTION
+//! OPEN) a client built with [`ClientOptions::credit`] acknowledges each
+//! service request with CONFIRM, which lets the broker redeliver the
+//! requests of a worker that dies. Against the reference broker nothing of
+//! this is sent (it drops clients that send CONFIRM). See
+//! `docs/PROTOCOL-NOTES.md`.
+
+use std::collections::VecDeque;
+use std::os::unix::io::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::codec::{status, Content, DecodeError, EncodeError, Message, Status};
+
+/// The reason text by which a broker advertises acknowledged delivery.
+pub const ACK_CAPABILITY: &str = "ack/1";
+
+/// PLAIN credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// User name.
+    pub username: String,
+    /// Password.
+    pub password: String,
+}
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Broker endpoint, e.g. `tcp://127.0.0.1:9999`.
+    pub endpoint: String,
+    /// Our address (mailbox name); empty for an anonymous client.
+    pub address: String,
+    /// How long to wait for the broker to accept the connection and answer
+    /// a command, and how long a silent broker is given before it is
+    /// reported as gone.
+    pub timeout: Duration,
+    /// Ping interval (libmlm pings every second).
+    pub heartbeat: Duration,
+    /// PLAIN credentials, or NULL security when `None`.
+    pub plain: Option<Credentials>,
+    /// Ask for acknowledged service delivery with this window, when the
+    /// broker supports it. `None`: plain push delivery.
+    pub credit: Option<u16>,
+    /// How many messages are kept while the broker is away.
+    pub outbox_limit: usize,
+}
+
+impl ClientOptions {
+    /// Options with the defaults: 5 s timeout, 1 s heartbeat, NULL security,
+    /// push delivery, 10,000 messages of outbox.
+    pub fn new(endpoint: impl Into<String>, address: impl Into<String>) -> Self {
+        ClientOptions {
+            endpoint: endpoint.into(),
+            address: address.into(),
+            timeout: Duration::from_secs(5),
+            heartbeat: Duration::from_secs(1),
+            plain: None,
+            credit: None,
+            outbox_limit: 10_000,
+        }
+    }
+}
+
+/// Errors of the client. Connection failures are told apart so that a
+/// program can say exactly what went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The endpoint string is not one ZeroMQ can connect to.
+    #[error("bad broker endpoint {endpoint:?}: {reason}")]
+    Endpoint {
+        /// The endpoint given.
+        endpoint: String,
+        /// What ZeroMQ said.
+        reason: zmq::Error,
+    },
+    /// Nothing accepted the connection (refused, or no route) in time.
+    #[error("broker at {endpoint} unreachable: connection refused or no answer within {waited:?}")]
+    Unreachable {
+        /// The endpoint.
+        endpoint: String,
+        /// How long we tried.
+        waited: Duration,
+    },
+    /// The broker refused our PLAIN credentials (or asked for them).
+    #[error("broker at {endpoint} refused authentication")]
+    AuthFailed {
+        /// The endpoint.
+        endpoint: String,
+    },
+    /// The transport handshake failed otherwise (e.g. security mismatch).
+    #[error("handshake with broker at {endpoint} failed (security mechanism mismatch?)")]
+    Handshake {
+        /// The endpoint.
+        endpoint: String,
+    },
+    /// The broker accepted the connection but did not answer in time.
+    #[error("broker did not answer {what} within {waited:?}")]
+    Timeout {
+        /// The command we waited on.
+        what: &'static str,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// The broker answered a command with ERROR.
+    #[error("broker refused {what}: {} {}", status.code, status.reason)]
+    Refused {
+        /// The command refused.
+        what: &'static str,
+        /// The broker's status.
+        status: Status,
+    },
+    /// The outbox is full while the broker is away; the message was dropped.
+    #[error("broker unavailable and outbox full ({0} messages): message dropped")]
+    OutboxFull(usize),
+    /// A field could not be encoded (string over 255 bytes).
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// A ZeroMQ call failed.
+    #[error("zeromq: {0}")]
+    Zmq(#[from] zmq::Error),
+}
+
+/// What kind of delivery a [`Delivery`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryKind {
+    /// STREAM DELIVER.
+    Stream,
+    /// MAILBOX DELIVER.
+    Mailbox,
+    /// SERVICE DELIVER.
+    Service,
+}
+
+/// Identifies a service delivery for [`Client::confirm`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckToken {
+    epoch: u64,
+    seq: u64,
+}
+
+/// A message the broker delivered to us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Stream, mailbox or service.
+    pub kind: DeliveryKind,
+    /// Who sent it.
+    pub sender: String,
+    /// The stream, mailbox or service it was sent to.
+    pub address: String,
+    /// Its subject.
+    pub subject: String,
+    /// Its tracker (empty for streams).
+    pub tracker: String,
+    /// All content frames.
+    pub content: Content,
+    /// Set for service requests the broker expects us to confirm.
+    pub ack: Option<AckToken>,
+}
+
+/// The client's view of the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    /// Connection open and the broker answering.
+    Connected,
+    /// CONNECTION OPEN sent again, waiting for OK.
+    Opening,
+    /// Broker disconnected or silent past the timeout; still trying.
+    Lost,
+}
+
+/// What [`Client::wait`] saw.
+#[derive(Debug)]
+pub enum Wait {
+    /// A delivery.
+    Delivery(Delivery),
+    /// The extra file descriptor became readable.
+    Woken,
+    /// Nothing before the timeout.
+    Timeout,
+}
+
+/// Counters for logs and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// Times the connection was opened again after the first.
+    pub reopens: u64,
+    /// Frames from the broker that did not decode (ignored).
+    pub malformed: u64,
+    /// Messages dropped because the outbox was full.
+    pub dropped: u64,
+}
+
+static MONITOR_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A blocking Malamute client. See the module documentation.
+pub struct Client {
+    _ctx: zmq::Context,
+    socket: zmq::Socket,
+    monitor: zmq::Socket,
+    opts: ClientOptions,
+    state: ConnState,
+    transport_up: bool,
+    acks: bool,
+    epoch: u64,
+    seq: u64,
+    offers: Vec<(String, String)>,
+    consumers: Vec<(String, String)>,
+    producer: Option<String>,
+    inbox: VecDeque<Delivery>,
+    replies: VecDeque<Message>,
+    pending_replay: usize,
+    outbox: VecDeque<Message>,
+    last_heard: Instant,
+    last_ping: Instant,
+    last_error: Option<Status>,
+    opening_since: Instant,
+    stats: ClientStats,
+    closed: bool,
+}
+
+impl Client {
+    /// Connects with a context of its own. See [`Client::connect_in`].
+    pub fn connect(opts: ClientOptions) -> Result<Client, ClientError> {
+        Client::connect_in(&zmq::Context::new(), opts)
+    }
+
+    /// Connects to `opts.endpoint` and opens the connection under
+    /// `opts.address`, waiting at most `opts.timeout` for the broker's OK.
+    pub fn connect_in(ctx: &zmq::Context, opts: ClientOptions) -> Result<Client, ClientError> {
+        let socket = ctx.socket(zmq::DEALER)?;
+        socket.set_immediate(true)?;
+        socket.set_linger(1000)?;
+        socket.set_reconnect_ivl(100)?;
+        socket.set_reconnect_ivl_max(1000)?;
+        // Transport heartbeats make a dead TCP peer show up as a disconnect
+        // even when no RST ever arrives.
+        let hb = opts.heartbeat.as_millis().clamp(100, 10_000) as i32;
+        socket.set_heartbeat_ivl(hb)?;
+        socket.set_heartbeat_timeout(hb * 3)?;
+        if let Some(c) = &opts.plain {
+            socket.set_plain_username(Some(&c.username))?;
+            socket.set_plain_password(Some(&c.password))?;
+        }
+        let mon_ep = format!(
+            "inproc://alaska-client-monitor-{}-{}",
+            std::process::id(),
+            MONITOR_SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        socket.monitor(&mon_ep, zmq::SocketEvent::ALL as i32)?;
+        let monitor = ctx.socket(zmq::PAIR)?;
+        monitor.connect(&mon_ep)?;
+        socket
+            .connect(&opts.endpoint)
+            .map_err(|reason| ClientError::Endpoint {
+                endpoint: opts.endpoint.clone(),
+                reason,
+            })?;
+        let now = Instant::now();
+        let mut client = Client {
+            _ctx: ctx.clone(),
+            socket,
+            monitor,
+            opts,
+            state: ConnState::Lost,
+            transport_up: false,
+            acks: false,
+            epoch: 0,
+            seq: 0,
+            offers: Vec::new(),
+            consumers: Vec::new(),
+            producer: None,
+            inbox: VecDeque::new(),
+            replies: VecDeque::new(),
+            pending_replay: 0,
+            outbox: VecDeque::new(),
+            last_heard: now,
+            last_ping: now,
+            last_error: None,
+            opening_since: now,
+            stats: ClientStats::default(),
+            closed: false,
+        };
+        client.first_open()?;
+        Ok(client)
+    }
+
+    fn first_open(&mut self) -> Result<(), ClientError> {
+        let deadline = Instant::now() + self.opts.timeout;
+        // Wait for the transport handshake so that a refused connection, a
+        // failed authentication and a silent broker are told apart.
+        while !self.transport_up {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ClientError::Unreachable {
+                    endpoint: self.opts.endpoint.clone(),
+                    waited: self.opts.timeout,
+                });
+            }
+            if self.monitor.poll(zmq::POLLIN, ms(left))? > 0 {
+                while let Some(ev) = self.next_event()? {
+                    match ev {
+                        EV_HANDSHAKE_SUCCEEDED => self.transport_up = true,
+                        EV_HANDSHAKE_FAILED_AUTH => {
+                            return Err(ClientError::AuthFailed {
+                                endpoint: self.opts.endpoint.clone(),
+                            })
+                        }
+                        EV_HANDSHAKE_FAILED_PROTOCOL | EV_HANDSHAKE_FAILED_NO_DETAIL => {
+                            // A PLAIN client talking to a NULL broker (or
+                            // the reverse) ends up here; so does a ZAP
+                            // refusal on some libzmq versions.
+                            if self.opts.plain.is_some() {
+                                return Err(ClientError::AuthFailed {
+                                    endpoint: self.opts.endpoint.clone(),
+                                });
+                            }
+                            return Err(ClientError::Handshake {
+                                endpoint: self.opts.endpoint.clone(),
+                            });
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        self.send_open()?;
+        let msg = self.await_reply("CONNECTION_OPEN", deadline)?;
+        match msg {
+            Message::Ok { status } => {
+                self.opened(&status);
+                Ok(())
+            }
+            Message::Error { status } => Err(ClientError::Refused {
+                what: "CONNECTION_OPEN",
+                status,
+            }),
+            _ => unreachable_reply(),
+        }
+    }
+
+    /// Our address.
+    pub fn address(&self) -> &str {
+        &self.opts.address
+    }
+
+    /// The endpoint we connect to.
+    pub fn endpoint(&self) -> &str {
+        &self.opts.endpoint
+    }
+
+    /// The client's view of the broker right now.
+    pub fn state(&self) -> ConnState {
+        self.state
+    }
+
+    /// Whether service deliveries must be confirmed (the broker supports
+    /// acknowledgements and we asked for them).
+    pub fn acks_enabled(&self) -> bool {
+        self.acks
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ClientStats {
+        self.stats
+    }
+
+    /// Messages waiting in the outbox for the broker to come back.
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// The last ERROR the broker sent that no call was waiting for.
+    pub fn take_last_error(&mut self) -> Option<Status> {
+        self.last_error.take()
+    }
+
+    /// Offers the service `address` for subjects matching `pattern`
+    /// (SERVICE OFFER); waits for the broker's OK. Replayed on reconnect.
+    pub fn set_worker(&mut self, address: &str, pattern: &str) -> Result<(), ClientError> {
+        let m = Message::ServiceOffer {
+            address: address.into(),
+            pattern: pattern.into(),
+        };
+        self.command(&m)?;
+        self.offers.push((address.into(), pattern.into()));
+        Ok(())
+    }
+
+    /// Reads `stream` for subjects matching `pattern` (STREAM READ); waits
+    /// for the broker's OK. Replayed on reconnect.
+    pub fn set_consumer(&mut self, stream: &str, pattern: &str) -> Result<(), ClientError> {
+        let m = Message::StreamRead {
+            stream: stream.into(),
+            pattern: pattern.into(),
+        };
+        self.command(&m)?;
+        self.consumers.push((stream.into(), pattern.into()));
+        Ok(())
+    }
+
+    /// Publishes on `stream` from now on (STREAM WRITE); waits for the OK.
+    /// Replayed on reconnect.
+    pub fn set_producer(&mut self, stream: &str) -> Result<(), ClientError> {
+        let m = Message::StreamWrite {
+            stream: stream.into(),
+        };
+        self.command(&m)?;
+        self.producer = Some(stream.into());
+        Ok(())
+    }
+
+    /// STREAM SEND on the current producer stream.
+    pub fn send(&mut self, subject: &str, content: Content) -> Result<(), ClientError> {
+        self.post(Message::StreamSend {
+            subject: subject.into(),
+            content,
+        })
+    }
+
+    /// MAILBOX SEND to `address`.
+    pub fn sendto(
+        &mut self,
+        address: &str,
+        subject: &str,
+        tracker: &str,
+        timeout_ms: u32,
+        content: Content,
+    ) -> Result<(), ClientError> {
+        self.post(Message::MailboxSend {
+            address: address.into(),
+            subject: subject.into(),
+            tracker: tracker.into(),
+            timeout: timeout_ms,
+            content,
+        })
+    }
+
+    /// SERVICE SEND to the service `address`.
+    pub fn sendfor(
+        &mut self,
+        address: &str,
+        subject: &str,
+        tracker: &str,
+        timeout_ms: u32,
+        content: Content,
+    ) -> Result<(), ClientError> {
+        self.post(Message::ServiceSend {
+            address: address.into(),
+            subject: subject.into(),
+            tracker: tracker.into(),
+            timeout: timeout_ms,
+            content,
+        })
+    }
+
+    /// Confirms a service delivery (acknowledged mode only). A token from
+    /// before a reconnect is ignored: the broker has requeued that request.
+    pub fn confirm(&mut self, token: AckToken) -> Result<(), ClientError> {
+        if !self.acks || token.epoch != self.epoch || self.state != ConnState::Connected {
+            return Ok(());
+        }
+        self.post(Message::Confirm {
+            tracker: token.seq.to_string(),
+            status: Status::new(status::SUCCESS, ""),
+        })
+    }
+
+    /// Sends any command as it is. Sends of STREAM, MAILBOX and SERVICE
+    /// messages should use the typed methods; this is for tools and tests.
+    pub fn post(&mut self, msg: Message) -> Result<(), ClientError> {
+        // Encode now so that a bad field is the caller's error, not a
+        // surprise when the outbox is flushed.
+        msg.encode_header()?;
+        if self.state == ConnState::Connected && self.outbox.is_empty() {
+            match self.write(&msg) {
+                Ok(()) => return Ok(()),
+                Err(ClientError::Zmq(zmq::Error::EAGAIN)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.queue(msg)
+    }
+
+    fn queue(&mut self, msg: Message) -> Result<(), ClientError> {
+        if self.outbox.len() >= self.opts.outbox_limit {
+            self.stats.dropped += 1;
+            tracing::warn!(
+                limit = self.opts.outbox_limit,
+                "broker unavailable and outbox full: dropping {msg}"
+            );
+            return Err(ClientError::OutboxFull(self.opts.outbox_limit));
+        }
+        self.outbox.push_back(msg);
+        Ok(())
+    }
+
+    /// Waits at most `timeout` for a delivery.
+    pub fn recv(&mut self, timeout: Duration) -> Result<Option<Delivery>, ClientError> {
+        match self.wait(None, timeout)? {
+            Wait::Delivery(d) => Ok(Some(d)),
+            Wait::Woken | Wait::Timeout => Ok(None),
+        }
+    }
+
+    /// Waits at most `timeout` for a delivery or for `wake_fd` to become
+    /// readable (the caller drains it), keeping the connection alive
+    /// meanwhile. This is how a thread that owns the client also listens
+    /// to other threads.
+    pub fn wait(&mut self, wake_fd: Option<RawFd>, timeout: Duration) -> Result<Wait, ClientError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(d) = self.inbox.pop_front() {
+                return Ok(Wait::Delivery(d));
+            }
+            let now = Instant::now();
+            self.tick(now)?;
+            let until = deadline.min(self.next_timer());
+            let left = until.saturating_duration_since(now);
+            let (sock_in, mon_in, woken) = {
+                let mut items = [
+                    self.socket.as_poll_item(zmq::POLLIN),
+                    self.monitor.as_poll_item(zmq::POLLIN),
+                    zmq::PollItem::from_fd(wake_fd.unwrap_or(-1), zmq::POLLIN),
+                ];
+                let n = if wake_fd.is_some() { 3 } else { 2 };
+                zmq::poll(&mut items[..n], ms(left))?;
+                (
+                    items[0].is_readable(),
+                    items[1].is_readable(),
+                    n == 3 && items[2].is_readable(),
+                )
+            };
+            if mon_in {
+                self.drain_monitor()?;
+            }
+            if sock_in {
+                self.drain_socket()?;
+            }
+            if let Some(d) = self.inbox.pop_front() {
+                return Ok(Wait::Delivery(d));
+            }
+            if woken {
+                return Ok(Wait::Woken);
+            }
+            if Instant::now() >= deadline {
+                return Ok(Wait::Timeout);
+            }
+        }
+    }
+
+    /// Says goodbye (CONNECTION CLOSE) and waits briefly for the OK.
+    pub fn close(mut self) -> Result<(), ClientError> {
+        self.say_goodbye()
+    }
+
+    /// Drops the connection without CONNECTION CLOSE and without sending
+    /// what is queued, as a crashed process would. For tests and tools.
+    pub fn abort(mut self) {
+        self.closed = true;
+        let _ = self.socket.set_linger(0);
+    }
+
+    fn say_goodbye(&mut self) -> Result<(), ClientError> {
+        if self.closed {
+            return Ok(());
+        }
+        self.closed = true;
+        if self.state != ConnState::Connected {
+            return Ok(());
+        }
+        // Whatever is still queued goes out before the goodbye.
+        self.flush()?;
+        self.write(&Message::ConnectionClose)?;
+        let deadline = Instant::now() + self.opts.timeout.min(Duration::from_secs(1));
+        let _ = self.await_reply("CONNECTION_CLOSE", deadline);
+        Ok(())
+    }
+
+    // ----- internals -------------------------------------------------
+
+    fn write(&mut self, msg: &Message) -> Result<(), ClientError> {
+        let header = msg.encode_header()?;
+        let content = msg.content();
+        if content.is_empty() {
+            self.socket.send(header, zmq::DONTWAIT)?;
+        } else {
+            self.socket.send(header, zmq::DONTWAIT | zmq::SNDMORE)?;
+            let last = content.len() - 1;
+            for (i, frame) in content.iter().enumerate() {
+                let flags = if i == last { 0 } else { zmq::SNDMORE };
+                // Once the first frame is in, the rest go in atomically.
+                self.socket.send(&frame[..], flags)?;
+            }
+        }
+        self.last_ping = Instant::now();
+        Ok(())
+    }
+
+    fn send_open(&mut self) -> Result<(), ClientError> {
+        self.state = ConnState::Opening;
+        self.opening_since = Instant::now();
+        self.acks = false;
+        self.epoch += 1;
+        self.seq = 0;
+        self.pending_replay = 0;
+        self.replies.clear();
+        let open = Message::ConnectionOpen {
+            address: self.opts.address.clone(),
+        };
+        match self.write(&open) {
+            Ok(()) | Err(ClientError::Zmq(zmq::Error::EAGAIN)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The broker said OK to CONNECTION OPEN: replay, then flush.
+    fn opened(&mut self, status: &Status) {
+        self.state = ConnState::Connected;
+        self.last_heard = Instant::now();
+        let advertised = status
+            .reason
+            .split_whitespace()
+            .any(|w| w == ACK_CAPABILITY);
+        let mut replay: Vec<Message> = Vec::new();
+        if let Some(stream) = &self.producer {
+            replay.push(Message::StreamWrite {
+                stream: stream.clone(),
+            });
+        }
+        for (stream, pattern) in &self.consumers {
+            replay.push(Message::StreamRead {
+                stream: stream.clone(),
+                pattern: pattern.clone(),
+            });
+        }
+        for (address, pattern) in &self.offers {
+            replay.push(Message::ServiceOffer {
+                address: address.clone(),
+                pattern: pattern.clone(),
+            });
+        }
+        self.pending_replay = replay.len();
+        for m in &replay {
+            if let Err(e) = self.write(m) {
+                tracing::warn!("replaying {m} failed: {e}");
+                self.pending_replay -= 1;
+            }
+        }
+        if let (true, Some(credit)) = (advertised, self.opts.credit) {
+            if self.write(&Message::Credit { amount: credit }).is_ok() {
+                self.acks = true;
+            }
+        }
+        if let Err(e) = self.flush() {
+            tracing::warn!("flushing outbox failed: {e}");
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), ClientError> {
+        while self.state == ConnState::Connected {
+            let Some(msg) = self.outbox.pop_front() else {
+                break;
+            };
+            match self.write(&msg) {
+                Ok(()) => {}
+                Err(ClientError::Zmq(zmq::Error::EAGAIN)) => {
+                    self.outbox.push_front(msg);
+                    break;
+                }
+                Err(e) => {
+                    self.outbox.push_front(msg);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a registration command and waits for its OK.
+    fn command(&mut self, msg: &Message) -> Result<(), ClientError> {
+        let what = msg.name();
+        let deadline = Instant::now() + self.opts.timeout;
+        // A registration made while the broker is away is simply recorded
+        // and replayed; waiting here would block the caller for nothing.
+        if self.state != ConnState::Connected {
+            msg.encode_header()?;
+            return Ok(());
+        }
+        self.write(msg)?;
+        match self.await_reply(what, deadline)? {
+            Message::Ok { .. } => Ok(()),
+            Message::Error { status } => Err(ClientError::Refused { what, status }),
+            _ => unreachable_reply(),
+        }
+    }
+
+    /// Waits for the next OK or ERROR meant for a synchronous call,
+    /// buffering deliveries that arrive meanwhile.
+    fn await_reply(
+        &mut self,
+        what: &'static str,
+        deadline: Instant,
+    ) -> Result<Message, ClientError> {
+        loop {
+            if let Some(m) = self.replies.pop_front() {
+                return Ok(m);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ClientError::Timeout {
+                    what,
+                    waited: self.opts.timeout,
+                });
+            }
+            let left = deadline.saturating_duration_since(now);
+            let (sock_in, mon_in) = {
+                let mut items = [
+                    self.socket.as_poll_item(zmq::POLLIN),
+                    self.monitor.as_poll_item(zmq::POLLIN),
+                ];
+                zmq::poll(&mut items, ms(left))?;
+                (items[0].is_readable(), items[1].is_readable())
+            };
+            if mon_in {
+                self.drain_monitor()?;
+            }
+            if sock_in {
+                self.drain_socket_for_reply(what == "CONNECTION_OPEN" && self.epoch == 1)?;
+            }
+        }
+    }
+
+    /// `first_open`: the reply is the one to our very first CONNECTION OPEN.
+    /// Otherwise an OK that belongs to a reopen or a replay is handled as
+    /// such, not taken for the answer the caller waits for.
+    fn drain_socket_for_reply(&mut self, first_open: bool) -> Result<(), ClientError> {
+        while let Some(msg) = self.read()? {
+            let for_caller = matches!(msg, Message::Ok { .. } | Message::Error { .. })
+                && (first_open || (self.state == ConnState::Connected && self.pending_replay == 0));
+            if for_caller {
+                self.replies.push_back(msg);
+            } else {
+                self.handle(msg)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one message if one is waiting. Malformed frames are counted,
+    /// logged and skipped: a bad frame from the broker must not stop us.
+    fn read(&mut self) -> Result<Option<Message>, ClientError> {
+        loop {
+            let frames = match self.socket.recv_multipart(zmq::DONTWAIT) {
+                Ok(f) => f,
+                Err(zmq::Error::EAGAIN) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            self.last_heard = Instant::now();
+            match Message::decode_owned(frames) {
+                Ok(m) => return Ok(Some(m)),
+                Err(e) => self.malformed(e),
+            }
+        }
+    }
+
+    fn malformed(&mut self, e: DecodeError) {
+        self.stats.malformed += 1;
+        tracing::warn!("ignoring malformed message from broker: {e}");
+    }
+
+    fn drain_socket(&mut self) -> Result<(), ClientError> {
+        while let Some(msg) = self.read()? {
+            self.handle(msg)?;
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, msg: Message) -> Result<(), ClientError> {
+        let forgot_us =
+            matches!(&msg, Message::Error { status } if status.code == status::COMMAND_INVALID);
+        if self.state == ConnState::Lost && !forgot_us {
+            tracing::info!("broker {} answers again", self.opts.endpoint);
+            self.state = ConnState::Connected;
+            self.flush()?;
+        }
+        match msg {
+            Message::StreamDeliver {
+                address,
+                sender,
+                subject,
+                content,
+            } => self.inbox.push_back(Delivery {
+                kind: DeliveryKind::Stream,
+                sender,
+                address,
+                subject,
+                tracker: String::new(),
+                content,
+                ack: None,
+            }),
+            Message::MailboxDeliver {
+                sender,
+                address,
+                subject,
+                tracker,
+                content,
+            } => self.inbox.push_back(Delivery {
+                kind: DeliveryKind::Mailbox,
+                sender,
+                address,
+                subject,
+                tracker,
+                content,
+                ack: None,
+            }),
+            Message::ServiceDeliver {
+                sender,
+                address,
+                subject,
+                tracker,
+                content,
+            } => {
+                let ack = if self.acks {
+                    self.seq += 1;
+                    Some(AckToken {
+                        epoch: self.epoch,
+                        seq: self.seq,
+                    })
+                } else {
+                    None
+                };
+                self.inbox.push_back(Delivery {
+                    kind: DeliveryKind::Service,
+                    sender,
+                    address,
+                    subject,
+                    tracker,
+                    content,
+                    ack,
+                })
+            }
+            Message::ConnectionPong => {}
+            Message::Ok { status } => {
+                if self.state == ConnState::Opening {
+                    self.opened(&status);
+                } else if self.pending_replay > 0 {
+                    self.pending_replay -= 1;
+                }
+            }
+            Message::Error { status } => {
+                if self.state == ConnState::Opening {
+                    tracing::warn!(
+                        "broker refused CONNECTION OPEN: {} {}; will retry",
+                        status.code,
+                        status.reason
+                    );
+                    self.state = ConnState::Lost;
+                } else if status.code == status::COMMAND_INVALID {
+                    // The broker no longer knows us: it restarted or
+                    // expired us. Open again and replay, as libmlm does.
+                    tracing::info!(
+                        "broker {} forgot us ({}); opening the connection again",
+                        self.opts.endpoint,
+                        status.reason
+                    );
+                    self.reopen()?;
+                } else if self.pending_replay > 0 {
+                    self.pending_replay -= 1;
+                    tracing::warn!(
+                        "broker refused a replayed registration: {} {}",
+                        status.code,
+                        status.reason
+                    );
+                } else {
+                    tracing::warn!("broker error: {} {}", status.code, status.reason);
+                    self.last_error = Some(status);
+                }
+            }
+            other => {
+                tracing::warn!("ignoring unexpected {} from broker", other.name());
+            }
+        }
+        Ok(())
+    }
+
+    fn reopen(&mut self) -> Result<(), ClientError> {
+        self.stats.reopens += 1;
+        self.send_open()
+    }
+
+    fn next_timer(&self) -> Instant {
+        let ping = self.last_ping + self.opts.heartbeat;
+        let silence = self.last_heard + self.opts.timeout;
+        match self.state {
+            ConnState::Lost => ping,
+            ConnState::Opening => self.opening_since + self.opts.timeout,
+            ConnState::Connected => ping.min(silence),
+        }
+    }
+
+    /// Heartbeat and silence detection.
+    fn tick(&mut self, now: Instant) -> Result<(), ClientError> {
+        if self.state != ConnState::Lost && now >= self.last_heard + self.opts.timeout {
+            tracing::warn!(
+                "broker {} silent for {:?}: reporting it gone, still trying",
+                self.opts.endpoint,
+                self.opts.timeout
+            );
+            self.state = ConnState::Lost;
+        }
+        if self.state == ConnState::Opening && now >= self.opening_since + self.opts.timeout {
+            // Our OPEN was lost (with a dying connection, say): start over.
+            // Not sooner: a second OPEN resets the broker's delivery count.
+            self.reopen()?;
+        } else if self.state != ConnState::Opening && now >= self.last_ping + self.opts.heartbeat {
+            self.last_ping = now;
+            if self.transport_up {
+                match self.write(&Message::ConnectionPing) {
+                    Ok(()) | Err(ClientError::Zmq(zmq::Error::EAGAIN)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if self.state == ConnState::Connected && !self.outbox.is_empty() {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn next_event(&mut self) -> Result<Option<u16>, ClientError> {
+        let frames = match self.monitor.recv_multipart(zmq::DONTWAIT) {
+            Ok(f) => f,
+            Err(zmq::Error::EAGAIN) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(frames
+            .first()
+            .filter(|f| f.len() >= 2)
+            .map(|f| u16::from_le_bytes([f[0], f[1]])))
+    }
+
+    fn drain_monitor(&mut self) -> Result<(), ClientError> {
+        while let Some(ev) = self.next_event()? {
+            match ev {
+                EV_DISCONNECTED => {
+                    if self.transport_up {
+                        tracing::warn!("lost connection to broker {}", self.opts.endpoint);
+                    }
+                    self.transport_up = false;
+                    if self.state != ConnState::Lost {
+                        self.state = ConnState::Lost;
+                    }
+                }
+                EV_HANDSHAKE_SUCCEEDED => {
+                    let was_up = self.transport_up;
+                    self.transport_up = true;
+                    if !was_up && !self.closed && self.state != ConnState::Connected {
+                        // A new transport connection: whoever is there does
+                        // not know us yet.
+                        tracing::info!("reconnected to broker {}", self.opts.endpoint);
+                        self.reopen()?;
+                    }
+                }
+                EV_HANDSHAKE_FAILED_AUTH => {
+                    tracing::error!("broker {} refused our credentials", self.opts.endpoint);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Err(e) = self.say_goodbye() {
+            tracing::debug!("closing connection: {e}");
+        }
+        let _ = self.socket.disconnect(&self.opts.endpoint);
+    }
+}
+
+const EV_DISCONNECTED: u16 = zmq_sys_event(512);
+const EV_HANDSHAKE_FAILED_NO_DETAIL: u16 = zmq_sys_event(2048);
+const EV_HANDSHAKE_SUCCEEDED: u16 = zmq_sys_event(4096);
+const EV_HANDSHAKE_FAILED_PROTOCOL: u16 = zmq_sys_event(8192);
+const EV_HANDSHAKE_FAILED_AUTH: u16 = zmq_sys_event(16384);
+
+/// Monitor event numbers from `zmq.h` (the zmq crate's enum panics on
+/// numbers it does not know, so we read raw values).
+const fn zmq_sys_event(n: u16) -> u16 {
+    n
+}
+
+fn ms(d: Duration) -> i64 {
+    // Round up so that a wait of 0.4 ms does not become a busy loop.
+    let m = d.as_micros().div_ceil(1000);
+    m.min(i64::MAX as u128) as i64
+}
+
+fn unreachable_reply<T>() -> Result<T, ClientError> {
+    // await_reply only ever returns OK or ERROR.
+    Err(ClientError::Zmq(zmq::Error::EPROTO))
+}
