@@ -432,6 +432,25 @@ impl Client {
         Ok(())
     }
 
+    /// Like [`Client::set_producer`] but does not wait for the OK, so a
+    /// sender that switches streams pays no round trip. The broker handles
+    /// commands in order, so sends that follow go to the new stream.
+    pub fn switch_producer(&mut self, stream: &str) -> Result<(), ClientError> {
+        if self.producer.as_deref() == Some(stream) {
+            return Ok(());
+        }
+        self.post(Message::StreamWrite {
+            stream: stream.into(),
+        })?;
+        self.producer = Some(stream.into());
+        Ok(())
+    }
+
+    /// The stream our STREAM SENDs go to, if any.
+    pub fn producer(&self) -> Option<&str> {
+        self.producer.as_deref()
+    }
+
     /// STREAM SEND on the current producer stream.
     pub fn send(&mut self, subject: &str, content: Content) -> Result<(), ClientError> {
         self.post(Message::StreamSend {
