@@ -1,1 +1,269 @@
-fn main() {}
+//! alaska-bench: load generator and reference echo worker.
+//!
+//! As a producer it connects with a mailbox of its own, keeps at most
+//! `--window` requests outstanding towards a service, and matches the
+//! replies that come back to its mailbox by the sequence number carried in
+//! the payload. It prints one summary line: sent, received, lost,
+//! duplicated, requests per second, and p50/p99/max latency.
+//!
+//! With `--echo-worker` it is instead the fastest possible worker: no Lua,
+//! each request's content mailed straight back to the requester. Running
+//! the producer against it gives the ceiling any scripted worker on the same
+//! broker can reach.
+//!
+//! It speaks plain MLM, so it works against any broker, the real Malamute
+//! included.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alaska::mlm::{Client, ClientOptions, DeliveryKind};
+use clap::Parser;
+
+/// Command-line flags.
+#[derive(Parser, Debug)]
+#[command(
+    name = "alaska-bench",
+    version,
+    about = "Load generator for Alaska services, and a no-Lua echo worker for comparison",
+    after_help = "Producer:    alaska-bench -e tcp://127.0.0.1:9999 -a default -s echo -n 100000 -w 100 -b 64\n\
+                  Echo worker: alaska-bench --echo-worker -e tcp://127.0.0.1:9999 -a default"
+)]
+struct Args {
+    /// Broker endpoint.
+    #[arg(short, long, default_value = "tcp://127.0.0.1:9999")]
+    endpoint: String,
+    /// Service address.
+    #[arg(short, long, default_value = "default")]
+    address: String,
+    /// Request subject (selects the script).
+    #[arg(short, long, default_value = "echo")]
+    subject: String,
+    /// Number of requests.
+    #[arg(short = 'n', long, default_value_t = 10_000)]
+    requests: u64,
+    /// Requests outstanding at most.
+    #[arg(short, long, default_value_t = 100)]
+    window: u64,
+    /// Payload size in bytes (at least 32: sequence number and timestamp).
+    #[arg(short, long, default_value_t = 64)]
+    bytes: usize,
+    /// Give up when no reply came for this many seconds.
+    #[arg(long, default_value_t = 10)]
+    idle_timeout: u64,
+    /// Print the summary as JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Run as the no-Lua echo worker instead of a producer.
+    #[arg(long)]
+    echo_worker: bool,
+    /// Echo worker: subject pattern to offer.
+    #[arg(long, default_value = ".*")]
+    filter: String,
+    /// Echo worker: use acknowledged delivery when the broker offers it
+    /// (as the alaska worker does), with this window.
+    #[arg(long)]
+    ack_window: Option<u16>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let r = if args.echo_worker {
+        echo_worker(&args)
+    } else {
+        produce(&args)
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("alaska-bench: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn echo_worker(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    let mut opts = ClientOptions::new(
+        &args.endpoint,
+        format!("alaska-bench-echo-{}", std::process::id()),
+    );
+    opts.credit = args.ack_window;
+    let mut client = Client::connect(opts)?;
+    client.set_worker(&args.address, &args.filter)?;
+    eprintln!(
+        "echo worker ready on {} service {} (acknowledged: {})",
+        args.endpoint,
+        args.address,
+        client.acks_enabled()
+    );
+    let mut served: u64 = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let Some(d) = client.recv(Duration::from_millis(100))? else {
+            continue;
+        };
+        if d.kind != DeliveryKind::Service {
+            continue;
+        }
+        client.sendto(&d.sender, &d.subject, &d.tracker, 0, d.content)?;
+        if let Some(token) = d.ack {
+            client.confirm(token)?;
+        }
+        served += 1;
+    }
+    eprintln!("echo worker served {served} requests");
+    client.close()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Summary of one run.
+struct Summary {
+    sent: u64,
+    received: u64,
+    lost: u64,
+    duplicated: u64,
+    elapsed: Duration,
+    latencies_us: Vec<u64>,
+}
+
+fn produce(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let bytes = args.bytes.max(32);
+    let window = args.window.max(1);
+    let address = format!(
+        "alaska-bench-{}-{}",
+        std::process::id(),
+        nanos_now() % 1_000_000
+    );
+    let mut client = Client::connect(ClientOptions::new(&args.endpoint, address))?;
+    let start = Instant::now();
+    let mut seen = vec![false; args.requests as usize];
+    let mut latencies_us = Vec::with_capacity(args.requests as usize);
+    let (mut sent, mut received, mut duplicated) = (0u64, 0u64, 0u64);
+    let mut last_reply = Instant::now();
+    let idle = Duration::from_secs(args.idle_timeout);
+    while received < args.requests {
+        while sent < args.requests && sent - received.min(sent) < window {
+            let t = start.elapsed().as_nanos() as u64;
+            let payload = payload(sent, t, bytes);
+            client.sendfor(&args.address, &args.subject, "", 0, vec![payload])?;
+            sent += 1;
+        }
+        let Some(d) = client.recv(Duration::from_millis(100))? else {
+            if last_reply.elapsed() > idle {
+                break;
+            }
+            continue;
+        };
+        if d.kind != DeliveryKind::Mailbox {
+            continue;
+        }
+        let Some((seq, t)) = d.content.first().and_then(|f| parse(f)) else {
+            eprintln!("alaska-bench: reply without a sequence number ignored");
+            continue;
+        };
+        last_reply = Instant::now();
+        match seen.get_mut(seq as usize) {
+            Some(s) if !*s => {
+                *s = true;
+                received += 1;
+                let now = start.elapsed().as_nanos() as u64;
+                latencies_us.push(now.saturating_sub(t) / 1000);
+            }
+            Some(_) => duplicated += 1,
+            None => eprintln!("alaska-bench: reply with unknown sequence {seq}"),
+        }
+    }
+    let elapsed = start.elapsed();
+    client.close()?;
+    let summary = Summary {
+        sent,
+        received,
+        lost: sent - received,
+        duplicated,
+        elapsed,
+        latencies_us,
+    };
+    print_summary(&summary, args.json);
+    Ok(if summary.lost == 0 && summary.duplicated == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+/// Payload: 16 hex digits of sequence, 16 of send time (ns since start),
+/// padded with `x`: printable, so a Lua echo script passes it unchanged.
+fn payload(seq: u64, t: u64, bytes: usize) -> Vec<u8> {
+    let mut p = format!("{seq:016x}{t:016x}").into_bytes();
+    p.resize(bytes, b'x');
+    p
+}
+
+fn parse(frame: &[u8]) -> Option<(u64, u64)> {
+    let head = std::str::from_utf8(frame.get(..32)?).ok()?;
+    let seq = u64::from_str_radix(&head[..16], 16).ok()?;
+    let t = u64::from_str_radix(&head[16..], 16).ok()?;
+    Some((seq, t))
+}
+
+fn nanos_now() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn print_summary(s: &Summary, json: bool) {
+    let mut l = s.latencies_us.clone();
+    l.sort_unstable();
+    let rps = s.received as f64 / s.elapsed.as_secs_f64().max(1e-9);
+    let (p50, p99, max) = (
+        percentile(&l, 0.50),
+        percentile(&l, 0.99),
+        l.last().copied().unwrap_or(0),
+    );
+    if json {
+        println!(
+            "{{\"sent\":{},\"received\":{},\"lost\":{},\"duplicated\":{},\"rps\":{:.0},\"p50_us\":{},\"p99_us\":{},\"max_us\":{}}}",
+            s.sent, s.received, s.lost, s.duplicated, rps, p50, p99, max
+        );
+    } else {
+        println!(
+            "sent={} received={} lost={} duplicated={} rps={:.0} p50={}us p99={}us max={}us",
+            s.sent, s.received, s.lost, s.duplicated, rps, p50, p99, max
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_round_trips_and_has_the_asked_size() {
+        let p = payload(42, 123_456_789, 64);
+        assert_eq!(p.len(), 64);
+        assert_eq!(parse(&p), Some((42, 123_456_789)));
+        assert_eq!(parse(b"short"), None);
+    }
+
+    #[test]
+    fn percentiles_pick_from_sorted_latencies() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 0.5), 51);
+        assert_eq!(percentile(&v, 0.99), 99);
+        assert_eq!(percentile(&[], 0.5), 0);
+    }
+}
