@@ -2,5 +2,10 @@
 //!
 //! # Layout
 //! - [`mlm`]: the MLM protocol: a pure codec and a blocking client.
+//! - [`broker`]: a Malamute-compatible broker (`alaska-broker`, and the
+//!   worker's embedded broker).
+//! - [`config`]: the ZPL reader and the worker's typed settings.
 
+pub mod broker;
+pub mod config;
 pub mod mlm;

@@ -1,1 +1,93 @@
-fn main() {}
+//! alaska-broker: the project's Malamute-compatible broker as a standalone
+//! program, a drop-in for `malamute` on one machine.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use alaska::broker::{load_config, Broker, BrokerConfig};
+use clap::Parser;
+
+/// Command-line flags.
+#[derive(Parser, Debug)]
+#[command(
+    name = "alaska-broker",
+    version,
+    about = "A Malamute-compatible broker (MLM protocol) for Alaska workers and libmlm clients",
+    long_about = "A Malamute-compatible broker (MLM protocol): streams, mailboxes and services \
+for Alaska workers and any libmlm client. Reads a malamute.cfg-style ZPL file \
+(see alaska-broker.cfg). Stops cleanly on SIGINT or SIGTERM.",
+    after_help = "Examples:\n  alaska-broker                         # tcp://127.0.0.1:9999, NULL security\n  alaska-broker alaska-broker.cfg       # settings from a file, as with `malamute FILE`\n  alaska-broker -e tcp://0.0.0.0:9999 -v"
+)]
+struct Args {
+    /// Configuration file (ZPL, malamute.cfg keys).
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Configuration file, as a bare argument (like `malamute FILE`).
+    #[arg(value_name = "FILE", conflicts_with = "config")]
+    file: Option<PathBuf>,
+    /// Endpoint to bind; overrides mlm_server/bind/endpoint.
+    #[arg(short, long, value_name = "ENDPOINT")]
+    endpoint: Option<String>,
+    /// Log every command (server/verbose).
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("alaska-broker: {e}");
+            let mut source = e.source();
+            while let Some(s) = source {
+                eprintln!("  caused by: {s}");
+                source = s.source();
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let mut cfg = match args.config.or(args.file) {
+        Some(path) => {
+            tracing::info!("loading configuration from {}", path.display());
+            let (cfg, warnings) = load_config(&path)?;
+            for w in warnings {
+                tracing::warn!("{}: {w}", path.display());
+            }
+            cfg
+        }
+        None => BrokerConfig::default(),
+    };
+    if let Some(ep) = args.endpoint {
+        cfg.endpoint = ep;
+    }
+    cfg.verbose |= args.verbose;
+    let security = if cfg.plain.is_some() { "PLAIN" } else { "NULL" };
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    let broker = Broker::start(cfg)?;
+    tracing::info!(
+        "alaska-broker ready on {} ({security} security)",
+        broker.endpoint()
+    );
+    while !stop.load(Ordering::Relaxed) && broker.is_running() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    tracing::info!("stopping");
+    broker.stop();
+    Ok(())
+}

@@ -565,7 +565,12 @@ impl Client {
                     zmq::PollItem::from_fd(wake_fd.unwrap_or(-1), zmq::POLLIN),
                 ];
                 let n = if wake_fd.is_some() { 3 } else { 2 };
-                zmq::poll(&mut items[..n], ms(left))?;
+                match zmq::poll(&mut items[..n], ms(left)) {
+                    // A signal (e.g. the one asking us to stop) is not an
+                    // error: the caller looks at its flags on Timeout.
+                    Err(zmq::Error::EINTR) => return Ok(Wait::Timeout),
+                    r => r?,
+                };
                 (
                     items[0].is_readable(),
                     items[1].is_readable(),
@@ -760,7 +765,10 @@ impl Client {
                     self.socket.as_poll_item(zmq::POLLIN),
                     self.monitor.as_poll_item(zmq::POLLIN),
                 ];
-                zmq::poll(&mut items, ms(left))?;
+                match zmq::poll(&mut items, ms(left)) {
+                    Err(zmq::Error::EINTR) => continue,
+                    r => r?,
+                };
                 (items[0].is_readable(), items[1].is_readable())
             };
             if mon_in {

@@ -1,0 +1,167 @@
+//! `alaska-broker` configuration: a `malamute.cfg`-style ZPL file with the
+//! reference broker's keys for what matters, plus the project's own limits.
+//!
+//! | key | meaning | default |
+//! |---|---|---|
+//! | `mlm_server/bind/endpoint` | where to bind | `tcp://127.0.0.1:9999` |
+//! | `server/timeout` | client expiry, ms | `10000` |
+//! | `server/verbose` | log every command (`0`/`1`) | `0` |
+//! | `mlm_server/security/mechanism` | `null` or `plain` | `null` |
+//! | `server/auth/plain` | passwords file, `user=password` lines | – |
+//! | `mlm_server/service/queue/size-limit` | requests per service queue | `100000` |
+//! | `mlm_server/service/queue/bytes-limit` | content bytes per service queue | `268435456` |
+//! | `mlm_server/mailbox/size-limit` | mails per mailbox | `10000` |
+//! | `mlm_server/mailbox/bytes-limit` | content bytes per mailbox | `67108864` |
+//! | `mlm_server/mailbox/expiry` | reclaim a mailbox whose address is away this long, ms | `3600000` |
+//!
+//! An unknown key is a warning; a bad value is an error naming the key.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use super::{BrokerConfig, BrokerError};
+use crate::config::zpl;
+
+/// Keys of the reference broker that this broker accepts and ignores.
+const IGNORED: &[&str] = &[
+    "server/background",
+    "server/workdir",
+    "server/animate",
+    "mlm_server/echo",
+    "mlm_server/bind",
+];
+
+/// Reads a config file. Returns the settings and the warnings to log.
+pub fn load_config(path: &Path) -> Result<(BrokerConfig, Vec<String>), BrokerError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| BrokerError::Config(format!("{}: {e}", path.display())))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse_config(&text, base).map_err(|e| match e {
+        BrokerError::Config(m) => BrokerError::Config(format!("{}: {m}", path.display())),
+        other => other,
+    })
+}
+
+/// Parses config text; `base` resolves a relative passwords file.
+pub fn parse_config(text: &str, base: &Path) -> Result<(BrokerConfig, Vec<String>), BrokerError> {
+    let entries = zpl::parse(text).map_err(|e| BrokerError::Config(e.to_string()))?;
+    let mut cfg = BrokerConfig::default();
+    let mut warnings = Vec::new();
+    let mut mechanism = "null".to_string();
+    let mut passwords: Option<String> = None;
+    for e in &entries {
+        let v = e.value.trim();
+        let bad = |what: &str| {
+            BrokerError::Config(format!("line {}: {}: {v:?} is not {what}", e.line, e.path))
+        };
+        let num = || v.parse::<u64>().map_err(|_| bad("a whole number"));
+        match e.path.as_str() {
+            "mlm_server/bind/endpoint" => cfg.endpoint = v.to_string(),
+            "server/timeout" => cfg.client_timeout = Duration::from_millis(num()?.max(1)),
+            "server/verbose" => cfg.verbose = parse_bool(v).ok_or_else(|| bad("0 or 1"))?,
+            "mlm_server/security/mechanism" => {
+                mechanism = v.to_lowercase();
+                if mechanism != "null" && mechanism != "plain" {
+                    return Err(bad("null or plain"));
+                }
+            }
+            "server/auth/plain" => passwords = Some(v.to_string()),
+            "mlm_server/service/queue/size-limit" => {
+                cfg.service_queue_limit.messages = num()? as usize
+            }
+            "mlm_server/service/queue/bytes-limit" => {
+                cfg.service_queue_limit.bytes = num()? as usize
+            }
+            "mlm_server/mailbox/size-limit" => cfg.mailbox_limit.messages = num()? as usize,
+            "mlm_server/mailbox/bytes-limit" => cfg.mailbox_limit.bytes = num()? as usize,
+            "mlm_server/mailbox/expiry" => cfg.mailbox_expiry = Duration::from_millis(num()?),
+            p if IGNORED.contains(&p) => warnings.push(format!(
+                "line {}: {p} is not used by alaska-broker; ignored",
+                e.line
+            )),
+            p => warnings.push(format!("line {}: unknown key {p}; ignored", e.line)),
+        }
+    }
+    if mechanism == "plain" {
+        let Some(file) = passwords else {
+            return Err(BrokerError::Config(
+                "mlm_server/security/mechanism is plain but server/auth/plain (passwords file) is not set".into(),
+            ));
+        };
+        let path = base.join(&file);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            BrokerError::Config(format!("server/auth/plain: {}: {e}", path.display()))
+        })?;
+        cfg.plain = Some(parse_passwords(&text));
+    }
+    Ok((cfg, warnings))
+}
+
+/// `user=password` lines; blank lines and `#` comments skipped.
+pub fn parse_passwords(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(u, p)| (u.trim().to_string(), p.trim().to_string()))
+        .collect()
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.to_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" | "" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_reference_keys_and_warns_on_unknown() {
+        let text = "server\n    timeout = 5000\n    verbose = 1\n    background = 0\nmlm_server\n    bind\n        endpoint = tcp://127.0.0.1:7777\n    mailbox\n        size-limit = 7\n    frobnicate = 1\n";
+        let (cfg, warnings) = parse_config(text, Path::new(".")).unwrap();
+        assert_eq!(cfg.endpoint, "tcp://127.0.0.1:7777");
+        assert_eq!(cfg.client_timeout, Duration::from_secs(5));
+        assert!(cfg.verbose);
+        assert_eq!(cfg.mailbox_limit.messages, 7);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[1].contains("mlm_server/frobnicate"));
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = parse_config("server\n    timeout = soon\n", Path::new(".")).unwrap_err();
+        assert!(e.to_string().contains("server/timeout"), "{e}");
+        let e = parse_config(
+            "mlm_server\n    security\n        mechanism = curve\n",
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("mechanism"), "{e}");
+    }
+
+    #[test]
+    fn plain_needs_a_passwords_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("passwords.cfg"),
+            "# users\nadmin=secret\nbob = pw\n",
+        )
+        .unwrap();
+        let text = "server\n    auth\n        plain = passwords.cfg\nmlm_server\n    security\n        mechanism = plain\n";
+        let (cfg, _) = parse_config(text, dir.path()).unwrap();
+        let users = cfg.plain.unwrap();
+        assert_eq!(users.get("admin").map(String::as_str), Some("secret"));
+        assert_eq!(users.get("bob").map(String::as_str), Some("pw"));
+        let e = parse_config(
+            "mlm_server\n    security\n        mechanism = plain\n",
+            dir.path(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("server/auth/plain"), "{e}");
+    }
+}

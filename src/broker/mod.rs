@@ -1,0 +1,195 @@
+//! A Malamute-compatible broker: clients, streams, mailboxes and services
+//! over one ZeroMQ ROUTER socket, speaking the MLM protocol of
+//! [`crate::mlm`].
+//!
+//! It is what `alaska-broker` runs and what `alaska --embedded-broker`
+//! embeds. It behaves like the reference broker where libmlm clients can
+//! tell (see `docs/PROTOCOL-NOTES.md`) and is stricter where the reference
+//! is weak: malformed input is answered with ERROR and only its sender is
+//! dropped, nothing is routed into the void (ROUTER_MANDATORY), queues and
+//! mailboxes are bounded in messages and bytes, request timeouts are
+//! honoured, and service requests given to a worker that acknowledges
+//! (CREDIT, then CONFIRM) are redelivered if that worker dies.
+//!
+//! Threads: the router thread (`alaska-broker`) owns the ROUTER socket and
+//! all state; with PLAIN security a ZAP thread (`alaska-broker-zap`) checks
+//! credentials. Stopping is a message on a channel, polled by the router.
+
+mod config;
+mod router;
+mod zap;
+
+use std::collections::HashMap;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+pub use config::{load_config, parse_config};
+
+/// Limits of a queue or mailbox: whichever is reached first refuses more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most messages held.
+    pub messages: usize,
+    /// Most content bytes held.
+    pub bytes: usize,
+}
+
+/// Broker settings. `Default` gives the reference broker's behaviour on
+/// `tcp://127.0.0.1:9999` with NULL security.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Where to bind; `tcp://127.0.0.1:*` picks a free port.
+    pub endpoint: String,
+    /// A client silent for this long is expired (reference: 10 s).
+    pub client_timeout: Duration,
+    /// PLAIN users and passwords; `None` for NULL security.
+    pub plain: Option<HashMap<String, String>>,
+    /// Limits of each service's request queue.
+    pub service_queue_limit: Limits,
+    /// Limits of each mailbox.
+    pub mailbox_limit: Limits,
+    /// Mail kept for an address that is away is reclaimed after this long
+    /// without the address connecting.
+    pub mailbox_expiry: Duration,
+    /// Log every command.
+    pub verbose: bool,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            endpoint: "tcp://127.0.0.1:9999".into(),
+            client_timeout: Duration::from_secs(10),
+            plain: None,
+            service_queue_limit: Limits {
+                messages: 100_000,
+                bytes: 256 << 20,
+            },
+            mailbox_limit: Limits {
+                messages: 10_000,
+                bytes: 64 << 20,
+            },
+            mailbox_expiry: Duration::from_secs(3600),
+            verbose: false,
+        }
+    }
+}
+
+/// Errors of the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The endpoint could not be bound.
+    #[error("cannot bind {endpoint}: {source}")]
+    Bind {
+        /// The endpoint.
+        endpoint: String,
+        /// What ZeroMQ said.
+        source: zmq::Error,
+    },
+    /// Another ZeroMQ failure.
+    #[error("zeromq: {0}")]
+    Zmq(#[from] zmq::Error),
+    /// A thread could not be started.
+    #[error("starting a thread: {0}")]
+    Thread(#[from] std::io::Error),
+    /// The configuration is wrong.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// The broker, as a namespace for [`Broker::start`].
+pub struct Broker;
+
+impl Broker {
+    /// Binds the endpoint and starts the router (and ZAP) threads.
+    pub fn start(cfg: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
+        let ctx = zmq::Context::new();
+        let zap = match &cfg.plain {
+            Some(users) => Some(zap::start(&ctx, users.clone())?),
+            None => None,
+        };
+        let socket = ctx.socket(zmq::ROUTER)?;
+        socket.set_router_mandatory(true)?;
+        socket.set_linger(0)?;
+        // Large enough that bursts are absorbed by ZeroMQ, not refused.
+        socket.set_sndhwm(100_000)?;
+        socket.set_rcvhwm(100_000)?;
+        // Transport heartbeats make a dead peer's connection (and so its
+        // routing id) go away, so sends to it fail and get requeued.
+        socket.set_heartbeat_ivl(1000)?;
+        socket.set_heartbeat_timeout(3000)?;
+        if cfg.plain.is_some() {
+            socket.set_plain_server(true)?;
+            socket.set_zap_domain("alaska")?;
+        }
+        socket
+            .bind(&cfg.endpoint)
+            .map_err(|source| BrokerError::Bind {
+                endpoint: cfg.endpoint.clone(),
+                source,
+            })?;
+        let endpoint = socket
+            .get_last_endpoint()?
+            .unwrap_or_else(|_| cfg.endpoint.clone());
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
+        let router_ctx = ctx.clone();
+        let thread = std::thread::Builder::new()
+            .name("alaska-broker".into())
+            .spawn(move || {
+                let _ctx = router_ctx;
+                router::Router::new(socket, cfg).run(&stop_rx);
+            })?;
+        tracing::info!("broker listening on {endpoint}");
+        Ok(BrokerHandle {
+            endpoint,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+            zap,
+            _ctx: ctx,
+        })
+    }
+}
+
+/// A running broker. Dropping it stops it.
+pub struct BrokerHandle {
+    endpoint: String,
+    stop: Option<crossbeam_channel::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+    zap: Option<zap::ZapHandle>,
+    _ctx: zmq::Context,
+}
+
+impl BrokerHandle {
+    /// The endpoint actually bound (with the real port).
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Whether the router thread is still running.
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Stops the broker and waits for its threads.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Some(z) = self.zap.take() {
+            z.stop();
+        }
+    }
+}
+
+impl Drop for BrokerHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
