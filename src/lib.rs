@@ -5,7 +5,9 @@
 //! - [`broker`]: a Malamute-compatible broker (`alaska-broker`, and the
 //!   worker's embedded broker).
 //! - [`config`]: the ZPL reader and the worker's typed settings.
+//! - [`worker`]: the dispatcher, the Lua VM pool and the scripting API.
 
 pub mod broker;
 pub mod config;
 pub mod mlm;
+pub mod worker;

@@ -669,7 +669,7 @@ impl Router {
             let before = svc.queue.len();
             let mut freed = 0;
             svc.queue.retain(|r| {
-                let keep = !r.expires.is_some_and(|t| t <= now);
+                let keep = r.expires.is_none_or(|t| t > now);
                 if !keep {
                     freed += r.bytes;
                 }
@@ -691,7 +691,7 @@ impl Router {
             let before = mb.mail.len();
             let mut freed = 0;
             mb.mail.retain(|m| {
-                let keep = !m.expires.is_some_and(|t| t <= now);
+                let keep = m.expires.is_none_or(|t| t > now);
                 if !keep {
                     freed += m.bytes;
                 }

@@ -1,0 +1,317 @@
+//! The VM pool: `size` threads, each owning one long-lived Lua VM, fed by
+//! one bounded channel.
+//!
+//! An idle VM takes the next job, so a slow request occupies one VM and
+//! never holds up the others. The channel holds at most `backlog` waiting
+//! jobs; [`Pool::try_submit`] never blocks and gives the job back when the
+//! pool is full, so the dispatcher decides what overload means. Each
+//! finished job goes back as a [`Completion`] on the `done` channel, and a
+//! [`Waker`] pokes the dispatcher out of its poll.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use super::vm::Vm;
+use super::wake::Waker;
+
+/// One request as received from the broker (SERVICE DELIVER).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Requester's address (where replies go).
+    pub sender: String,
+    /// Service address.
+    pub address: String,
+    /// Subject: selects the script.
+    pub subject: String,
+    /// Requester's tracker.
+    pub tracker: String,
+    /// All content frames.
+    pub content: Vec<Vec<u8>>,
+}
+
+/// A request with the dispatcher's token.
+#[derive(Debug)]
+pub struct Job {
+    /// Token the dispatcher uses to match the completion.
+    pub id: u64,
+    /// The request.
+    pub request: Request,
+}
+
+/// Something a script asked to send, in the order it asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// STREAM SEND on `stream`.
+    Stream {
+        /// Stream name.
+        stream: String,
+        /// Subject.
+        subject: String,
+        /// Content frames (content, then attachment if given).
+        content: Vec<Vec<u8>>,
+    },
+    /// MAILBOX SEND to `address`.
+    Mail {
+        /// Mailbox.
+        address: String,
+        /// Subject.
+        subject: String,
+        /// Content frames (content, then attachment if given).
+        content: Vec<Vec<u8>>,
+    },
+}
+
+/// What kind of failure a request met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// No script for the subject.
+    MissingScript,
+    /// The subject may not select a script (traversal, bad characters).
+    BadSubject,
+    /// The script does not compile.
+    Syntax,
+    /// The script raised an error.
+    Runtime,
+    /// The time budget ran out.
+    Timeout,
+    /// The memory limit was hit.
+    Memory,
+    /// The VM thread panicked (a bug of ours, reported, not fatal).
+    Panic,
+}
+
+/// A failed request: kind and the text for the error mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptError {
+    /// What went wrong.
+    pub kind: ErrorKind,
+    /// Error text, with a traceback where there is one.
+    pub message: String,
+}
+
+/// A finished job.
+#[derive(Debug)]
+pub struct Completion {
+    /// The job's token.
+    pub id: u64,
+    /// The request, moved back so reports can include it.
+    pub request: Request,
+    /// What the script sent.
+    pub outputs: Vec<Output>,
+    /// The reply, if the script returned a value.
+    pub reply: Option<Vec<u8>>,
+    /// The failure, if any.
+    pub error: Option<ScriptError>,
+}
+
+/// Pool settings. [`PoolConfig::default`] holds the budget defaults.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Number of VMs (threads).
+    pub size: usize,
+    /// Jobs that may wait for a VM.
+    pub backlog: usize,
+    /// Where `<subject>.lua` scripts live.
+    pub scripts_dir: PathBuf,
+    /// Extra directories for `require` (prepended to `package.path`).
+    pub lua_path: Vec<PathBuf>,
+    /// Time budget of one request.
+    pub timeout: Duration,
+    /// Memory limit of one VM, bytes.
+    pub memory: usize,
+    /// Stream `send` uses when none is given.
+    pub default_stream: String,
+    /// Mailbox `sendTo` uses when none is given.
+    pub default_mailbox: String,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            size: 4,
+            backlog: 64,
+            scripts_dir: PathBuf::from("services"),
+            lua_path: Vec::new(),
+            timeout: Duration::from_secs(5),
+            memory: 64 << 20,
+            default_stream: "aw.res".into(),
+            default_mailbox: "aw.res".into(),
+        }
+    }
+}
+
+/// Why the pool could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// A VM could not be created.
+    #[error("creating a Lua VM: {0}")]
+    Lua(String),
+    /// A thread could not be started.
+    #[error("starting a VM thread: {0}")]
+    Thread(#[from] std::io::Error),
+    /// Bad settings.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// The running pool.
+pub struct Pool {
+    tx: Sender<Job>,
+    rx: Receiver<Job>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    size: usize,
+}
+
+impl Pool {
+    /// Creates the VMs (each on its thread) and starts taking jobs.
+    pub fn start(
+        cfg: PoolConfig,
+        done: Sender<Completion>,
+        waker: Waker,
+    ) -> Result<Pool, PoolError> {
+        if cfg.size == 0 {
+            return Err(PoolError::Config("pool size must be at least 1".into()));
+        }
+        let size = cfg.size;
+        let cfg = Arc::new(cfg);
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(cfg.backlog.max(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::with_capacity(size);
+        for n in 0..size {
+            // Create the VM here so a failure is a start-up error, then
+            // move it to its thread (mlua's `send` feature allows that).
+            let vm = Vm::new(cfg.clone()).map_err(|e| PoolError::Lua(e.to_string()))?;
+            let (cfg, rx, done, waker, stop) = (
+                cfg.clone(),
+                rx.clone(),
+                done.clone(),
+                waker.clone(),
+                stop.clone(),
+            );
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("alaska-vm-{n}"))
+                    .spawn(move || vm_thread(vm, cfg, rx, done, waker, stop))?,
+            );
+        }
+        Ok(Pool {
+            tx,
+            rx,
+            stop,
+            threads,
+            size,
+        })
+    }
+
+    /// Queues a job; gives it back when the backlog is full. Never blocks.
+    #[allow(clippy::result_large_err)]
+    pub fn try_submit(&self, job: Job) -> Result<(), Job> {
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(j)) | Err(TrySendError::Disconnected(j)) => Err(j),
+        }
+    }
+
+    /// How many more jobs the backlog takes now.
+    pub fn idle_capacity(&self) -> usize {
+        self.tx
+            .capacity()
+            .unwrap_or(0)
+            .saturating_sub(self.tx.len())
+    }
+
+    /// Number of VMs.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Stops taking work: jobs already running finish (their completions
+    /// go to `done` as usual) within `deadline`; jobs never started are
+    /// returned. Threads still busy after the deadline are left to finish
+    /// on their own.
+    pub fn shutdown(self, deadline: Duration) -> Vec<Job> {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut unstarted = Vec::new();
+        while let Ok(job) = self.rx.try_recv() {
+            unstarted.push(job);
+        }
+        drop(self.tx);
+        let until = Instant::now() + deadline;
+        let mut threads = self.threads;
+        while !threads.is_empty() && Instant::now() < until {
+            threads.retain(|t| !t.is_finished());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for t in threads {
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                tracing::warn!(
+                    "{} still running after the shutdown timeout",
+                    t.thread().name().unwrap_or("a VM thread")
+                );
+            }
+        }
+        unstarted
+    }
+}
+
+fn vm_thread(
+    mut vm: Vm,
+    cfg: Arc<PoolConfig>,
+    rx: Receiver<Job>,
+    done: Sender<Completion>,
+    waker: Waker,
+    stop: Arc<AtomicBool>,
+) {
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let job = match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(job) => job,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+        };
+        let run = catch_unwind(AssertUnwindSafe(|| vm.run(&job.request)));
+        let (outputs, reply, error, replace) = match run {
+            Ok(r) => (r.outputs, r.reply, r.error, vm.poisoned),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                let err = super::pool::ScriptError {
+                    kind: ErrorKind::Panic,
+                    message: format!("internal error while running the script: {what}"),
+                };
+                (Vec::new(), None, Some(err), true)
+            }
+        };
+        let _ = done.send(Completion {
+            id: job.id,
+            request: job.request,
+            outputs,
+            reply,
+            error,
+        });
+        waker.wake();
+        if replace {
+            match Vm::new(cfg.clone()) {
+                Ok(fresh) => {
+                    tracing::info!("Lua VM replaced after a memory breach or internal error");
+                    vm = fresh;
+                }
+                Err(e) => tracing::error!("could not replace a Lua VM: {e}; keeping the old one"),
+            }
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! Wake-ups from the VM threads to the dispatcher.
+//!
+//! The dispatcher sleeps in one `zmq::poll` on the broker socket; a VM
+//! thread that finished a request writes a byte into a socket pair whose
+//! other end is in that poll. No ZeroMQ socket is shared between threads.
+
+use std::io::{Read, Write};
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+
+/// The writing end, cloned into every VM thread.
+#[derive(Clone, Debug)]
+pub struct Waker {
+    tx: Arc<UnixStream>,
+}
+
+impl Waker {
+    /// Wakes the dispatcher. Never blocks: if the pipe is full, a wake-up
+    /// is already pending, which is all that is needed.
+    pub fn wake(&self) {
+        let _ = (&*self.tx).write(&[1]);
+    }
+}
+
+/// The reading end, owned by the dispatcher.
+#[derive(Debug)]
+pub struct WakeReceiver {
+    rx: UnixStream,
+}
+
+impl WakeReceiver {
+    /// The descriptor to poll for readability.
+    pub fn as_raw_fd(&self) -> RawFd {
+        self.rx.as_raw_fd()
+    }
+
+    /// Empties the pipe after a wake-up.
+    pub fn drain(&self) {
+        let mut buf = [0u8; 256];
+        while let Ok(n) = (&self.rx).read(&mut buf) {
+            if n < buf.len() {
+                break;
+            }
+        }
+    }
+}
+
+/// A connected, non-blocking waker pair.
+pub fn waker() -> std::io::Result<(Waker, WakeReceiver)> {
+    let (tx, rx) = UnixStream::pair()?;
+    tx.set_nonblocking(true)?;
+    rx.set_nonblocking(true)?;
+    Ok((Waker { tx: Arc::new(tx) }, WakeReceiver { rx }))
+}

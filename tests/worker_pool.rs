@@ -1,0 +1,409 @@
+//! The VM pool driven directly (no broker): the scripting API, failures,
+//! budgets, isolation between requests, reloading, concurrency, shutdown.
+
+use std::time::{Duration, Instant};
+
+use alaska::worker::wake::waker;
+use alaska::worker::{Completion, ErrorKind, Job, Output, Pool, PoolConfig, Request};
+use crossbeam_channel::Receiver;
+
+struct Harness {
+    pool: Option<Pool>,
+    done: Receiver<Completion>,
+    dir: tempfile::TempDir,
+    next: u64,
+}
+
+impl Harness {
+    fn new(size: usize) -> Harness {
+        Harness::with(size, |_| {})
+    }
+
+    fn with(size: usize, tweak: impl FnOnce(&mut PoolConfig)) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = PoolConfig {
+            size,
+            scripts_dir: dir.path().to_path_buf(),
+            timeout: Duration::from_millis(500),
+            memory: 16 << 20,
+            ..PoolConfig::default()
+        };
+        tweak(&mut cfg);
+        let (tx, done) = crossbeam_channel::unbounded();
+        let (w, _rx) = waker().unwrap();
+        std::mem::forget(_rx);
+        let pool = Pool::start(cfg, tx, w).unwrap();
+        Harness {
+            pool: Some(pool),
+            done,
+            dir,
+            next: 0,
+        }
+    }
+
+    fn script(&self, name: &str, body: &str) {
+        std::fs::write(self.dir.path().join(format!("{name}.lua")), body).unwrap();
+    }
+
+    fn submit(&mut self, subject: &str, frames: &[&[u8]]) -> u64 {
+        self.next += 1;
+        let job = Job {
+            id: self.next,
+            request: Request {
+                sender: "requester".into(),
+                address: "svc".into(),
+                subject: subject.into(),
+                tracker: "trk".into(),
+                content: frames.iter().map(|f| f.to_vec()).collect(),
+            },
+        };
+        self.pool
+            .as_ref()
+            .unwrap()
+            .try_submit(job)
+            .expect("pool has room");
+        self.next
+    }
+
+    fn next_done(&self) -> Completion {
+        self.done
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a completion within 10 s")
+    }
+
+    fn run(&mut self, subject: &str, context: &str) -> Completion {
+        self.submit(subject, &[context.as_bytes()]);
+        self.next_done()
+    }
+}
+
+fn text(v: &Option<Vec<u8>>) -> String {
+    String::from_utf8_lossy(v.as_deref().unwrap_or(b"<none>")).into_owned()
+}
+
+#[test]
+fn send_and_send_to_like_the_original_pi_script() {
+    let mut h = Harness::new(1);
+    h.script(
+        "pi",
+        "local n = require('cjson').decode(alaskaContext).n\n\
+         local ans, j = 3, 2\n\
+         for i = 1, n do local inc = 4.0 / (j * (j + 1) * (j + 2)); if i % 2 == 1 then ans = ans + inc else ans = ans - inc end; j = j + 2 end\n\
+         sendTo('pi.' .. n, ans, 'aw.res.pi')\n\
+         send('pi.' .. n, ans, 'numbers')\n\
+         sendTo('plain', 'x')\n\
+         send('att', 'body', nil, 'attached')\n",
+    );
+    let c = h.run("pi", r#"{"n":28}"#);
+    assert_eq!(c.error, None);
+    let pi = match &c.outputs[0] {
+        Output::Mail {
+            address,
+            subject,
+            content,
+        } => {
+            assert_eq!((address.as_str(), subject.as_str()), ("aw.res.pi", "pi.28"));
+            String::from_utf8(content[0].clone()).unwrap()
+        }
+        o => panic!("expected mail, got {o:?}"),
+    };
+    assert!(pi.starts_with("3.1415"), "{pi}");
+    assert_eq!(
+        c.outputs[1..],
+        [
+            Output::Stream {
+                stream: "numbers".into(),
+                subject: "pi.28".into(),
+                content: vec![pi.clone().into_bytes()]
+            },
+            Output::Mail {
+                address: "aw.res".into(),
+                subject: "plain".into(),
+                content: vec![b"x".to_vec()]
+            },
+            Output::Stream {
+                stream: "aw.res".into(),
+                subject: "att".into(),
+                content: vec![b"body".to_vec(), b"attached".to_vec()]
+            },
+        ]
+    );
+    assert_eq!(c.reply, None, "no return value, no reply");
+}
+
+#[test]
+fn cjson_decode_encode_and_null() {
+    let mut h = Harness::new(1);
+    h.script(
+        "dump",
+        "local cjson = require 'cjson'\n\
+         local t = cjson.decode(alaskaContext)\n\
+         assert(t.missing == cjson.null, 'null decodes to cjson.null')\n\
+         assert(t.list[2] == 'b')\n\
+         return { c = t.c + 1, list = t.list, missing = cjson.null }",
+    );
+    let c = h.run("dump", r#"{"c":1,"list":["a","b"],"missing":null}"#);
+    assert_eq!(c.error, None);
+    let v: serde_json::Value = serde_json::from_slice(c.reply.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"c": 2, "list": ["a", "b"], "missing": null})
+    );
+    let c = h.run("dump", "not json");
+    let e = c.error.unwrap();
+    assert_eq!(e.kind, ErrorKind::Runtime);
+    assert!(e.message.contains("cjson.decode"), "{}", e.message);
+}
+
+#[test]
+fn every_failure_kind_is_reported_with_text() {
+    let mut h = Harness::new(1);
+    h.script("syntax", "this is not lua");
+    h.script("runtime", "local t = nil\nreturn t.x");
+    h.script("table", "error({ code = 42, why = 'nope' })");
+    for (subject, kind, needle) in [
+        ("missing", ErrorKind::MissingScript, "no script"),
+        ("syntax", ErrorKind::Syntax, "syntax"),
+        ("runtime", ErrorKind::Runtime, "attempt to index"),
+        ("table", ErrorKind::Runtime, "\"code\":42"),
+    ] {
+        let c = h.run(subject, "{}");
+        let e = c.error.unwrap_or_else(|| panic!("{subject} did not fail"));
+        assert_eq!(e.kind, kind, "{subject}: {}", e.message);
+        assert!(e.message.contains(needle), "{subject}: {}", e.message);
+        if kind == ErrorKind::Runtime {
+            assert!(
+                e.message.contains("stack traceback"),
+                "{subject}: {}",
+                e.message
+            );
+        }
+        assert_eq!(
+            c.request.content,
+            vec![b"{}".to_vec()],
+            "content comes back for the report"
+        );
+    }
+}
+
+#[test]
+fn traversal_subjects_run_nothing() {
+    let mut h = Harness::new(1);
+    let outside = h
+        .dir
+        .path()
+        .parent()
+        .unwrap()
+        .join("alaska-outside-test.lua");
+    std::fs::write(&outside, "sendTo('x', 'escaped')").unwrap();
+    std::fs::create_dir_all(h.dir.path().join("a")).unwrap();
+    std::fs::write(h.dir.path().join("a/b.lua"), "sendTo('x', 'nested')").unwrap();
+    for subject in [
+        "../alaska-outside-test",
+        "a/b",
+        "",
+        "a\0b",
+        "..",
+        "/etc/passwd",
+    ] {
+        let c = h.run(subject, "{}");
+        let e = c.error.unwrap_or_else(|| panic!("{subject:?} ran"));
+        assert_eq!(e.kind, ErrorKind::BadSubject, "{subject:?}: {}", e.message);
+        assert!(c.outputs.is_empty());
+    }
+    let _ = std::fs::remove_file(outside);
+}
+
+#[test]
+fn budgets_stop_loops_and_memory_bombs_and_the_vm_serves_on() {
+    let mut h = Harness::with(1, |c| c.timeout = Duration::from_millis(200));
+    h.script("loop", "while true do end");
+    h.script(
+        "pcall_loop",
+        "while true do pcall(function() while true do end end) end",
+    );
+    h.script(
+        "xpcall_loop",
+        "while true do xpcall(function() while true do end end, function(e) return e end) end",
+    );
+    h.script(
+        "co_loop",
+        "local co = coroutine.create(function() while true do end end)\n\
+         while true do coroutine.resume(co) end",
+    );
+    h.script(
+        "wrap_loop",
+        "local f = coroutine.wrap(function() while true do end end)\nwhile true do pcall(f) end",
+    );
+    h.script("ok", "return 'still serving'");
+    for (subject, kind) in [
+        ("loop", ErrorKind::Timeout),
+        ("pcall_loop", ErrorKind::Timeout),
+        ("xpcall_loop", ErrorKind::Timeout),
+        ("co_loop", ErrorKind::Timeout),
+        ("wrap_loop", ErrorKind::Timeout),
+    ] {
+        let started = Instant::now();
+        let c = h.run(subject, "{}");
+        let e = c
+            .error
+            .unwrap_or_else(|| panic!("{subject} was not stopped"));
+        assert_eq!(e.kind, kind, "{subject}: {}", e.message);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{subject} took {:?}",
+            started.elapsed()
+        );
+        let next = h.run("ok", "{}");
+        assert_eq!(next.error, None, "after {subject}");
+        assert_eq!(text(&next.reply), "still serving");
+    }
+}
+
+#[test]
+fn memory_bombs_are_stopped_and_the_vm_is_replaced() {
+    // A generous time budget: this is about memory, and a garbage
+    // collector working near the limit is slow in a debug build.
+    let mut h = Harness::with(1, |c| c.timeout = Duration::from_secs(20));
+    h.script(
+        "bomb",
+        "local t = {}\nlocal i = 0\nwhile true do i = i + 1; t[i] = string.rep('x', 1024) .. i end",
+    );
+    h.script("pcall_bomb", "local t = {}\nwhile true do pcall(function() for i = 1, 1e9 do t[#t + 1] = string.rep('y', 4096) .. i end end) end");
+    h.script("ok", "return 'still serving'");
+    for subject in ["bomb", "pcall_bomb"] {
+        let c = h.run(subject, "{}");
+        let e = c
+            .error
+            .unwrap_or_else(|| panic!("{subject} was not stopped"));
+        assert_eq!(e.kind, ErrorKind::Memory, "{subject}: {}", e.message);
+        let next = h.run("ok", "{}");
+        assert_eq!(next.error, None, "after {subject}");
+        assert_eq!(text(&next.reply), "still serving");
+    }
+}
+
+#[test]
+fn globals_do_not_leak_between_requests_but_modules_stay_loaded() {
+    let libs = tempfile::tempdir().unwrap();
+    let lib = libs.path().to_path_buf();
+    std::fs::write(
+        lib.join("counter.lua"),
+        "local M = { n = 0 }\nfunction M.bump() M.n = M.n + 1; return M.n end\nreturn M",
+    )
+    .unwrap();
+    let lib_dir = lib.clone();
+    let mut h = Harness::with(1, move |c| c.lua_path = vec![lib_dir]);
+    h.script(
+        "leak",
+        "local seen = tostring(leaked) .. ',' .. tostring(_G.leaked2)\n\
+         leaked = 'yes'\n_G.leaked2 = 'yes'\n\
+         return seen .. ',' .. require('counter').bump()",
+    );
+    let first = h.run("leak", "");
+    assert_eq!(first.error, None);
+    assert_eq!(text(&first.reply), "nil,nil,1");
+    assert_eq!(text(&h.run("leak", "").reply), "nil,nil,2");
+}
+
+#[test]
+fn a_script_edited_on_disk_is_picked_up() {
+    let mut h = Harness::new(1);
+    h.script("v", "return 'one'");
+    assert_eq!(text(&h.run("v", "").reply), "one");
+    h.script("v", "return 'two, longer'");
+    assert_eq!(text(&h.run("v", "").reply), "two, longer");
+}
+
+#[test]
+fn replies_and_request_metadata() {
+    let mut h = Harness::new(1);
+    h.script(
+        "meta",
+        "return { sender = alaska.sender, subject = alaska.subject, address = alaska.address,\n\
+                  tracker = alaska.tracker, frames = alaska.frames, ctx = alaskaContext }",
+    );
+    h.script("num", "return 42");
+    h.submit("meta", &[b"first", b"second"]);
+    let c = h.next_done();
+    let v: serde_json::Value = serde_json::from_slice(c.reply.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"sender": "requester", "subject": "meta", "address": "svc",
+                           "tracker": "trk", "frames": ["first", "second"], "ctx": "first"})
+    );
+    assert_eq!(text(&h.run("num", "").reply), "42");
+}
+
+#[test]
+fn binary_chunks_and_os_exit_are_refused() {
+    let mut h = Harness::new(1);
+    h.script("bin", "local f, err = load(string.dump(function() return 1 end))\nreturn tostring(f) .. ' ' .. tostring(err)");
+    h.script("exit", "os.exit(1)");
+    let r = text(&h.run("bin", "").reply);
+    assert!(r.starts_with("nil ") && r.contains("binary"), "{r}");
+    let e = h.run("exit", "").error.unwrap();
+    assert!(
+        e.message.contains("os.exit is not allowed"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn four_vms_run_concurrently() {
+    let mut h = Harness::with(4, |c| c.backlog = 64);
+    h.script("nap", "alaska.sleep(50)\nreturn alaskaContext");
+    let started = Instant::now();
+    for i in 0..40 {
+        h.submit("nap", &[format!("{i}").as_bytes()]);
+    }
+    let mut seen = Vec::new();
+    for _ in 0..40 {
+        let c = h.next_done();
+        assert_eq!(c.error, None);
+        seen.push(text(&c.reply).parse::<u32>().unwrap());
+    }
+    let took = started.elapsed();
+    seen.sort();
+    assert_eq!(seen, (0..40).collect::<Vec<_>>());
+    // One VM would need 40 x 50 ms = 2 s; four need about 0.5 s.
+    assert!(took < Duration::from_millis(1500), "40 naps took {took:?}");
+}
+
+#[test]
+fn full_pool_refuses_and_shutdown_returns_unstarted_jobs() {
+    let mut h = Harness::with(1, |c| {
+        c.backlog = 2;
+        c.timeout = Duration::from_secs(5);
+    });
+    h.script("nap", "alaska.sleep(300)\nreturn 'done'");
+    h.submit("nap", &[b"1"]);
+    std::thread::sleep(Duration::from_millis(100));
+    h.submit("nap", &[b"2"]);
+    h.submit("nap", &[b"3"]);
+    let extra = Job {
+        id: 99,
+        request: Request {
+            sender: String::new(),
+            address: String::new(),
+            subject: "nap".into(),
+            tracker: String::new(),
+            content: vec![],
+        },
+    };
+    assert!(
+        h.pool.as_ref().unwrap().try_submit(extra).is_err(),
+        "backlog of 2 is full"
+    );
+    let unstarted = h.pool.take().unwrap().shutdown(Duration::from_secs(2));
+    let first = h.next_done();
+    assert_eq!(
+        (first.id, text(&first.reply).as_str()),
+        (1, "done"),
+        "running job finished"
+    );
+    let mut ids: Vec<u64> = unstarted.iter().map(|j| j.id).collect();
+    ids.sort();
+    assert_eq!(ids, [2, 3]);
+}
