@@ -5,9 +5,13 @@
 //! - [`broker`]: a Malamute-compatible broker (`alaska-broker`, and the
 //!   worker's embedded broker).
 //! - [`config`]: the ZPL reader and the worker's typed settings.
+//! - [`daemon`]: background mode, lock file, user and group, stop signals.
+//! - [`logging`]: stderr or syslog.
 //! - [`worker`]: the dispatcher, the Lua VM pool and the scripting API.
 
 pub mod broker;
 pub mod config;
+pub mod daemon;
+pub mod logging;
 pub mod mlm;
 pub mod worker;

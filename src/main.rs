@@ -1,1 +1,202 @@
-fn main() {}
+//! alaska: the worker daemon. Flags, then configuration, then background
+//! mode, then logging, then (optionally) the embedded broker, then the
+//! worker until SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use alaska::broker::{Broker, BrokerConfig, BrokerHandle};
+use alaska::config::{Embedded, Settings};
+use alaska::mlm::{ClientOptions, Credentials};
+use alaska::worker::{DispatcherOptions, PoolConfig};
+use alaska::{daemon, logging, worker};
+use clap::Parser;
+
+/// Command-line flags (the original's short flags kept).
+#[derive(Parser, Debug)]
+#[command(
+    name = "alaska",
+    version,
+    about = "Lua-scripted service workers for the Malamute message broker",
+    long_about = "Offers a service on a Malamute broker and runs each request through \
+<scripts/dir>/<subject>.lua in a pool of Lua VMs. Configuration is read from a ZPL \
+file (default alaska.cfg, created with the defaults when missing); environment \
+variables ALASKA_WORKER__<KEY>__<SUBKEY> override its keys.",
+    after_help = "Exit status: 0 after a clean stop (SIGTERM/SIGINT), 1 on a runtime error, \
+2 on a configuration error or a failed --check."
+)]
+struct Args {
+    /// The configuration file.
+    #[arg(short, long, value_name = "FILE", default_value = "alaska.cfg")]
+    config: PathBuf,
+    /// Stay in the foreground even if worker/background = "1".
+    #[arg(short, long)]
+    foreground: bool,
+    /// Run a broker in this process on worker/broker/endpoint (always).
+    #[arg(long, conflicts_with = "no_embedded_broker")]
+    embedded_broker: bool,
+    /// Never run the embedded broker; connect to an external one.
+    #[arg(long)]
+    no_embedded_broker: bool,
+    /// Validate the configuration, compile every script, and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let loaded = match Settings::load(&args.config) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("alaska: configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut s = loaded.settings;
+    if args.embedded_broker {
+        s.embedded = Embedded::Always;
+    } else if args.no_embedded_broker {
+        s.embedded = Embedded::Never;
+    }
+    if args.check {
+        return check(&args, &s);
+    }
+    // Fork before any thread or ZeroMQ context exists.
+    if s.background && !args.foreground {
+        if let Err(e) = daemon::daemonize(&daemon::DaemonOptions {
+            workdir: s.workdir.clone(),
+        }) {
+            eprintln!("alaska: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    if let Err(e) = logging::init(&logging::LogOptions {
+        syslog: s.syslog,
+        ident: "alaska".into(),
+    }) {
+        eprintln!("alaska: logging: {e}");
+        return ExitCode::from(1);
+    }
+    tracing::info!("Alaska workers {}", env!("CARGO_PKG_VERSION"));
+    if loaded.created {
+        tracing::info!(
+            "{} was missing: created it with the defaults",
+            args.config.display()
+        );
+    } else {
+        tracing::info!("configuration loaded from {}", args.config.display());
+    }
+    match run(s) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            let mut source = e.source();
+            while let Some(cause) = source {
+                tracing::error!("  caused by: {cause}");
+                source = cause.source();
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(s: Settings) -> Result<(), Box<dyn std::error::Error>> {
+    let _lock = match &s.lockfile {
+        Some(path) => Some(daemon::LockFile::acquire(path)?),
+        None => None,
+    };
+    let shutdown = daemon::shutdown_on_signals()?;
+    let _broker = embedded_broker(&s)?;
+    daemon::run_as(s.user.as_deref(), s.group.as_deref())?;
+    let mut client = ClientOptions::new(&s.endpoint, worker_address());
+    // The original's broker/timeout (1 s) is a connect timeout; silence
+    // from the broker is judged over at least three heartbeats.
+    client.timeout = s.broker_timeout.max(Duration::from_secs(3));
+    client.plain = s
+        .plain
+        .clone()
+        .map(|(username, password)| Credentials { username, password });
+    let opts = DispatcherOptions {
+        client,
+        service: s.service.clone(),
+        filter: s.filter.clone(),
+        errors_notify: s.errors_notify,
+        errors_mailbox: s.errors_mailbox.clone(),
+        errors_reply: s.errors_reply,
+        verbose: s.verbose,
+        shutdown_timeout: s.shutdown_timeout,
+    };
+    let pool = PoolConfig {
+        size: s.pool_size,
+        backlog: s.pool_backlog,
+        scripts_dir: s.scripts_dir.clone(),
+        lua_path: s.lua_path.clone(),
+        timeout: s.lua_timeout,
+        memory: s.lua_memory,
+        ..PoolConfig::default()
+    };
+    worker::run(opts, pool, shutdown)?;
+    Ok(())
+}
+
+/// Starts the embedded broker when asked, or (auto) when nothing is bound
+/// on the endpoint yet.
+fn embedded_broker(s: &Settings) -> Result<Option<BrokerHandle>, Box<dyn std::error::Error>> {
+    if s.embedded == Embedded::Never {
+        return Ok(None);
+    }
+    let cfg = BrokerConfig {
+        endpoint: s.endpoint.clone(),
+        ..BrokerConfig::default()
+    };
+    match Broker::start(cfg) {
+        Ok(b) => {
+            tracing::info!("embedded broker listening on {}", b.endpoint());
+            Ok(Some(b))
+        }
+        Err(e) if s.embedded == Embedded::Auto => {
+            tracing::info!(
+                "not starting the embedded broker ({e}); using the broker at {}",
+                s.endpoint
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `AW::<host>::<pid>-<4 hex>`, the original's worker address form.
+fn worker_address() -> String {
+    let mut host = [0u8; 256];
+    // SAFETY: gethostname writes at most len bytes into our buffer.
+    let rc = unsafe { libc::gethostname(host.as_mut_ptr().cast(), host.len()) };
+    let host = if rc == 0 {
+        let end = host.iter().position(|&b| b == 0).unwrap_or(host.len());
+        String::from_utf8_lossy(&host[..end]).into_owned()
+    } else {
+        "localhost".into()
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mut addr = format!("AW::{host}::{}-{:04X}", std::process::id(), nanos & 0xFFFF);
+    addr.truncate(255);
+    addr
+}
+
+fn check(args: &Args, s: &Settings) -> ExitCode {
+    println!("{}: configuration valid", args.config.display());
+    let problems = worker::check::check_scripts(&s.scripts_dir);
+    for p in &problems {
+        println!("{}: {}", p.file, p.message);
+    }
+    if problems.is_empty() {
+        println!("{}: every script compiles", s.scripts_dir.display());
+        ExitCode::SUCCESS
+    } else {
+        println!("{} problem(s)", problems.len());
+        ExitCode::from(2)
+    }
+}

@@ -1,3 +1,336 @@
-//! Configuration: the ZPL reader ([`zpl`]) and the worker's typed settings.
+//! Configuration: the ZPL reader ([`zpl`]) and the worker's typed
+//! [`Settings`].
+//!
+//! Settings are layered through the `config` crate: built-in defaults, then
+//! the ZPL file (`alaska.cfg`, the original's keys), then environment
+//! variables (`ALASKA_WORKER__POOL__SIZE=8` overrides `worker/pool/size`).
+//! Values are strings in ZPL; each is converted here, and a bad one is an
+//! error naming its key. The shipped `alaska.cfg` is the default file: it
+//! is what a missing config file is replaced with, and a test checks that it
+//! parses to the defaults.
 
 pub mod zpl;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The default configuration file, as shipped.
+pub const DEFAULT_CONFIG: &str = include_str!("../../alaska.cfg");
+
+/// Environment variable prefix for overrides.
+pub const ENV_PREFIX: &str = "ALASKA";
+
+/// When to run the embedded broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Embedded {
+    /// Start one if nothing is bound on the endpoint yet.
+    Auto,
+    /// Always start one (fail if the endpoint is taken).
+    Always,
+    /// Never: connect to an external broker.
+    Never,
+}
+
+/// The worker's settings, every one with its default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// `worker/background`: run as a daemon.
+    pub background: bool,
+    /// `worker/workdir`: directory of the daemon.
+    pub workdir: PathBuf,
+    /// `worker/verbose`: log each request.
+    pub verbose: bool,
+    /// `worker/syslog`: log to syslog.
+    pub syslog: bool,
+    /// `worker/lockfile`: pid file to lock.
+    pub lockfile: Option<PathBuf>,
+    /// `worker/user`: user to switch to.
+    pub user: Option<String>,
+    /// `worker/group`: group to switch to.
+    pub group: Option<String>,
+    /// `worker/scripts/dir`.
+    pub scripts_dir: PathBuf,
+    /// `worker/pool/size`.
+    pub pool_size: usize,
+    /// `worker/pool/backlog`.
+    pub pool_backlog: usize,
+    /// `worker/broker/endpoint`.
+    pub endpoint: String,
+    /// `worker/broker/timeout`.
+    pub broker_timeout: Duration,
+    /// `worker/broker/embedded`.
+    pub embedded: Embedded,
+    /// `worker/service/address`.
+    pub service: String,
+    /// `worker/service/filter`.
+    pub filter: String,
+    /// `worker/errors/notify`.
+    pub errors_notify: bool,
+    /// `worker/errors/mailbox`.
+    pub errors_mailbox: String,
+    /// `worker/errors/reply`.
+    pub errors_reply: bool,
+    /// `worker/auth/plain/username` and `password`.
+    pub plain: Option<(String, String)>,
+    /// `worker/lua/timeout`.
+    pub lua_timeout: Duration,
+    /// `worker/lua/memory`, bytes.
+    pub lua_memory: usize,
+    /// `worker/lua/path`.
+    pub lua_path: Vec<PathBuf>,
+    /// `worker/shutdown/timeout`.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            background: false,
+            workdir: PathBuf::from("."),
+            verbose: false,
+            syslog: false,
+            lockfile: None,
+            user: None,
+            group: None,
+            scripts_dir: PathBuf::from("services"),
+            pool_size: 4,
+            pool_backlog: 64,
+            endpoint: "tcp://127.0.0.1:9999".into(),
+            broker_timeout: Duration::from_millis(1000),
+            embedded: Embedded::Auto,
+            service: "default".into(),
+            filter: ".*".into(),
+            errors_notify: true,
+            errors_mailbox: "awerr".into(),
+            errors_reply: false,
+            plain: None,
+            lua_timeout: Duration::from_secs(5),
+            lua_memory: 64 << 20,
+            lua_path: Vec::new(),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A configuration problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// The file is not valid ZPL, or a source failed.
+    #[error("{0}")]
+    Syntax(String),
+    /// A key has a value that is not what it must be.
+    #[error("{key}: {value:?} is not {expected}")]
+    Value {
+        /// The key, slash-separated.
+        key: &'static str,
+        /// The value found.
+        value: String,
+        /// What it must be.
+        expected: &'static str,
+    },
+}
+
+/// What loading found, besides the settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded {
+    /// The settings.
+    pub settings: Settings,
+    /// The file was missing and has been written with the defaults.
+    pub created: bool,
+}
+
+impl Settings {
+    /// Loads `path` (writing the defaults there first if it is missing),
+    /// then applies the process environment.
+    pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+        let created = if path.exists() {
+            false
+        } else {
+            write_defaults(path)?;
+            true
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let settings = Settings::from_sources(&text, std::env::vars())
+            .map_err(|e| ConfigError::Syntax(format!("{}: {e}", path.display())))?;
+        Ok(Loaded { settings, created })
+    }
+
+    /// Parses ZPL text with environment overrides taken from `env`
+    /// (name, value pairs; only `ALASKA_…` names count).
+    pub fn from_sources(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let vars: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}_")))
+            .collect();
+        let c = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULT_CONFIG, zpl::Zpl))
+            .add_source(config::File::from_str(text, zpl::Zpl))
+            .add_source(
+                config::Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator("_")
+                    .separator("__")
+                    .source(Some(vars)),
+            )
+            .build()
+            .map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let get = |key: &'static str| -> String {
+            c.get_string(&key.replace('/', ".")).unwrap_or_default()
+        };
+        let opt = |key: &'static str| -> Option<String> {
+            let v = get(key);
+            (!v.trim().is_empty()).then(|| v.trim().to_string())
+        };
+        let user = opt("worker/auth/plain/username");
+        let password = get("worker/auth/plain/password");
+        Ok(Settings {
+            background: boolean("worker/background", &get("worker/background"))?,
+            workdir: PathBuf::from(get("worker/workdir")),
+            verbose: boolean("worker/verbose", &get("worker/verbose"))?,
+            syslog: boolean("worker/syslog", &get("worker/syslog"))?,
+            lockfile: opt("worker/lockfile").map(PathBuf::from),
+            user: opt("worker/user"),
+            group: opt("worker/group"),
+            scripts_dir: PathBuf::from(get("worker/scripts/dir")),
+            pool_size: positive("worker/pool/size", &get("worker/pool/size"))?,
+            pool_backlog: number("worker/pool/backlog", &get("worker/pool/backlog"))? as usize,
+            endpoint: required("worker/broker/endpoint", get("worker/broker/endpoint"))?,
+            broker_timeout: duration("worker/broker/timeout", &get("worker/broker/timeout"))?,
+            embedded: match get("worker/broker/embedded").trim().to_lowercase().as_str() {
+                "auto" | "" => Embedded::Auto,
+                "1" | "true" | "yes" | "on" => Embedded::Always,
+                "0" | "false" | "no" | "off" => Embedded::Never,
+                _ => {
+                    return Err(ConfigError::Value {
+                        key: "worker/broker/embedded",
+                        value: get("worker/broker/embedded"),
+                        expected: "auto, 1 or 0",
+                    })
+                }
+            },
+            service: required("worker/service/address", get("worker/service/address"))?,
+            filter: get("worker/service/filter"),
+            errors_notify: boolean("worker/errors/notify", &get("worker/errors/notify"))?,
+            errors_mailbox: get("worker/errors/mailbox"),
+            errors_reply: boolean("worker/errors/reply", &get("worker/errors/reply"))?,
+            plain: user.map(|u| (u, password)),
+            lua_timeout: duration("worker/lua/timeout", &get("worker/lua/timeout"))?,
+            lua_memory: bytes("worker/lua/memory", &get("worker/lua/memory"))?,
+            lua_path: get("worker/lua/path")
+                .split(';')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+                .collect(),
+            shutdown_timeout: duration("worker/shutdown/timeout", &get("worker/shutdown/timeout"))?,
+        })
+    }
+}
+
+/// Writes the default configuration to `path`.
+pub fn write_defaults(path: &Path) -> Result<(), ConfigError> {
+    std::fs::write(path, DEFAULT_CONFIG).map_err(|source| ConfigError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn boolean(key: &'static str, v: &str) -> Result<bool, ConfigError> {
+    match v.trim().to_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        _ => Err(ConfigError::Value {
+            key,
+            value: v.into(),
+            expected: "1 or 0",
+        }),
+    }
+}
+
+fn number(key: &'static str, v: &str) -> Result<u64, ConfigError> {
+    v.trim().parse().map_err(|_| ConfigError::Value {
+        key,
+        value: v.into(),
+        expected: "a whole number",
+    })
+}
+
+fn positive(key: &'static str, v: &str) -> Result<usize, ConfigError> {
+    match number(key, v)? {
+        0 => Err(ConfigError::Value {
+            key,
+            value: v.into(),
+            expected: "a number of at least 1",
+        }),
+        n => Ok(n as usize),
+    }
+}
+
+fn required(key: &'static str, v: String) -> Result<String, ConfigError> {
+    if v.trim().is_empty() {
+        return Err(ConfigError::Value {
+            key,
+            value: v,
+            expected: "set (it may not be empty)",
+        });
+    }
+    Ok(v.trim().to_string())
+}
+
+/// `1500` (ms), `1500ms`, `2s`, `1.5s`, `1m`.
+fn duration(key: &'static str, v: &str) -> Result<Duration, ConfigError> {
+    let t = v.trim();
+    let bad = || ConfigError::Value {
+        key,
+        value: v.into(),
+        expected: "a duration (milliseconds, or a number with ms, s or m)",
+    };
+    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (t, 0.001)
+    };
+    let n: f64 = num.trim().parse().map_err(|_| bad())?;
+    if !n.is_finite() || n < 0.0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(n * scale))
+}
+
+/// `65536`, `64K`, `64M`, `1G`.
+fn bytes(key: &'static str, v: &str) -> Result<usize, ConfigError> {
+    let t = v.trim().to_uppercase();
+    let bad = || ConfigError::Value {
+        key,
+        value: v.into(),
+        expected: "a size (bytes, or a number with K, M or G)",
+    };
+    let (num, scale) = match t.trim_end_matches('B').chars().last() {
+        Some('K') => (&t[..t.trim_end_matches('B').len() - 1], 1usize << 10),
+        Some('M') => (&t[..t.trim_end_matches('B').len() - 1], 1 << 20),
+        Some('G') => (&t[..t.trim_end_matches('B').len() - 1], 1 << 30),
+        _ => (t.as_str(), 1),
+    };
+    let n: usize = num.trim().parse().map_err(|_| bad())?;
+    if n == 0 {
+        return Err(bad());
+    }
+    n.checked_mul(scale).ok_or_else(bad)
+}

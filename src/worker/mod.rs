@@ -3,6 +3,7 @@
 //! a subject selects ([`subject`]), and the wake-up pipe between them
 //! ([`wake`]).
 
+pub mod check;
 pub mod dispatcher;
 pub mod pool;
 pub mod subject;

@@ -1,0 +1,2 @@
+-- Echo: replies with the request content, unchanged.
+return alaskaContext

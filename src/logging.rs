@@ -1,0 +1,57 @@
+//! Logging: `tracing` to stderr, or to syslog through libc's `syslog(3)`
+//! (which reconnects by itself when syslogd restarts). `RUST_LOG` overrides
+//! the level; `verbose` only adds the per-request lines, which are logged
+//! at info level either way.
+
+use std::ffi::CString;
+
+/// Where and how to log.
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    /// Log to syslog instead of stderr.
+    pub syslog: bool,
+    /// Program name for syslog.
+    pub ident: String,
+}
+
+/// Logging could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LoggingError {
+    /// syslog was already opened in this process.
+    #[error("syslog is already open in this process")]
+    SyslogBusy,
+    /// The identity has a NUL byte.
+    #[error("bad syslog identity: {0}")]
+    Ident(#[from] std::ffi::NulError),
+}
+
+fn filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+}
+
+/// Installs the global subscriber. Call once, after daemonizing.
+pub fn init(opts: &LogOptions) -> Result<(), LoggingError> {
+    if opts.syslog {
+        let ident = CString::new(opts.ident.clone())?;
+        let syslog = syslog_tracing::Syslog::new(
+            ident,
+            syslog_tracing::Options::LOG_PID,
+            syslog_tracing::Facility::Daemon,
+        )
+        .ok_or(LoggingError::SyslogBusy)?;
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_ansi(false)
+            .without_time()
+            .with_target(false)
+            .with_writer(syslog)
+            .try_init();
+    } else {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+    Ok(())
+}
