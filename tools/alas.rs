@@ -1,1 +1,237 @@
-fn main() {}
+//! alas: the producer. Reads stdin and sends it to a service as a request
+//! (SERVICE SEND), optionally waiting for the reply in its own mailbox.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use alaska::mlm::{Client, ClientError, ClientOptions, Credentials, DeliveryKind};
+use alaska::worker::ERROR_REPLY_PREFIX;
+use clap::Parser;
+
+/// Exit statuses, documented in `--help`.
+mod exit {
+    pub const OK: u8 = 0;
+    pub const OTHER: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const EMPTY_INPUT: u8 = 3;
+    pub const UNREACHABLE: u8 = 4;
+    pub const AUTH: u8 = 5;
+    pub const REPLY_TIMEOUT: u8 = 6;
+    pub const ERROR_REPLY: u8 = 7;
+}
+
+/// Command-line flags (the original's short flags kept).
+#[derive(Parser, Debug)]
+#[command(
+    name = "alas",
+    version,
+    about = "Send stdin to an Alaska service as a request, and optionally wait for the reply",
+    after_help = "Examples:\n  echo '{\"c\":1}' | alas                         # service 'default', subject 'dump'\n  reply=$(echo '{\"n\":1000}' | alas -s pi --wait)  # print the reply\n  alas --lines -s echo --wait < requests.jsonl     # one request per line\n\n\
+Exit status: 0 ok; 1 other error; 2 usage or bad endpoint; 3 empty input;\n4 broker unreachable; 5 authentication refused; 6 no reply in time; 7 error reply."
+)]
+struct Args {
+    /// Broker endpoint.
+    #[arg(short, long, default_value = "tcp://127.0.0.1:9999")]
+    endpoint: String,
+    /// Service address.
+    #[arg(short, long, default_value = "default")]
+    address: String,
+    /// Subject (selects the script).
+    #[arg(short, long, default_value = "dump")]
+    subject: String,
+    /// Our address on the broker (default: unique per run).
+    #[arg(long)]
+    name: Option<String>,
+    /// Wait for the reply (default 5 s) and print it to stdout.
+    #[arg(short, long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "5")]
+    wait: Option<f64>,
+    /// Send each non-empty line of stdin as its own request.
+    #[arg(short, long)]
+    lines: bool,
+    /// Connection timeout in milliseconds.
+    #[arg(short, long, value_name = "MS", default_value_t = 3000)]
+    timeout: u64,
+    /// PLAIN user name.
+    #[arg(short, long, env = "ALAS_USER")]
+    user: Option<String>,
+    /// PLAIN password.
+    #[arg(short, long, env = "ALAS_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// Do not warn when the content is not JSON.
+    #[arg(long)]
+    raw: bool,
+    /// Print nothing but replies.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err((code, msg)) => {
+            eprintln!("alas: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+type Failure = (u8, String);
+
+fn run(args: &Args) -> Result<(), Failure> {
+    let mut input = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut input)
+        .map_err(|e| (exit::OTHER, format!("reading stdin: {e}")))?;
+    let requests: Vec<Vec<u8>> = if args.lines {
+        input
+            .split(|&b| b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+            .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+            .map(<[u8]>::to_vec)
+            .collect()
+    } else {
+        // `echo` adds a newline; it is not part of the request.
+        let body = input
+            .strip_suffix(b"\n")
+            .map(|b| b.strip_suffix(b"\r").unwrap_or(b))
+            .unwrap_or(&input);
+        if body.iter().all(u8::is_ascii_whitespace) {
+            vec![]
+        } else {
+            vec![body.to_vec()]
+        }
+    };
+    if requests.is_empty() {
+        return Err((exit::EMPTY_INPUT, "empty input: nothing to send".into()));
+    }
+    if !args.raw && !args.quiet {
+        for (i, r) in requests.iter().enumerate() {
+            if serde_json::from_slice::<serde::de::IgnoredAny>(r).is_err() {
+                let which = if args.lines {
+                    format!("line {} is", i + 1)
+                } else {
+                    "input is".into()
+                };
+                eprintln!(
+                    "alas: warning: {which} not valid JSON; sent as it is (--raw to silence)"
+                );
+            }
+        }
+    }
+    let name = args.name.clone().unwrap_or_else(unique_name);
+    let mut opts = ClientOptions::new(&args.endpoint, &name);
+    opts.timeout = Duration::from_millis(args.timeout.max(1));
+    if let Some(user) = &args.user {
+        opts.plain = Some(Credentials {
+            username: user.clone(),
+            password: args.password.clone().unwrap_or_default(),
+        });
+    }
+    let mut client = Client::connect(opts).map_err(connect_failure)?;
+    let mut pending: HashMap<String, usize> = HashMap::new();
+    for (i, body) in requests.iter().enumerate() {
+        let tracker = format!("{name}-{}", i + 1);
+        client
+            .sendfor(
+                &args.address,
+                &args.subject,
+                &tracker,
+                0,
+                vec![body.clone()],
+            )
+            .map_err(|e| (exit::OTHER, format!("sending: {e}")))?;
+        pending.insert(tracker, i);
+    }
+    if !args.quiet {
+        eprintln!(
+            "alas: sent {} request(s) to service {:?} subject {:?} at {}",
+            requests.len(),
+            args.address,
+            args.subject,
+            args.endpoint
+        );
+    }
+    let Some(wait) = args.wait else {
+        // CONNECTION CLOSE is answered after everything we sent before it
+        // was handled, so a successful close means the requests are in.
+        return client
+            .close()
+            .map_err(|e| (exit::OTHER, format!("closing: {e}")));
+    };
+    let wait = Duration::from_secs_f64(wait.max(0.0));
+    let mut deadline = Instant::now() + wait;
+    let mut failed = 0usize;
+    let mut stdout = std::io::stdout().lock();
+    while !pending.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err((
+                exit::REPLY_TIMEOUT,
+                format!(
+                    "no reply within {:.1} s for {} of {} request(s)",
+                    wait.as_secs_f64(),
+                    pending.len(),
+                    requests.len()
+                ),
+            ));
+        }
+        let d = match client.recv(left) {
+            Ok(Some(d)) => d,
+            Ok(None) => continue,
+            Err(e) => return Err((exit::OTHER, format!("receiving: {e}"))),
+        };
+        if d.kind != DeliveryKind::Mailbox || pending.remove(&d.tracker).is_none() {
+            continue;
+        }
+        deadline = Instant::now() + wait;
+        let body = d.content.first().map(Vec::as_slice).unwrap_or(b"");
+        if d.subject.starts_with(ERROR_REPLY_PREFIX) {
+            failed += 1;
+            eprintln!("alas: error reply: {}", String::from_utf8_lossy(body));
+            continue;
+        }
+        let _ = stdout.write_all(body);
+        let _ = stdout.write_all(b"\n");
+        let _ = stdout.flush();
+    }
+    let _ = client.close();
+    if failed > 0 {
+        return Err((
+            exit::ERROR_REPLY,
+            format!("{failed} of {} request(s) failed", requests.len()),
+        ));
+    }
+    Ok(())
+}
+
+fn connect_failure(e: ClientError) -> Failure {
+    let code = match &e {
+        ClientError::Endpoint { .. } => exit::USAGE,
+        ClientError::Unreachable { .. } | ClientError::Timeout { .. } => exit::UNREACHABLE,
+        ClientError::AuthFailed { .. } | ClientError::Handshake { .. } => exit::AUTH,
+        _ => exit::OTHER,
+    };
+    (code, e.to_string())
+}
+
+/// `alas-<host>-<pid>-<hex>`: two runs at once never share an address
+/// (the original's fixed `alas_producer` made them kick each other off).
+fn unique_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut name = format!(
+        "alas-{host}-{}-{:x}",
+        std::process::id(),
+        nanos & 0xffff_ffff
+    );
+    name.truncate(255);
+    name
+}

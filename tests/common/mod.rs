@@ -1,0 +1,153 @@
+//! Shared test harness: a real broker on `tcp://127.0.0.1:*`, real workers
+//! in-process, real clients.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use alaska::broker::{Broker, BrokerConfig, BrokerHandle};
+use alaska::mlm::{Client, ClientOptions, Delivery, DeliveryKind};
+use alaska::worker::{DispatcherOptions, PoolConfig};
+
+/// A broker on a free loopback port.
+pub fn broker() -> BrokerHandle {
+    broker_with(|_| {})
+}
+
+/// A broker with settings tweaked.
+pub fn broker_with(tweak: impl FnOnce(&mut BrokerConfig)) -> BrokerHandle {
+    let mut cfg = BrokerConfig {
+        endpoint: "tcp://127.0.0.1:*".into(),
+        ..BrokerConfig::default()
+    };
+    tweak(&mut cfg);
+    Broker::start(cfg).expect("broker starts")
+}
+
+/// A connected client with a short timeout.
+pub fn client(endpoint: &str, name: &str) -> Client {
+    let mut o = ClientOptions::new(endpoint, name);
+    o.timeout = Duration::from_secs(3);
+    o.heartbeat = Duration::from_millis(200);
+    Client::connect(o).expect("client connects")
+}
+
+/// Waits for the next delivery of `kind`, skipping others.
+pub fn expect(c: &mut Client, kind: DeliveryKind, within: Duration) -> Delivery {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no {kind:?} delivery within {within:?}");
+        if let Some(d) = c.recv(left).expect("recv") {
+            if d.kind == kind {
+                return d;
+            }
+        }
+    }
+}
+
+/// Asserts nothing of `kind` arrives for `during`.
+pub fn expect_none(c: &mut Client, kind: DeliveryKind, during: Duration) {
+    let deadline = Instant::now() + during;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        if let Some(d) = c.recv(left).expect("recv") {
+            assert!(d.kind != kind, "unexpected delivery: {d:?}");
+        }
+    }
+}
+
+/// An alaska worker running in-process on its own thread.
+pub struct Worker {
+    pub stop: Arc<AtomicBool>,
+    pub thread: Option<JoinHandle<Result<(), String>>>,
+}
+
+impl Worker {
+    /// Starts a worker offering `service` with scripts from `dir`.
+    pub fn start(
+        endpoint: &str,
+        dir: &Path,
+        tweak: impl FnOnce(&mut DispatcherOptions, &mut PoolConfig),
+    ) -> Worker {
+        let mut client = ClientOptions::new(endpoint, format!("worker-{}", unique()));
+        client.timeout = Duration::from_secs(3);
+        client.heartbeat = Duration::from_millis(200);
+        let mut opts = DispatcherOptions {
+            client,
+            service: "svc".into(),
+            filter: ".*".into(),
+            errors_notify: true,
+            errors_mailbox: "awerr".into(),
+            errors_reply: false,
+            verbose: true,
+            shutdown_timeout: Duration::from_secs(5),
+        };
+        let mut pool = PoolConfig {
+            size: 2,
+            scripts_dir: dir.to_path_buf(),
+            timeout: Duration::from_millis(500),
+            memory: 16 << 20,
+            ..PoolConfig::default()
+        };
+        tweak(&mut opts, &mut pool);
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("test-worker".into())
+            .spawn(move || alaska::worker::run(opts, pool, flag).map_err(|e| e.to_string()))
+            .unwrap();
+        Worker {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops gracefully and returns how the worker ended.
+    pub fn stop(mut self) -> Result<(), String> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.take().unwrap().join().expect("worker thread")
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A process-unique number.
+pub fn unique() -> u64 {
+    use std::sync::atomic::AtomicU64;
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed) + std::process::id() as u64 * 1_000_000
+}
+
+/// Writes `<dir>/<name>.lua`.
+pub fn script(dir: &Path, name: &str, body: &str) {
+    std::fs::write(dir.join(format!("{name}.lua")), body).unwrap();
+}
+
+/// Sends a request and waits for the reply in the requester's mailbox.
+pub fn request(c: &mut Client, subject: &str, body: &[u8], within: Duration) -> Delivery {
+    c.sendfor("svc", subject, "t", 0, vec![body.to_vec()])
+        .unwrap();
+    expect(c, DeliveryKind::Mailbox, within)
+}
+
+/// Waits until the worker's offer is registered: a probe request to a
+/// script that answers immediately.
+pub fn ready(c: &mut Client, dir: &Path) {
+    script(dir, "ping", "return 'pong'");
+    let d = request(c, "ping", b"", Duration::from_secs(10));
+    assert_eq!(d.content, vec![b"pong".to_vec()]);
+}

@@ -1,0 +1,311 @@
+//! End-to-end: a real broker, real workers, real producers; what arrives is
+//! checked byte for byte.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use alaska::mlm::DeliveryKind;
+use common::*;
+
+const T: Duration = Duration::from_secs(10);
+
+#[test]
+fn pi_style_script_mails_and_publishes_and_replies() {
+    let b = broker();
+    let dir = tempfile::tempdir().unwrap();
+    script(
+        dir.path(),
+        "pi",
+        "local n = require('cjson').decode(alaskaContext).n\n\
+         local ans, j = 3, 2\n\
+         for i = 1, n do local inc = 4.0 / (j * (j + 1) * (j + 2)); if i % 2 == 1 then ans = ans + inc else ans = ans - inc end; j = j + 2 end\n\
+         sendTo('pi.' .. n, ans, 'aw.res.pi')\n\
+         send('pi.' .. n, ans, 'numbers', 'second frame')\n\
+         return tostring(ans)",
+    );
+    let _w = Worker::start(b.endpoint(), dir.path(), |_, _| {});
+    let mut mailbox = client(b.endpoint(), "aw.res.pi");
+    let mut reader = client(b.endpoint(), "");
+    reader.set_consumer("numbers", "^pi\\.").unwrap();
+    let mut producer = client(b.endpoint(), "producer");
+    ready(&mut producer, dir.path());
+    let reply = request(&mut producer, "pi", br#"{"n":28}"#, T);
+    assert_eq!(reply.subject, "pi");
+    let value = reply.content[0].clone();
+    assert!(
+        value.starts_with(b"3.1415"),
+        "{:?}",
+        String::from_utf8_lossy(&value)
+    );
+    let mail = expect(&mut mailbox, DeliveryKind::Mailbox, T);
+    assert_eq!(
+        (mail.subject.as_str(), mail.address.as_str()),
+        ("pi.28", "aw.res.pi")
+    );
+    assert_eq!(mail.content, vec![value.clone()]);
+    let pub_ = expect(&mut reader, DeliveryKind::Stream, T);
+    assert_eq!(
+        (pub_.subject.as_str(), pub_.address.as_str()),
+        ("pi.28", "numbers")
+    );
+    assert_eq!(pub_.content, vec![value, b"second frame".to_vec()]);
+}
+
+#[test]
+fn dump_style_script_decodes_context_with_cjson() {
+    let b = broker();
+    let dir = tempfile::tempdir().unwrap();
+    script(
+        dir.path(),
+        "dump",
+        "local ctx = require 'cjson'.decode(alaskaContext)\nprint('dump', ctx.c)\nreturn { c = ctx.c, seen = true }",
+    );
+    let _w = Worker::start(b.endpoint(), dir.path(), |_, _| {});
+    let mut p = client(b.endpoint(), "producer");
+    ready(&mut p, dir.path());
+    let reply = request(&mut p, "dump", br#"{"c":1}"#, T);
+    let v: serde_json::Value = serde_json::from_slice(&reply.content[0]).unwrap();
+    assert_eq!(v, serde_json::json!({"c": 1, "seen": true}));
+}
+
+#[test]
+fn every_failure_kind_reaches_the_error_mailbox_in_three_parts() {
+    let b = broker();
+    let dir = tempfile::tempdir().unwrap();
+    script(dir.path(), "syntax", "return (");
+    script(dir.path(), "runtime", "local x = nil\nreturn x.y");
+    script(dir.path(), "table", "error({ code = 7 })");
+    let _w = Worker::start(b.endpoint(), dir.path(), |_, _| {});
+    let mut awerr = client(b.endpoint(), "awerr");
+    let mut p = client(b.endpoint(), "producer");
+    ready(&mut p, dir.path());
+    for (subject, needle) in [
+        ("missing", "no script"),
+        ("syntax", "syntax error"),
+        ("runtime", "attempt to index"),
+        ("table", "\"code\":7"),
+    ] {
+        let body = format!("{{\"for\":\"{subject}\"}}");
+        p.sendfor("svc", subject, "", 0, vec![body.clone().into_bytes()])
+            .unwrap();
+        let e = expect(&mut awerr, DeliveryKind::Mailbox, T);
+        assert_eq!(e.subject, subject);
+        assert_eq!(
+            e.content.len(),
+            2,
+            "{subject}: error text and original content"
+        );
+        let text = String::from_utf8_lossy(&e.content[0]);
+        assert!(text.contains(needle), "{subject}: {text}");
+        if subject == "runtime" || subject == "table" {
+            assert!(text.contains("stack traceback"), "{subject}: {text}");
+        }
+        assert_eq!(e.content[1], body.into_bytes());
+    }
+}
+
+#[test]
+fn traversal_subjects_run_nothing_and_are_reported() {
+    let b = broker();
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("services");
+    std::fs::create_dir_all(dir.join("a")).unwrap();
+    script(
+        root.path(),
+        "x",
+        "sendTo('escaped', 'ran outside', 'escapes')",
+    );
+    script(
+        &dir.join("a"),
+        "b",
+        "sendTo('escaped', 'ran nested', 'escapes')",
+    );
+    let _w = Worker::start(b.endpoint(), &dir, |_, _| {});
+    let mut awerr = client(b.endpoint(), "awerr");
+    let mut escapes = client(b.endpoint(), "escapes");
+    let mut p = client(b.endpoint(), "producer");
+    ready(&mut p, &dir);
+    for subject in ["../x", "a/b", "", "a\0b"] {
+        p.sendfor("svc", subject, "", 0, vec![b"{}".to_vec()])
+            .unwrap();
+        let e = expect(&mut awerr, DeliveryKind::Mailbox, T);
+        assert_eq!(e.subject, subject);
+        let text = String::from_utf8_lossy(&e.content[0]);
+        assert!(text.contains("subject"), "{subject:?}: {text}");
+    }
+    expect_none(
+        &mut escapes,
+        DeliveryKind::Mailbox,
+        Duration::from_millis(300),
+    );
+}
+
+#[test]
+fn runaway_scripts_are_stopped_reported_and_the_next_request_served() {
+    let b = broker();
+    let dir = tempfile::tempdir().unwrap();
+    script(dir.path(), "loop", "while true do end");
+    script(
+        dir.path(),
+        "pcall_loop",
+        "while true do pcall(function() while true do end end) end",
+    );
+    script(
+        dir.path(),
+        "co_loop",
+        "local co = coroutine.create(function() while true do end end)\nwhile true do coroutine.resume(co) end",
+    );
+    script(
+        dir.path(),
+        "bomb",
+        "local t = {}\nwhile true do t[#t + 1] = string.rep('x', 65536) .. #t end",
+    );
+    let _w = Worker::start(b.endpoint(), dir.path(), |_, p| {
+        p.size = 1;
+        p.timeout = Duration::from_millis(300);
+    });
+    let mut awerr = client(b.endpoint(), "awerr");
+    let mut p = client(b.endpoint(), "producer");
+    ready(&mut p, dir.path());
+    for (subject, needle) in [
+        ("loop", "time budget"),
+        ("pcall_loop", "time budget"),
+        ("co_loop", "time budget"),
+        ("bomb", "memory limit"),
+    ] {
+        p.sendfor("svc", subject, "", 0, vec![b"{}".to_vec()])
+            .unwrap();
+        let e = expect(&mut awerr, DeliveryKind::Mailbox, T);
+        assert_eq!(e.subject, subject);
+        let text = String::from_utf8_lossy(&e.content[0]);
+        assert!(text.contains(needle), "{subject}: {text}");
+        let next = request(&mut p, "ping", b"", T);
+        assert_eq!(
+            next.content,
+            vec![b"pong".to_vec()],
+            "served after {subject}"
+        );
+    }
+}
+
+#[test]
+fn globals_do_not_leak_and_edited_scripts_are_picked_up() {
+    let b = broker();
+    let dir = tempfile::tempdir().unwrap();
+    script(
+        dir.path(),
+        "g",
+        "local before = tostring(counter)\ncounter = 1\nreturn before",
+    );
+    let _w = Worker::start(b.endpoint(), dir.path(), |_, p| p.size = 1);
+    let mut p = client(b.endpoint(), "producer");
+    ready(&mut p, dir.path());
+    for _ in 0..3 {
+        assert_eq!(request(&mut p, "g", b"", T).content, vec![b"nil".to_vec()]);
+    }
+    script(dir.path(), "g", "return 'edited on disk'");
+    assert_eq!(
+        request(&mut p, "g", b"", T).content,
+        vec![b"edited on disk".to_vec()]
+    );
+}
+
+#[test]
+fn error_replies_when_configured_are_told_apart_by_subject() {
+    let b = broker();
+    let dir = tempfile::tempdir().unwrap();
+    script(dir.path(), "boom", "error('kaboom')");
+    let _w = Worker::start(b.endpoint(), dir.path(), |o, _| o.errors_reply = true);
+    let mut p = client(b.endpoint(), "producer");
+    ready(&mut p, dir.path());
+    p.sendfor("svc", "boom", "trk-9", 0, vec![b"{}".to_vec()])
+        .unwrap();
+    let r = expect(&mut p, DeliveryKind::Mailbox, T);
+    assert_eq!(r.subject, "ERROR:boom");
+    assert_eq!(r.tracker, "trk-9");
+    assert!(String::from_utf8_lossy(&r.content[0]).contains("kaboom"));
+}
+
+#[test]
+fn four_vms_serve_forty_sleeping_requests_concurrently() {
+    let b = broker();
+    let dir = tempfile::tempdir().unwrap();
+    script(dir.path(), "nap", "alaska.sleep(50)\nreturn alaskaContext");
+    let _w = Worker::start(b.endpoint(), dir.path(), |_, p| p.size = 4);
+    let mut p = client(b.endpoint(), "producer");
+    ready(&mut p, dir.path());
+    let started = Instant::now();
+    for i in 0..40 {
+        p.sendfor("svc", "nap", "", 0, vec![format!("{i}").into_bytes()])
+            .unwrap();
+    }
+    let mut got: Vec<u32> = (0..40)
+        .map(|_| {
+            let d = expect(&mut p, DeliveryKind::Mailbox, T);
+            String::from_utf8_lossy(&d.content[0]).parse().unwrap()
+        })
+        .collect();
+    let took = started.elapsed();
+    got.sort();
+    assert_eq!(got, (0..40).collect::<Vec<_>>());
+    // One VM needs 40 x 50 ms = 2 s; four need about 0.5 s.
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+}
+
+#[test]
+fn graceful_stop_finishes_requests_in_flight() {
+    let b = broker();
+    let dir = tempfile::tempdir().unwrap();
+    script(
+        dir.path(),
+        "slow",
+        "alaska.sleep(400)\nreturn alaskaContext",
+    );
+    let w = Worker::start(b.endpoint(), dir.path(), |_, p| {
+        p.size = 4;
+        p.timeout = Duration::from_secs(5);
+    });
+    let mut p = client(b.endpoint(), "producer");
+    ready(&mut p, dir.path());
+    for i in 0..4 {
+        p.sendfor("svc", "slow", "", 0, vec![format!("r{i}").into_bytes()])
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(150));
+    assert_eq!(w.stop(), Ok(()));
+    let mut got: Vec<Vec<u8>> = (0..4)
+        .map(|_| expect(&mut p, DeliveryKind::Mailbox, T).content[0].clone())
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            b"r0".to_vec(),
+            b"r1".to_vec(),
+            b"r2".to_vec(),
+            b"r3".to_vec()
+        ]
+    );
+}
+
+#[test]
+fn a_restarted_broker_gets_the_offer_again() {
+    let b = broker();
+    let endpoint = b.endpoint().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    script(dir.path(), "echo", "return alaskaContext");
+    let _w = Worker::start(&endpoint, dir.path(), |_, _| {});
+    {
+        let mut p = client(&endpoint, "producer");
+        ready(&mut p, dir.path());
+    }
+    b.stop();
+    std::thread::sleep(Duration::from_millis(300));
+    let b2 = broker_with(|c| c.endpoint = endpoint.clone());
+    let mut p = client(b2.endpoint(), "producer2");
+    // The worker must reconnect and offer again; the request waits in the
+    // new broker's queue until it does.
+    let r = request(&mut p, "echo", b"after restart", Duration::from_secs(15));
+    assert_eq!(r.content, vec![b"after restart".to_vec()]);
+}
