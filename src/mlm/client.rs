@@ -668,6 +668,14 @@ impl Client {
             .reason
             .split_whitespace()
             .any(|w| w == ACK_CAPABILITY);
+        // CREDIT goes before the replayed offers: the broker must be in
+        // acknowledged mode before its first SERVICE DELIVER to us, or the
+        // two sides would number deliveries differently.
+        if let (true, Some(credit)) = (advertised, self.opts.credit) {
+            if self.write(&Message::Credit { amount: credit }).is_ok() {
+                self.acks = true;
+            }
+        }
         let mut replay: Vec<Message> = Vec::new();
         if let Some(stream) = &self.producer {
             replay.push(Message::StreamWrite {
@@ -691,11 +699,6 @@ impl Client {
             if let Err(e) = self.write(m) {
                 tracing::warn!("replaying {m} failed: {e}");
                 self.pending_replay -= 1;
-            }
-        }
-        if let (true, Some(credit)) = (advertised, self.opts.credit) {
-            if self.write(&Message::Credit { amount: credit }).is_ok() {
-                self.acks = true;
             }
         }
         if let Err(e) = self.flush() {
