@@ -16,8 +16,11 @@ use common::*;
 
 /// A service that records every request and, for subject `echo`, mails
 /// the content back; for subject `fail`, mails an error reply.
+/// Subject and content of each request the service saw.
+type Seen = Vec<(String, Vec<Vec<u8>>)>;
+
 struct Service {
-    seen: Arc<Mutex<Vec<(String, Vec<Vec<u8>>)>>>,
+    seen: Arc<Mutex<Seen>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -67,11 +70,11 @@ impl Service {
         }
     }
 
-    fn seen(&self) -> Vec<(String, Vec<Vec<u8>>)> {
+    fn seen(&self) -> Seen {
         self.seen.lock().unwrap().clone()
     }
 
-    fn wait_for(&self, n: usize) -> Vec<(String, Vec<Vec<u8>>)> {
+    fn wait_for(&self, n: usize) -> Seen {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while self.seen().len() < n {
             assert!(
