@@ -8,10 +8,10 @@
 //! | `server/verbose` | log every command (`0`/`1`) | `0` |
 //! | `mlm_server/security/mechanism` | `null` or `plain` | `null` |
 //! | `server/auth/plain` | passwords file, `user=password` lines | – |
-//! | `mlm_server/service/queue/size-limit` | requests per service queue | `100000` |
-//! | `mlm_server/service/queue/bytes-limit` | content bytes per service queue | `268435456` |
-//! | `mlm_server/mailbox/size-limit` | mails per mailbox | `10000` |
-//! | `mlm_server/mailbox/bytes-limit` | content bytes per mailbox | `67108864` |
+//! | `mlm_server/service/queue/size-limit` | content bytes per service queue (as the reference), or `max` | `268435456` |
+//! | `mlm_server/service/queue/count-limit` | requests per service queue | `100000` |
+//! | `mlm_server/mailbox/size-limit` | content bytes per mailbox (as the reference), or `max` | `67108864` |
+//! | `mlm_server/mailbox/count-limit` | mails per mailbox | `10000` |
 //! | `mlm_server/mailbox/expiry` | reclaim a mailbox whose address is away this long, ms | `3600000` |
 //!
 //! An unknown key is a warning; a bad value is an error naming the key.
@@ -30,6 +30,9 @@ const IGNORED: &[&str] = &[
     "server/animate",
     "mlm_server/echo",
     "mlm_server/bind",
+    "server/auth/verbose",
+    "mlm_server/service/queue/size-warn",
+    "mlm_server/mailbox/size-warn",
 ];
 
 /// Reads a config file. Returns the settings and the warnings to log.
@@ -56,6 +59,14 @@ pub fn parse_config(text: &str, base: &Path) -> Result<(BrokerConfig, Vec<String
             BrokerError::Config(format!("line {}: {}: {v:?} is not {what}", e.line, e.path))
         };
         let num = || v.parse::<u64>().map_err(|_| bad("a whole number"));
+        // The reference accepts "max" for its size limits.
+        let limit = || {
+            if v.eq_ignore_ascii_case("max") {
+                Ok(usize::MAX)
+            } else {
+                v.parse::<usize>().map_err(|_| bad("a whole number or max"))
+            }
+        };
         match e.path.as_str() {
             "mlm_server/bind/endpoint" => cfg.endpoint = v.to_string(),
             "server/timeout" => cfg.client_timeout = Duration::from_millis(num()?.max(1)),
@@ -67,14 +78,10 @@ pub fn parse_config(text: &str, base: &Path) -> Result<(BrokerConfig, Vec<String
                 }
             }
             "server/auth/plain" => passwords = Some(v.to_string()),
-            "mlm_server/service/queue/size-limit" => {
-                cfg.service_queue_limit.messages = num()? as usize
-            }
-            "mlm_server/service/queue/bytes-limit" => {
-                cfg.service_queue_limit.bytes = num()? as usize
-            }
-            "mlm_server/mailbox/size-limit" => cfg.mailbox_limit.messages = num()? as usize,
-            "mlm_server/mailbox/bytes-limit" => cfg.mailbox_limit.bytes = num()? as usize,
+            "mlm_server/service/queue/size-limit" => cfg.service_queue_limit.bytes = limit()?,
+            "mlm_server/service/queue/count-limit" => cfg.service_queue_limit.messages = limit()?,
+            "mlm_server/mailbox/size-limit" => cfg.mailbox_limit.bytes = limit()?,
+            "mlm_server/mailbox/count-limit" => cfg.mailbox_limit.messages = limit()?,
             "mlm_server/mailbox/expiry" => cfg.mailbox_expiry = Duration::from_millis(num()?),
             p if IGNORED.contains(&p) => warnings.push(format!(
                 "line {}: {p} is not used by alaska-broker; ignored",
@@ -122,14 +129,25 @@ mod tests {
 
     #[test]
     fn reads_reference_keys_and_warns_on_unknown() {
-        let text = "server\n    timeout = 5000\n    verbose = 1\n    background = 0\nmlm_server\n    bind\n        endpoint = tcp://127.0.0.1:7777\n    mailbox\n        size-limit = 7\n    frobnicate = 1\n";
+        let text = "server\n    timeout = 5000\n    verbose = 1\n    background = 0\nmlm_server\n    bind\n        endpoint = tcp://127.0.0.1:7777\n    mailbox\n        count-limit = 7\n        size-limit = max\n    frobnicate = 1\n";
         let (cfg, warnings) = parse_config(text, Path::new(".")).unwrap();
         assert_eq!(cfg.endpoint, "tcp://127.0.0.1:7777");
         assert_eq!(cfg.client_timeout, Duration::from_secs(5));
         assert!(cfg.verbose);
         assert_eq!(cfg.mailbox_limit.messages, 7);
+        assert_eq!(cfg.mailbox_limit.bytes, usize::MAX);
         assert_eq!(warnings.len(), 2, "{warnings:?}");
         assert!(warnings[1].contains("mlm_server/frobnicate"));
+    }
+
+    #[test]
+    fn the_shipped_sample_parses_without_warnings() {
+        let (cfg, warnings) =
+            parse_config(include_str!("../../alaska-broker.cfg"), Path::new(".")).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(cfg.endpoint, "tcp://127.0.0.1:9999");
+        assert_eq!(cfg.service_queue_limit.messages, 100_000);
+        assert!(cfg.plain.is_none());
     }
 
     #[test]

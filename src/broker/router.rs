@@ -816,5 +816,5 @@ fn expiry(timeout_ms: u32) -> Option<Instant> {
 }
 
 fn limits_hit(l: &Limits, count: usize, bytes: usize, add: usize) -> bool {
-    count >= l.messages || bytes + add > l.bytes
+    count >= l.messages || bytes.saturating_add(add) > l.bytes
 }
