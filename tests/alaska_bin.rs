@@ -1,0 +1,260 @@
+//! The real `alaska` binary: configuration file handling, --check, the
+//! embedded broker, graceful stop on SIGTERM, background mode.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use alaska::mlm::DeliveryKind;
+use assert_cmd::cargo::CommandCargoExt;
+use common::*;
+
+fn alaska(dir: &Path) -> Command {
+    let mut c = Command::cargo_bin("alaska").unwrap();
+    c.current_dir(dir);
+    c
+}
+
+fn config(endpoint: &str, scripts: &Path, extra: &str) -> String {
+    format!(
+        "worker\n    scripts\n        dir = \"{}\"\n    pool\n        size = \"4\"\n    broker\n        endpoint = \"{endpoint}\"\n    service\n        address = \"svc\"\n        filter = \".*\"\n{extra}",
+        scripts.display()
+    )
+}
+
+fn free_endpoint() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("tcp://127.0.0.1:{port}")
+}
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+#[test]
+fn a_missing_config_is_created_with_the_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = alaska(dir.path()).args(["--check"]).output().unwrap();
+    let written = std::fs::read_to_string(dir.path().join("alaska.cfg")).unwrap();
+    assert_eq!(written, alaska::config::DEFAULT_CONFIG);
+    // The default scripts folder does not exist here: --check says so.
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cannot read the scripts folder"));
+}
+
+#[test]
+fn bad_values_stop_start_up_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("alaska.cfg"),
+        "worker\n    pool\n        size = \"lots\"\n",
+    )
+    .unwrap();
+    let out = alaska(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("worker/pool/size") && err.contains("lots"),
+        "{err}"
+    );
+    // An environment override is checked the same way.
+    std::fs::write(dir.path().join("alaska.cfg"), "worker\n").unwrap();
+    let out = alaska(dir.path())
+        .env("ALASKA_WORKER__LUA__MEMORY", "plenty")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("worker/lua/memory"));
+}
+
+#[test]
+fn check_compiles_every_script_and_names_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let scripts = dir.path().join("services");
+    std::fs::create_dir_all(&scripts).unwrap();
+    script(&scripts, "good", "return 1");
+    script(&scripts, "broken", "local a = 1\nlocal b = (\n");
+    std::fs::write(
+        dir.path().join("alaska.cfg"),
+        config("tcp://127.0.0.1:1", &scripts, ""),
+    )
+    .unwrap();
+    let out = alaska(dir.path()).arg("--check").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("broken.lua") && text.contains(":3:"),
+        "{text}"
+    );
+    assert!(!text.contains("good.lua"), "{text}");
+    std::fs::remove_file(scripts.join("broken.lua")).unwrap();
+    let out = alaska(dir.path()).arg("--check").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn embedded_broker_serves_alas_and_sigterm_finishes_requests_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let scripts = dir.path().join("services");
+    std::fs::create_dir_all(&scripts).unwrap();
+    script(
+        &scripts,
+        "slow",
+        "alaska.sleep(500)\nreturn 'done ' .. alaskaContext",
+    );
+    script(&scripts, "echo", "return alaskaContext");
+    let endpoint = free_endpoint();
+    std::fs::write(
+        dir.path().join("alaska.cfg"),
+        config(&endpoint, &scripts, ""),
+    )
+    .unwrap();
+    let mut child = Running(
+        alaska(dir.path())
+            .arg("--embedded-broker")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // alas against the embedded broker: one command ran everything.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reply = loop {
+        let out = Command::cargo_bin("alas")
+            .unwrap()
+            .args([
+                "-e", &endpoint, "-a", "svc", "-s", "echo", "--wait", "2", "-q",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(b"{\"hello\":1}\n")?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        if out.status.success() {
+            break out.stdout;
+        }
+        assert!(Instant::now() < deadline, "alaska never answered");
+    };
+    assert_eq!(reply, b"{\"hello\":1}\n");
+    let mut p = client(&endpoint, "producer");
+    for i in 0..4 {
+        p.sendfor("svc", "slow", "", 0, vec![format!("{i}").into_bytes()])
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: sending a signal to our own child.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let mut got: Vec<Vec<u8>> = (0..4)
+        .map(|_| expect(&mut p, DeliveryKind::Mailbox, Duration::from_secs(10)).content[0].clone())
+        .collect();
+    got.sort();
+    let want: Vec<Vec<u8>> = (0..4).map(|i| format!("done {i}").into_bytes()).collect();
+    assert_eq!(got, want);
+    let status =
+        wait_exit(&mut child.0, Duration::from_secs(10)).expect("alaska exits after SIGTERM");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn background_mode_detaches_and_holds_the_lock_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let scripts = dir.path().join("services");
+    std::fs::create_dir_all(&scripts).unwrap();
+    let lock = dir.path().join("alaska.pid");
+    let b = broker();
+    let extra = format!(
+        "    background = \"1\"\n    workdir = \"{}\"\n    lockfile = \"{}\"\n",
+        dir.path().display(),
+        lock.display()
+    );
+    std::fs::write(
+        dir.path().join("alaska.cfg"),
+        config(b.endpoint(), &scripts, &extra),
+    )
+    .unwrap();
+    let status = alaska(dir.path())
+        .args(["--no-embedded-broker"])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "the parent returns at once");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pid: i32 = loop {
+        if let Some(pid) = std::fs::read_to_string(&lock)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no pid in the lock file");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // The daemon serves, and a second worker with the same lock refuses.
+    script(&scripts, "echo", "return alaskaContext");
+    let mut p = client(b.endpoint(), "producer");
+    let r = request(&mut p, "echo", b"from the daemon", Duration::from_secs(10));
+    assert_eq!(r.content, vec![b"from the daemon".to_vec()]);
+    let second = alaska(dir.path())
+        .args(["-f", "--no-embedded-broker"])
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("held by another process"));
+    // SAFETY: stopping the daemon we started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while unsafe { libc::kill(pid, 0) } == 0 {
+        assert!(Instant::now() < deadline, "daemon did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn help_texts_explain_the_binaries() {
+    for (bin, needle) in [
+        ("alaska", "--foreground"),
+        ("alaska-broker", "--config"),
+        ("alas", "--wait"),
+        ("alaska-bench", "--echo-worker"),
+    ] {
+        let out = Command::cargo_bin(bin)
+            .unwrap()
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{bin}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(needle),
+            "{bin}"
+        );
+    }
+}
