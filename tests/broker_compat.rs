@@ -710,3 +710,33 @@ fn a_hundred_thousand_requests_to_two_workers_arrive_exactly_once() {
         "both workers served: {per_worker:?}"
     );
 }
+
+#[test]
+fn confirmed_requests_are_forgotten_and_only_the_rest_redelivered() {
+    let b = broker_with(|c| c.client_timeout = Duration::from_millis(500));
+    let w = Raw::open(b.endpoint(), "w");
+    w.send(&Message::Credit { amount: 10 });
+    w.offer("svc", ".*");
+    let p = Raw::open(b.endpoint(), "p");
+    for i in 1..=3 {
+        p.request("svc", "s", format!("{i}").as_bytes());
+    }
+    for i in 1..=3 {
+        assert_eq!(deliver_body(&w.recv()), format!("{i}").into_bytes());
+    }
+    // A batch confirmation: numbers separated by commas.
+    w.send(&Message::Confirm {
+        tracker: "1,3".into(),
+        status: Status::new(200, ""),
+    });
+    w.send(&Message::ConnectionClose);
+    assert!(matches!(w.recv(), Message::Ok { .. }));
+    let w2 = Raw::open(b.endpoint(), "w2");
+    w2.offer("svc", ".*");
+    assert_eq!(
+        deliver_body(&w2.recv()),
+        b"2",
+        "only the unconfirmed one comes back"
+    );
+    assert!(is_pong(&w2.ping()));
+}

@@ -633,16 +633,28 @@ impl Router {
             self.reply_error(id, status::FAILED, "CONFIRM needs CREDIT first (ack/1)");
             return;
         }
-        let done = tracker
-            .parse::<u64>()
-            .ok()
-            .and_then(|seq| c.unconfirmed.remove(&seq));
-        match done {
-            Some((service, _)) => self.dispatch(&service),
-            None => tracing::warn!(
-                "CONFIRM {tracker:?} from {:?} matches nothing; ignored",
-                c.address
-            ),
+        // One number, or several separated by commas (a batch).
+        let mut services: Vec<String> = Vec::new();
+        for part in tracker.split(',') {
+            match part
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .and_then(|seq| c.unconfirmed.remove(&seq))
+            {
+                Some((service, _)) => {
+                    if !services.contains(&service) {
+                        services.push(service);
+                    }
+                }
+                None => tracing::warn!(
+                    "CONFIRM {part:?} from {:?} matches nothing; ignored",
+                    c.address
+                ),
+            }
+        }
+        for s in services {
+            self.dispatch(&s);
         }
     }
 

@@ -498,11 +498,36 @@ impl Client {
     /// Confirms a service delivery (acknowledged mode only). A token from
     /// before a reconnect is ignored: the broker has requeued that request.
     pub fn confirm(&mut self, token: AckToken) -> Result<(), ClientError> {
-        if !self.acks || token.epoch != self.epoch || self.state != ConnState::Connected {
+        self.confirm_all(&[token])
+    }
+
+    /// Confirms several deliveries in as few CONFIRM commands as fit: the
+    /// tracker carries comma-separated numbers (at most 255 bytes each).
+    pub fn confirm_all(&mut self, tokens: &[AckToken]) -> Result<(), ClientError> {
+        if !self.acks || self.state != ConnState::Connected {
             return Ok(());
         }
+        let epoch = self.epoch;
+        let mut tracker = String::new();
+        for t in tokens.iter().filter(|t| t.epoch == epoch) {
+            let seq = t.seq.to_string();
+            if !tracker.is_empty() && tracker.len() + 1 + seq.len() > 255 {
+                self.post_confirm(std::mem::take(&mut tracker))?;
+            }
+            if !tracker.is_empty() {
+                tracker.push(',');
+            }
+            tracker.push_str(&seq);
+        }
+        if !tracker.is_empty() {
+            self.post_confirm(tracker)?;
+        }
+        Ok(())
+    }
+
+    fn post_confirm(&mut self, tracker: String) -> Result<(), ClientError> {
         self.post(Message::Confirm {
-            tracker: token.seq.to_string(),
+            tracker,
             status: Status::new(status::SUCCESS, ""),
         })
     }
@@ -615,12 +640,36 @@ impl Client {
         if self.state != ConnState::Connected {
             return Ok(());
         }
-        // Whatever is still queued goes out before the goodbye.
-        self.flush()?;
-        self.write(&Message::ConnectionClose)?;
-        let deadline = Instant::now() + self.opts.timeout.min(Duration::from_secs(1));
-        let _ = self.await_reply("CONNECTION_CLOSE", deadline);
+        // Whatever is still queued goes out before the goodbye; a full
+        // socket (high-water mark) is waited on, within the timeout.
+        let deadline = Instant::now() + self.opts.timeout;
+        self.flush_until(deadline)?;
+        if !self.outbox.is_empty() {
+            tracing::warn!(
+                "{} message(s) not sent before closing: broker too slow",
+                self.outbox.len()
+            );
+        }
+        self.outbox.push_back(Message::ConnectionClose);
+        self.flush_until(deadline)?;
+        let wait = deadline.min(Instant::now() + Duration::from_secs(1));
+        let _ = self.await_reply("CONNECTION_CLOSE", wait);
         Ok(())
+    }
+
+    /// Writes the outbox, waiting for room in the socket, until `deadline`.
+    fn flush_until(&mut self, deadline: Instant) -> Result<(), ClientError> {
+        loop {
+            self.flush()?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.outbox.is_empty() || left.is_zero() {
+                return Ok(());
+            }
+            match self.socket.poll(zmq::POLLOUT, ms(left)) {
+                Ok(_) | Err(zmq::Error::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     // ----- internals -------------------------------------------------

@@ -64,6 +64,10 @@ pub enum WorkerError {
     Io(#[from] std::io::Error),
 }
 
+/// How long the dispatcher looks for work before it sleeps while requests
+/// are running.
+const SPIN: Duration = Duration::from_micros(50);
+
 /// What the dispatcher remembers of a request while a VM runs it.
 struct InFlight {
     ack: Option<AckToken>,
@@ -101,6 +105,7 @@ pub fn run(
         overflow: VecDeque::new(),
         overflow_limit: capacity,
         next_id: 0,
+        confirms: Vec::new(),
     };
     d.client.set_worker(&d.opts.service, &d.opts.filter)?;
     tracing::info!(
@@ -147,14 +152,46 @@ struct Dispatcher {
     overflow: VecDeque<Job>,
     overflow_limit: usize,
     next_id: u64,
+    confirms: Vec<AckToken>,
 }
 
 impl Dispatcher {
     fn serve(&mut self, shutdown: &AtomicBool) -> Result<(), WorkerError> {
         let fd = self.wake.as_raw_fd();
         while !shutdown.load(Ordering::Relaxed) {
+            // While requests run, look around without sleeping for a few
+            // tens of microseconds: a trivial script finishes in less time
+            // than a sleep and a wake-up of this thread cost.
+            if !self.in_flight.is_empty() {
+                let until = Instant::now() + SPIN;
+                let mut event = Wait::Timeout;
+                while Instant::now() < until {
+                    if !self.done.is_empty() {
+                        break;
+                    }
+                    event = self.client.wait(None, Duration::ZERO)?;
+                    if !matches!(event, Wait::Timeout) {
+                        break;
+                    }
+                    std::hint::spin_loop();
+                }
+                if let Wait::Delivery(d) = event {
+                    self.deliver(d)?;
+                    continue;
+                }
+                if !self.done.is_empty() {
+                    self.finish_completed()?;
+                    continue;
+                }
+            }
+            // Arm, then a last look at the completions, then sleep: a
+            // completion that lands in between writes the wake-up byte.
+            self.wake.arm();
+            self.finish_completed()?;
             // The timeout only bounds how late a stop is noticed.
-            match self.client.wait(Some(fd), Duration::from_millis(100))? {
+            let event = self.client.wait(Some(fd), Duration::from_millis(100))?;
+            self.wake.disarm();
+            match event {
                 Wait::Delivery(d) => self.deliver(d)?,
                 Wait::Woken => self.wake.drain(),
                 Wait::Timeout => {}
@@ -236,6 +273,11 @@ impl Dispatcher {
         while let Ok(c) = self.done.try_recv() {
             self.complete(c)?;
         }
+        if !self.confirms.is_empty() {
+            let tokens = std::mem::take(&mut self.confirms);
+            let confirmed = self.client.confirm_all(&tokens);
+            self.outcome(confirmed)?;
+        }
         if let Some(pool) = &self.pool {
             while let Some(job) = self.overflow.pop_front() {
                 if let Err(job) = pool.try_submit(job) {
@@ -285,11 +327,11 @@ impl Dispatcher {
             let first = req.content.first().cloned().unwrap_or_default();
             self.report(&req.subject, &req.sender, &req.tracker, &err.message, first)?;
         }
-        // Acknowledge last: if we die before this, the broker redelivers
-        // (at-least-once), and nothing the script sent is lost.
+        // Acknowledge after the results are sent: if we die before this,
+        // the broker redelivers (at-least-once), and nothing is lost. The
+        // confirmations of one batch of completions go in one command.
         if let Some(token) = meta.and_then(|m| m.ack) {
-            let confirmed = self.client.confirm(token);
-            self.outcome(confirmed)?;
+            self.confirms.push(token);
         }
         Ok(())
     }
