@@ -334,3 +334,83 @@ fn bytes(key: &'static str, v: &str) -> Result<usize, ConfigError> {
     }
     n.checked_mul(scale).ok_or_else(bad)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sample configuration the original shipped, retyped here.
+    const SEED_SAMPLE: &str = "worker\n    background = \"0\"\n    workdir = \".\"\n    verbose = \"0\"\n    syslog = \"0\"\n    scripts\n        dir = \"../services\"\n    pool\n        size = \"4\"\n    broker\n        endpoint = \"tcp://127.0.0.1:9999\"\n        timeout = \"1000\"\n    service\n        address = \"default\"\n        filter = \".*\"\n    errors\n        notify = \"1\"\n        mailbox = \"awerr\"\n";
+
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    #[test]
+    fn the_shipped_file_is_the_defaults() {
+        assert_eq!(
+            Settings::from_sources(DEFAULT_CONFIG, no_env()).unwrap(),
+            Settings::default()
+        );
+    }
+
+    #[test]
+    fn the_original_sample_works_as_it_is() {
+        let s = Settings::from_sources(SEED_SAMPLE, no_env()).unwrap();
+        assert_eq!(s.pool_size, 4);
+        assert_eq!(s.endpoint, "tcp://127.0.0.1:9999");
+        assert_eq!(s.broker_timeout, Duration::from_millis(1000));
+        assert_eq!((s.service.as_str(), s.filter.as_str()), ("default", ".*"));
+        assert!(s.errors_notify);
+        assert_eq!(s.errors_mailbox, "awerr");
+        assert_eq!(s.scripts_dir, PathBuf::from("../services"));
+        assert!(!s.background && !s.verbose && !s.syslog);
+        // Keys the original did not have keep their defaults.
+        assert_eq!(s.lua_timeout, Duration::from_secs(5));
+        assert_eq!(s.lua_memory, 64 << 20);
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let env = vec![
+            ("ALASKA_WORKER__POOL__SIZE".to_string(), "8".to_string()),
+            (
+                "ALASKA_WORKER__LUA__TIMEOUT".to_string(),
+                "250ms".to_string(),
+            ),
+            ("OTHER".to_string(), "ignored".to_string()),
+        ];
+        let s = Settings::from_sources(SEED_SAMPLE, env).unwrap();
+        assert_eq!(s.pool_size, 8);
+        assert_eq!(s.lua_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn units_and_bad_values() {
+        assert_eq!(duration("k", "1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(duration("k", "2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(duration("k", "750").unwrap(), Duration::from_millis(750));
+        assert_eq!(bytes("k", "64K").unwrap(), 65536);
+        assert_eq!(bytes("k", "1G").unwrap(), 1 << 30);
+        assert_eq!(bytes("k", "12345").unwrap(), 12345);
+        for (text, key) in [
+            (
+                "worker\n    pool\n        size = \"0\"\n",
+                "worker/pool/size",
+            ),
+            ("worker\n    verbose = \"maybe\"\n", "worker/verbose"),
+            (
+                "worker\n    lua\n        timeout = \"soon\"\n",
+                "worker/lua/timeout",
+            ),
+            (
+                "worker\n    broker\n        embedded = \"sometimes\"\n",
+                "worker/broker/embedded",
+            ),
+        ] {
+            let e = Settings::from_sources(text, no_env()).unwrap_err();
+            assert!(e.to_string().starts_with(key), "{e}");
+        }
+        assert!(Settings::from_sources("worker\n  bad indent = 1\n", no_env()).is_err());
+    }
+}
