@@ -20,9 +20,10 @@ pub const OPEN_OK_REASON: &str = "alaska-broker ack/1";
 
 type Id = Vec<u8>;
 
-/// A service request waiting in a queue or given to a worker.
+/// A message the broker holds: a service request waiting in a queue or
+/// given to a worker, or mail waiting for its addressee.
 #[derive(Debug)]
-struct Request {
+struct Held {
     sender: String,
     subject: String,
     tracker: String,
@@ -31,15 +32,21 @@ struct Request {
     bytes: usize,
 }
 
-/// Mail waiting for its addressee.
-#[derive(Debug)]
-struct Mail {
-    sender: String,
-    subject: String,
-    tracker: String,
-    content: Content,
-    expires: Option<Instant>,
-    bytes: usize,
+type Request = Held;
+type Mail = Held;
+
+/// Removes what has expired from `queue`; returns (messages, bytes) removed.
+fn drop_expired(queue: &mut VecDeque<Held>, now: Instant) -> (usize, usize) {
+    let before = queue.len();
+    let mut freed = 0;
+    queue.retain(|m| {
+        let keep = m.expires.is_none_or(|t| t > now);
+        if !keep {
+            freed += m.bytes;
+        }
+        keep
+    });
+    (before - queue.len(), freed)
 }
 
 #[derive(Debug, Default)]
@@ -678,21 +685,10 @@ impl Router {
             self.drop_client(&id, "expired");
         }
         for (name, svc) in self.services.iter_mut() {
-            let before = svc.queue.len();
-            let mut freed = 0;
-            svc.queue.retain(|r| {
-                let keep = r.expires.is_none_or(|t| t > now);
-                if !keep {
-                    freed += r.bytes;
-                }
-                keep
-            });
+            let (n, freed) = drop_expired(&mut svc.queue, now);
             svc.bytes -= freed;
-            if svc.queue.len() < before {
-                tracing::info!(
-                    "{} request(s) for {name:?} expired in the queue; dropped",
-                    before - svc.queue.len()
-                );
+            if n > 0 {
+                tracing::info!("{n} request(s) for {name:?} expired in the queue; dropped");
             }
         }
         self.services
@@ -700,18 +696,10 @@ impl Router {
         let expiry = self.cfg.mailbox_expiry;
         let addresses = &self.addresses;
         self.mailboxes.retain(|name, mb| {
-            let before = mb.mail.len();
-            let mut freed = 0;
-            mb.mail.retain(|m| {
-                let keep = m.expires.is_none_or(|t| t > now);
-                if !keep {
-                    freed += m.bytes;
-                }
-                keep
-            });
+            let (n, freed) = drop_expired(&mut mb.mail, now);
             mb.bytes -= freed;
-            if mb.mail.len() < before {
-                tracing::info!("{} mail(s) for {name:?} expired; dropped", before - mb.mail.len());
+            if n > 0 {
+                tracing::info!("{n} mail(s) for {name:?} expired; dropped");
             }
             let away = !addresses.contains_key(name);
             let stale = mb.touched.is_some_and(|t| now.duration_since(t) > expiry);
