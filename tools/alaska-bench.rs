@@ -66,11 +66,20 @@ struct Args {
     /// (as the alaska worker does), with this window.
     #[arg(long)]
     ack_window: Option<u16>,
+    /// No broker: time one Lua VM running a script (default: an echo) for
+    /// `--requests` requests, and print the cost per request.
+    #[arg(long)]
+    vm_only: bool,
+    /// With --vm-only: the script to time instead of the echo.
+    #[arg(long, value_name = "FILE")]
+    script: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let r = if args.echo_worker {
+    let r = if args.vm_only {
+        vm_only(&args)
+    } else if args.echo_worker {
         echo_worker(&args)
     } else {
         produce(&args)
@@ -117,6 +126,50 @@ fn echo_worker(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     }
     eprintln!("echo worker served {served} requests");
     client.close()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Times the Lua side alone: one VM, the same request again and again.
+fn vm_only(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    use alaska::worker::vm::Vm;
+    use alaska::worker::{PoolConfig, Request};
+    let dir = std::env::temp_dir().join(format!("alaska-bench-vm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let body = match &args.script {
+        Some(path) => std::fs::read_to_string(path)?,
+        None => "return alaskaContext".to_string(),
+    };
+    std::fs::write(dir.join("bench.lua"), body)?;
+    let cfg = PoolConfig {
+        scripts_dir: dir.clone(),
+        ..PoolConfig::default()
+    };
+    let mut vm = Vm::new(std::sync::Arc::new(cfg))?;
+    let req = Request {
+        sender: "alaska-bench".into(),
+        address: args.address.clone(),
+        subject: "bench".into(),
+        tracker: String::new(),
+        content: vec![payload(0, 0, args.bytes.max(32))],
+    };
+    let warm = (args.requests / 10).max(1);
+    for _ in 0..warm {
+        vm.run(&req);
+    }
+    let start = Instant::now();
+    let mut failed = 0u64;
+    for _ in 0..args.requests {
+        if vm.run(&req).error.is_some() {
+            failed += 1;
+        }
+    }
+    let per = start.elapsed() / args.requests.max(1) as u32;
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "vm requests={} failed={failed} per_request={:.2}us",
+        args.requests,
+        per.as_secs_f64() * 1e6
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -139,6 +139,9 @@ if [ -n "$COMPARE" ]; then
   stop "$ECHO2"
 fi
 
+echo
+"$BIN/alaska-bench" --vm-only -n 200000
+echo
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 diff_us() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+d", a - b }'; }
 echo

@@ -89,19 +89,32 @@ struct RequestState {
     outputs: Vec<Output>,
 }
 
+/// A compiled script and the file it came from, as it was then.
 struct Cached {
+    path: PathBuf,
     modified: Option<SystemTime>,
     len: u64,
+    ino: u64,
+    dev: u64,
     func: Function,
+}
+
+impl Cached {
+    fn unchanged(&self, meta: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        self.modified == meta.modified().ok()
+            && self.len == meta.len()
+            && self.ino == meta.ino()
+            && self.dev == meta.dev()
+    }
 }
 
 /// A Lua VM with the Alaska API. See the module documentation.
 pub struct Vm {
     lua: Lua,
     runner: Function,
-    env_meta: Table,
-    sleep: Function,
-    cache: HashMap<PathBuf, Cached>,
+    /// Compiled scripts by subject.
+    cache: HashMap<String, Cached>,
     budget: Arc<Budget>,
     cfg: Arc<PoolConfig>,
     /// Set after a memory breach: the pool replaces this VM.
@@ -171,18 +184,18 @@ impl Vm {
             }
             Ok(())
         })?;
-        let runner: Function = lua
-            .load(RUNNER)
-            .set_name("=alaska")
-            .call((breached, cjson.get::<Function>("encode")?))?;
         let env_meta = lua.create_table()?;
         env_meta.set("__index", globals)?;
+        let runner: Function = lua.load(RUNNER).set_name("=alaska").call((
+            breached,
+            cjson.get::<Function>("encode")?,
+            env_meta,
+            sleep,
+        ))?;
         lua.set_memory_limit(cfg.memory)?;
         Ok(Vm {
             lua,
             runner,
-            env_meta,
-            sleep,
             cache: HashMap::new(),
             budget,
             cfg,
@@ -200,8 +213,8 @@ impl Vm {
                 return result;
             }
         };
-        let env = match self.environment(req) {
-            Ok(env) => env,
+        let args = match self.arguments(func, req) {
+            Ok(args) => args,
             Err(e) => {
                 result.error = Some(self.failure(e.to_string()));
                 return result;
@@ -209,7 +222,7 @@ impl Vm {
         };
         self.lua.set_app_data(RequestState::default());
         self.budget.arm(self.cfg.timeout);
-        let outcome = self.runner.call::<MultiValue>((func, env));
+        let outcome = self.runner.call::<MultiValue>(args);
         self.budget.disarm();
         if let Some(state) = self.lua.remove_app_data::<RequestState>() {
             result.outputs = state.outputs;
@@ -270,6 +283,13 @@ impl Vm {
     }
 
     fn script(&mut self, subject: &str) -> Result<Function, ScriptError> {
+        // Fast path, one stat: a subject that was validated before (only
+        // those are cached) whose file is still the same file, unchanged.
+        if let Some(c) = self.cache.get(subject) {
+            if std::fs::metadata(&c.path).is_ok_and(|m| c.unchanged(&m)) {
+                return Ok(c.func.clone());
+            }
+        }
         let path = script_path(&self.cfg.scripts_dir, subject).map_err(|e| {
             let kind = match e {
                 SubjectError::Missing { .. } => ErrorKind::MissingScript,
@@ -280,20 +300,12 @@ impl Vm {
                 message: e.to_string(),
             }
         })?;
-        let meta = std::fs::metadata(&path).map_err(|e| ScriptError {
+        let missing = |e: std::io::Error| ScriptError {
             kind: ErrorKind::MissingScript,
             message: format!("{}: {e}", path.display()),
-        })?;
-        let modified = meta.modified().ok();
-        if let Some(c) = self.cache.get(&path) {
-            if c.modified == modified && c.len == meta.len() {
-                return Ok(c.func.clone());
-            }
-        }
-        let source = std::fs::read(&path).map_err(|e| ScriptError {
-            kind: ErrorKind::MissingScript,
-            message: format!("{}: {e}", path.display()),
-        })?;
+        };
+        let meta = std::fs::metadata(&path).map_err(missing)?;
+        let source = std::fs::read(&path).map_err(missing)?;
         let name = format!("@{}/{subject}.lua", self.cfg.scripts_dir.display());
         let func = self
             .lua
@@ -305,37 +317,37 @@ impl Vm {
                 kind: ErrorKind::Syntax,
                 message: e.to_string(),
             })?;
+        use std::os::unix::fs::MetadataExt;
         self.cache.insert(
-            path,
+            subject.to_string(),
             Cached {
-                modified,
+                path,
+                modified: meta.modified().ok(),
                 len: meta.len(),
+                ino: meta.ino(),
+                dev: meta.dev(),
                 func: func.clone(),
             },
         );
         Ok(func)
     }
 
-    fn environment(&self, req: &Request) -> mlua::Result<Table> {
+    /// The runner's arguments: the chunk, then the request. The runner
+    /// builds the environment in Lua, which costs far fewer crossings of
+    /// the Rust/Lua boundary than building it from here.
+    fn arguments(&self, func: Function, req: &Request) -> mlua::Result<MultiValue> {
         let lua = &self.lua;
-        let env = lua.create_table_with_capacity(0, 4)?;
-        env.set_metatable(Some(self.env_meta.clone()))?;
-        env.raw_set("_G", &env)?;
         let first: &[u8] = req.content.first().map(Vec::as_slice).unwrap_or(b"");
-        env.raw_set("alaskaContext", lua.create_string(first)?)?;
-        let meta = lua.create_table_with_capacity(0, 7)?;
-        meta.raw_set("sender", req.sender.as_str())?;
-        meta.raw_set("subject", req.subject.as_str())?;
-        meta.raw_set("address", req.address.as_str())?;
-        meta.raw_set("tracker", req.tracker.as_str())?;
-        let frames = lua.create_table_with_capacity(req.content.len(), 0)?;
-        for (i, f) in req.content.iter().enumerate() {
-            frames.raw_set(i + 1, lua.create_string(f)?)?;
+        let mut args = MultiValue::with_capacity(6 + req.content.len());
+        args.push_back(Value::Function(func));
+        args.push_back(Value::String(lua.create_string(first)?));
+        for field in [&req.sender, &req.subject, &req.address, &req.tracker] {
+            args.push_back(Value::String(lua.create_string(field)?));
         }
-        meta.raw_set("frames", frames)?;
-        meta.raw_set("sleep", &self.sleep)?;
-        env.raw_set("alaska", meta)?;
-        Ok(env)
+        for frame in &req.content {
+            args.push_back(Value::String(lua.create_string(frame)?));
+        }
+        Ok(args)
     }
 
     /// A string as it is, a table as JSON, numbers and booleans as text.
@@ -360,7 +372,8 @@ impl Vm {
 /// the runner: `runner(chunk, env)` sets the chunk's `_ENV` and calls it,
 /// turning any error into text with a traceback.
 const RUNNER: &str = r#"
-local breached, encode = ...
+local breached, encode, env_meta, sleep = ...
+local setmetatable = setmetatable
 local setupvalue, traceback = debug.setupvalue, debug.traceback
 local raw_pcall, raw_xpcall, co_resume = pcall, xpcall, coroutine.resume
 local raw_load, raw_loadfile = load, loadfile
@@ -399,7 +412,17 @@ end
 local function handler(e)
   return traceback(describe(e), 2)
 end
-return function(f, env)
+-- runner(chunk, context, sender, subject, address, tracker, frames...):
+-- a fresh global environment over the shared globals, then the call.
+return function(f, ctx, sender, subject, address, tracker, ...)
+  local env = setmetatable({
+    alaskaContext = ctx,
+    alaska = {
+      sender = sender, subject = subject, address = address,
+      tracker = tracker, frames = { ... }, sleep = sleep,
+    },
+  }, env_meta)
+  env._G = env
   setupvalue(f, 1, env)
   return raw_xpcall(f, handler)
 end
