@@ -447,23 +447,53 @@ impl Router {
 
     /// Delivers one mail; gives it back if the addressee cannot take it.
     fn send_mail(&mut self, to: &Id, address: &str, mail: Mail) -> Result<(), Mail> {
-        let header = Message::MailboxDeliver {
-            sender: mail.sender.clone(),
-            address: address.to_string(),
-            subject: mail.subject.clone(),
-            tracker: mail.tracker.clone(),
-            content: Vec::new(),
-        };
-        let Ok(header) = header.encode_header() else {
-            return Ok(());
-        };
-        match self.send_parts(to, &header, &mail.content) {
+        match self.deliver_held(to, address, &mail, true) {
             Ok(()) => Ok(()),
             Err(e) => {
                 tracing::warn!("mail for {address:?} not deliverable now ({e}); stored");
                 Err(mail)
             }
         }
+    }
+
+    /// Sends a held message as MAILBOX DELIVER (`mail`) or SERVICE DELIVER.
+    /// Nothing is sent if the peer cannot take it (unroutable, or not
+    /// reading); the caller keeps the message.
+    fn deliver_held(
+        &mut self,
+        to: &Id,
+        address: &str,
+        held: &Held,
+        mail: bool,
+    ) -> Result<(), zmq::Error> {
+        let (sender, address, subject, tracker) = (
+            held.sender.clone(),
+            address.to_string(),
+            held.subject.clone(),
+            held.tracker.clone(),
+        );
+        let header = if mail {
+            Message::MailboxDeliver {
+                sender,
+                address,
+                subject,
+                tracker,
+                content: Vec::new(),
+            }
+        } else {
+            Message::ServiceDeliver {
+                sender,
+                address,
+                subject,
+                tracker,
+                content: Vec::new(),
+            }
+        };
+        // Fields came from decoded frames, so they always fit.
+        let Ok(header) = header.encode_header() else {
+            return Ok(());
+        };
+        self.send_parts(to, &header, &held.content)
     }
 
     fn store_mail(&mut self, from: &Id, address: String, mail: Mail) {
@@ -605,17 +635,7 @@ impl Router {
     }
 
     fn deliver_request(&mut self, worker: &Id, service: &str, req: Request) -> Result<(), Request> {
-        let header = Message::ServiceDeliver {
-            sender: req.sender.clone(),
-            address: service.to_string(),
-            subject: req.subject.clone(),
-            tracker: req.tracker.clone(),
-            content: Vec::new(),
-        };
-        let Ok(header) = header.encode_header() else {
-            return Ok(());
-        };
-        if let Err(e) = self.send_parts(worker, &header, &req.content) {
+        if let Err(e) = self.deliver_held(worker, service, &req, false) {
             tracing::warn!(
                 "request for {service:?} not deliverable to {} ({e}); requeued",
                 self.name(worker)

@@ -451,56 +451,56 @@ fn opt_string(lua: &Lua, v: Option<Value>, func: &str, n: usize) -> mlua::Result
 
 /// `send` and `sendTo`, as globals shared by all requests of this VM.
 fn install_api(lua: &Lua, globals: &Table, cfg: &PoolConfig) -> mlua::Result<()> {
-    type Args = (Value, Value, Option<Value>, Option<Value>, Option<Value>);
     let stream_default = cfg.default_stream.clone();
-    let send = lua.create_function(
-        move |lua, (subject, content, stream, attachment, sender): Args| {
-            let subject =
-                String::from_utf8_lossy(&bytes_arg(lua, subject, "send", 1)?).into_owned();
-            let mut frames = vec![bytes_arg(lua, content, "send", 2)?];
-            let stream =
-                opt_string(lua, stream, "send", 3)?.unwrap_or_else(|| stream_default.clone());
-            if let Some(a) = attachment.filter(|a| !a.is_nil()) {
-                frames.push(bytes_arg(lua, a, "send", 4)?);
-            }
-            // The one broker connection has one address, so a per-message
-            // sender cannot be honoured; it is accepted for compatibility.
-            let _ = opt_string(lua, sender, "send", 5)?;
-            push(
-                lua,
-                Output::Stream {
-                    stream,
-                    subject,
-                    content: frames,
-                },
-            )
-        },
-    )?;
+    let send = lua.create_function(move |lua, args: SendArgs| {
+        let (stream, subject, content) = send_args(lua, args, "send", &stream_default)?;
+        push(
+            lua,
+            Output::Stream {
+                stream,
+                subject,
+                content,
+            },
+        )
+    })?;
     let mailbox_default = cfg.default_mailbox.clone();
-    let send_to = lua.create_function(
-        move |lua, (subject, content, mailbox, attachment, sender): Args| {
-            let subject =
-                String::from_utf8_lossy(&bytes_arg(lua, subject, "sendTo", 1)?).into_owned();
-            let mut frames = vec![bytes_arg(lua, content, "sendTo", 2)?];
-            let address =
-                opt_string(lua, mailbox, "sendTo", 3)?.unwrap_or_else(|| mailbox_default.clone());
-            if let Some(a) = attachment.filter(|a| !a.is_nil()) {
-                frames.push(bytes_arg(lua, a, "sendTo", 4)?);
-            }
-            let _ = opt_string(lua, sender, "sendTo", 5)?;
-            push(
-                lua,
-                Output::Mail {
-                    address,
-                    subject,
-                    content: frames,
-                },
-            )
-        },
-    )?;
+    let send_to = lua.create_function(move |lua, args: SendArgs| {
+        let (address, subject, content) = send_args(lua, args, "sendTo", &mailbox_default)?;
+        push(
+            lua,
+            Output::Mail {
+                address,
+                subject,
+                content,
+            },
+        )
+    })?;
     globals.set("send", send)?;
     globals.set("sendTo", send_to)?;
     Ok(())
+}
+
+/// `(subject, content, [destination], [attachment], [sender])`.
+type SendArgs = (Value, Value, Option<Value>, Option<Value>, Option<Value>);
+
+/// Checks and converts the arguments of `send`/`sendTo`: destination (or
+/// its default), subject, and the frames (content, then the attachment).
+fn send_args(
+    lua: &Lua,
+    (subject, content, dest, attachment, sender): SendArgs,
+    func: &str,
+    default: &str,
+) -> mlua::Result<(String, String, Vec<Vec<u8>>)> {
+    let subject = String::from_utf8_lossy(&bytes_arg(lua, subject, func, 1)?).into_owned();
+    let mut frames = vec![bytes_arg(lua, content, func, 2)?];
+    let dest = opt_string(lua, dest, func, 3)?.unwrap_or_else(|| default.to_string());
+    if let Some(a) = attachment.filter(|a| !a.is_nil()) {
+        frames.push(bytes_arg(lua, a, func, 4)?);
+    }
+    // The one broker connection has one address, so a per-message sender
+    // cannot be honoured; it is accepted (and checked) for compatibility.
+    let _ = opt_string(lua, sender, func, 5)?;
+    Ok((dest, subject, frames))
 }
 
 fn push(lua: &Lua, out: Output) -> mlua::Result<()> {
