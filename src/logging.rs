@@ -48,8 +48,10 @@ pub fn init(opts: &LogOptions) -> Result<(), LoggingError> {
             .with_writer(syslog)
             .try_init();
     } else {
+        // Colours only on a terminal: a log file or journal gets plain text.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter())
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
             .try_init();
     }

@@ -258,3 +258,82 @@ fn help_texts_explain_the_binaries() {
         );
     }
 }
+
+#[test]
+fn verbose_logs_each_request_and_syslog_mode_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let scripts = dir.path().join("services");
+    std::fs::create_dir_all(&scripts).unwrap();
+    script(&scripts, "echo", "return alaskaContext");
+    let b = broker();
+    // verbose = 1: one log line per request, with subject, sender and size.
+    let extra = "    verbose = \"1\"\n";
+    std::fs::write(
+        dir.path().join("alaska.cfg"),
+        config(b.endpoint(), &scripts, extra),
+    )
+    .unwrap();
+    let mut child = Running(
+        alaska(dir.path())
+            .args(["--no-embedded-broker"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut p = client(b.endpoint(), "verbose-producer");
+    let r = request(&mut p, "echo", b"12345", Duration::from_secs(10));
+    assert_eq!(r.content, vec![b"12345".to_vec()]);
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let status = wait_exit(&mut child.0, Duration::from_secs(10)).expect("exits");
+    assert_eq!(status.code(), Some(0));
+    let mut log = String::new();
+    use std::io::Read;
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("request") && l.contains("subject=echo"))
+        .unwrap_or_else(|| panic!("no request line in:\n{log}"));
+    assert!(
+        line.contains("sender=verbose-producer") && line.contains("size=5"),
+        "{line}"
+    );
+    assert!(log.contains("ready: 4 Lua VMs"), "{log}");
+
+    // syslog = 1: the log goes to syslog(3), not stderr; the worker runs.
+    let extra = "    syslog = \"1\"\n";
+    std::fs::write(
+        dir.path().join("alaska.cfg"),
+        config(b.endpoint(), &scripts, extra),
+    )
+    .unwrap();
+    let mut child = Running(
+        alaska(dir.path())
+            .args(["--no-embedded-broker"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let r = request(&mut p, "echo", b"via syslog", Duration::from_secs(10));
+    assert_eq!(r.content, vec![b"via syslog".to_vec()]);
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let status = wait_exit(&mut child.0, Duration::from_secs(10)).expect("exits");
+    assert_eq!(status.code(), Some(0));
+    let mut log = String::new();
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(
+        !log.contains("ready"),
+        "logged to stderr despite syslog: {log}"
+    );
+}
