@@ -17,12 +17,21 @@ fn pi_style_script_mails_and_publishes_and_replies() {
     script(
         dir.path(),
         "pi",
-        "local n = require('cjson').decode(alaskaContext).n\n\
-         local ans, j = 3, 2\n\
-         for i = 1, n do local inc = 4.0 / (j * (j + 1) * (j + 2)); if i % 2 == 1 then ans = ans + inc else ans = ans - inc end; j = j + 2 end\n\
-         sendTo('pi.' .. n, ans, 'aw.res.pi')\n\
-         send('pi.' .. n, ans, 'numbers', 'second frame')\n\
-         return tostring(ans)",
+        // Written the way scripts for the original are: a global function
+        // and global variables, a number passed straight to sendTo/send.
+        "function series(terms)\n\
+           k, total, d = 0, 3, 2\n\
+           while k < terms do\n\
+             step, k = 4.0 / (d * (d + 1) * (d + 2)), k + 1\n\
+             total, d = total + (k % 2 == 1 and step or -step), d + 2\n\
+           end\n\
+           return total\n\
+         end\n\
+         n = require('cjson').decode(alaskaContext).n\n\
+         result = series(n)\n\
+         sendTo('pi.' .. n, result, 'aw.res.pi')\n\
+         send('pi.' .. n, result, 'numbers', 'second frame')\n\
+         return tostring(result)",
     );
     let _w = Worker::start(b.endpoint(), dir.path(), |_, _| {});
     let mut mailbox = client(b.endpoint(), "aw.res.pi");
