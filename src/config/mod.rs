@@ -308,25 +308,25 @@ fn duration(key: &'static str, v: &str) -> Result<Duration, ConfigError> {
         (t, 0.001)
     };
     let n: f64 = num.trim().parse().map_err(|_| bad())?;
-    if !n.is_finite() || n < 0.0 {
-        return Err(bad());
-    }
-    Ok(Duration::from_secs_f64(n * scale))
+    // `try_` because `from_secs_f64` panics on values too large to hold.
+    Duration::try_from_secs_f64(n * scale).map_err(|_| bad())
 }
 
 /// `65536`, `64K`, `64M`, `1G`.
 fn bytes(key: &'static str, v: &str) -> Result<usize, ConfigError> {
-    let t = v.trim().to_uppercase();
+    let upper = v.trim().to_uppercase();
     let bad = || ConfigError::Value {
         key,
         value: v.into(),
         expected: "a size (bytes, or a number with K, M or G)",
     };
-    let (num, scale) = match t.trim_end_matches('B').chars().last() {
-        Some('K') => (&t[..t.trim_end_matches('B').len() - 1], 1usize << 10),
-        Some('M') => (&t[..t.trim_end_matches('B').len() - 1], 1 << 20),
-        Some('G') => (&t[..t.trim_end_matches('B').len() - 1], 1 << 30),
-        _ => (t.as_str(), 1),
+    // "64M", "64MB" and "100B" all read as people mean them.
+    let t = upper.strip_suffix('B').unwrap_or(&upper);
+    let (num, scale) = match t.chars().last() {
+        Some('K') => (&t[..t.len() - 1], 1usize << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
     };
     let n: usize = num.trim().parse().map_err(|_| bad())?;
     if n == 0 {
@@ -393,6 +393,16 @@ mod tests {
         assert_eq!(bytes("k", "64K").unwrap(), 65536);
         assert_eq!(bytes("k", "1G").unwrap(), 1 << 30);
         assert_eq!(bytes("k", "12345").unwrap(), 12345);
+        assert_eq!(bytes("k", "100B").unwrap(), 100);
+        assert_eq!(bytes("k", "2mb").unwrap(), 2 << 20);
+        assert!(bytes("k", "B").is_err());
+        assert!(bytes("k", "0").is_err());
+        assert!(
+            duration("k", "1e300s").is_err(),
+            "too large: an error, not a panic"
+        );
+        assert!(duration("k", "-1s").is_err());
+        assert!(duration("k", "NaN").is_err());
         for (text, key) in [
             (
                 "worker\n    pool\n        size = \"0\"\n",

@@ -49,7 +49,9 @@ fn valid_name_char(c: char) -> bool {
 pub fn parse(text: &str) -> Result<Vec<Entry>, ZplError> {
     let mut out = Vec::new();
     let mut stack: Vec<String> = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
+    // RFC 4 counts a bare CR as a line ending too, not only LF and CRLF.
+    let text = text.replace("\r\n", "\n").replace('\r', "\n");
+    for (i, raw) in text.split('\n').enumerate() {
         let line = i + 1;
         let err = |message: String| ZplError { line, message };
         let trimmed = raw.trim_start_matches(' ');
@@ -216,6 +218,18 @@ mod tests {
         assert_eq!(parse("a\n        b = 1\n").unwrap_err().line, 2);
         assert_eq!(parse("a ? b\n").unwrap_err().line, 1);
         assert!(parse("a\n\tb = 1\n").is_err());
+    }
+
+    #[test]
+    fn cr_lf_and_bare_cr_line_endings() {
+        for text in ["a\r\n    b = 1\r\nc = 2\r\n", "a\r    b = 1\rc = 2\r"] {
+            let e = parse(text).unwrap();
+            let got: Vec<(&str, &str, usize)> = e
+                .iter()
+                .map(|e| (e.path.as_str(), e.value.as_str(), e.line))
+                .collect();
+            assert_eq!(got, [("a/b", "1", 2), ("c", "2", 3)], "{text:?}");
+        }
     }
 
     #[test]
