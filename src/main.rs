@@ -9,7 +9,7 @@ use std::time::Duration;
 use alaska::broker::{Broker, BrokerConfig, BrokerHandle};
 use alaska::config::{Embedded, Settings};
 use alaska::mlm::{ClientOptions, Credentials};
-use alaska::worker::{DispatcherOptions, PoolConfig};
+use alaska::worker::{DispatcherOptions, Policy, PoolConfig};
 use alaska::{daemon, logging, worker};
 use clap::Parser;
 
@@ -126,14 +126,25 @@ fn run(s: Settings) -> Result<(), Box<dyn std::error::Error>> {
         errors_reply: s.errors_reply,
         verbose: s.verbose,
         shutdown_timeout: s.shutdown_timeout,
+        policy: Policy {
+            attempts: s.retry_attempts,
+            backoff: s.retry_backoff,
+            backoff_max: s.retry_backoff_max,
+            retry_errors: s.retry_errors,
+            max_hops: s.forward_hops,
+        },
+        retry_pending: s.retry_pending,
     };
     let pool = PoolConfig {
         size: s.pool_size,
         backlog: s.pool_backlog,
         scripts_dir: s.scripts_dir.clone(),
         lua_path: s.lua_path.clone(),
+        lua_cpath: s.lua_cpath.clone(),
+        processes: s.lua_processes,
         timeout: s.lua_timeout,
         memory: s.lua_memory,
+        shared_bytes: s.lua_shared,
         ..PoolConfig::default()
     };
     worker::run(opts, pool, shutdown)?;

@@ -167,7 +167,7 @@ fn embedded_broker_serves_alas_and_sigterm_finishes_requests_in_flight() {
     assert_eq!(reply, b"{\"hello\":1}\n");
     let mut p = client(&endpoint, "producer");
     for i in 0..4 {
-        p.sendfor("svc", "slow", "", 0, vec![format!("{i}").into_bytes()])
+        p.sendfor("svc", "slow", "t", 0, vec![format!("{i}").into_bytes()])
             .unwrap();
     }
     std::thread::sleep(Duration::from_millis(200));

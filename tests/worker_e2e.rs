@@ -246,7 +246,7 @@ fn four_vms_serve_forty_sleeping_requests_concurrently() {
     ready(&mut p, dir.path());
     let started = Instant::now();
     for i in 0..40 {
-        p.sendfor("svc", "nap", "", 0, vec![format!("{i}").into_bytes()])
+        p.sendfor("svc", "nap", "t", 0, vec![format!("{i}").into_bytes()])
             .unwrap();
     }
     let mut got: Vec<u32> = (0..40)
@@ -278,7 +278,7 @@ fn graceful_stop_finishes_requests_in_flight() {
     let mut p = client(b.endpoint(), "producer");
     ready(&mut p, dir.path());
     for i in 0..4 {
-        p.sendfor("svc", "slow", "", 0, vec![format!("r{i}").into_bytes()])
+        p.sendfor("svc", "slow", "t", 0, vec![format!("r{i}").into_bytes()])
             .unwrap();
     }
     std::thread::sleep(Duration::from_millis(150));

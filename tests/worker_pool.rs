@@ -55,6 +55,8 @@ impl Harness {
                 subject: subject.into(),
                 tracker: "trk".into(),
                 content: frames.iter().map(|f| f.to_vec()).collect(),
+                attempt: 1,
+                hops: 0,
             },
         };
         self.pool
@@ -95,8 +97,8 @@ fn send_and_send_to_like_the_original_pi_script() {
          send('att', 'body', nil, 'attached')\n",
     );
     let c = h.run("pi", r#"{"n":28}"#);
-    assert_eq!(c.error, None);
-    let pi = match &c.outputs[0] {
+    assert_eq!(c.error(), None);
+    let pi = match &c.run.outputs[0] {
         Output::Mail {
             address,
             subject,
@@ -109,7 +111,7 @@ fn send_and_send_to_like_the_original_pi_script() {
     };
     assert!(pi.starts_with("3.1415"), "{pi}");
     assert_eq!(
-        c.outputs[1..],
+        c.run.outputs[1..],
         [
             Output::Stream {
                 stream: "numbers".into(),
@@ -128,7 +130,7 @@ fn send_and_send_to_like_the_original_pi_script() {
             },
         ]
     );
-    assert_eq!(c.reply, None, "no return value, no reply");
+    assert_eq!(c.reply(), None, "no return value, no reply");
 }
 
 #[test]
@@ -143,14 +145,14 @@ fn cjson_decode_encode_and_null() {
          return { c = t.c + 1, list = t.list, missing = cjson.null }",
     );
     let c = h.run("dump", r#"{"c":1,"list":["a","b"],"missing":null}"#);
-    assert_eq!(c.error, None);
-    let v: serde_json::Value = serde_json::from_slice(c.reply.as_deref().unwrap()).unwrap();
+    assert_eq!(c.error(), None);
+    let v: serde_json::Value = serde_json::from_slice(c.reply().as_deref().unwrap()).unwrap();
     assert_eq!(
         v,
         serde_json::json!({"c": 2, "list": ["a", "b"], "missing": null})
     );
     let c = h.run("dump", "not json");
-    let e = c.error.unwrap();
+    let e = c.error().unwrap();
     assert_eq!(e.kind, ErrorKind::Runtime);
     assert!(e.message.contains("cjson.decode"), "{}", e.message);
 }
@@ -168,7 +170,9 @@ fn every_failure_kind_is_reported_with_text() {
         ("table", ErrorKind::Runtime, "\"code\":42"),
     ] {
         let c = h.run(subject, "{}");
-        let e = c.error.unwrap_or_else(|| panic!("{subject} did not fail"));
+        let e = c
+            .error()
+            .unwrap_or_else(|| panic!("{subject} did not fail"));
         assert_eq!(e.kind, kind, "{subject}: {}", e.message);
         assert!(e.message.contains(needle), "{subject}: {}", e.message);
         if kind == ErrorKind::Runtime {
@@ -207,9 +211,9 @@ fn traversal_subjects_run_nothing() {
         "/etc/passwd",
     ] {
         let c = h.run(subject, "{}");
-        let e = c.error.unwrap_or_else(|| panic!("{subject:?} ran"));
+        let e = c.error().unwrap_or_else(|| panic!("{subject:?} ran"));
         assert_eq!(e.kind, ErrorKind::BadSubject, "{subject:?}: {}", e.message);
-        assert!(c.outputs.is_empty());
+        assert!(c.run.outputs.is_empty());
     }
     let _ = std::fs::remove_file(outside);
 }
@@ -246,7 +250,7 @@ fn budgets_stop_loops_and_memory_bombs_and_the_vm_serves_on() {
         let started = Instant::now();
         let c = h.run(subject, "{}");
         let e = c
-            .error
+            .error()
             .unwrap_or_else(|| panic!("{subject} was not stopped"));
         assert_eq!(e.kind, kind, "{subject}: {}", e.message);
         assert!(
@@ -255,8 +259,8 @@ fn budgets_stop_loops_and_memory_bombs_and_the_vm_serves_on() {
             started.elapsed()
         );
         let next = h.run("ok", "{}");
-        assert_eq!(next.error, None, "after {subject}");
-        assert_eq!(text(&next.reply), "still serving");
+        assert_eq!(next.error(), None, "after {subject}");
+        assert_eq!(text(&next.reply()), "still serving");
     }
 }
 
@@ -274,12 +278,12 @@ fn memory_bombs_are_stopped_and_the_vm_is_replaced() {
     for subject in ["bomb", "pcall_bomb"] {
         let c = h.run(subject, "{}");
         let e = c
-            .error
+            .error()
             .unwrap_or_else(|| panic!("{subject} was not stopped"));
         assert_eq!(e.kind, ErrorKind::Memory, "{subject}: {}", e.message);
         let next = h.run("ok", "{}");
-        assert_eq!(next.error, None, "after {subject}");
-        assert_eq!(text(&next.reply), "still serving");
+        assert_eq!(next.error(), None, "after {subject}");
+        assert_eq!(text(&next.reply()), "still serving");
     }
 }
 
@@ -301,18 +305,18 @@ fn globals_do_not_leak_between_requests_but_modules_stay_loaded() {
          return seen .. ',' .. require('counter').bump()",
     );
     let first = h.run("leak", "");
-    assert_eq!(first.error, None);
-    assert_eq!(text(&first.reply), "nil,nil,1");
-    assert_eq!(text(&h.run("leak", "").reply), "nil,nil,2");
+    assert_eq!(first.error(), None);
+    assert_eq!(text(&first.reply()), "nil,nil,1");
+    assert_eq!(text(&h.run("leak", "").reply()), "nil,nil,2");
 }
 
 #[test]
 fn a_script_edited_on_disk_is_picked_up() {
     let mut h = Harness::new(1);
     h.script("v", "return 'one'");
-    assert_eq!(text(&h.run("v", "").reply), "one");
+    assert_eq!(text(&h.run("v", "").reply()), "one");
     h.script("v", "return 'two, longer'");
-    assert_eq!(text(&h.run("v", "").reply), "two, longer");
+    assert_eq!(text(&h.run("v", "").reply()), "two, longer");
 }
 
 #[test]
@@ -326,13 +330,13 @@ fn replies_and_request_metadata() {
     h.script("num", "return 42");
     h.submit("meta", &[b"first", b"second"]);
     let c = h.next_done();
-    let v: serde_json::Value = serde_json::from_slice(c.reply.as_deref().unwrap()).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(c.reply().as_deref().unwrap()).unwrap();
     assert_eq!(
         v,
         serde_json::json!({"sender": "requester", "subject": "meta", "address": "svc",
                            "tracker": "trk", "frames": ["first", "second"], "ctx": "first"})
     );
-    assert_eq!(text(&h.run("num", "").reply), "42");
+    assert_eq!(text(&h.run("num", "").reply()), "42");
 }
 
 #[test]
@@ -340,9 +344,9 @@ fn binary_chunks_and_os_exit_are_refused() {
     let mut h = Harness::new(1);
     h.script("bin", "local f, err = load(string.dump(function() return 1 end))\nreturn tostring(f) .. ' ' .. tostring(err)");
     h.script("exit", "os.exit(1)");
-    let r = text(&h.run("bin", "").reply);
+    let r = text(&h.run("bin", "").reply());
     assert!(r.starts_with("nil ") && r.contains("binary"), "{r}");
-    let e = h.run("exit", "").error.unwrap();
+    let e = h.run("exit", "").error().unwrap();
     assert!(
         e.message.contains("os.exit is not allowed"),
         "{}",
@@ -361,8 +365,8 @@ fn four_vms_run_concurrently() {
     let mut seen = Vec::new();
     for _ in 0..40 {
         let c = h.next_done();
-        assert_eq!(c.error, None);
-        seen.push(text(&c.reply).parse::<u32>().unwrap());
+        assert_eq!(c.error(), None);
+        seen.push(text(&c.reply()).parse::<u32>().unwrap());
     }
     let took = started.elapsed();
     seen.sort();
@@ -390,6 +394,8 @@ fn full_pool_refuses_and_shutdown_returns_unstarted_jobs() {
             subject: "nap".into(),
             tracker: String::new(),
             content: vec![],
+            attempt: 1,
+            hops: 0,
         },
     };
     assert!(
@@ -399,7 +405,7 @@ fn full_pool_refuses_and_shutdown_returns_unstarted_jobs() {
     let unstarted = h.pool.take().unwrap().shutdown(Duration::from_secs(2));
     let first = h.next_done();
     assert_eq!(
-        (first.id, text(&first.reply).as_str()),
+        (first.id, text(&first.reply()).as_str()),
         (1, "done"),
         "running job finished"
     );

@@ -45,8 +45,9 @@ struct Args {
     #[arg(long)]
     name: Option<String>,
     /// Wait for the reply (default 5 s) and print it to stdout.
-    #[arg(short, long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "5")]
-    wait: Option<f64>,
+    #[arg(short, long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "5",
+          value_parser = seconds)]
+    wait: Option<Duration>,
     /// Send each non-empty line of stdin as its own request.
     #[arg(short, long)]
     lines: bool,
@@ -133,7 +134,13 @@ fn run(args: &Args) -> Result<(), Failure> {
     let mut client = Client::connect(opts).map_err(connect_failure)?;
     let mut pending: HashMap<String, usize> = HashMap::new();
     for (i, body) in requests.iter().enumerate() {
-        let tracker = format!("{name}-{}", i + 1);
+        // A tracker says "I wait for an answer": workers reply (and send
+        // error replies) only to requests that carry one.
+        let tracker = if args.wait.is_some() {
+            format!("{name}-{}", i + 1)
+        } else {
+            String::new()
+        };
         client
             .sendfor(
                 &args.address,
@@ -161,7 +168,6 @@ fn run(args: &Args) -> Result<(), Failure> {
             .close()
             .map_err(|e| (exit::OTHER, format!("closing: {e}")));
     };
-    let wait = Duration::from_secs_f64(wait.max(0.0));
     let mut deadline = Instant::now() + wait;
     let mut failed = 0usize;
     let mut stdout = std::io::stdout().lock();
@@ -205,6 +211,23 @@ fn run(args: &Args) -> Result<(), Failure> {
         ));
     }
     Ok(())
+}
+
+/// Longest `--wait` accepted: a day.
+const MAX_WAIT_SECONDS: f64 = 86_400.0;
+
+/// `--wait` value: seconds, fractions allowed, 0 to a day.
+fn seconds(v: &str) -> Result<Duration, String> {
+    let n: f64 = v
+        .trim()
+        .parse()
+        .map_err(|_| format!("{v:?} is not a number of seconds"))?;
+    if !n.is_finite() || !(0.0..=MAX_WAIT_SECONDS).contains(&n) {
+        return Err(format!(
+            "{v:?} is out of range: wait between 0 and {MAX_WAIT_SECONDS} seconds"
+        ));
+    }
+    Ok(Duration::from_secs_f64(n))
 }
 
 fn connect_failure(e: ClientError) -> Failure {

@@ -149,8 +149,10 @@ fn vm_only(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         sender: "alaska-bench".into(),
         address: args.address.clone(),
         subject: "bench".into(),
-        tracker: String::new(),
+        tracker: "t".into(),
         content: vec![payload(0, 0, args.bytes.max(32))],
+        attempt: 1,
+        hops: 0,
     };
     let warm = (args.requests / 10).max(1);
     for _ in 0..warm {
@@ -159,7 +161,7 @@ fn vm_only(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let start = Instant::now();
     let mut failed = 0u64;
     for _ in 0..args.requests {
-        if vm.run(&req).error.is_some() {
+        if vm.run(&req).error().is_some() {
             failed += 1;
         }
     }
@@ -202,7 +204,9 @@ fn produce(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         while sent < args.requests && sent - received.min(sent) < window {
             let t = start.elapsed().as_nanos() as u64;
             let payload = payload(sent, t, bytes);
-            client.sendfor(&args.address, &args.subject, "", 0, vec![payload])?;
+            // A tracker asks for a reply (the worker's convention); the
+            // payload carries what matching needs.
+            client.sendfor(&args.address, &args.subject, "b", 0, vec![payload])?;
             sent += 1;
         }
         let Some(d) = client.recv(Duration::from_millis(100))? else {

@@ -78,6 +78,24 @@ pub struct Settings {
     pub lua_memory: usize,
     /// `worker/lua/path`.
     pub lua_path: Vec<PathBuf>,
+    /// `worker/lua/cpath` (`None`: no C modules).
+    pub lua_cpath: Option<String>,
+    /// `worker/lua/processes`.
+    pub lua_processes: bool,
+    /// `worker/lua/shared`, bytes.
+    pub lua_shared: usize,
+    /// `worker/retry/attempts`.
+    pub retry_attempts: u32,
+    /// `worker/retry/backoff`.
+    pub retry_backoff: Duration,
+    /// `worker/retry/backoff_max`.
+    pub retry_backoff_max: Duration,
+    /// `worker/retry/errors`.
+    pub retry_errors: bool,
+    /// `worker/retry/pending`.
+    pub retry_pending: usize,
+    /// `worker/forward/hops`.
+    pub forward_hops: u32,
     /// `worker/shutdown/timeout`.
     pub shutdown_timeout: Duration,
 }
@@ -107,6 +125,15 @@ impl Default for Settings {
             lua_timeout: Duration::from_secs(5),
             lua_memory: 64 << 20,
             lua_path: Vec::new(),
+            lua_cpath: None,
+            lua_processes: false,
+            lua_shared: 4 << 20,
+            retry_attempts: 3,
+            retry_backoff: Duration::from_secs(1),
+            retry_backoff_max: Duration::from_secs(60),
+            retry_errors: false,
+            retry_pending: 1000,
+            forward_hops: 8,
             shutdown_timeout: Duration::from_secs(10),
         }
     }
@@ -235,6 +262,20 @@ impl Settings {
                 .filter(|s| !s.is_empty())
                 .map(PathBuf::from)
                 .collect(),
+            lua_cpath: opt("worker/lua/cpath"),
+            lua_processes: boolean("worker/lua/processes", &get("worker/lua/processes"))?,
+            lua_shared: bytes("worker/lua/shared", &get("worker/lua/shared"))?,
+            retry_attempts: positive("worker/retry/attempts", &get("worker/retry/attempts"))?
+                .min(u32::MAX as usize) as u32,
+            retry_backoff: duration("worker/retry/backoff", &get("worker/retry/backoff"))?,
+            retry_backoff_max: duration(
+                "worker/retry/backoff_max",
+                &get("worker/retry/backoff_max"),
+            )?,
+            retry_errors: boolean("worker/retry/errors", &get("worker/retry/errors"))?,
+            retry_pending: number("worker/retry/pending", &get("worker/retry/pending"))? as usize,
+            forward_hops: number("worker/forward/hops", &get("worker/forward/hops"))?
+                .min(u32::MAX as u64) as u32,
             shutdown_timeout: duration("worker/shutdown/timeout", &get("worker/shutdown/timeout"))?,
         })
     }

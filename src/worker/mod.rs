@@ -1,14 +1,23 @@
 //! The alaska worker: the dispatcher that owns the broker connection
-//! ([`dispatcher`]), the pool of Lua VMs ([`pool`], [`vm`]), which script
-//! a subject selects ([`subject`]), and the wake-up pipe between them
-//! ([`wake`]).
+//! ([`dispatcher`]), the pool of Lua VMs ([`pool`], [`vm`]), what becomes
+//! of a request once its handler ends ([`outcomes`]), the dictionary the
+//! VMs share ([`shared`]), which script a subject selects ([`subject`]),
+//! the types they all pass around ([`types`]), and the wake-up pipe
+//! between threads ([`wake`]).
 
 pub mod check;
 pub mod dispatcher;
+pub mod outcomes;
 pub mod pool;
+pub mod shared;
 pub mod subject;
+pub mod types;
 pub mod vm;
 pub mod wake;
 
 pub use dispatcher::{run, DispatcherOptions, WorkerError, ERROR_REPLY_PREFIX};
-pub use pool::{Completion, ErrorKind, Job, Output, Pool, PoolConfig, Request, ScriptError};
+pub use outcomes::Policy;
+pub use pool::Pool;
+pub use types::{
+    Completion, ErrorKind, Job, Outcome, Output, PoolConfig, Request, RunResult, ScriptError,
+};

@@ -9,7 +9,6 @@
 //! [`Waker`] pokes the dispatcher out of its poll.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -17,134 +16,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use super::shared::SharedDict;
+use super::types::{Completion, ErrorKind, Job, PoolConfig, RunResult};
 use super::vm::Vm;
 use super::wake::Waker;
-
-/// One request as received from the broker (SERVICE DELIVER).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
-    /// Requester's address (where replies go).
-    pub sender: String,
-    /// Service address.
-    pub address: String,
-    /// Subject: selects the script.
-    pub subject: String,
-    /// Requester's tracker.
-    pub tracker: String,
-    /// All content frames.
-    pub content: Vec<Vec<u8>>,
-}
-
-/// A request with the dispatcher's token.
-#[derive(Debug)]
-pub struct Job {
-    /// Token the dispatcher uses to match the completion.
-    pub id: u64,
-    /// The request.
-    pub request: Request,
-}
-
-/// Something a script asked to send, in the order it asked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Output {
-    /// STREAM SEND on `stream`.
-    Stream {
-        /// Stream name.
-        stream: String,
-        /// Subject.
-        subject: String,
-        /// Content frames (content, then attachment if given).
-        content: Vec<Vec<u8>>,
-    },
-    /// MAILBOX SEND to `address`.
-    Mail {
-        /// Mailbox.
-        address: String,
-        /// Subject.
-        subject: String,
-        /// Content frames (content, then attachment if given).
-        content: Vec<Vec<u8>>,
-    },
-}
-
-/// What kind of failure a request met.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// No script for the subject.
-    MissingScript,
-    /// The subject may not select a script (traversal, bad characters).
-    BadSubject,
-    /// The script does not compile.
-    Syntax,
-    /// The script raised an error.
-    Runtime,
-    /// The time budget ran out.
-    Timeout,
-    /// The memory limit was hit.
-    Memory,
-    /// The VM thread panicked (a bug of ours, reported, not fatal).
-    Panic,
-}
-
-/// A failed request: kind and the text for the error mailbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScriptError {
-    /// What went wrong.
-    pub kind: ErrorKind,
-    /// Error text, with a traceback where there is one.
-    pub message: String,
-}
-
-/// A finished job.
-#[derive(Debug)]
-pub struct Completion {
-    /// The job's token.
-    pub id: u64,
-    /// The request, moved back so reports can include it.
-    pub request: Request,
-    /// What the script sent.
-    pub outputs: Vec<Output>,
-    /// The reply, if the script returned a value.
-    pub reply: Option<Vec<u8>>,
-    /// The failure, if any.
-    pub error: Option<ScriptError>,
-}
-
-/// Pool settings. [`PoolConfig::default`] holds the budget defaults.
-#[derive(Debug, Clone)]
-pub struct PoolConfig {
-    /// Number of VMs (threads).
-    pub size: usize,
-    /// Jobs that may wait for a VM.
-    pub backlog: usize,
-    /// Where `<subject>.lua` scripts live.
-    pub scripts_dir: PathBuf,
-    /// Extra directories for `require` (prepended to `package.path`).
-    pub lua_path: Vec<PathBuf>,
-    /// Time budget of one request.
-    pub timeout: Duration,
-    /// Memory limit of one VM, bytes.
-    pub memory: usize,
-    /// Stream `send` uses when none is given.
-    pub default_stream: String,
-    /// Mailbox `sendTo` uses when none is given.
-    pub default_mailbox: String,
-}
-
-impl Default for PoolConfig {
-    fn default() -> Self {
-        PoolConfig {
-            size: 4,
-            backlog: 64,
-            scripts_dir: PathBuf::from("services"),
-            lua_path: Vec::new(),
-            timeout: Duration::from_secs(5),
-            memory: 64 << 20,
-            default_stream: "aw.res".into(),
-            default_mailbox: "aw.res".into(),
-        }
-    }
-}
 
 /// Why the pool could not start.
 #[derive(Debug, thiserror::Error)]
@@ -182,23 +57,26 @@ impl Pool {
         let size = cfg.size;
         let cfg = Arc::new(cfg);
         let (tx, rx) = crossbeam_channel::bounded::<Job>(cfg.backlog.max(1));
+        let shared = Arc::new(SharedDict::new(cfg.shared_bytes));
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::with_capacity(size);
         for n in 0..size {
             // Create the VM here so a failure is a start-up error, then
             // move it to its thread (mlua's `send` feature allows that).
-            let vm = Vm::new(cfg.clone()).map_err(|e| PoolError::Lua(e.to_string()))?;
-            let (cfg, rx, done, waker, stop) = (
+            let vm = Vm::with_shared(cfg.clone(), shared.clone())
+                .map_err(|e| PoolError::Lua(e.to_string()))?;
+            let (cfg, rx, done, waker, stop, shared) = (
                 cfg.clone(),
                 rx.clone(),
                 done.clone(),
                 waker.clone(),
                 stop.clone(),
+                shared.clone(),
             );
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("alaska-vm-{n}"))
-                    .spawn(move || vm_thread(vm, cfg, rx, done, waker, stop))?,
+                    .spawn(move || vm_thread(vm, cfg, rx, done, waker, stop, shared))?,
             );
         }
         Ok(Pool {
@@ -270,6 +148,7 @@ fn vm_thread(
     done: Sender<Completion>,
     waker: Waker,
     stop: Arc<AtomicBool>,
+    shared: Arc<SharedDict>,
 ) {
     loop {
         if stop.load(Ordering::SeqCst) {
@@ -280,32 +159,29 @@ fn vm_thread(
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
         };
-        let run = catch_unwind(AssertUnwindSafe(|| vm.run(&job.request)));
-        let (outputs, reply, error, replace) = match run {
-            Ok(r) => (r.outputs, r.reply, r.error, vm.poisoned),
+        let (run, replace) = match catch_unwind(AssertUnwindSafe(|| vm.run(&job.request))) {
+            Ok(r) => (r, vm.poisoned),
             Err(panic) => {
                 let what = panic
                     .downcast_ref::<&str>()
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "unknown panic".into());
-                let err = super::pool::ScriptError {
-                    kind: ErrorKind::Panic,
-                    message: format!("internal error while running the script: {what}"),
-                };
-                (Vec::new(), None, Some(err), true)
+                let run = RunResult::failed(
+                    ErrorKind::Panic,
+                    format!("internal error while running the script: {what}"),
+                );
+                (run, true)
             }
         };
         let _ = done.send(Completion {
             id: job.id,
             request: job.request,
-            outputs,
-            reply,
-            error,
+            run,
         });
         waker.wake();
         if replace {
-            match Vm::new(cfg.clone()) {
+            match Vm::with_shared(cfg.clone(), shared.clone()) {
                 Ok(fresh) => {
                     tracing::info!("Lua VM replaced after a memory breach or internal error");
                     vm = fresh;

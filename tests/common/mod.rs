@@ -79,16 +79,9 @@ impl Worker {
         let mut client = ClientOptions::new(endpoint, format!("worker-{}", unique()));
         client.timeout = Duration::from_secs(3);
         client.heartbeat = Duration::from_millis(200);
-        let mut opts = DispatcherOptions {
-            client,
-            service: "svc".into(),
-            filter: ".*".into(),
-            errors_notify: true,
-            errors_mailbox: "awerr".into(),
-            errors_reply: false,
-            verbose: true,
-            shutdown_timeout: Duration::from_secs(5),
-        };
+        let mut opts = DispatcherOptions::new(client, "svc");
+        opts.verbose = true;
+        opts.shutdown_timeout = Duration::from_secs(5);
         let mut pool = PoolConfig {
             size: 2,
             scripts_dir: dir.to_path_buf(),

@@ -1,7 +1,7 @@
 /*  A libmlm producer for the interoperability tests (our own program):
     producer ENDPOINT SERVICE SUBJECT BODY [COUNT]
-    Sends COUNT requests and prints each reply as "SUBJECT BODY", one per
-    line; exits 1 if a reply does not come within 10 s.  */
+    Sends COUNT requests (each with a tracker, so workers reply) and prints
+    each reply as "SUBJECT BODY", one per line; exits 1 if a reply does not come within 10 s.  */
 #include <malamute.h>
 
 int main (int argc, char *argv [])
@@ -19,7 +19,10 @@ int main (int argc, char *argv [])
     for (int i = 0; i < count; i++) {
         zmsg_t *msg = zmsg_new ();
         zmsg_addstr (msg, argv [4]);
-        if (mlm_client_sendfor (client, argv [2], argv [3], NULL, 0, &msg)) {
+        /*  A tracker asks the worker for a reply.  */
+        char tracker [32];
+        snprintf (tracker, sizeof tracker, "c-%d", i);
+        if (mlm_client_sendfor (client, argv [2], argv [3], tracker, 0, &msg)) {
             fprintf (stderr, "producer: sendfor failed\n");
             return 3;
         }

@@ -1,0 +1,588 @@
+//! What happens to a request once its handler has ended: the one place
+//! where retries, dead letters, forwards, replies and error replies are
+//! decided, for every kind of handler (Lua script, HTTP runner, exec
+//! runner). Pure: no sockets, no clock; the dispatcher carries out the
+//! [`Decision`] and keeps waiting retries in a [`RetryQueue`].
+//!
+//! Two things travel with a request across workers: its attempt count and
+//! its hop count. They ride in the tracker as an [`Envelope`] when a worker
+//! sends a request on to a service itself (a forward, or a waiting retry
+//! handed back at stop), together with the original requester's address
+//! and tracker, so that the stage that finally answers replies to the
+//! original requester as if it had answered directly. No broker change is
+//! needed: the tracker is an opaque string to every broker.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use super::types::{ErrorKind, Outcome, Request, ScriptError};
+use crate::mlm::codec::MAX_STRING;
+
+/// The retry, dead-letter and forward settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Runs at most, counting the first (`worker/retry/attempts`).
+    pub attempts: u32,
+    /// First backoff delay (`worker/retry/backoff`); doubles per attempt.
+    pub backoff: Duration,
+    /// Longest backoff delay (`worker/retry/backoff_max`).
+    pub backoff_max: Duration,
+    /// Retry script errors (runtime, budgets, missing script) too
+    /// (`worker/retry/errors`).
+    pub retry_errors: bool,
+    /// Most stages a request may be forwarded through (`worker/forward/hops`).
+    pub max_hops: u32,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            attempts: 3,
+            backoff: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            retry_errors: false,
+            max_hops: 8,
+        }
+    }
+}
+
+/// What the dispatcher must do with a finished request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Reply (when there is a reply and the requester waits), confirm.
+    Done {
+        /// The reply.
+        reply: Option<Vec<u8>>,
+    },
+    /// Run it again after `delay` with the attempt count one higher.
+    Retry {
+        /// How long to wait.
+        delay: Duration,
+    },
+    /// Give up: the error mailbox gets a report with `text`, a waiting
+    /// requester an error reply.
+    DeadLetter {
+        /// The report: outcome, reason, attempts.
+        text: String,
+        /// The kind of failure, for counting (`None`: an explicit fail).
+        kind: Option<ErrorKind>,
+    },
+    /// Discard silently.
+    Drop,
+    /// Send on to `address` with the envelope tracker.
+    Forward {
+        /// Service address.
+        address: String,
+        /// Subject there.
+        subject: String,
+        /// The tracker carrying the envelope.
+        tracker: String,
+        /// Frames.
+        content: Vec<Vec<u8>>,
+    },
+}
+
+impl Decision {
+    /// The decision's name, as logs and metrics say it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Decision::Done { .. } => "done",
+            Decision::Retry { .. } => "retry",
+            Decision::DeadLetter { kind: None, .. } => "fail",
+            Decision::DeadLetter { kind: Some(_), .. } => "error",
+            Decision::Drop => "drop",
+            Decision::Forward { .. } => "forward",
+        }
+    }
+}
+
+impl Policy {
+    /// Decides what becomes of `req` after a run that ended in `result`.
+    /// `jitter` in `[0, 1)` spreads backoff delays (the caller draws it).
+    pub fn decide(
+        &self,
+        req: &Request,
+        result: Result<Outcome, ScriptError>,
+        jitter: f64,
+    ) -> Decision {
+        let attempts = |n: u32| format!("{n} attempt{}", if n == 1 { "" } else { "s" });
+        match result {
+            Ok(Outcome::Done { reply }) => Decision::Done { reply },
+            Ok(Outcome::Drop) => Decision::Drop,
+            Ok(Outcome::Fail { reason }) => Decision::DeadLetter {
+                text: format!(
+                    "failed (alaska.fail) after {}: {reason}",
+                    attempts(req.attempt)
+                ),
+                kind: None,
+            },
+            Ok(Outcome::Retry { after, reason }) => {
+                if req.attempt >= self.attempts {
+                    return Decision::DeadLetter {
+                        text: format!(
+                            "dead letter: retry asked, but {} of {} used: {reason}",
+                            attempts(req.attempt),
+                            self.attempts
+                        ),
+                        kind: None,
+                    };
+                }
+                let delay = after.unwrap_or_else(|| self.backoff(req.attempt, jitter));
+                Decision::Retry { delay }
+            }
+            Ok(Outcome::Forward {
+                address,
+                subject,
+                content,
+            }) => {
+                if req.hops >= self.max_hops {
+                    return Decision::DeadLetter {
+                        text: format!(
+                            "forward to {address}/{subject} refused: hop limit of {} reached \
+                             (a forwarding loop?)",
+                            self.max_hops
+                        ),
+                        kind: Some(ErrorKind::Protocol),
+                    };
+                }
+                let env = Envelope {
+                    hops: req.hops + 1,
+                    attempt: 1,
+                    sender: req.sender.clone(),
+                    tracker: req.tracker.clone(),
+                };
+                match env.encode() {
+                    Some(tracker) => Decision::Forward {
+                        address,
+                        subject,
+                        tracker,
+                        content: content.unwrap_or_else(|| req.content.clone()),
+                    },
+                    None => Decision::DeadLetter {
+                        text: format!(
+                            "forward to {address}/{subject} refused: the requester's address \
+                             and tracker are too long to carry in a tracker ({MAX_STRING} bytes)"
+                        ),
+                        kind: Some(ErrorKind::Protocol),
+                    },
+                }
+            }
+            Err(e) => {
+                if self.retry_errors && req.attempt < self.attempts {
+                    return Decision::Retry {
+                        delay: self.backoff(req.attempt, jitter),
+                    };
+                }
+                Decision::DeadLetter {
+                    text: format!(
+                        "{} after {}: {}",
+                        e.kind.name(),
+                        attempts(req.attempt),
+                        e.message
+                    ),
+                    kind: Some(e.kind),
+                }
+            }
+        }
+    }
+
+    /// Exponential backoff for the run after `attempt`: `backoff` doubled
+    /// per attempt, capped at `backoff_max`, then jittered into its upper
+    /// half (so retries of a burst spread out, and none comes early by
+    /// more than half).
+    pub fn backoff(&self, attempt: u32, jitter: f64) -> Duration {
+        let doublings = attempt.saturating_sub(1).min(30);
+        let full = self
+            .backoff
+            .saturating_mul(1u32 << doublings)
+            .min(self.backoff_max);
+        full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+    }
+}
+
+/// What travels in the tracker of a request a worker sends on itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// Stages passed so far.
+    pub hops: u32,
+    /// Attempt number of the next run.
+    pub attempt: u32,
+    /// The original requester's address.
+    pub sender: String,
+    /// The original requester's tracker.
+    pub tracker: String,
+}
+
+/// Marks a tracker that carries an [`Envelope`]. A tracker from a client
+/// is opaque to us; one that starts with this is read as an envelope.
+pub const ENVELOPE_PREFIX: &str = "~alaska1:";
+
+impl Envelope {
+    /// `~alaska1:<hops>:<attempt>:<sender length>:<sender><tracker>`, or
+    /// `None` when that is longer than a tracker can be.
+    pub fn encode(&self) -> Option<String> {
+        let s = format!(
+            "{ENVELOPE_PREFIX}{}:{}:{}:{}{}",
+            self.hops,
+            self.attempt,
+            self.sender.len(),
+            self.sender,
+            self.tracker
+        );
+        (s.len() <= MAX_STRING).then_some(s)
+    }
+
+    /// Reads an envelope tracker; `None` for any other tracker.
+    pub fn decode(tracker: &str) -> Option<Envelope> {
+        let rest = tracker.strip_prefix(ENVELOPE_PREFIX)?;
+        let mut parts = rest.splitn(4, ':');
+        let hops = parts.next()?.parse().ok()?;
+        let attempt: u32 = parts.next()?.parse().ok()?;
+        let len: usize = parts.next()?.parse().ok()?;
+        let tail = parts.next()?;
+        if !tail.is_char_boundary(len.min(tail.len())) || tail.len() < len {
+            return None;
+        }
+        let (sender, tracker) = tail.split_at(len);
+        Some(Envelope {
+            hops,
+            attempt: attempt.max(1),
+            sender: sender.to_string(),
+            tracker: tracker.to_string(),
+        })
+    }
+
+    /// The request as the original requester sent it: sender, tracker,
+    /// attempt and hops taken from the envelope when the tracker is one.
+    pub fn open(req: &mut Request) {
+        if let Some(env) = Envelope::decode(&req.tracker) {
+            req.sender = env.sender;
+            req.tracker = env.tracker;
+            req.attempt = env.attempt;
+            req.hops = env.hops;
+        }
+    }
+}
+
+/// Requests waiting for their next attempt, ordered by due time, bounded.
+#[derive(Debug)]
+pub struct RetryQueue<T> {
+    waiting: BTreeMap<(Instant, u64), T>,
+    limit: usize,
+    seq: u64,
+}
+
+impl<T> RetryQueue<T> {
+    /// An empty queue that holds at most `limit` items.
+    pub fn new(limit: usize) -> Self {
+        RetryQueue {
+            waiting: BTreeMap::new(),
+            limit,
+            seq: 0,
+        }
+    }
+
+    /// Queues `item` for `at`; gives it back when the queue is full.
+    #[allow(clippy::result_large_err)]
+    pub fn push(&mut self, at: Instant, item: T) -> Result<(), T> {
+        if self.waiting.len() >= self.limit {
+            return Err(item);
+        }
+        self.seq += 1;
+        self.waiting.insert((at, self.seq), item);
+        Ok(())
+    }
+
+    /// The next item due at `now`, earliest first.
+    pub fn pop_due(&mut self, now: Instant) -> Option<T> {
+        let (&(at, _), _) = self.waiting.first_key_value()?;
+        if at > now {
+            return None;
+        }
+        self.waiting.pop_first().map(|(_, item)| item)
+    }
+
+    /// When the earliest item is due.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.waiting.keys().next().map(|&(at, _)| at)
+    }
+
+    /// How many wait.
+    pub fn len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Whether none waits.
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// Removes the items `keep` says no to, returning them.
+    pub fn take_if(&mut self, mut take: impl FnMut(&T) -> bool) -> Vec<T> {
+        let keys: Vec<(Instant, u64)> = self
+            .waiting
+            .iter()
+            .filter(|(_, v)| take(v))
+            .map(|(k, _)| *k)
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| self.waiting.remove(&k))
+            .collect()
+    }
+
+    /// Everything still waiting, earliest first.
+    pub fn drain(&mut self) -> Vec<T> {
+        std::mem::take(&mut self.waiting).into_values().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(attempt: u32) -> Request {
+        Request {
+            sender: "alas-1".into(),
+            address: "svc".into(),
+            subject: "job".into(),
+            tracker: "t-1".into(),
+            content: vec![b"body".to_vec(), b"second".to_vec()],
+            attempt,
+            hops: 0,
+        }
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            attempts: 3,
+            backoff: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(350),
+            retry_errors: false,
+            max_hops: 2,
+        }
+    }
+
+    fn error(kind: ErrorKind) -> Result<Outcome, ScriptError> {
+        Err(ScriptError {
+            kind,
+            message: "boom".into(),
+        })
+    }
+
+    #[test]
+    fn done_and_drop_pass_through() {
+        let p = policy();
+        assert_eq!(
+            p.decide(
+                &req(1),
+                Ok(Outcome::Done {
+                    reply: Some(b"r".to_vec())
+                }),
+                0.0
+            ),
+            Decision::Done {
+                reply: Some(b"r".to_vec())
+            }
+        );
+        assert_eq!(p.decide(&req(1), Ok(Outcome::Drop), 0.0), Decision::Drop);
+    }
+
+    #[test]
+    fn retry_uses_the_asked_delay_then_the_backoff_until_attempts_run_out() {
+        let p = policy();
+        let asked = Ok(Outcome::Retry {
+            after: Some(Duration::from_millis(1234)),
+            reason: "later".into(),
+        });
+        assert_eq!(
+            p.decide(&req(1), asked.clone(), 0.9),
+            Decision::Retry {
+                delay: Duration::from_millis(1234)
+            }
+        );
+        let backoff = Ok(Outcome::Retry {
+            after: None,
+            reason: "busy".into(),
+        });
+        // Attempt 1: 100 ms, jittered into [50, 100]; attempt 2: 200 ms.
+        assert_eq!(
+            p.decide(&req(1), backoff.clone(), 1.0),
+            Decision::Retry {
+                delay: Duration::from_millis(100)
+            }
+        );
+        assert_eq!(
+            p.decide(&req(2), backoff.clone(), 0.0),
+            Decision::Retry {
+                delay: Duration::from_millis(100)
+            }
+        );
+        match p.decide(&req(3), backoff, 0.0) {
+            Decision::DeadLetter { text, kind: None } => {
+                assert!(text.contains("3 attempts of 3"), "{text}");
+                assert!(text.contains("busy"), "{text}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let p = policy();
+        assert_eq!(p.backoff(1, 1.0), Duration::from_millis(100));
+        assert_eq!(p.backoff(2, 1.0), Duration::from_millis(200));
+        assert_eq!(p.backoff(3, 1.0), Duration::from_millis(350));
+        assert_eq!(p.backoff(40, 1.0), Duration::from_millis(350));
+        assert_eq!(p.backoff(2, 0.0), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn fail_is_a_dead_letter_at_once_naming_the_reason_and_attempts() {
+        let p = policy();
+        match p.decide(
+            &req(1),
+            Ok(Outcome::Fail {
+                reason: "bad input".into(),
+            }),
+            0.0,
+        ) {
+            Decision::DeadLetter { text, kind: None } => {
+                assert_eq!(text, "failed (alaska.fail) after 1 attempt: bad input")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_are_dead_letters_unless_configured_to_retry() {
+        let mut p = policy();
+        match p.decide(&req(1), error(ErrorKind::Runtime), 0.0) {
+            Decision::DeadLetter { text, kind } => {
+                assert_eq!(kind, Some(ErrorKind::Runtime));
+                assert_eq!(text, "runtime error after 1 attempt: boom");
+            }
+            other => panic!("{other:?}"),
+        }
+        p.retry_errors = true;
+        assert!(matches!(
+            p.decide(&req(1), error(ErrorKind::Timeout), 0.5),
+            Decision::Retry { .. }
+        ));
+        assert!(matches!(
+            p.decide(&req(3), error(ErrorKind::Timeout), 0.5),
+            Decision::DeadLetter { .. }
+        ));
+    }
+
+    #[test]
+    fn forward_carries_the_requester_in_an_envelope_and_counts_hops() {
+        let p = policy();
+        let fwd = |content| {
+            Ok(Outcome::Forward {
+                address: "next".into(),
+                subject: "stage2".into(),
+                content,
+            })
+        };
+        match p.decide(&req(2), fwd(None), 0.0) {
+            Decision::Forward {
+                address,
+                subject,
+                tracker,
+                content,
+            } => {
+                assert_eq!((address.as_str(), subject.as_str()), ("next", "stage2"));
+                assert_eq!(content, req(1).content, "own frames by default");
+                let env = Envelope::decode(&tracker).unwrap();
+                assert_eq!(
+                    env,
+                    Envelope {
+                        hops: 1,
+                        attempt: 1,
+                        sender: "alas-1".into(),
+                        tracker: "t-1".into()
+                    }
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut far = req(1);
+        far.hops = 2;
+        match p.decide(&far, fwd(Some(vec![b"x".to_vec()])), 0.0) {
+            Decision::DeadLetter { text, .. } => assert!(text.contains("hop limit of 2"), "{text}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn envelopes_round_trip_and_refuse_what_does_not_fit() {
+        let env = Envelope {
+            hops: 3,
+            attempt: 2,
+            sender: "a:b:c".into(),
+            tracker: "t:1:~".into(),
+        };
+        let t = env.encode().unwrap();
+        assert_eq!(Envelope::decode(&t), Some(env));
+        let mut r = req(1);
+        r.tracker = t;
+        Envelope::open(&mut r);
+        assert_eq!(
+            (r.sender.as_str(), r.tracker.as_str(), r.attempt, r.hops),
+            ("a:b:c", "t:1:~", 2, 3)
+        );
+        for plain in [
+            "",
+            "t-1",
+            "~alaska1:",
+            "~alaska1:1:1:99:short",
+            "~alaska1:x:1:0:",
+        ] {
+            assert_eq!(Envelope::decode(plain), None, "{plain:?}");
+        }
+        let long = Envelope {
+            hops: 1,
+            attempt: 1,
+            sender: "s".repeat(200),
+            tracker: "t".repeat(60),
+        };
+        assert_eq!(long.encode(), None);
+    }
+
+    #[test]
+    fn a_forward_that_cannot_carry_its_requester_is_a_dead_letter() {
+        let p = policy();
+        let mut r = req(1);
+        r.sender = "s".repeat(250);
+        let d = p.decide(
+            &r,
+            Ok(Outcome::Forward {
+                address: "next".into(),
+                subject: "x".into(),
+                content: None,
+            }),
+            0.0,
+        );
+        assert!(matches!(d, Decision::DeadLetter { .. }), "{d:?}");
+    }
+
+    #[test]
+    fn retry_queue_orders_by_due_time_and_is_bounded() {
+        let t0 = Instant::now();
+        let mut q = RetryQueue::new(3);
+        q.push(t0 + Duration::from_millis(30), "c").unwrap();
+        q.push(t0 + Duration::from_millis(10), "a").unwrap();
+        q.push(t0 + Duration::from_millis(10), "b").unwrap();
+        assert_eq!(q.push(t0, "overflow"), Err("overflow"));
+        assert_eq!(q.next_due(), Some(t0 + Duration::from_millis(10)));
+        assert_eq!(q.pop_due(t0), None);
+        assert_eq!(q.pop_due(t0 + Duration::from_millis(10)), Some("a"));
+        assert_eq!(q.pop_due(t0 + Duration::from_millis(10)), Some("b"));
+        assert_eq!(q.pop_due(t0 + Duration::from_millis(20)), None);
+        assert_eq!(q.len(), 1);
+        q.push(t0, "d").unwrap();
+        assert_eq!(q.take_if(|v| *v == "d"), vec!["d"]);
+        assert_eq!(q.drain(), vec!["c"]);
+        assert!(q.is_empty());
+    }
+}

@@ -1,0 +1,271 @@
+//! The types the worker's parts pass to each other: a request as received,
+//! what a handler sent while it ran, and how it ended ([`Outcome`] or
+//! [`ScriptError`]). The VM, the pool, the runners and the dispatcher all
+//! use these, so none of them needs to import another.
+
+use std::time::Duration;
+
+/// One request as received from the broker (SERVICE DELIVER), with what
+/// travels with it across retries and forwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Requester's address: where replies go. For a forwarded request this
+    /// is the original requester, not the stage that forwarded it.
+    pub sender: String,
+    /// Service address.
+    pub address: String,
+    /// Subject: selects the script or runner.
+    pub subject: String,
+    /// Requester's tracker (for a forwarded request, the original one).
+    /// Empty means the requester does not wait for a reply.
+    pub tracker: String,
+    /// All content frames.
+    pub content: Vec<Vec<u8>>,
+    /// Which run this is: 1 for the first.
+    pub attempt: u32,
+    /// How many stages forwarded this request before it reached us.
+    pub hops: u32,
+}
+
+impl Request {
+    /// Whether the requester waits for an answer (it gave a tracker).
+    pub fn wants_reply(&self) -> bool {
+        !self.tracker.is_empty()
+    }
+}
+
+/// Something a handler asked to send, in the order it asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// STREAM SEND on `stream`.
+    Stream {
+        /// Stream name.
+        stream: String,
+        /// Subject.
+        subject: String,
+        /// Content frames (content, then attachment if given).
+        content: Vec<Vec<u8>>,
+    },
+    /// MAILBOX SEND to `address`.
+    Mail {
+        /// Mailbox.
+        address: String,
+        /// Subject.
+        subject: String,
+        /// Content frames (content, then attachment if given).
+        content: Vec<Vec<u8>>,
+    },
+}
+
+/// How a handler that ran to its end wants the request treated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Finished; the reply (if any) goes to the requester when it waits.
+    Done {
+        /// The reply's content.
+        reply: Option<Vec<u8>>,
+    },
+    /// Run again later: after `after` when given, else after the backoff.
+    Retry {
+        /// The delay the handler asked for.
+        after: Option<Duration>,
+        /// Why, for the report if the attempts run out.
+        reason: String,
+    },
+    /// Give up now: a dead letter with this reason.
+    Fail {
+        /// Why.
+        reason: String,
+    },
+    /// Discard silently.
+    Drop,
+    /// Hand the request to another service; that stage answers instead.
+    Forward {
+        /// Service address.
+        address: String,
+        /// Subject there.
+        subject: String,
+        /// Frames to send; `None` forwards the request's own frames.
+        content: Option<Vec<Vec<u8>>>,
+    },
+}
+
+impl Outcome {
+    /// The outcome's name, as logs, reports and metrics say it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Done { .. } => "done",
+            Outcome::Retry { .. } => "retry",
+            Outcome::Fail { .. } => "fail",
+            Outcome::Drop => "drop",
+            Outcome::Forward { .. } => "forward",
+        }
+    }
+}
+
+/// What kind of failure a request met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// No script for the subject.
+    MissingScript,
+    /// The subject may not select a script (traversal, bad characters).
+    BadSubject,
+    /// The script does not compile.
+    Syntax,
+    /// The script raised an error.
+    Runtime,
+    /// The time budget ran out.
+    Timeout,
+    /// The memory limit was hit.
+    Memory,
+    /// The handler produced something the worker cannot use (a runner's
+    /// garbage output, an outcome with bad arguments, too many sends).
+    Protocol,
+    /// The VM thread panicked (a bug of ours, reported, not fatal).
+    Panic,
+}
+
+impl ErrorKind {
+    /// The kind's name, as logs, reports and metrics say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::MissingScript => "missing script",
+            ErrorKind::BadSubject => "bad subject",
+            ErrorKind::Syntax => "syntax error",
+            ErrorKind::Runtime => "runtime error",
+            ErrorKind::Timeout => "time budget",
+            ErrorKind::Memory => "memory limit",
+            ErrorKind::Protocol => "bad handler output",
+            ErrorKind::Panic => "internal error",
+        }
+    }
+}
+
+/// A failed request: kind and the text for the error mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptError {
+    /// What went wrong.
+    pub kind: ErrorKind,
+    /// Error text, with a traceback where there is one.
+    pub message: String,
+}
+
+/// What one run of a handler produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunResult {
+    /// Sends, in the order the handler made them. They are written whatever
+    /// the outcome, as the original did.
+    pub outputs: Vec<Output>,
+    /// How it ended: an outcome, or a failure.
+    pub result: Result<Outcome, ScriptError>,
+}
+
+impl RunResult {
+    /// A run that failed before producing anything.
+    pub fn failed(kind: ErrorKind, message: impl Into<String>) -> RunResult {
+        RunResult {
+            outputs: Vec::new(),
+            result: Err(ScriptError {
+                kind,
+                message: message.into(),
+            }),
+        }
+    }
+
+    /// The reply, when the run ended in `done` with one.
+    pub fn reply(&self) -> Option<&[u8]> {
+        match &self.result {
+            Ok(Outcome::Done { reply: Some(r) }) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The failure, if the run failed.
+    pub fn error(&self) -> Option<&ScriptError> {
+        self.result.as_ref().err()
+    }
+}
+
+/// A request with the dispatcher's token.
+#[derive(Debug)]
+pub struct Job {
+    /// Token the dispatcher uses to match the completion.
+    pub id: u64,
+    /// The request.
+    pub request: Request,
+}
+
+/// A finished job.
+#[derive(Debug)]
+pub struct Completion {
+    /// The job's token.
+    pub id: u64,
+    /// The request, moved back so reports and retries can use it.
+    pub request: Request,
+    /// What the run produced.
+    pub run: RunResult,
+}
+
+/// Settings of the VM pool and of each VM. [`PoolConfig::default`] holds
+/// the budget defaults.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Number of VMs (threads).
+    pub size: usize,
+    /// Jobs that may wait for a VM.
+    pub backlog: usize,
+    /// Where `<subject>.lua` scripts live.
+    pub scripts_dir: std::path::PathBuf,
+    /// Extra directories for `require` (prepended to `package.path`).
+    pub lua_path: Vec<std::path::PathBuf>,
+    /// Where `require` may load C modules from (`package.cpath`); `None`:
+    /// no C modules (native code runs outside the time budget).
+    pub lua_cpath: Option<String>,
+    /// Allow `os.execute` and `io.popen`.
+    pub processes: bool,
+    /// Time budget of one request.
+    pub timeout: Duration,
+    /// Memory limit of one VM, bytes.
+    pub memory: usize,
+    /// Size of `alaska.shared`, bytes.
+    pub shared_bytes: usize,
+    /// Stream `send` uses when none is given.
+    pub default_stream: String,
+    /// Mailbox `sendTo` uses when none is given.
+    pub default_mailbox: String,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            size: 4,
+            backlog: 64,
+            scripts_dir: std::path::PathBuf::from("services"),
+            lua_path: Vec::new(),
+            lua_cpath: None,
+            processes: false,
+            timeout: Duration::from_secs(5),
+            memory: 64 << 20,
+            shared_bytes: 4 << 20,
+            default_stream: "aw.res".into(),
+            default_mailbox: "aw.res".into(),
+        }
+    }
+}
+
+impl Completion {
+    /// The reply, when the run ended in `done` with one (a copy).
+    pub fn reply(&self) -> Option<Vec<u8>> {
+        self.run.reply().map(<[u8]>::to_vec)
+    }
+
+    /// The failure, if the run failed (a copy).
+    pub fn error(&self) -> Option<ScriptError> {
+        self.run.error().cloned()
+    }
+
+    /// The outcome, if the run did not fail.
+    pub fn outcome(&self) -> Option<&Outcome> {
+        self.run.result.as_ref().ok()
+    }
+}

@@ -1,0 +1,443 @@
+//! One long-lived Lua 5.4 VM and the scripting API it offers.
+//!
+//! A [`Vm`] runs one request at a time on whichever thread owns it.
+//! Compiled chunks are cached per subject and recompiled when the file's
+//! modification time, size or inode changes. Each request gets a fresh
+//! global environment whose `__index` is the VM's shared globals, so a
+//! global set by one request is not seen by the next, while modules loaded
+//! by `require` stay loaded.
+//!
+//! The sandbox (`sandbox.lua`, run once per VM) is what makes the budgets
+//! hold against hostile scripts: an instruction-count hook (installed as
+//! mlua's global hook, so Lua 5.4 copies it into every coroutine) stops a
+//! request past its time budget, and keeps stopping it (every hook call
+//! after a breach raises again); the VM has a memory limit; no function
+//! that reaches the hook, upvalues, locals, the registry or raw metatables
+//! is left to scripts. See `docs/SANDBOX.md` for what a script can and
+//! cannot do.
+//!
+//! Submodules: [`api`] (the API functions written in Rust), [`convert`]
+//! (Lua values to and from what the worker sends).
+
+pub mod api;
+pub mod convert;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use mlua::{chunk::ChunkMode, Function, HookTriggers, Lua, LuaOptions, MultiValue, StdLib, Value};
+
+use super::shared::SharedDict;
+use super::subject::{script_path, SubjectError};
+use super::types::{ErrorKind, Outcome, Output, PoolConfig, Request, RunResult, ScriptError};
+
+/// How many VM instructions run between two looks at the clock.
+const HOOK_EVERY: u32 = 1000;
+
+/// The error text of a time budget breach (also how a breach is told from
+/// other errors that carry it).
+pub const BUDGET_MESSAGE: &str = "time budget exceeded";
+
+/// The sandbox: run once per VM; returns the request runner.
+const SANDBOX: &str = include_str!("sandbox.lua");
+
+/// Shared between the VM, its hook and `alaska.sleep`: the running
+/// request's deadline.
+pub struct Budget {
+    base: Instant,
+    /// Nanoseconds after `base`; 0 when no request runs.
+    deadline: AtomicU64,
+    timed_out: AtomicBool,
+    out_of_memory: AtomicBool,
+}
+
+impl Budget {
+    fn new() -> Budget {
+        Budget {
+            base: Instant::now(),
+            deadline: AtomicU64::new(0),
+            timed_out: AtomicBool::new(false),
+            out_of_memory: AtomicBool::new(false),
+        }
+    }
+
+    fn arm(&self, timeout: Duration) {
+        let at = self.base.elapsed().saturating_add(timeout);
+        self.timed_out.store(false, Ordering::Relaxed);
+        self.out_of_memory.store(false, Ordering::Relaxed);
+        let nanos = u64::try_from(at.as_nanos()).unwrap_or(u64::MAX).max(1);
+        self.deadline.store(nanos, Ordering::Relaxed);
+    }
+
+    fn disarm(&self) {
+        self.deadline.store(0, Ordering::Relaxed);
+    }
+
+    /// Time left, or `None` when no request runs.
+    pub fn left(&self) -> Option<Duration> {
+        let d = self.deadline.load(Ordering::Relaxed);
+        (d != 0).then(|| Duration::from_nanos(d).saturating_sub(self.base.elapsed()))
+    }
+
+    /// Marks the running request as out of time.
+    pub fn breach(&self) {
+        self.timed_out.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether Lua code must stop now: the request is out of time, or no
+    /// request runs at all (code running then, a finalizer say, belongs to
+    /// no request and has no budget).
+    fn expired(&self) -> bool {
+        if self.timed_out.load(Ordering::Relaxed) {
+            return true;
+        }
+        match self.left() {
+            None => true,
+            Some(l) if l.is_zero() => {
+                self.breach();
+                true
+            }
+            Some(_) => false,
+        }
+    }
+}
+
+/// Per-request state the API functions reach through the VM's app data.
+#[derive(Default)]
+pub struct RequestState {
+    active: bool,
+    outputs: Vec<Output>,
+    output_bytes: usize,
+}
+
+/// A compiled script and the file it came from, as it was then.
+struct Cached {
+    path: PathBuf,
+    modified: Option<SystemTime>,
+    len: u64,
+    ino: u64,
+    dev: u64,
+    func: Function,
+}
+
+impl Cached {
+    fn unchanged(&self, meta: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        self.modified == meta.modified().ok()
+            && self.len == meta.len()
+            && self.ino == meta.ino()
+            && self.dev == meta.dev()
+    }
+}
+
+/// A Lua VM with the Alaska API. See the module documentation.
+pub struct Vm {
+    lua: Lua,
+    runner: Function,
+    /// Compiled scripts by subject.
+    cache: HashMap<String, Cached>,
+    budget: Arc<Budget>,
+    cfg: Arc<PoolConfig>,
+    /// Set after a memory breach: the pool replaces this VM.
+    pub poisoned: bool,
+}
+
+impl Vm {
+    /// A fresh VM for `cfg` with an `alaska.shared` of its own.
+    pub fn new(cfg: Arc<PoolConfig>) -> mlua::Result<Vm> {
+        let shared = Arc::new(SharedDict::new(cfg.shared_bytes));
+        Vm::with_shared(cfg, shared)
+    }
+
+    /// A fresh VM for `cfg` whose `alaska.shared` is `shared` (one per
+    /// worker process, shared by all its VMs).
+    pub fn with_shared(cfg: Arc<PoolConfig>, shared: Arc<SharedDict>) -> mlua::Result<Vm> {
+        // The debug library is loaded for the sandbox's own use (traceback,
+        // setupvalue); scripts only get a safe part of it.
+        let lua =
+            unsafe { Lua::unsafe_new_with(StdLib::ALL_SAFE | StdLib::DEBUG, LuaOptions::new()) };
+        let budget = Arc::new(Budget::new());
+        // Setting up runs Lua code too: give it a budget.
+        budget.arm(Duration::from_secs(5));
+        let hook_budget = budget.clone();
+        lua.set_global_hook(
+            HookTriggers::new().every_nth_instruction(HOOK_EVERY),
+            move |_, _| {
+                if hook_budget.expired() {
+                    Err(mlua::Error::runtime(BUDGET_MESSAGE))
+                } else {
+                    Ok(mlua::VmState::Continue)
+                }
+            },
+        )?;
+        let globals = lua.globals();
+        api::install_send(
+            &lua,
+            &globals,
+            &cfg.default_stream,
+            &cfg.default_mailbox,
+            cfg.memory,
+        )?;
+        let cjson = convert::cjson_module(&lua)?;
+        let preload: mlua::Table = globals.get::<mlua::Table>("package")?.get("preload")?;
+        let cj = cjson.clone();
+        preload.set("cjson", lua.create_function(move |_, ()| Ok(cj.clone()))?)?;
+        if !cfg.lua_path.is_empty() {
+            let package: mlua::Table = globals.get("package")?;
+            let mut path: String = package.get("path")?;
+            for dir in &cfg.lua_path {
+                let d = dir.display();
+                path = format!("{d}/?.lua;{d}/?/init.lua;{path}");
+            }
+            package.set("path", path)?;
+        }
+        let b = budget.clone();
+        let breached = lua.create_function(move |_, e: Value| {
+            if b.expired() {
+                return Ok(true);
+            }
+            let oom = matches!(&e, Value::String(s) if s.as_bytes().starts_with(b"not enough memory"))
+                || matches!(&e, Value::Error(err) if matches!(**err, mlua::Error::MemoryError(_)));
+            if oom {
+                b.out_of_memory.store(true, Ordering::Relaxed);
+            }
+            Ok(oom)
+        })?;
+        let options = lua.create_table()?;
+        options.set("processes", cfg.processes)?;
+        if let Some(cpath) = &cfg.lua_cpath {
+            options.set("cpath", cpath.as_str())?;
+        }
+        let runner: Function = lua.load(SANDBOX).set_name("=alaska").call((
+            breached,
+            cjson.get::<Function>("encode")?,
+            api::sleep_function(&lua, budget.clone())?,
+            api::shared_functions(&lua, shared)?,
+            options,
+        ))?;
+        budget.disarm();
+        lua.set_app_data(RequestState::default());
+        lua.set_memory_limit(cfg.memory)?;
+        Ok(Vm {
+            lua,
+            runner,
+            cache: HashMap::new(),
+            budget,
+            cfg,
+            poisoned: false,
+        })
+    }
+
+    /// Runs one request to its outcome (or to a failure).
+    pub fn run(&mut self, req: &Request) -> RunResult {
+        let func = match self.script(&req.subject) {
+            Ok(f) => f,
+            Err(e) => {
+                return RunResult {
+                    outputs: Vec::new(),
+                    result: Err(e),
+                }
+            }
+        };
+        if let Some(mut state) = self.lua.app_data_mut::<RequestState>() {
+            state.active = true;
+        }
+        self.budget.arm(self.cfg.timeout);
+        let result = match self
+            .arguments(func, req)
+            .and_then(|args| self.runner.call::<MultiValue>(args))
+        {
+            Ok(values) => self.outcome(values),
+            Err(e) => Err(self.failure(e.to_string())),
+        };
+        self.budget.disarm();
+        let outputs = match self.lua.app_data_mut::<RequestState>() {
+            Some(mut state) => {
+                state.active = false;
+                state.output_bytes = 0;
+                std::mem::take(&mut state.outputs)
+            }
+            None => Vec::new(),
+        };
+        // Whatever a failed request left behind is garbage now; collect
+        // while the VM is idle rather than in the middle of the next one.
+        if result.is_err() {
+            let _ = self.lua.gc_collect();
+        }
+        RunResult { outputs, result }
+    }
+
+    /// Reads what the runner returned: `ok, value, kind, a, b, c`.
+    fn outcome(&mut self, values: MultiValue) -> Result<Outcome, ScriptError> {
+        let mut v = values.into_iter();
+        let ok = matches!(v.next(), Some(Value::Boolean(true)));
+        let value = v.next().unwrap_or(Value::Nil);
+        if !ok {
+            let text = match &value {
+                Value::String(s) => s.to_string_lossy(),
+                other => format!("{other:?}"),
+            };
+            return Err(self.failure(text));
+        }
+        let kind = match v.next() {
+            Some(Value::String(k)) => k.to_string_lossy(),
+            _ => {
+                return match convert::reply(&self.lua, value) {
+                    Ok(reply) => Ok(Outcome::Done { reply }),
+                    Err(e) => Err(ScriptError {
+                        kind: ErrorKind::Protocol,
+                        message: format!("reply: {e}"),
+                    }),
+                }
+            }
+        };
+        let (a, b, c) = (
+            v.next().unwrap_or(Value::Nil),
+            v.next().unwrap_or(Value::Nil),
+            v.next().unwrap_or(Value::Nil),
+        );
+        let text = |v: &Value| match v {
+            Value::String(s) => Some(s.to_string_lossy()),
+            _ => None,
+        };
+        Ok(match kind.as_str() {
+            "retry" => Outcome::Retry {
+                after: match a {
+                    Value::Integer(ms) => Some(Duration::from_millis(ms.max(0) as u64)),
+                    Value::Number(ms) => {
+                        Some(Duration::try_from_secs_f64(ms / 1000.0).unwrap_or(Duration::MAX))
+                    }
+                    _ => None,
+                },
+                reason: text(&b).unwrap_or_else(|| "the script asked to retry".into()),
+            },
+            "fail" => Outcome::Fail {
+                reason: text(&a).unwrap_or_else(|| "failed".into()),
+            },
+            "drop" => Outcome::Drop,
+            "forward" => Outcome::Forward {
+                address: text(&a).unwrap_or_default(),
+                subject: text(&b).unwrap_or_default(),
+                content: match c {
+                    Value::String(s) => Some(vec![s.as_bytes().to_vec()]),
+                    Value::Table(t) => Some(
+                        t.sequence_values::<mlua::LuaString>()
+                            .map(|f| f.map(|s| s.as_bytes().to_vec()))
+                            .collect::<mlua::Result<Vec<_>>>()
+                            .map_err(|e| ScriptError {
+                                kind: ErrorKind::Protocol,
+                                message: format!("forward: {e}"),
+                            })?,
+                    ),
+                    _ => None,
+                },
+            },
+            other => {
+                return Err(ScriptError {
+                    kind: ErrorKind::Protocol,
+                    message: format!("unknown outcome {other:?}"),
+                })
+            }
+        })
+    }
+
+    /// Classifies a failure by the budget flags, then by the text.
+    fn failure(&mut self, text: String) -> ScriptError {
+        if self.budget.timed_out.load(Ordering::Relaxed) {
+            return ScriptError {
+                kind: ErrorKind::Timeout,
+                message: format!(
+                    "time budget of {:?} exceeded; request stopped\n{text}",
+                    self.cfg.timeout
+                ),
+            };
+        }
+        if self.budget.out_of_memory.load(Ordering::Relaxed) || text.contains("not enough memory") {
+            self.poisoned = true;
+            return ScriptError {
+                kind: ErrorKind::Memory,
+                message: format!(
+                    "memory limit of {} bytes exceeded; request stopped\n{text}",
+                    self.cfg.memory
+                ),
+            };
+        }
+        ScriptError {
+            kind: ErrorKind::Runtime,
+            message: text,
+        }
+    }
+
+    fn script(&mut self, subject: &str) -> Result<Function, ScriptError> {
+        // Fast path, one stat: a subject that was validated before (only
+        // those are cached) whose file is still the same file, unchanged.
+        if let Some(c) = self.cache.get(subject) {
+            if std::fs::metadata(&c.path).is_ok_and(|m| c.unchanged(&m)) {
+                return Ok(c.func.clone());
+            }
+        }
+        let path = script_path(&self.cfg.scripts_dir, subject).map_err(|e| {
+            let kind = match e {
+                SubjectError::Missing { .. } => ErrorKind::MissingScript,
+                _ => ErrorKind::BadSubject,
+            };
+            ScriptError {
+                kind,
+                message: e.to_string(),
+            }
+        })?;
+        let missing = |e: std::io::Error| ScriptError {
+            kind: ErrorKind::MissingScript,
+            message: format!("{}: {e}", path.display()),
+        };
+        let meta = std::fs::metadata(&path).map_err(missing)?;
+        let source = std::fs::read(&path).map_err(missing)?;
+        let name = format!("@{}/{subject}.lua", self.cfg.scripts_dir.display());
+        let func = self
+            .lua
+            .load(&source[..])
+            .set_name(name)
+            .set_mode(ChunkMode::Text)
+            .into_function()
+            .map_err(|e| ScriptError {
+                kind: ErrorKind::Syntax,
+                message: e.to_string(),
+            })?;
+        use std::os::unix::fs::MetadataExt;
+        self.cache.insert(
+            subject.to_string(),
+            Cached {
+                path,
+                modified: meta.modified().ok(),
+                len: meta.len(),
+                ino: meta.ino(),
+                dev: meta.dev(),
+                func: func.clone(),
+            },
+        );
+        Ok(func)
+    }
+
+    /// The runner's arguments: the chunk, then the request. The runner
+    /// builds the environment in Lua, which costs far fewer crossings of
+    /// the Rust/Lua boundary than building it from here.
+    fn arguments(&self, func: Function, req: &Request) -> mlua::Result<MultiValue> {
+        let lua = &self.lua;
+        let first: &[u8] = req.content.first().map(Vec::as_slice).unwrap_or(b"");
+        let mut args = MultiValue::with_capacity(8 + req.content.len());
+        args.push_back(Value::Function(func));
+        args.push_back(Value::String(lua.create_string(first)?));
+        for field in [&req.sender, &req.subject, &req.address, &req.tracker] {
+            args.push_back(Value::String(lua.create_string(field)?));
+        }
+        args.push_back(Value::Integer(req.attempt as i64));
+        args.push_back(Value::Integer(req.hops as i64));
+        for frame in &req.content {
+            args.push_back(Value::String(lua.create_string(frame)?));
+        }
+        Ok(args)
+    }
+}

@@ -1,0 +1,251 @@
+-- The sandbox of one Alaska Lua VM. Run once, when the VM is created, with
+-- the full standard library (and `debug`) still in place; it keeps private
+-- references to what it needs, takes away from scripts everything that
+-- reaches the VM's internals, and returns the runner that runs a request.
+--
+-- What a script must never be able to do (each closed here, see docs):
+--  * outlive its time or memory budget: no debug library functions that
+--    reach hooks, locals, upvalues, the registry or raw metatables; pcall,
+--    xpcall and coroutine.resume re-raise a breach; no __gc finalizers
+--    (they run outside any request); collectgarbage cannot stop the
+--    collector; no C modules (native code ignores the budget hook); no
+--    child processes (os.execute, io.popen) unless the operator allows it;
+--  * leave state for later requests: a fresh global table per request
+--    whose metatable is protected; the standard library tables are
+--    read-only views; the string metatable is protected; package.loaded
+--    does not hand out the real global table.
+local breached, encode, sleep, shared_fns, options = ...
+
+local G = _G
+local setmetatable, getmetatable, rawset, rawget = setmetatable, getmetatable, rawset, rawget
+local select, type, tostring, error, assert, next, pairs = select, type, tostring, error, assert, next, pairs
+local raw_pcall, raw_xpcall, co_resume = pcall, xpcall, coroutine.resume
+local raw_load, raw_loadfile, raw_collect = load, loadfile, collectgarbage
+local setupvalue, traceback, raw_getinfo = debug.setupvalue, debug.traceback, debug.getinfo
+local string_gsub, table_unpack, math_type = string.gsub, table.unpack, math.type
+
+local function refuse(what, why)
+  return function()
+    error(what .. ' is not allowed in an alaska worker: ' .. why, 2)
+  end
+end
+
+-- Budget breaches cannot be caught ------------------------------------
+local function pass(ok, ...)
+  if not ok and breached((...)) then error((...), 0) end
+  return ok, ...
+end
+G.pcall = function(f, ...) return pass(raw_pcall(f, ...)) end
+G.xpcall = function(f, h, ...)
+  return pass(raw_xpcall(f, function(e)
+    if breached(e) then return e end
+    return h(e)
+  end, ...))
+end
+local co_wrapped = function(co, ...) return pass(co_resume(co, ...)) end
+
+-- Text chunks only ------------------------------------------------------
+G.load = function(chunk, name, mode, ...)
+  if select('#', ...) > 0 then return raw_load(chunk, name, 't', ...) end
+  return raw_load(chunk, name, 't')
+end
+G.loadfile = function(name, mode, ...)
+  if select('#', ...) > 0 then return raw_loadfile(name, 't', ...) end
+  return raw_loadfile(name, 't')
+end
+G.dofile = function(name) local f = assert(G.loadfile(name)); return f() end
+
+-- No finalizers: they would run outside any request, or inside another's.
+G.setmetatable = function(t, mt)
+  if type(mt) == 'table' and rawget(mt, '__gc') ~= nil then
+    error('__gc metamethods are not allowed in an alaska worker: '
+      .. 'a finalizer runs outside the request that made it', 2)
+  end
+  return setmetatable(t, mt)
+end
+
+-- The collector keeps running.
+local collect_ok = { collect = true, count = true, step = true, isrunning = true }
+G.collectgarbage = function(opt, ...)
+  if opt == nil or collect_ok[opt] then return raw_collect(opt, ...) end
+  error("collectgarbage('" .. tostring(opt) .. "') is not allowed in an alaska worker: "
+    .. 'the collector is shared by every request of this VM', 2)
+end
+
+-- Read-only views of shared tables --------------------------------------
+local protected = setmetatable({}, { __mode = 'k' })
+local function readonly(name, t, writable)
+  local view = {}
+  setmetatable(view, {
+    __index = t,
+    __newindex = function(_, k, v)
+      if writable and writable[k] then t[k] = v; return end
+      error("attempt to change field '" .. tostring(k) .. "' of the shared '" .. name
+        .. "' table: it is shared by every request of this VM", 2)
+    end,
+    __pairs = function() return next, t, nil end,
+    __len = function() return #t end,
+    __metatable = false,
+  })
+  protected[view] = true
+  return view
+end
+G.rawset = function(t, k, v)
+  if protected[t] then
+    error('attempt to rawset a read-only shared table', 2)
+  end
+  return rawset(t, k, v)
+end
+
+-- The debug library: only what cannot reach the VM's internals.
+local function safe_getinfo(...)
+  local args, n = { ... }, select('#', ...)
+  local i = type(args[1]) == 'thread' and 2 or 1
+  if type(args[i]) ~= 'number' and type(args[i]) ~= 'function' then
+    error("bad argument #" .. i .. " to 'getinfo' (number or function expected)", 2)
+  end
+  -- 'f' would hand out the functions on the stack (the raw pcall among
+  -- them), 'L' the lines of any function: neither is given.
+  local what = args[i + 1]
+  what = what == nil and 'lnSrtu' or string_gsub(tostring(what), '[fL]', '')
+  args[i + 1] = what
+  if n < i + 1 then n = i + 1 end
+  return raw_getinfo(table_unpack(args, 1, n))
+end
+
+local libs = {
+  string = G.string, table = G.table, math = G.math, utf8 = G.utf8, io = G.io,
+}
+local os_fns, co_fns = {}, {}
+for k, v in pairs(G.os) do os_fns[k] = v end
+for k, v in pairs(G.coroutine) do co_fns[k] = v end
+os_fns.exit = refuse('os.exit', 'it would stop the worker')
+co_fns.resume = co_wrapped
+libs.os, libs.coroutine = os_fns, co_fns
+libs.debug = { traceback = traceback, getinfo = safe_getinfo }
+if not options.processes then
+  local why = 'a child process cannot be stopped by the time budget; use an exec runner, '
+    .. 'or set worker/lua/processes = "1"'
+  os_fns.execute = refuse('os.execute', why)
+  local io_fns = {}
+  for k, v in pairs(G.io) do io_fns[k] = v end
+  io_fns.popen = refuse('io.popen', why)
+  libs.io = io_fns
+end
+
+local package, loaded = G.package, G.package.loaded
+-- No C modules: native code runs outside the budget hook.
+package.loadlib = refuse('package.loadlib', 'native code ignores the time budget')
+if options.cpath then
+  package.cpath = options.cpath
+else
+  package.cpath = ''
+  local searchers = package.searchers
+  for i = #searchers, 3, -1 do searchers[i] = nil end
+end
+for name, t in pairs(libs) do
+  local view = readonly(name, t)
+  G[name] = view
+  loaded[name] = view
+end
+loaded._G = nil
+G.package = readonly('package', package, { path = true, cpath = options.cpath ~= nil })
+loaded.package = G.package
+-- Method calls on strings go through this metatable; nobody may see it.
+getmetatable('').__metatable = false
+
+-- Outcomes ----------------------------------------------------------------
+-- An outcome is a table holding a private key; the runner looks for it in
+-- whatever the script returned.
+local OUTCOME = {}
+local function count_arg(v, fname, n)
+  if v == nil then return nil end
+  if type(v) ~= 'number' or v ~= v or v < 0 then
+    error("bad argument #" .. n .. " to '" .. fname .. "' (milliseconds expected, got "
+      .. tostring(v) .. ")", 3)
+  end
+  return v
+end
+local function name_arg(v, fname, n)
+  if type(v) ~= 'string' or #v == 0 or #v > 255 then
+    error("bad argument #" .. n .. " to '" .. fname .. "' (a string of 1 to 255 bytes expected)", 3)
+  end
+  return v
+end
+local api = {
+  sleep = sleep,
+  retry = function(after_ms, reason)
+    return { [OUTCOME] = 'retry', count_arg(after_ms, 'retry', 1), reason ~= nil and tostring(reason) or nil }
+  end,
+  fail = function(reason)
+    return { [OUTCOME] = 'fail', reason ~= nil and tostring(reason) or 'failed' }
+  end,
+  drop = function() return { [OUTCOME] = 'drop' } end,
+  forward = function(address, subject, content)
+    name_arg(address, 'forward', 1)
+    name_arg(subject, 'forward', 2)
+    local t = type(content)
+    if t == 'number' then content = tostring(content)
+    elseif t == 'table' then
+      local frames = {}
+      for i = 1, #content do
+        local f = content[i]
+        if type(f) == 'number' then f = tostring(f) end
+        if type(f) ~= 'string' then
+          error("bad argument #3 to 'forward' (frame " .. i .. " is not a string)", 2)
+        end
+        frames[i] = f
+      end
+      content = frames
+    elseif t ~= 'string' and t ~= 'nil' then
+      error("bad argument #3 to 'forward' (string, list of strings or nil expected, got " .. t .. ")", 2)
+    end
+    return { [OUTCOME] = 'forward', address, subject, content }
+  end,
+}
+-- alaska.shared: works as alaska.shared:get(k) and alaska.shared.get(k).
+local shared = {}
+local shared_view = readonly('alaska.shared', shared)
+for name, f in pairs(shared_fns) do
+  shared[name] = function(a, ...)
+    if a == shared_view then return f(...) end
+    return f(a, ...)
+  end
+end
+api.shared = shared_view
+local api_meta = { __index = api, __metatable = false }
+
+-- The runner ---------------------------------------------------------------
+local env_meta = { __index = G, __metatable = false }
+local function describe(e)
+  if type(e) == 'table' then
+    local ok, s = raw_pcall(encode, e)
+    if ok then return s end
+  end
+  return tostring(e)
+end
+local function handler(e)
+  return traceback(describe(e), 2)
+end
+-- Only the first value a script returns counts, as before outcomes existed.
+local function finish(ok, v)
+  if not ok then return false, v end
+  if type(v) == 'table' then
+    local kind = rawget(v, OUTCOME)
+    if kind then return true, nil, kind, v[1], v[2], v[3] end
+  end
+  return true, v
+end
+-- runner(chunk, context, sender, subject, address, tracker, attempt, hops, frames...)
+return function(f, ctx, sender, subject, address, tracker, attempt, hops, ...)
+  local env = setmetatable({
+    alaskaContext = ctx,
+    alaska = setmetatable({
+      sender = sender, subject = subject, address = address, tracker = tracker,
+      attempt = attempt, hops = hops, frames = { ... },
+    }, api_meta),
+  }, env_meta)
+  env._G = env
+  setupvalue(f, 1, env)
+  return finish(raw_xpcall(f, handler))
+end
