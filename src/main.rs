@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use alaska::broker::{Broker, BrokerConfig, BrokerHandle};
@@ -107,6 +109,7 @@ fn run(s: Settings) -> Result<(), Box<dyn std::error::Error>> {
         None => None,
     };
     let shutdown = daemon::shutdown_on_signals()?;
+    stop_deadline(shutdown.clone(), s.shutdown_timeout + STOP_MARGIN)?;
     let _broker = embedded_broker(&s)?;
     daemon::run_as(s.user.as_deref(), s.group.as_deref())?;
     let mut client = ClientOptions::new(&s.endpoint, worker_address());
@@ -148,6 +151,30 @@ fn run(s: Settings) -> Result<(), Box<dyn std::error::Error>> {
         ..PoolConfig::default()
     };
     worker::run(opts, pool, shutdown)?;
+    Ok(())
+}
+
+/// How long past `worker/shutdown/timeout` a stop may take (closing the
+/// connection politely, reporting what did not finish) before it is cut.
+const STOP_MARGIN: Duration = Duration::from_millis(1500);
+
+/// A stop always ends: once `shutdown` is set, a watchdog thread gives the
+/// worker `within` to finish, then ends the process. A VM stuck in a C
+/// call (which no hook can interrupt) cannot keep a stopping worker alive.
+fn stop_deadline(shutdown: Arc<AtomicBool>, within: Duration) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("alaska-stop-watchdog".into())
+        .spawn(move || {
+            while !shutdown.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            std::thread::sleep(within);
+            tracing::error!(
+                "stop did not finish within {within:?}: exiting now (requests still running \
+                 are lost to this worker; the project's broker redelivers acknowledged ones)"
+            );
+            std::process::exit(1);
+        })?;
     Ok(())
 }
 

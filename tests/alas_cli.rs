@@ -320,3 +320,21 @@ fn plain_authentication_refused_has_its_exit_code() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn wait_values_that_are_not_a_sane_duration_are_usage_errors() {
+    for v in ["inf", "1e300", "-1", "NaN", "soon", "86401"] {
+        let out = Command::cargo_bin("alas")
+            .unwrap()
+            .arg(format!("--wait={v}"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{v}: {err}");
+        assert!(
+            err.contains("--wait") && !err.contains("panicked"),
+            "{v}: {err}"
+        );
+    }
+}

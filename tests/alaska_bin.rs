@@ -3,55 +3,13 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use alaska::mlm::DeliveryKind;
 use assert_cmd::cargo::CommandCargoExt;
+use common::bin::*;
 use common::*;
-
-fn alaska(dir: &Path) -> Command {
-    let mut c = Command::cargo_bin("alaska").unwrap();
-    c.current_dir(dir);
-    c
-}
-
-fn config(endpoint: &str, scripts: &Path, extra: &str) -> String {
-    format!(
-        "worker\n    scripts\n        dir = \"{}\"\n    pool\n        size = \"4\"\n    broker\n        endpoint = \"{endpoint}\"\n    service\n        address = \"svc\"\n        filter = \".*\"\n{extra}",
-        scripts.display()
-    )
-}
-
-fn free_endpoint() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("tcp://127.0.0.1:{port}")
-}
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if let Some(s) = child.try_wait().unwrap() {
-            return Some(s);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
 
 #[test]
 fn a_missing_config_is_created_with_the_defaults() {
@@ -335,5 +293,86 @@ fn verbose_logs_each_request_and_syslog_mode_runs() {
     assert!(
         !log.contains("ready"),
         "logged to stderr despite syslog: {log}"
+    );
+}
+
+/// Starts a worker on its own broker with `body` as script `stuck`, sends
+/// it one request (pool of 1, shutdown timeout 1 s, a budget far longer),
+/// then SIGTERM: the process must be gone within the shutdown timeout plus
+/// 2 s, whatever the VM is doing.
+fn sigterm_with_a_stuck_vm(body: &str) -> (std::process::ExitStatus, Duration, String) {
+    let b = broker();
+    let dir = tempfile::tempdir().unwrap();
+    script(dir.path(), "stuck", body);
+    std::fs::write(
+        dir.path().join("w.cfg"),
+        config(
+            b.endpoint(),
+            dir.path(),
+            "    pool\n        size = \"1\"\n    lua\n        timeout = \"60s\"\n    shutdown\n        timeout = \"1s\"\n    verbose = \"1\"\n",
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("w.log");
+    let mut child = Running(
+        alaska(dir.path())
+            .args(["-f", "--no-embedded-broker", "-c", "w.cfg"])
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let mut p = client(b.endpoint(), "producer");
+    p.sendfor("svc", "stuck", "t", 0, vec![b"x".to_vec()])
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("subject=stuck")
+    {
+        assert!(Instant::now() < deadline, "the request never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let asked = Instant::now();
+    // SAFETY: sending a signal to our own child.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let status = wait_exit(&mut child.0, Duration::from_secs(10))
+        .expect("alaska exits after SIGTERM whatever its VM does");
+    (
+        status,
+        asked.elapsed(),
+        std::fs::read_to_string(&log).unwrap_or_default(),
+    )
+}
+
+#[test]
+fn sigterm_ends_a_worker_whose_vm_is_wedged_in_lua() {
+    let (status, took, log) = sigterm_with_a_stuck_vm("while true do end");
+    assert!(took < Duration::from_secs(3), "took {took:?}\n{log}");
+    assert!(status.code().is_some(), "{status:?}");
+    assert!(log.contains("did not finish"), "{log}");
+}
+
+#[test]
+fn sigterm_ends_a_worker_whose_vm_is_stuck_in_a_c_call() {
+    // A pattern match that backtracks 2^40 times: no hook runs inside it.
+    let (status, took, log) = sigterm_with_a_stuck_vm(
+        "return string.find(string.rep('a', 40), string.rep('a?', 40) .. string.rep('a', 40) .. 'b')",
+    );
+    assert!(took < Duration::from_secs(3), "took {took:?}\n{log}");
+    assert!(status.code().is_some(), "{status:?}");
+    assert!(log.contains("did not finish"), "{log}");
+}
+
+#[test]
+fn sethook_in_a_script_cannot_wedge_a_worker() {
+    // The escape of the old sandbox: with a pool of one, the worker served
+    // nothing again and SIGTERM never ended it.
+    let (status, took, log) = sigterm_with_a_stuck_vm("debug.sethook(); while true do end");
+    assert!(took < Duration::from_secs(3), "took {took:?}\n{log}");
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(
+        log.contains("attempt to call a nil value (field 'sethook')"),
+        "{log}"
     );
 }

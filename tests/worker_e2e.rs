@@ -318,3 +318,43 @@ fn a_restarted_broker_gets_the_offer_again() {
     let r = request(&mut p, "echo", b"after restart", Duration::from_secs(15));
     assert_eq!(r.content, vec![b"after restart".to_vec()]);
 }
+
+#[test]
+fn budget_escapes_are_stopped_reported_and_the_next_request_served_at_pool_1() {
+    let b = broker();
+    let dir = tempfile::tempdir().unwrap();
+    script(dir.path(), "sethook", "debug.sethook(); while true do end");
+    script(
+        dir.path(),
+        "getupvalue",
+        "local _, raw = debug.getupvalue(pcall, 2)\nwhile true do raw(function() while true do end end) end",
+    );
+    script(
+        dir.path(),
+        "getinfo",
+        "local raw\npcall(function() raw = debug.getinfo(2, 'f').func end)\n\
+         while true do raw(function() while true do end end) end",
+    );
+    let _w = Worker::start(b.endpoint(), dir.path(), |_, p| p.size = 1);
+    let mut awerr = client(b.endpoint(), "awerr");
+    let mut p = client(b.endpoint(), "producer");
+    ready(&mut p, dir.path());
+    for subject in ["sethook", "getupvalue", "getinfo"] {
+        let started = Instant::now();
+        p.sendfor("svc", subject, "trk", 0, vec![b"{}".to_vec()])
+            .unwrap();
+        let e = expect(&mut p, DeliveryKind::Mailbox, T);
+        assert_eq!(e.subject, format!("ERROR:{subject}"));
+        assert!(started.elapsed() < Duration::from_secs(3), "{subject}");
+        let dead = expect(&mut awerr, DeliveryKind::Mailbox, T);
+        assert_eq!(dead.subject, subject);
+        let text = String::from_utf8_lossy(&dead.content[0]).into_owned();
+        assert!(
+            text.contains("attempt to call a nil value") || text.contains("time budget"),
+            "{subject}: {text}"
+        );
+        // The one VM serves the next request.
+        let reply = request(&mut p, "ping", b"", T);
+        assert_eq!(reply.content, vec![b"pong".to_vec()], "after {subject}");
+    }
+}

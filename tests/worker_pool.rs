@@ -3,85 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use alaska::worker::wake::waker;
-use alaska::worker::{Completion, ErrorKind, Job, Output, Pool, PoolConfig, Request};
-use crossbeam_channel::Receiver;
+mod common;
 
-struct Harness {
-    pool: Option<Pool>,
-    done: Receiver<Completion>,
-    dir: tempfile::TempDir,
-    next: u64,
-}
-
-impl Harness {
-    fn new(size: usize) -> Harness {
-        Harness::with(size, |_| {})
-    }
-
-    fn with(size: usize, tweak: impl FnOnce(&mut PoolConfig)) -> Harness {
-        let dir = tempfile::tempdir().unwrap();
-        let mut cfg = PoolConfig {
-            size,
-            scripts_dir: dir.path().to_path_buf(),
-            timeout: Duration::from_millis(500),
-            memory: 16 << 20,
-            ..PoolConfig::default()
-        };
-        tweak(&mut cfg);
-        let (tx, done) = crossbeam_channel::unbounded();
-        let (w, _rx) = waker().unwrap();
-        std::mem::forget(_rx);
-        let pool = Pool::start(cfg, tx, w).unwrap();
-        Harness {
-            pool: Some(pool),
-            done,
-            dir,
-            next: 0,
-        }
-    }
-
-    fn script(&self, name: &str, body: &str) {
-        std::fs::write(self.dir.path().join(format!("{name}.lua")), body).unwrap();
-    }
-
-    fn submit(&mut self, subject: &str, frames: &[&[u8]]) -> u64 {
-        self.next += 1;
-        let job = Job {
-            id: self.next,
-            request: Request {
-                sender: "requester".into(),
-                address: "svc".into(),
-                subject: subject.into(),
-                tracker: "trk".into(),
-                content: frames.iter().map(|f| f.to_vec()).collect(),
-                attempt: 1,
-                hops: 0,
-            },
-        };
-        self.pool
-            .as_ref()
-            .unwrap()
-            .try_submit(job)
-            .expect("pool has room");
-        self.next
-    }
-
-    fn next_done(&self) -> Completion {
-        self.done
-            .recv_timeout(Duration::from_secs(10))
-            .expect("a completion within 10 s")
-    }
-
-    fn run(&mut self, subject: &str, context: &str) -> Completion {
-        self.submit(subject, &[context.as_bytes()]);
-        self.next_done()
-    }
-}
-
-fn text(v: &Option<Vec<u8>>) -> String {
-    String::from_utf8_lossy(v.as_deref().unwrap_or(b"<none>")).into_owned()
-}
+use alaska::worker::{ErrorKind, Job, Output, Request};
+use common::pool::{text, Harness};
 
 #[test]
 fn send_and_send_to_like_the_original_pi_script() {
@@ -412,4 +337,185 @@ fn full_pool_refuses_and_shutdown_returns_unstarted_jobs() {
     let mut ids: Vec<u64> = unstarted.iter().map(|j| j.id).collect();
     ids.sort();
     assert_eq!(ids, [2, 3]);
+}
+
+#[test]
+fn scripts_end_in_outcomes() {
+    use alaska::worker::Outcome;
+    let mut h = Harness::new(1);
+    for (name, body, want) in [
+        (
+            "retry_ms",
+            "return alaska.retry(250)",
+            Outcome::Retry {
+                after: Some(Duration::from_millis(250)),
+                reason: "the script asked to retry".into(),
+            },
+        ),
+        (
+            "retry_backoff",
+            "return alaska.retry(nil, 'busy')",
+            Outcome::Retry {
+                after: None,
+                reason: "busy".into(),
+            },
+        ),
+        (
+            "fail",
+            "return alaska.fail('bad input')",
+            Outcome::Fail {
+                reason: "bad input".into(),
+            },
+        ),
+        ("drop", "return alaska.drop()", Outcome::Drop),
+        (
+            "forward_own",
+            "return alaska.forward('next', 'stage2')",
+            Outcome::Forward {
+                address: "next".into(),
+                subject: "stage2".into(),
+                content: None,
+            },
+        ),
+        (
+            "forward_text",
+            "return alaska.forward('next', 'stage2', 'new body')",
+            Outcome::Forward {
+                address: "next".into(),
+                subject: "stage2".into(),
+                content: Some(vec![b"new body".to_vec()]),
+            },
+        ),
+        (
+            "forward_frames",
+            "return alaska.forward('next', 'stage2', {'a', 'b', 3})",
+            Outcome::Forward {
+                address: "next".into(),
+                subject: "stage2".into(),
+                content: Some(vec![b"a".to_vec(), b"b".to_vec(), b"3".to_vec()]),
+            },
+        ),
+        (
+            "done",
+            "return 'hi'",
+            Outcome::Done {
+                reply: Some(b"hi".to_vec()),
+            },
+        ),
+        ("nothing", "local x = 1", Outcome::Done { reply: None }),
+    ] {
+        h.script(name, body);
+        let c = h.run(name, "");
+        assert_eq!(c.outcome(), Some(&want), "{name}: {:?}", c.error());
+    }
+    for (name, body, needle) in [
+        (
+            "bad_forward",
+            "return alaska.forward('', 'x')",
+            "bad argument #1 to 'forward'",
+        ),
+        (
+            "bad_retry",
+            "return alaska.retry(-5)",
+            "bad argument #1 to 'retry'",
+        ),
+        (
+            "bad_frames",
+            "return alaska.forward('a', 'b', {{}})",
+            "frame 1 is not a string",
+        ),
+        (
+            "function_reply",
+            "return alaska.retry",
+            "a function cannot be a reply",
+        ),
+    ] {
+        h.script(name, body);
+        let e = h
+            .run(name, "")
+            .error()
+            .unwrap_or_else(|| panic!("{name} passed"));
+        assert!(e.message.contains(needle), "{name}: {}", e.message);
+    }
+}
+
+#[test]
+fn scripts_see_the_attempt_and_hop_count() {
+    let mut h = Harness::new(1);
+    h.script(
+        "meta",
+        "return alaska.attempt .. ',' .. alaska.hops .. ',' .. alaska.tracker",
+    );
+    h.submit_request(Request {
+        sender: "s".into(),
+        address: "svc".into(),
+        subject: "meta".into(),
+        tracker: "t9".into(),
+        content: vec![],
+        attempt: 3,
+        hops: 2,
+    });
+    assert_eq!(text(&h.next_done().reply()), "3,2,t9");
+}
+
+#[test]
+fn four_vms_share_one_dictionary_and_count_exactly() {
+    let mut h = Harness::new(4);
+    h.script(
+        "count",
+        "for i = 1, 1000 do alaska.shared:incr('n', 1, 0) end return 'ok'",
+    );
+    for _ in 0..4 {
+        h.submit("count", &[b""]);
+    }
+    for _ in 0..4 {
+        let c = h.next_done();
+        assert_eq!(c.error(), None);
+    }
+    h.script("read", "return alaska.shared.get('n')");
+    assert_eq!(text(&h.run("read", "").reply()), "4000");
+}
+
+#[test]
+fn the_shared_dictionary_api() {
+    let mut h = Harness::with(2, |c| c.shared_bytes = 4096);
+    h.script(
+        "api",
+        "local s = alaska.shared\n\
+         local r = {}\n\
+         r[#r+1] = tostring(s:set('a', 'x'))\n\
+         r[#r+1] = tostring(s.set('n', 41))\n\
+         r[#r+1] = tostring(s:add('a', 'y'))\n\
+         r[#r+1] = tostring(s:add('b', true))\n\
+         r[#r+1] = tostring(s:incr('n', 1))\n\
+         r[#r+1] = tostring(s:incr('missing', 1))\n\
+         r[#r+1] = select(2, s:incr('a', 1))\n\
+         r[#r+1] = tostring(s:get('a'))\n\
+         s:set('b', nil)\n\
+         r[#r+1] = tostring(s:get('b'))\n\
+         s:set('t', 'short', 50)\n\
+         s:delete('a')\n\
+         local keys = s:keys() table.sort(keys)\n\
+         r[#r+1] = table.concat(keys, '+')\n\
+         r[#r+1] = tostring(pcall(s.set, 'big', string.rep('x', 8192)))\n\
+         r[#r+1] = tostring(pcall(s.set, 'f', function() end))\n\
+         return table.concat(r, ' ')",
+    );
+    let c = h.run("api", "");
+    assert_eq!(
+        text(&c.reply()),
+        "true true false true 42 nil not a number x nil n+t false false",
+        "{:?}",
+        c.error()
+    );
+    std::thread::sleep(Duration::from_millis(80));
+    h.script(
+        "later",
+        "return tostring(alaska.shared:get('t')) .. ' ' .. alaska.shared:get('n')",
+    );
+    assert_eq!(
+        text(&h.run("later", "").reply()),
+        "nil 42",
+        "ttl expired, the rest stays"
+    );
 }

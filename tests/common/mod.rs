@@ -2,6 +2,10 @@
 //! in-process, real clients.
 #![allow(dead_code)]
 
+pub mod bin;
+pub mod malamute;
+pub mod pool;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -143,4 +147,46 @@ pub fn ready(c: &mut Client, dir: &Path) {
     script(dir, "ping", "return 'pong'");
     let d = request(c, "ping", b"", Duration::from_secs(10));
     assert_eq!(d.content, vec![b"pong".to_vec()]);
+}
+
+/// A broker to run a test against: the project's (in-process), or the real
+/// Malamute (a child process) where installed.
+pub enum AnyBroker {
+    /// `alaska::broker` on a free port.
+    Ours(BrokerHandle),
+    /// The real Malamute, and the folder of its configuration.
+    Malamute(malamute::Malamute, tempfile::TempDir),
+}
+
+impl AnyBroker {
+    /// Its endpoint.
+    pub fn endpoint(&self) -> &str {
+        match self {
+            AnyBroker::Ours(b) => b.endpoint(),
+            AnyBroker::Malamute(m, _) => &m.endpoint,
+        }
+    }
+
+    /// "alaska-broker" or "malamute", for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AnyBroker::Ours(_) => "alaska-broker",
+            AnyBroker::Malamute(..) => "malamute",
+        }
+    }
+}
+
+/// The project's broker, and the real Malamute when it is installed (a
+/// line says when it is not).
+pub fn all_brokers(test: &str) -> Vec<AnyBroker> {
+    let mut v = vec![AnyBroker::Ours(broker())];
+    match malamute::malamute_binary() {
+        Some(bin) => {
+            let dir = tempfile::tempdir().unwrap();
+            let m = malamute::Malamute::start(&bin, dir.path(), malamute::free_port());
+            v.push(AnyBroker::Malamute(m, dir));
+        }
+        None => println!("{test}: real Malamute not found: run on alaska-broker only"),
+    }
+    v
 }
