@@ -145,7 +145,7 @@ fn vm_only(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         ..PoolConfig::default()
     };
     let mut vm = Vm::new(std::sync::Arc::new(cfg))?;
-    let req = Request {
+    let mut req = Request {
         sender: "alaska-bench".into(),
         address: args.address.clone(),
         subject: "bench".into(),
@@ -156,12 +156,14 @@ fn vm_only(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     };
     let warm = (args.requests / 10).max(1);
     for _ in 0..warm {
-        vm.run(&req);
+        req = vm.run(req).0;
     }
     let start = Instant::now();
     let mut failed = 0u64;
     for _ in 0..args.requests {
-        if vm.run(&req).error().is_some() {
+        let (back, run) = vm.run(req);
+        req = back;
+        if run.error().is_some() {
             failed += 1;
         }
     }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::shared::SharedDict;
-use super::types::{Completion, ErrorKind, Job, PoolConfig, RunResult};
+use super::types::{Completion, ErrorKind, Job, PoolConfig, Request, RunResult};
 use super::vm::Vm;
 use super::wake::Waker;
 
@@ -159,8 +159,9 @@ fn vm_thread(
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
         };
-        let (run, replace) = match catch_unwind(AssertUnwindSafe(|| vm.run(&job.request))) {
-            Ok(r) => (r, vm.poisoned),
+        let Job { id, request } = job;
+        let (request, run, replace) = match catch_unwind(AssertUnwindSafe(|| vm.run(request))) {
+            Ok((request, run)) => (request, run, vm.poisoned),
             Err(panic) => {
                 let what = panic
                     .downcast_ref::<&str>()
@@ -171,14 +172,21 @@ fn vm_thread(
                     ErrorKind::Panic,
                     format!("internal error while running the script: {what}"),
                 );
-                (run, true)
+                // The request is still where the VM keeps it during a run
+                // (or, if the panic came before, lost: say so).
+                let request = vm.take_request().unwrap_or_else(|| Request {
+                    sender: String::new(),
+                    address: String::new(),
+                    subject: "(lost in a panic)".into(),
+                    tracker: String::new(),
+                    content: Vec::new(),
+                    attempt: 1,
+                    hops: 0,
+                });
+                (request, run, true)
             }
         };
-        let _ = done.send(Completion {
-            id: job.id,
-            request: job.request,
-            run,
-        });
+        let _ = done.send(Completion { id, request, run });
         waker.wake();
         if replace {
             match Vm::with_shared(cfg.clone(), shared.clone()) {

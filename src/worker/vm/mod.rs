@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use mlua::{chunk::ChunkMode, Function, HookTriggers, Lua, LuaOptions, MultiValue, StdLib, Value};
+use mlua::{chunk::ChunkMode, Function, HookTriggers, Lua, LuaOptions, StdLib, Value};
 
 use super::shared::SharedDict;
 use super::subject::{script_path, SubjectError};
@@ -111,6 +111,41 @@ pub struct RequestState {
     active: bool,
     outputs: Vec<Output>,
     output_bytes: usize,
+    /// The request being run: its metadata is read from here when a
+    /// script first asks for it.
+    current: Option<Request>,
+}
+
+/// What every script is compiled with in front of its first line: the
+/// environment comes in as the chunk's argument, on the same line, so line
+/// numbers in error messages stay those of the file.
+const CHUNK_PREFIX: &[u8] = b"local _ENV = ...; ";
+
+/// `alaska.<key>` for the request being run (see `sandbox.lua`).
+fn metadata(lua: &Lua, key: mlua::LuaString) -> mlua::Result<Value> {
+    let state = lua
+        .app_data_ref::<RequestState>()
+        .ok_or_else(|| mlua::Error::runtime("no request is running"))?;
+    let Some(req) = state.current.as_ref() else {
+        return Ok(Value::Nil);
+    };
+    let text = |s: &str| lua.create_string(s).map(Value::String);
+    Ok(match &*key.as_bytes() {
+        b"sender" => text(&req.sender)?,
+        b"subject" => text(&req.subject)?,
+        b"address" => text(&req.address)?,
+        b"tracker" => text(&req.tracker)?,
+        b"attempt" => Value::Integer(req.attempt as i64),
+        b"hops" => Value::Integer(req.hops as i64),
+        b"frames" => {
+            let t = lua.create_table_with_capacity(req.content.len(), 0)?;
+            for (i, f) in req.content.iter().enumerate() {
+                t.raw_set(i + 1, lua.create_string(f)?)?;
+            }
+            Value::Table(t)
+        }
+        _ => Value::Nil,
+    })
 }
 
 /// A compiled script and the file it came from, as it was then.
@@ -211,16 +246,27 @@ impl Vm {
         if let Some(cpath) = &cfg.lua_cpath {
             options.set("cpath", cpath.as_str())?;
         }
+        // The memory limit is armed by the runner once inside the protected
+        // call, and taken off after it: with a limit set, mlua protects
+        // every value it pushes (a failing allocation must not unwind
+        // through Rust), which costs more than the script itself for a
+        // small request. Between requests no Lua code runs.
+        let limit = cfg.memory;
+        let arm_memory = lua.create_function(move |lua, ()| {
+            lua.set_memory_limit(limit)?;
+            Ok(())
+        })?;
         let runner: Function = lua.load(SANDBOX).set_name("=alaska").call((
             breached,
             cjson.get::<Function>("encode")?,
             api::sleep_function(&lua, budget.clone())?,
             api::shared_functions(&lua, shared)?,
             options,
+            arm_memory,
+            lua.create_function(metadata)?,
         ))?;
         budget.disarm();
         lua.set_app_data(RequestState::default());
-        lua.set_memory_limit(cfg.memory)?;
         Ok(Vm {
             lua,
             runner,
@@ -231,50 +277,87 @@ impl Vm {
         })
     }
 
-    /// Runs one request to its outcome (or to a failure).
-    pub fn run(&mut self, req: &Request) -> RunResult {
+    /// Runs one request to its outcome (or to a failure), and gives the
+    /// request back.
+    pub fn run(&mut self, req: Request) -> (Request, RunResult) {
         let func = match self.script(&req.subject) {
             Ok(f) => f,
             Err(e) => {
-                return RunResult {
+                let run = RunResult {
                     outputs: Vec::new(),
                     result: Err(e),
-                }
+                };
+                return (req, run);
             }
         };
+        // The first frame goes to the script as alaskaContext; it is moved
+        // out of the request for the call (no copy) and put back after.
+        let mut req = req;
+        let first = req
+            .content
+            .first_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
         if let Some(mut state) = self.lua.app_data_mut::<RequestState>() {
             state.active = true;
+            state.current = Some(req);
         }
         self.budget.arm(self.cfg.timeout);
-        let result = match self
-            .arguments(func, req)
-            .and_then(|args| self.runner.call::<MultiValue>(args))
-        {
+        // Text is pushed straight onto the stack (no memory limit is armed
+        // yet, so mlua need not protect the push); other bytes go through
+        // a Lua string.
+        let called = match std::str::from_utf8(&first) {
+            Ok(text) => self.runner.call((func, text)),
+            Err(_) => self
+                .lua
+                .create_string(&first)
+                .and_then(|ctx| self.runner.call((func, ctx))),
+        };
+        let result = match called {
             Ok(values) => self.outcome(values),
             Err(e) => Err(self.failure(e.to_string())),
         };
         self.budget.disarm();
-        let outputs = match self.lua.app_data_mut::<RequestState>() {
+        // Values taken from the results are plain Rust values by now.
+        let _ = self.lua.set_memory_limit(0);
+        let (outputs, req) = match self.lua.app_data_mut::<RequestState>() {
             Some(mut state) => {
                 state.active = false;
                 state.output_bytes = 0;
-                std::mem::take(&mut state.outputs)
+                (std::mem::take(&mut state.outputs), state.current.take())
             }
-            None => Vec::new(),
+            None => (Vec::new(), None),
         };
         // Whatever a failed request left behind is garbage now; collect
         // while the VM is idle rather than in the middle of the next one.
         if result.is_err() {
             let _ = self.lua.gc_collect();
         }
-        RunResult { outputs, result }
+        let mut req = req.unwrap_or_else(|| Request {
+            sender: String::new(),
+            address: String::new(),
+            subject: String::new(),
+            tracker: String::new(),
+            content: Vec::new(),
+            attempt: 1,
+            hops: 0,
+        });
+        if let Some(slot) = req.content.first_mut() {
+            *slot = first;
+        }
+        (req, RunResult { outputs, result })
+    }
+
+    /// The request a run left in the VM, after a panic cut the run short.
+    pub fn take_request(&mut self) -> Option<Request> {
+        self.lua
+            .app_data_mut::<RequestState>()
+            .and_then(|mut s| s.current.take())
     }
 
     /// Reads what the runner returned: `ok, value, kind, a, b, c`.
-    fn outcome(&mut self, values: MultiValue) -> Result<Outcome, ScriptError> {
-        let mut v = values.into_iter();
-        let ok = matches!(v.next(), Some(Value::Boolean(true)));
-        let value = v.next().unwrap_or(Value::Nil);
+    fn outcome(&mut self, values: Returned) -> Result<Outcome, ScriptError> {
+        let (ok, value, kind, a, b, c) = values;
         if !ok {
             let text = match &value {
                 Value::String(s) => s.to_string_lossy(),
@@ -282,9 +365,9 @@ impl Vm {
             };
             return Err(self.failure(text));
         }
-        let kind = match v.next() {
-            Some(Value::String(k)) => k.to_string_lossy(),
-            _ => {
+        let kind = match kind {
+            Some(k) => k.to_string_lossy(),
+            None => {
                 return match convert::reply(&self.lua, value) {
                     Ok(reply) => Ok(Outcome::Done { reply }),
                     Err(e) => Err(ScriptError {
@@ -294,11 +377,6 @@ impl Vm {
                 }
             }
         };
-        let (a, b, c) = (
-            v.next().unwrap_or(Value::Nil),
-            v.next().unwrap_or(Value::Nil),
-            v.next().unwrap_or(Value::Nil),
-        );
         let text = |v: &Value| match v {
             Value::String(s) => Some(s.to_string_lossy()),
             _ => None,
@@ -396,9 +474,12 @@ impl Vm {
         let meta = std::fs::metadata(&path).map_err(missing)?;
         let source = std::fs::read(&path).map_err(missing)?;
         let name = format!("@{}/{subject}.lua", self.cfg.scripts_dir.display());
+        let mut text = Vec::with_capacity(CHUNK_PREFIX.len() + source.len());
+        text.extend_from_slice(CHUNK_PREFIX);
+        text.extend_from_slice(&source);
         let func = self
             .lua
-            .load(&source[..])
+            .load(&text[..])
             .set_name(name)
             .set_mode(ChunkMode::Text)
             .into_function()
@@ -420,24 +501,7 @@ impl Vm {
         );
         Ok(func)
     }
-
-    /// The runner's arguments: the chunk, then the request. The runner
-    /// builds the environment in Lua, which costs far fewer crossings of
-    /// the Rust/Lua boundary than building it from here.
-    fn arguments(&self, func: Function, req: &Request) -> mlua::Result<MultiValue> {
-        let lua = &self.lua;
-        let first: &[u8] = req.content.first().map(Vec::as_slice).unwrap_or(b"");
-        let mut args = MultiValue::with_capacity(8 + req.content.len());
-        args.push_back(Value::Function(func));
-        args.push_back(Value::String(lua.create_string(first)?));
-        for field in [&req.sender, &req.subject, &req.address, &req.tracker] {
-            args.push_back(Value::String(lua.create_string(field)?));
-        }
-        args.push_back(Value::Integer(req.attempt as i64));
-        args.push_back(Value::Integer(req.hops as i64));
-        for frame in &req.content {
-            args.push_back(Value::String(lua.create_string(frame)?));
-        }
-        Ok(args)
-    }
 }
+
+/// What the runner returns: `ok, value, kind, a, b, c`.
+type Returned = (bool, Value, Option<mlua::LuaString>, Value, Value, Value);

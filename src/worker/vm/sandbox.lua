@@ -14,15 +14,15 @@
 --    whose metatable is protected; the standard library tables are
 --    read-only views; the string metatable is protected; package.loaded
 --    does not hand out the real global table.
-local breached, encode, sleep, shared_fns, options = ...
+local breached, encode, sleep, shared_fns, options, arm_memory, meta = ...
 
 local G = _G
 local setmetatable, getmetatable, rawset, rawget = setmetatable, getmetatable, rawset, rawget
 local select, type, tostring, error, assert, next, pairs = select, type, tostring, error, assert, next, pairs
 local raw_pcall, raw_xpcall, co_resume = pcall, xpcall, coroutine.resume
 local raw_load, raw_loadfile, raw_collect = load, loadfile, collectgarbage
-local setupvalue, traceback, raw_getinfo = debug.setupvalue, debug.traceback, debug.getinfo
-local string_gsub, table_unpack, math_type = string.gsub, table.unpack, math.type
+local traceback, raw_getinfo = debug.traceback, debug.getinfo
+local string_gsub, table_unpack = string.gsub, table.unpack
 
 local function refuse(what, why)
   return function()
@@ -213,9 +213,31 @@ for name, f in pairs(shared_fns) do
   end
 end
 api.shared = shared_view
-local api_meta = { __index = api, __metatable = false }
 
 -- The runner ---------------------------------------------------------------
+-- The request's metadata (sender, subject, address, tracker, attempt,
+-- hops, frames) is fetched from the worker when a script first reads it,
+-- then kept in that request's own `alaska` table: most scripts read none
+-- of it, and a request should not pay for what it does not use.
+local lazy = {
+  sender = true, subject = true, address = true, tracker = true,
+  attempt = true, hops = true, frames = true,
+}
+-- alaskaContext of the request being run (its first frame is lent to the
+-- script, so the worker's copy of frame 1 is empty meanwhile).
+local cur_ctx
+local api_meta = {
+  __index = function(t, k)
+    if lazy[k] then
+      local v = meta(k)
+      if k == 'frames' and v[1] ~= nil then v[1] = cur_ctx end
+      rawset(t, k, v)
+      return v
+    end
+    return api[k]
+  end,
+  __metatable = false,
+}
 local env_meta = { __index = G, __metatable = false }
 local function describe(e)
   if type(e) == 'table' then
@@ -236,16 +258,17 @@ local function finish(ok, v)
   end
   return true, v
 end
--- runner(chunk, context, sender, subject, address, tracker, attempt, hops, frames...)
-return function(f, ctx, sender, subject, address, tracker, attempt, hops, ...)
+-- runner(chunk, context): a fresh global environment over the shared
+-- globals, handed to the chunk as its _ENV (scripts are compiled with
+-- `local _ENV = ...` in front), then the call.
+return function(f, ctx)
+  arm_memory()
+  cur_ctx = ctx
   local env = setmetatable({
     alaskaContext = ctx,
-    alaska = setmetatable({
-      sender = sender, subject = subject, address = address, tracker = tracker,
-      attempt = attempt, hops = hops, frames = { ... },
-    }, api_meta),
+    alaska = setmetatable({}, api_meta),
+    _G = false,
   }, env_meta)
   env._G = env
-  setupvalue(f, 1, env)
-  return finish(raw_xpcall(f, handler))
+  return finish(raw_xpcall(f, handler, env))
 end
