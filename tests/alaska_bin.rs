@@ -347,10 +347,13 @@ fn sigterm_with_a_stuck_vm(body: &str) -> (std::process::ExitStatus, Duration, S
 
 #[test]
 fn sigterm_ends_a_worker_whose_vm_is_wedged_in_lua() {
+    // The budget is 60 s; the stop cuts the request at the shutdown
+    // timeout, hands it back to the broker, and ends cleanly.
     let (status, took, log) = sigterm_with_a_stuck_vm("while true do end");
     assert!(took < Duration::from_secs(3), "took {took:?}\n{log}");
-    assert!(status.code().is_some(), "{status:?}");
-    assert!(log.contains("did not finish"), "{log}");
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("shutdown timeout ran out"), "{log}");
+    assert!(log.contains("returned to the broker"), "{log}");
 }
 
 #[test]

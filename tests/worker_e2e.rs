@@ -358,3 +358,104 @@ fn budget_escapes_are_stopped_reported_and_the_next_request_served_at_pool_1() {
         assert_eq!(reply.content, vec![b"pong".to_vec()], "after {subject}");
     }
 }
+
+#[test]
+fn long_scripts_keep_the_worker_alive_and_never_block_the_others() {
+    // The broker expires a client silent for 1 s; scripts run for 2.5 s on
+    // the dispatcher's own VM (a CPU loop, then a sleep). If the pings
+    // stopped meanwhile, the broker would expire the worker and give the
+    // request again: each must run exactly once.
+    let b = broker_with(|c| c.client_timeout = Duration::from_secs(1));
+    let dir = tempfile::tempdir().unwrap();
+    script(
+        dir.path(),
+        "spin",
+        "alaska.shared:incr('spin', 1, 0)\n\
+         local t = os.time() + 3\n\
+         local n = 0\n\
+         while os.time() < t do n = n + 1 end\n\
+         return 'spun'",
+    );
+    script(
+        dir.path(),
+        "nap",
+        "alaska.shared:incr('nap', 1, 0)\nalaska.sleep(2500)\nreturn 'napped'",
+    );
+    script(
+        dir.path(),
+        "runs",
+        "return alaska.shared:get('spin') .. ',' .. alaska.shared:get('nap')",
+    );
+    script(dir.path(), "quick", "return 'quick'");
+    let _w = Worker::start(b.endpoint(), dir.path(), |_, p| {
+        p.size = 2;
+        p.timeout = Duration::from_secs(10);
+    });
+    let mut p = client(b.endpoint(), "producer");
+    ready(&mut p, dir.path());
+    p.sendfor("svc", "spin", "s", 0, vec![b"".to_vec()])
+        .unwrap();
+    p.sendfor("svc", "nap", "n", 0, vec![b"".to_vec()]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // Both VMs are busy for seconds: a quick request waits for neither to
+    // finish before it is taken... but with two VMs busy it must wait for
+    // one. So ask while only one is busy: the nap ends first.
+    let started = Instant::now();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let d = expect(&mut p, DeliveryKind::Mailbox, T);
+        got.push(String::from_utf8_lossy(&d.content[0]).into_owned());
+        if got.len() == 1 {
+            // One VM is free again: a quick request is served at once even
+            // though the other still spins.
+            let asked = Instant::now();
+            let q = request(&mut p, "quick", b"", T);
+            assert_eq!(q.content, vec![b"quick".to_vec()]);
+            assert!(
+                asked.elapsed() < Duration::from_millis(500),
+                "{:?}",
+                asked.elapsed()
+            );
+        }
+    }
+    got.sort();
+    assert_eq!(got, vec!["napped".to_string(), "spun".to_string()]);
+    assert!(started.elapsed() < Duration::from_secs(8));
+    // Neither was given again after an expiry.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        request(&mut p, "runs", b"", T).content,
+        vec![b"1,1".to_vec()]
+    );
+}
+
+#[test]
+fn a_slow_request_on_the_dispatchers_vm_does_not_hold_up_a_quick_one() {
+    let b = broker();
+    let dir = tempfile::tempdir().unwrap();
+    script(
+        dir.path(),
+        "spin",
+        "local t = os.time() + 2\nwhile os.time() < t do end\nreturn 'spun'",
+    );
+    script(dir.path(), "quick", "return 'quick'");
+    let _w = Worker::start(b.endpoint(), dir.path(), |_, p| {
+        p.size = 2;
+        p.timeout = Duration::from_secs(10);
+    });
+    let mut p = client(b.endpoint(), "producer");
+    ready(&mut p, dir.path());
+    p.sendfor("svc", "spin", "s", 0, vec![b"".to_vec()])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let asked = Instant::now();
+    let q = request(&mut p, "quick", b"", T);
+    assert_eq!(q.content, vec![b"quick".to_vec()]);
+    assert!(
+        asked.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        asked.elapsed()
+    );
+    let d = expect(&mut p, DeliveryKind::Mailbox, T);
+    assert_eq!(d.content, vec![b"spun".to_vec()]);
+}

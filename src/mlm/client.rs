@@ -561,6 +561,41 @@ impl Client {
         Ok(())
     }
 
+    /// The sockets to poll for this client: the broker socket, then its
+    /// monitor. With [`Client::process`], [`Client::next_delivery`] and
+    /// [`Client::next_deadline`], one thread drives several clients (and
+    /// other descriptors) with one `zmq::poll`.
+    pub fn poll_items(&self) -> [zmq::PollItem<'_>; 2] {
+        [
+            self.socket.as_poll_item(zmq::POLLIN),
+            self.monitor.as_poll_item(zmq::POLLIN),
+        ]
+    }
+
+    /// Handles what a poll found readable (`socket`, `monitor`) and the
+    /// timers (heartbeat, silence), without blocking.
+    pub fn process(&mut self, socket: bool, monitor: bool) -> Result<(), ClientError> {
+        self.tick(Instant::now())?;
+        if monitor {
+            self.drain_monitor()?;
+        }
+        if socket {
+            self.drain_socket()?;
+        }
+        Ok(())
+    }
+
+    /// The next delivery received and not yet taken.
+    pub fn next_delivery(&mut self) -> Option<Delivery> {
+        self.inbox.pop_front()
+    }
+
+    /// When [`Client::process`] must run at the latest (a ping is due, or
+    /// the broker's silence must be judged).
+    pub fn next_deadline(&self) -> Instant {
+        self.next_timer()
+    }
+
     /// Waits at most `timeout` for a delivery.
     pub fn recv(&mut self, timeout: Duration) -> Result<Option<Delivery>, ClientError> {
         match self.wait(None, timeout)? {

@@ -1,12 +1,17 @@
-//! The dispatcher: the one thread that owns the worker's broker connection.
+//! The dispatcher: the one thread that owns the worker's broker
+//! connections, and one Lua VM of its own.
 //!
-//! It offers the service, receives SERVICE DELIVERs and hands them to the
-//! VM pool, and carries out what each finished request decided (see
-//! [`super::outcomes`]): the handler's stream sends and mails in the order
+//! It offers the service, receives SERVICE DELIVERs and runs each on its
+//! own VM when that VM is idle: a short request then costs no hand-off to
+//! another thread and no wake-up, which is most of what a trivial script
+//! costs otherwise. While its VM runs a request longer than a millisecond,
+//! the VM's duty (see [`super::vm::Duty`]) lets the dispatcher do its
+//! I/O from within the hook: pings go on, finished requests of the other
+//! VMs are sent, and new requests go to the pool's VMs (`pool/size` - 1
+//! threads), so a slow request never blocks the others. What each finished
+//! request decided (see [`super::outcomes`]) is carried out by the
+//! [`super::hub::Hub`]: the handler's stream sends and mails in the order
 //! it made them, then the reply, the retry, the forward or the dead letter.
-//! It sleeps in one `poll` on the broker socket and the pool's wake-up
-//! descriptor, so a finished request is sent at once and the heartbeat
-//! never stops.
 //!
 //! Overload is explicit. With the project's broker the worker grants credit
 //! for exactly what the pool can hold (VMs plus backlog), so the broker
@@ -22,20 +27,19 @@
 //! graceful stop, waiting retries are handed back to the service (with
 //! their attempt count in an envelope tracker) and then confirmed.
 
-use std::collections::{HashMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
-
-use super::outcomes::{Decision, Envelope, Policy, RetryQueue};
+use super::hub::{Conn, Hub};
+use super::outcomes::Policy;
 use super::pool::{Pool, PoolError};
-use super::types::{Completion, Job, Output, PoolConfig, Request};
-use super::wake::{waker, WakeReceiver};
-use crate::mlm::{
-    AckToken, Client, ClientError, ClientOptions, Delivery, DeliveryKind, Message, Wait,
-};
+use super::shared::SharedDict;
+use super::types::{Completion, ErrorKind, Job, PoolConfig, Request, RunResult};
+use super::vm::{Vm, DUTY_EVERY};
+use super::wake::waker;
+use crate::mlm::{Client, ClientError, ClientOptions};
 
 /// Subject prefix of an error reply to the requester. A `:` never occurs in
 /// a subject that selects a script, so a program tells an error reply from
@@ -100,9 +104,9 @@ pub enum WorkerError {
     Io(#[from] std::io::Error),
 }
 
-/// How long the dispatcher looks for work before it sleeps while requests
-/// are running.
-const SPIN: Duration = Duration::from_micros(50);
+/// How long the dispatcher sleeps at most when idle: how late a stop (a
+/// flag) is noticed.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
 
 /// Runs the worker until `shutdown` is set, then stops gracefully.
 pub fn run(
@@ -111,41 +115,89 @@ pub fn run(
     shutdown: Arc<AtomicBool>,
 ) -> Result<(), WorkerError> {
     let capacity = pool_cfg.size + pool_cfg.backlog;
-    let pool_size = pool_cfg.size;
+    let vms = pool_cfg.size.max(1);
+    let shared = Arc::new(SharedDict::new(pool_cfg.shared_bytes));
+    let cfg = Arc::new(pool_cfg.clone());
+    let mut vm =
+        Vm::with_shared(cfg.clone(), shared.clone()).map_err(|e| PoolError::Lua(e.to_string()))?;
     let (done_tx, done_rx) = crossbeam_channel::unbounded();
     let (wake, wake_rx) = waker()?;
-    let pool = Pool::start(pool_cfg, done_tx, wake)?;
+    // The dispatcher's own VM is one of `size`.
+    let threaded = PoolConfig {
+        size: vms - 1,
+        ..pool_cfg
+    };
+    let pool = Pool::start_with(threaded, shared.clone(), done_tx, wake)?;
     let mut client_opts = opts.client.clone();
     client_opts.credit = Some(capacity.min(u16::MAX as usize) as u16);
-    let Some(client) = connect(client_opts, &shutdown)? else {
+    let Some(mut client) = connect(client_opts, &shutdown)? else {
         pool.shutdown(Duration::ZERO);
         return Ok(());
     };
-    let mut d = Dispatcher {
-        retries: RetryQueue::new(opts.retry_pending),
-        opts,
-        client,
-        pool: Some(pool),
-        done: done_rx,
-        wake: wake_rx,
-        in_flight: HashMap::new(),
-        overflow: VecDeque::new(),
-        overflow_limit: capacity,
-        next_id: 0,
-        confirms: Vec::new(),
-        extra_credit: 0,
-        rng: seed(),
-    };
-    d.client.set_worker(&d.opts.service, &d.opts.filter)?;
+    client.set_worker(&opts.service, &opts.filter)?;
     tracing::info!(
-        service = %d.opts.service,
-        filter = %d.opts.filter,
-        endpoint = %d.client.endpoint(),
-        acknowledged = d.client.acks_enabled(),
-        "ready: {pool_size} Lua VMs"
+        service = %opts.service,
+        filter = %opts.filter,
+        endpoint = %client.endpoint(),
+        acknowledged = client.acks_enabled(),
+        "ready: {vms} Lua VMs"
     );
-    d.serve(&shutdown)?;
-    d.stop()
+    let hub = Arc::new(Mutex::new(Hub::new(
+        opts,
+        vec![Conn::new(client)],
+        pool,
+        done_rx,
+        wake_rx,
+        capacity,
+    )));
+    hub.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .set_inline_budget(vm.budget());
+    vm.set_duty(duty(hub.clone(), shutdown.clone()));
+    let mut d = Dispatcher {
+        hub,
+        vm,
+        cfg,
+        shared,
+    };
+    let served = d.serve(&shutdown);
+    let Dispatcher { hub, mut vm, .. } = d;
+    // The VM's duty holds the other reference to the hub (and the hub the
+    // VM's budget, which holds the duty): break the cycle.
+    drop(vm.take_duty());
+    drop(vm);
+    let hub = match Arc::try_unwrap(hub) {
+        Ok(m) => m.into_inner().unwrap_or_else(|p| p.into_inner()),
+        Err(_) => {
+            tracing::error!("stopping: the hub is still shared; closing without a graceful stop");
+            return served;
+        }
+    };
+    served?;
+    hub.stop()
+}
+
+/// The work the dispatcher's VM lends its thread to while it runs a
+/// request: one round of the hub's I/O (errors kept for the loop). Once a
+/// stop is asked, the request gets the shutdown timeout, not the rest of
+/// its budget.
+fn duty(hub: Arc<Mutex<Hub>>, shutdown: Arc<AtomicBool>) -> super::vm::Duty {
+    let mut cut = false;
+    Box::new(move |wait| {
+        let Ok(mut h) = hub.try_lock() else {
+            return;
+        };
+        if !cut && shutdown.load(Ordering::Relaxed) {
+            cut = true;
+            h.shorten_inline();
+        }
+        if h.fatal.is_some() {
+            return;
+        }
+        if let Err(e) = h.turn(wait) {
+            h.fatal = Some(e);
+        }
+    })
 }
 
 /// Connects, retrying while the broker is merely absent; gives up on
@@ -171,515 +223,97 @@ fn connect(opts: ClientOptions, shutdown: &AtomicBool) -> Result<Option<Client>,
     }
 }
 
-/// A seed for backoff jitter; quality does not matter, spread does.
-fn seed() -> u64 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    (t ^ ((std::process::id() as u64) << 32)) | 1
-}
-
-/// What the dispatcher keeps of a request while it is out of its hands.
-enum InFlight {
-    /// The broker holds it until we confirm it with this token.
-    Acked(AckToken),
-    /// Nobody else holds it (a broker without acknowledgements): enough to
-    /// report it if it never finishes.
-    Unacked(Box<Request>),
-}
-
-impl InFlight {
-    fn token(self) -> Option<AckToken> {
-        match self {
-            InFlight::Acked(t) => Some(t),
-            InFlight::Unacked(_) => None,
-        }
-    }
-}
-
 struct Dispatcher {
-    opts: DispatcherOptions,
-    client: Client,
-    pool: Option<Pool>,
-    done: Receiver<Completion>,
-    wake: WakeReceiver,
-    /// Every request received and not yet finished (running, queued, or
-    /// waiting for a retry), by job id.
-    in_flight: HashMap<u64, InFlight>,
-    overflow: VecDeque<Job>,
-    overflow_limit: usize,
-    next_id: u64,
-    confirms: Vec<AckToken>,
-    retries: RetryQueue<Job>,
-    /// Credit granted beyond the pool's capacity for waiting retries.
-    extra_credit: usize,
-    rng: u64,
+    hub: Arc<Mutex<Hub>>,
+    vm: Vm,
+    cfg: Arc<PoolConfig>,
+    shared: Arc<SharedDict>,
 }
 
 impl Dispatcher {
+    fn hub(&self) -> MutexGuard<'_, Hub> {
+        // Only this thread locks it; a poisoned lock means a panic in the
+        // hub, whose state is still the best there is.
+        self.hub.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn serve(&mut self, shutdown: &AtomicBool) -> Result<(), WorkerError> {
-        let fd = self.wake.as_raw_fd();
+        let mut last_turn = Instant::now();
         while !shutdown.load(Ordering::Relaxed) {
-            // While requests run, look around without sleeping for a few
-            // tens of microseconds: a trivial script finishes in less time
-            // than a sleep and a wake-up of this thread cost.
-            if self.in_flight.len() > self.retries.len() {
-                let until = Instant::now() + SPIN;
-                let mut event = Wait::Timeout;
-                while Instant::now() < until {
-                    if !self.done.is_empty() {
-                        break;
-                    }
-                    event = self.client.wait(None, Duration::ZERO)?;
-                    if !matches!(event, Wait::Timeout) {
-                        break;
-                    }
-                    std::hint::spin_loop();
+            let job = {
+                let mut h = self.hub();
+                if let Some(e) = h.fatal.take() {
+                    return Err(e);
                 }
-                if let Wait::Delivery(d) = event {
-                    self.deliver(d)?;
-                    continue;
-                }
-                if !self.done.is_empty() {
-                    self.finish_completed()?;
-                    continue;
-                }
-            }
-            // Arm, then a last look at the completions, then sleep: a
-            // completion that lands in between writes the wake-up byte.
-            self.wake.arm();
-            self.finish_completed()?;
-            let now = Instant::now();
-            let mut sleep = Duration::from_millis(100);
-            if let Some(due) = self.retries.next_due() {
-                sleep = sleep.min(due.saturating_duration_since(now));
-            }
-            let event = self.client.wait(Some(fd), sleep)?;
-            self.wake.disarm();
-            match event {
-                Wait::Delivery(d) => self.deliver(d)?,
-                Wait::Woken => self.wake.drain(),
-                Wait::Timeout => {}
-            }
-            self.finish_completed()?;
-        }
-        Ok(())
-    }
-
-    fn deliver(&mut self, d: Delivery) -> Result<(), WorkerError> {
-        match d.kind {
-            DeliveryKind::Service => {}
-            DeliveryKind::Mailbox if Envelope::decode(&d.tracker).is_some() => {
-                return self.relay(d);
-            }
-            _ => {
-                tracing::debug!(
-                    "ignoring {:?} message from {} on {}",
-                    d.kind,
-                    d.sender,
-                    d.address
-                );
-                return Ok(());
-            }
-        }
-        let mut request = Request {
-            sender: d.sender,
-            address: d.address,
-            subject: d.subject,
-            tracker: d.tracker,
-            content: d.content,
-            attempt: 1,
-            hops: 0,
-        };
-        Envelope::open(&mut request);
-        if self.opts.verbose {
-            let size: usize = request.content.iter().map(Vec::len).sum();
-            tracing::info!(
-                address = %request.address,
-                subject = %request.subject,
-                sender = %request.sender,
-                attempt = request.attempt,
-                hops = request.hops,
-                size,
-                "request"
-            );
-        }
-        self.next_id += 1;
-        let id = self.next_id;
-        let held = match d.ack {
-            Some(token) => InFlight::Acked(token),
-            // Only the metadata and the first frame, for the report.
-            None => InFlight::Unacked(Box::new(Request {
-                content: request.content.first().cloned().into_iter().collect(),
-                ..request.clone()
-            })),
-        };
-        self.in_flight.insert(id, held);
-        self.submit(Job { id, request })
-    }
-
-    /// A reply mailed to us by a stage we forwarded to that does not know
-    /// about envelopes: pass it on to the original requester.
-    fn relay(&mut self, d: Delivery) -> Result<(), WorkerError> {
-        let Some(env) = Envelope::decode(&d.tracker) else {
-            return Ok(());
-        };
-        tracing::debug!(to = %env.sender, subject = %d.subject, "relaying a reply");
-        let sent = self
-            .client
-            .sendto(&env.sender, &d.subject, &env.tracker, 0, d.content);
-        self.outcome(sent)
-    }
-
-    fn submit(&mut self, job: Job) -> Result<(), WorkerError> {
-        let Some(pool) = &self.pool else {
-            return Ok(());
-        };
-        if !self.overflow.is_empty() {
-            self.overflow.push_back(job);
-        } else if let Err(job) = pool.try_submit(job) {
-            self.overflow.push_back(job);
-        }
-        if self.overflow.len() > self.overflow_limit + self.extra_credit {
-            if let Some(job) = self.overflow.pop_back() {
-                let text = format!(
-                    "worker overloaded: {} requests waiting beyond the pool; request not run",
-                    self.overflow.len()
-                );
-                tracing::warn!(subject = %job.request.subject, "{text}");
-                self.unrun(job, &text)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends what finished requests produced, starts due retries, then
-    /// refills the pool.
-    fn finish_completed(&mut self) -> Result<(), WorkerError> {
-        while let Ok(c) = self.done.try_recv() {
-            self.complete(c)?;
-        }
-        let now = Instant::now();
-        while let Some(job) = self.retries.pop_due(now) {
-            self.submit(job)?;
-        }
-        if !self.confirms.is_empty() {
-            let tokens = std::mem::take(&mut self.confirms);
-            let confirmed = self.client.confirm_all(&tokens);
-            self.outcome(confirmed)?;
-        }
-        if let Some(pool) = &self.pool {
-            while let Some(job) = self.overflow.pop_front() {
-                if let Err(job) = pool.try_submit(job) {
-                    self.overflow.push_front(job);
-                    break;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn complete(&mut self, c: Completion) -> Result<(), WorkerError> {
-        let Completion { id, request, run } = c;
-        for out in run.outputs {
-            let sent = match out {
-                Output::Stream {
-                    stream,
-                    subject,
-                    content,
-                } => self
-                    .client
-                    .switch_producer(&stream)
-                    .and_then(|_| self.client.send(&subject, content)),
-                Output::Mail {
-                    address,
-                    subject,
-                    content,
-                } => self.client.sendto(&address, &subject, "", 0, content),
+                h.take_inline()
             };
-            self.outcome(sent)?;
-        }
-        let jitter = self.jitter();
-        let decision = self.opts.policy.decide(&request, run.result, jitter);
-        if self.opts.verbose {
-            tracing::info!(
-                subject = %request.subject,
-                sender = %request.sender,
-                attempt = request.attempt,
-                "outcome: {}",
-                decision.name()
-            );
-        }
-        match decision {
-            Decision::Done { reply } => {
-                if let (Some(reply), true) = (reply, request.wants_reply()) {
-                    let sent = self.client.sendto(
-                        &request.sender,
-                        &request.subject,
-                        &request.tracker,
-                        0,
-                        vec![reply],
-                    );
-                    self.outcome(sent)?;
-                }
+            let Some(job) = job else {
+                self.hub().turn(IDLE_WAIT)?;
+                last_turn = Instant::now();
+                continue;
+            };
+            self.run_inline(job)?;
+            // Between requests run back to back, look at the sockets (and
+            // the pool's completions) at least every millisecond.
+            let now = Instant::now();
+            let mut h = self.hub();
+            if !h.has_queued() || now.duration_since(last_turn) >= DUTY_EVERY {
+                h.turn(Duration::ZERO)?;
+                last_turn = now;
             }
-            Decision::Drop => {}
-            Decision::Forward {
-                address,
-                subject,
-                tracker,
-                content,
-            } => {
-                let sent = self
-                    .client
-                    .sendfor(&address, &subject, &tracker, 0, content);
-                self.outcome(sent)?;
-            }
-            Decision::DeadLetter { text, kind } => {
-                tracing::warn!(
-                    subject = %request.subject,
-                    sender = %request.sender,
-                    kind = kind.map(|k| k.name()).unwrap_or("fail"),
-                    "dead letter: {text}"
+        }
+        Ok(())
+    }
+
+    /// Runs one job on the dispatcher's own VM; the hub's I/O goes on
+    /// through the VM's duty meanwhile.
+    fn run_inline(&mut self, job: Job) -> Result<(), WorkerError> {
+        self.hub().inline_busy = true;
+        let Job { id, request } = job;
+        let vm = &mut self.vm;
+        let (request, run, replace) = match catch_unwind(AssertUnwindSafe(|| vm.run(request))) {
+            Ok((request, run)) => (request, run, vm.poisoned),
+            Err(_) => {
+                let run = RunResult::failed(
+                    ErrorKind::Panic,
+                    "internal error while running the script (a bug of alaska's)",
                 );
-                self.dead_letter(&request, &text)?;
+                let request = vm.take_request().unwrap_or_else(lost_request);
+                (request, run, true)
             }
-            Decision::Retry { delay } => {
-                return self.schedule_retry(id, request, delay);
-            }
-        }
-        // Acknowledge after the results are sent: if we die before this,
-        // the broker redelivers (at-least-once), and nothing is lost. The
-        // confirmations of one batch of completions go in one command.
-        if let Some(token) = self.in_flight.remove(&id).and_then(InFlight::token) {
-            self.confirms.push(token);
-        }
-        Ok(())
-    }
-
-    /// Keeps `request` for its next attempt after `delay`; still
-    /// unconfirmed, so the broker has it if we die.
-    fn schedule_retry(
-        &mut self,
-        id: u64,
-        mut request: Request,
-        delay: Duration,
-    ) -> Result<(), WorkerError> {
-        request.attempt += 1;
-        let at = Instant::now() + delay;
-        if let Err(job) = self.retries.push(at, Job { id, request }) {
-            let text = format!(
-                "dead letter: retry asked, but {} retries already wait (worker/retry/pending)",
-                self.retries.len()
-            );
-            tracing::warn!(subject = %job.request.subject, "{text}");
-            self.dead_letter(&job.request, &text)?;
-            if let Some(token) = self.in_flight.remove(&job.id).and_then(InFlight::token) {
-                self.confirms.push(token);
-            }
-            return Ok(());
-        }
-        tracing::debug!(delay = ?delay, "retry scheduled");
-        if self.client.acks_enabled() && self.retries.len() > self.extra_credit {
-            self.extra_credit += 1;
-            let granted = self.client.post(Message::Credit { amount: 1 });
-            self.outcome(granted)?;
-        }
-        Ok(())
-    }
-
-    /// A dead letter: the report to the error mailbox (subject, text,
-    /// original first frame), and an error reply to a requester that waits.
-    fn dead_letter(&mut self, req: &Request, text: &str) -> Result<(), WorkerError> {
-        let first = req.content.first().cloned().unwrap_or_default();
-        self.report(&req.subject, &req.sender, &req.tracker, text, first)
-    }
-
-    /// Mails a failure to the error mailbox, and to the requester when it
-    /// waits for an answer (or always, with `errors_reply`).
-    fn report(
-        &mut self,
-        subject: &str,
-        sender: &str,
-        tracker: &str,
-        text: &str,
-        first: Vec<u8>,
-    ) -> Result<(), WorkerError> {
-        if self.opts.errors_notify {
-            let mailbox = self.opts.errors_mailbox.clone();
-            let sent = self.client.sendto(
-                &mailbox,
-                &clip(subject),
-                "",
-                0,
-                vec![text.as_bytes().to_vec(), first],
-            );
-            self.outcome(sent)?;
-        }
-        if (self.opts.errors_reply || !tracker.is_empty()) && !sender.is_empty() {
-            let subject = clip(&format!("{ERROR_REPLY_PREFIX}{subject}"));
-            let sent =
-                self.client
-                    .sendto(sender, &subject, tracker, 0, vec![text.as_bytes().to_vec()]);
-            self.outcome(sent)?;
-        }
-        Ok(())
-    }
-
-    /// A request that was received but will not run here.
-    fn unrun(&mut self, job: Job, text: &str) -> Result<(), WorkerError> {
-        if let Some(held) = self.in_flight.remove(&job.id) {
-            if matches!(held, InFlight::Acked(_)) {
-                // Left unconfirmed: the broker gives it to another worker
-                // when we close, which is better than an error report.
-                tracing::warn!(subject = %job.request.subject, "{text}; returned to the broker");
-                return Ok(());
-            }
-        }
-        self.dead_letter(&job.request, text)
-    }
-
-    /// Hands a waiting retry back to its service, attempt count and
-    /// requester in the envelope, then confirms our copy.
-    fn hand_back(&mut self, job: Job) -> Result<(), WorkerError> {
-        let r = &job.request;
-        let env = Envelope {
-            hops: r.hops,
-            attempt: r.attempt,
-            sender: r.sender.clone(),
-            tracker: r.tracker.clone(),
         };
-        match env.encode() {
-            Some(tracker) => {
-                let sent =
-                    self.client
-                        .sendfor(&r.address, &r.subject, &tracker, 0, r.content.clone());
-                self.outcome(sent)?;
-            }
-            None => {
-                self.dead_letter(
-                    r,
-                    "worker stopping with this request waiting for a retry; it could not be \
-                     handed back (requester address and tracker too long)",
-                )?;
-            }
+        if replace {
+            self.replace_vm();
         }
-        if let Some(token) = self.in_flight.remove(&job.id).and_then(InFlight::token) {
-            self.confirms.push(token);
-        }
-        Ok(())
+        let mut h = self.hub();
+        h.inline_busy = false;
+        h.complete(Completion { id, request, run })
     }
 
-    /// A send that failed because the outbox is full is logged by the
-    /// client and dropped; anything else is fatal for the connection.
-    fn outcome(&mut self, r: Result<(), ClientError>) -> Result<(), WorkerError> {
-        match r {
-            Ok(()) | Err(ClientError::OutboxFull(_)) => Ok(()),
-            Err(e @ ClientError::Encode(_)) => {
-                tracing::warn!("cannot send a script's message: {e}");
-                Ok(())
+    /// A fresh VM after a memory breach or a panic; the duty moves over.
+    fn replace_vm(&mut self) {
+        match Vm::with_shared(self.cfg.clone(), self.shared.clone()) {
+            Ok(mut fresh) => {
+                if let Some(d) = self.vm.take_duty() {
+                    fresh.set_duty(d);
+                }
+                self.hub().set_inline_budget(fresh.budget());
+                tracing::info!("Lua VM replaced after a memory breach or internal error");
+                self.vm = fresh;
             }
-            Err(e) => Err(e.into()),
+            Err(e) => tracing::error!("could not replace a Lua VM: {e}; keeping the old one"),
         }
-    }
-
-    fn jitter(&mut self) -> f64 {
-        // xorshift64: enough to spread retries of a burst.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        (self.rng >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Graceful stop: no new work, running requests finish within the
-    /// shutdown timeout, their results are sent, waiting retries are handed
-    /// back, the rest is reported.
-    fn stop(mut self) -> Result<(), WorkerError> {
-        tracing::info!(
-            running = self.in_flight.len() - self.retries.len(),
-            retries_waiting = self.retries.len(),
-            "stopping: finishing requests already received (up to {:?})",
-            self.opts.shutdown_timeout
-        );
-        let unstarted = match self.pool.take() {
-            Some(pool) => pool.shutdown(self.opts.shutdown_timeout),
-            None => Vec::new(),
-        };
-        // Completions of everything that finished in time; retries they
-        // ask for now are handed back with the others.
-        while let Ok(c) = self.done.try_recv() {
-            self.complete(c)?;
-        }
-        let waiting = self.retries.drain();
-        if !waiting.is_empty() {
-            tracing::info!(
-                "handing {} waiting retries back to the broker",
-                waiting.len()
-            );
-        }
-        for job in waiting {
-            self.hand_back(job)?;
-        }
-        let leftovers: Vec<Job> = unstarted
-            .into_iter()
-            .chain(self.overflow.drain(..))
-            .collect();
-        for job in leftovers {
-            self.unrun(job, "worker stopping: request received but not run")?;
-        }
-        if !self.confirms.is_empty() {
-            let tokens = std::mem::take(&mut self.confirms);
-            let confirmed = self.client.confirm_all(&tokens);
-            self.outcome(confirmed)?;
-        }
-        let unfinished: Vec<InFlight> = self.in_flight.drain().map(|(_, v)| v).collect();
-        if !unfinished.is_empty() {
-            tracing::warn!(
-                "{} request(s) did not finish in time (left to the broker when acknowledged, \
-                 else reported)",
-                unfinished.len()
-            );
-        }
-        for held in unfinished {
-            if let InFlight::Unacked(req) = held {
-                self.dead_letter(&req, "worker stopping: request did not finish in time")?;
-            }
-        }
-        // Deliveries that arrived during the stop are not run either.
-        let deadline = Instant::now() + Duration::from_millis(50);
-        while let Some(d) = self
-            .client
-            .recv(deadline.saturating_duration_since(Instant::now()))?
-        {
-            if d.kind == DeliveryKind::Service && d.ack.is_none() {
-                let mut req = Request {
-                    sender: d.sender,
-                    address: d.address,
-                    subject: d.subject,
-                    tracker: d.tracker,
-                    content: d.content,
-                    attempt: 1,
-                    hops: 0,
-                };
-                Envelope::open(&mut req);
-                self.dead_letter(&req, "worker stopping: request received but not run")?;
-            }
-        }
-        tracing::info!("stopped");
-        self.client.close()?;
-        Ok(())
     }
 }
 
-/// Subjects on the wire are at most 255 bytes; cut on a char boundary.
-fn clip(s: &str) -> String {
-    if s.len() <= 255 {
-        return s.to_string();
+fn lost_request() -> Request {
+    Request {
+        sender: String::new(),
+        address: String::new(),
+        subject: "(lost in a panic)".into(),
+        tracker: String::new(),
+        content: Vec::new(),
+        attempt: 1,
+        hops: 0,
     }
-    let mut end = 255;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
 }

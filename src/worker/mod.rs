@@ -1,5 +1,6 @@
-//! The alaska worker: the dispatcher that owns the broker connection
-//! ([`dispatcher`]), the pool of Lua VMs ([`pool`], [`vm`]), what becomes
+//! The alaska worker: the dispatcher that owns the broker connections and
+//! a VM of its own ([`dispatcher`]), what it does on its connections
+//! ([`hub`]), the pool of Lua VMs ([`pool`], [`vm`]), what becomes
 //! of a request once its handler ends ([`outcomes`]), the dictionary the
 //! VMs share ([`shared`]), which script a subject selects ([`subject`]),
 //! the types they all pass around ([`types`]), and the wake-up pipe
@@ -7,6 +8,7 @@
 
 pub mod check;
 pub mod dispatcher;
+pub mod hub;
 pub mod outcomes;
 pub mod pool;
 pub mod shared;

@@ -317,7 +317,12 @@ impl<T> RetryQueue<T> {
         self.waiting.is_empty()
     }
 
-    /// Removes the items `keep` says no to, returning them.
+    /// How many waiting items `f` is true of.
+    pub fn count_where(&self, f: impl Fn(&T) -> bool) -> usize {
+        self.waiting.values().filter(|v| f(v)).count()
+    }
+
+    /// Removes the items `take` is true of, returning them.
     pub fn take_if(&mut self, mut take: impl FnMut(&T) -> bool) -> Vec<T> {
         let keys: Vec<(Instant, u64)> = self
             .waiting

@@ -1,5 +1,6 @@
 //! The VM pool: `size` threads, each owning one long-lived Lua VM, fed by
-//! one bounded channel.
+//! one bounded channel. (The worker's dispatcher owns one more VM of its
+//! own, which takes jobs from the same channel when it is idle.)
 //!
 //! An idle VM takes the next job, so a slow request occupies one VM and
 //! never holds up the others. The channel holds at most `backlog` waiting
@@ -42,22 +43,33 @@ pub struct Pool {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     size: usize,
+    shared: Arc<SharedDict>,
 }
 
 impl Pool {
-    /// Creates the VMs (each on its thread) and starts taking jobs.
+    /// Creates `cfg.size` VMs (each on its thread, sharing one new
+    /// `alaska.shared`) and starts taking jobs.
     pub fn start(
         cfg: PoolConfig,
         done: Sender<Completion>,
         waker: Waker,
     ) -> Result<Pool, PoolError> {
-        if cfg.size == 0 {
-            return Err(PoolError::Config("pool size must be at least 1".into()));
-        }
+        let shared = Arc::new(SharedDict::new(cfg.shared_bytes));
+        Pool::start_with(cfg, shared, done, waker)
+    }
+
+    /// As [`Pool::start`], with `alaska.shared` given (the dispatcher's own
+    /// VM shares it). A pool of 0 threads is allowed: its channel is then
+    /// read by the dispatcher's VM alone.
+    pub fn start_with(
+        cfg: PoolConfig,
+        shared: Arc<SharedDict>,
+        done: Sender<Completion>,
+        waker: Waker,
+    ) -> Result<Pool, PoolError> {
         let size = cfg.size;
         let cfg = Arc::new(cfg);
         let (tx, rx) = crossbeam_channel::bounded::<Job>(cfg.backlog.max(1));
-        let shared = Arc::new(SharedDict::new(cfg.shared_bytes));
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::with_capacity(size);
         for n in 0..size {
@@ -85,7 +97,24 @@ impl Pool {
             stop,
             threads,
             size,
+            shared,
         })
+    }
+
+    /// The dictionary the pool's VMs share.
+    pub fn shared(&self) -> Arc<SharedDict> {
+        self.shared.clone()
+    }
+
+    /// The receiving end of the job channel, for a VM outside the pool
+    /// that takes jobs when it is idle.
+    pub fn receiver(&self) -> Receiver<Job> {
+        self.rx.clone()
+    }
+
+    /// Jobs waiting in the channel.
+    pub fn waiting(&self) -> usize {
+        self.tx.len()
     }
 
     /// Queues a job; gives it back when the backlog is full. Never blocks.
@@ -154,10 +183,10 @@ fn vm_thread(
         if stop.load(Ordering::SeqCst) {
             return;
         }
-        let job = match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(job) => job,
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+        // Blocks without waking up when idle; the channel is disconnected
+        // when the pool shuts down.
+        let Ok(job) = rx.recv() else {
+            return;
         };
         let Job { id, request } = job;
         let (request, run, replace) = match catch_unwind(AssertUnwindSafe(|| vm.run(request))) {

@@ -121,6 +121,9 @@ pub enum ErrorKind {
     /// The handler produced something the worker cannot use (a runner's
     /// garbage output, an outcome with bad arguments, too many sends).
     Protocol,
+    /// The worker is stopping and the request ran out of the shutdown
+    /// timeout: not the request's fault; handed back where possible.
+    Stopped,
     /// The VM thread panicked (a bug of ours, reported, not fatal).
     Panic,
 }
@@ -136,6 +139,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "time budget",
             ErrorKind::Memory => "memory limit",
             ErrorKind::Protocol => "bad handler output",
+            ErrorKind::Stopped => "stopped by the worker's shutdown",
             ErrorKind::Panic => "internal error",
         }
     }

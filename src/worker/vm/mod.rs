@@ -44,14 +44,29 @@ pub const BUDGET_MESSAGE: &str = "time budget exceeded";
 /// The sandbox: run once per VM; returns the request runner.
 const SANDBOX: &str = include_str!("sandbox.lua");
 
+/// Work the owner of a VM does while that VM runs a long request on the
+/// owner's own thread: called from the VM's hook with a zero wait about
+/// every [`DUTY_EVERY`] of running, and from `alaska.sleep` with the time
+/// left to sleep (it may return sooner). The dispatcher uses it to keep
+/// its connections alive and hand new requests to other VMs.
+pub type Duty = Box<dyn FnMut(Duration) + Send>;
+
+/// How often a running request lets its VM's owner do its [`Duty`].
+pub const DUTY_EVERY: Duration = Duration::from_millis(1);
+
 /// Shared between the VM, its hook and `alaska.sleep`: the running
-/// request's deadline.
+/// request's deadline, and the owner's duty.
 pub struct Budget {
     base: Instant,
     /// Nanoseconds after `base`; 0 when no request runs.
     deadline: AtomicU64,
     timed_out: AtomicBool,
     out_of_memory: AtomicBool,
+    /// The deadline was brought forward by a stop.
+    cut: AtomicBool,
+    /// Nanoseconds after `base` when the duty is due next.
+    next_duty: AtomicU64,
+    duty: std::sync::Mutex<Option<Duty>>,
 }
 
 impl Budget {
@@ -61,15 +76,43 @@ impl Budget {
             deadline: AtomicU64::new(0),
             timed_out: AtomicBool::new(false),
             out_of_memory: AtomicBool::new(false),
+            cut: AtomicBool::new(false),
+            next_duty: AtomicU64::new(0),
+            duty: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Runs the duty if one is set and it is due (or `force`), waiting at
+    /// most `wait`. Returns whether there was a duty to run.
+    pub fn duty(&self, wait: Duration, force: bool) -> bool {
+        let now = nanos(self.base.elapsed());
+        if !force && now < self.next_duty.load(Ordering::Relaxed) {
+            return true;
+        }
+        self.next_duty
+            .store(now.saturating_add(nanos(DUTY_EVERY)), Ordering::Relaxed);
+        // try_lock: the duty never runs inside itself.
+        match self.duty.try_lock() {
+            Ok(mut guard) => match guard.as_mut() {
+                Some(f) => {
+                    f(wait);
+                    true
+                }
+                None => false,
+            },
+            Err(_) => false,
         }
     }
 
     fn arm(&self, timeout: Duration) {
-        let at = self.base.elapsed().saturating_add(timeout);
+        let now = self.base.elapsed();
         self.timed_out.store(false, Ordering::Relaxed);
         self.out_of_memory.store(false, Ordering::Relaxed);
-        let nanos = u64::try_from(at.as_nanos()).unwrap_or(u64::MAX).max(1);
-        self.deadline.store(nanos, Ordering::Relaxed);
+        self.cut.store(false, Ordering::Relaxed);
+        self.next_duty
+            .store(nanos(now + DUTY_EVERY), Ordering::Relaxed);
+        let at = nanos(now.saturating_add(timeout)).max(1);
+        self.deadline.store(at, Ordering::Relaxed);
     }
 
     fn disarm(&self) {
@@ -80,6 +123,22 @@ impl Budget {
     pub fn left(&self) -> Option<Duration> {
         let d = self.deadline.load(Ordering::Relaxed);
         (d != 0).then(|| Duration::from_nanos(d).saturating_sub(self.base.elapsed()))
+    }
+
+    /// Brings the running request's deadline forward to `within` from now
+    /// (never later than it was): a stopping worker gives what runs the
+    /// shutdown timeout, not the rest of a long budget.
+    pub fn shorten(&self, within: Duration) {
+        let at = nanos(self.base.elapsed().saturating_add(within)).max(1);
+        if self
+            .deadline
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
+                (d != 0 && at < d).then_some(at)
+            })
+            .is_ok()
+        {
+            self.cut.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Marks the running request as out of time.
@@ -103,6 +162,10 @@ impl Budget {
             Some(_) => false,
         }
     }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Per-request state the API functions reach through the VM's app data.
@@ -202,10 +265,10 @@ impl Vm {
             HookTriggers::new().every_nth_instruction(HOOK_EVERY),
             move |_, _| {
                 if hook_budget.expired() {
-                    Err(mlua::Error::runtime(BUDGET_MESSAGE))
-                } else {
-                    Ok(mlua::VmState::Continue)
+                    return Err(mlua::Error::runtime(BUDGET_MESSAGE));
                 }
+                hook_budget.duty(Duration::ZERO, false);
+                Ok(mlua::VmState::Continue)
             },
         )?;
         let globals = lua.globals();
@@ -348,6 +411,24 @@ impl Vm {
         (req, RunResult { outputs, result })
     }
 
+    /// Sets the work the VM's owner does while this VM runs a request on
+    /// the owner's thread (see [`Duty`]).
+    pub fn set_duty(&mut self, duty: Duty) {
+        if let Ok(mut d) = self.budget.duty.lock() {
+            *d = Some(duty);
+        }
+    }
+
+    /// The budget of this VM's requests (for its owner to shorten).
+    pub fn budget(&self) -> Arc<Budget> {
+        self.budget.clone()
+    }
+
+    /// Takes the duty back (to give it to a replacement VM).
+    pub fn take_duty(&mut self) -> Option<Duty> {
+        self.budget.duty.lock().ok().and_then(|mut d| d.take())
+    }
+
     /// The request a run left in the VM, after a panic cut the run short.
     pub fn take_request(&mut self) -> Option<Request> {
         self.lua
@@ -424,6 +505,13 @@ impl Vm {
 
     /// Classifies a failure by the budget flags, then by the text.
     fn failure(&mut self, text: String) -> ScriptError {
+        if self.budget.timed_out.load(Ordering::Relaxed) && self.budget.cut.load(Ordering::Relaxed)
+        {
+            return ScriptError {
+                kind: ErrorKind::Stopped,
+                message: format!("the worker is stopping and its shutdown timeout ran out; request stopped\n{text}"),
+            };
+        }
         if self.budget.timed_out.load(Ordering::Relaxed) {
             return ScriptError {
                 kind: ErrorKind::Timeout,

@@ -1,0 +1,702 @@
+//! The hub: everything the dispatcher thread does on its broker
+//! connections, apart from running its own VM. It receives requests and
+//! places them (in the dispatcher's queue, or with the pool's VMs), carries
+//! out what finished requests decided (see [`super::outcomes`]), keeps
+//! waiting retries, batches confirmations, and stops gracefully.
+//!
+//! The dispatcher calls [`Hub::turn`] when its VM is idle; while its VM
+//! runs a request, the VM's duty calls it about every millisecond (and
+//! during `alaska.sleep`), so pings flow, replies from the pool's VMs go
+//! out, and new requests go to idle pool VMs instead of waiting behind a
+//! long script. Both happen on the dispatcher's thread: the hub is the
+//! only owner of the sockets.
+//!
+//! Connections: one per broker endpoint. A request is answered (reply,
+//! sends, confirmation) over the connection it came from; all connections
+//! share one queue and one pool, in arrival order, so no broker starves
+//! another.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+
+use super::dispatcher::{DispatcherOptions, WorkerError, ERROR_REPLY_PREFIX};
+use super::outcomes::{Decision, Envelope, RetryQueue};
+use super::pool::Pool;
+use super::types::{Completion, ErrorKind, Job, Output, Request};
+use super::vm::Budget;
+use super::wake::WakeReceiver;
+use crate::mlm::{AckToken, Client, ClientError, Delivery, DeliveryKind, Message};
+
+/// Confirmations sent at once at most; beyond, they go out at once.
+const CONFIRM_BATCH: usize = 64;
+
+/// One broker connection and what is owed to it.
+pub struct Conn {
+    /// The client.
+    pub client: Client,
+    /// Confirmations not yet sent.
+    confirms: Vec<AckToken>,
+    /// Credit granted beyond the pool's capacity for waiting retries.
+    extra_credit: usize,
+}
+
+impl Conn {
+    /// A connection around a connected client.
+    pub fn new(client: Client) -> Conn {
+        Conn {
+            client,
+            confirms: Vec::new(),
+            extra_credit: 0,
+        }
+    }
+}
+
+/// What the hub keeps of a request while it is out of its hands.
+enum Held {
+    /// The broker holds it until we confirm it with this token.
+    Acked(AckToken),
+    /// Nobody else holds it (a broker without acknowledgements): enough to
+    /// report it if it never finishes.
+    Unacked(Box<Request>),
+}
+
+struct InFlight {
+    conn: usize,
+    held: Held,
+}
+
+impl InFlight {
+    fn token(self) -> Option<(usize, AckToken)> {
+        match self.held {
+            Held::Acked(t) => Some((self.conn, t)),
+            Held::Unacked(_) => None,
+        }
+    }
+}
+
+/// See the module documentation.
+pub struct Hub {
+    opts: DispatcherOptions,
+    conns: Vec<Conn>,
+    pool: Option<Pool>,
+    jobs: Receiver<Job>,
+    done: Receiver<Completion>,
+    wake: WakeReceiver,
+    /// Jobs for the dispatcher's VM (and, when it is busy, for the pool).
+    queue: VecDeque<Job>,
+    queue_limit: usize,
+    in_flight: HashMap<u64, InFlight>,
+    retries: RetryQueue<Job>,
+    next_id: u64,
+    rng: u64,
+    /// The dispatcher's VM is running a request (the hub is called from
+    /// its duty): new work goes to the pool.
+    pub inline_busy: bool,
+    /// A failure that ends the worker, found while called from a duty
+    /// (which cannot return it).
+    pub fatal: Option<WorkerError>,
+    /// The budget of the dispatcher's VM, to shorten at a stop.
+    inline_budget: Option<Arc<Budget>>,
+}
+
+impl Hub {
+    /// A hub over connected clients (offers already made) and a pool.
+    pub fn new(
+        opts: DispatcherOptions,
+        conns: Vec<Conn>,
+        pool: Pool,
+        done: Receiver<Completion>,
+        wake: WakeReceiver,
+        queue_limit: usize,
+    ) -> Hub {
+        Hub {
+            retries: RetryQueue::new(opts.retry_pending),
+            opts,
+            conns,
+            jobs: pool.receiver(),
+            pool: Some(pool),
+            done,
+            wake,
+            queue: VecDeque::new(),
+            queue_limit,
+            in_flight: HashMap::new(),
+            next_id: 0,
+            rng: seed(),
+            inline_busy: false,
+            fatal: None,
+            inline_budget: None,
+        }
+    }
+
+    /// The budget of the dispatcher's VM (see [`Hub::shorten_inline`]).
+    pub fn set_inline_budget(&mut self, budget: Arc<Budget>) {
+        self.inline_budget = Some(budget);
+    }
+
+    /// A stop was asked while the dispatcher's VM runs a request: that
+    /// request gets the shutdown timeout, not the rest of its budget.
+    pub fn shorten_inline(&mut self) {
+        if let Some(b) = &self.inline_budget {
+            b.shorten(self.opts.shutdown_timeout);
+        }
+    }
+
+    /// The connections.
+    pub fn conns(&self) -> &[Conn] {
+        &self.conns
+    }
+
+    /// The next job for the dispatcher's VM: its queue first, then what
+    /// waits for the pool.
+    pub fn take_inline(&mut self) -> Option<Job> {
+        self.queue.pop_front().or_else(|| self.jobs.try_recv().ok())
+    }
+
+    /// Whether jobs wait for the dispatcher's VM.
+    pub fn has_queued(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// One round of I/O: waits at most `wait` (less when a timer is due),
+    /// then handles every delivery, completion and due retry, and sends
+    /// what is owed. Errors that end the worker are returned.
+    pub fn turn(&mut self, wait: Duration) -> Result<(), WorkerError> {
+        let now = Instant::now();
+        let mut until = now + wait;
+        for c in &self.conns {
+            until = until.min(c.client.next_deadline());
+        }
+        if let Some(due) = self.retries.next_due() {
+            until = until.min(due);
+        }
+        let mut timeout = until.saturating_duration_since(now);
+        if !timeout.is_zero() {
+            // Arm, then a last look at the completions: one that lands in
+            // between writes the wake-up byte.
+            self.wake.arm();
+            if !self.done.is_empty() {
+                timeout = Duration::ZERO;
+            }
+        }
+        let ready = self.poll(timeout)?;
+        self.wake.disarm();
+        for (i, (sock, mon)) in ready.into_iter().enumerate() {
+            let r = self.conns[i].client.process(sock, mon);
+            self.outcome(r)?;
+        }
+        for i in 0..self.conns.len() {
+            while let Some(d) = self.conns[i].client.next_delivery() {
+                self.accept(i, d)?;
+            }
+        }
+        self.after_turn()
+    }
+
+    /// Polls every connection and the wake-up descriptor; returns what is
+    /// readable per connection (socket, monitor).
+    fn poll(&mut self, timeout: Duration) -> Result<Vec<(bool, bool)>, WorkerError> {
+        let fd = self.wake.as_raw_fd();
+        let (ready, woken) = {
+            let mut items: Vec<zmq::PollItem<'_>> = Vec::with_capacity(self.conns.len() * 2 + 1);
+            for c in &self.conns {
+                items.extend(c.client.poll_items());
+            }
+            items.push(zmq::PollItem::from_fd(fd, zmq::POLLIN));
+            match zmq::poll(&mut items, ms(timeout)) {
+                // A signal (the one asking us to stop, say): look again.
+                Ok(_) | Err(zmq::Error::EINTR) => {}
+                Err(e) => return Err(ClientError::Zmq(e).into()),
+            }
+            let ready: Vec<(bool, bool)> = items
+                .chunks(2)
+                .take(self.conns.len())
+                .map(|p| (p[0].is_readable(), p[1].is_readable()))
+                .collect();
+            (ready, items[items.len() - 1].is_readable())
+        };
+        if woken {
+            self.wake.drain();
+        }
+        Ok(ready)
+    }
+
+    /// Completions, due retries, confirmations; then, when the
+    /// dispatcher's VM is busy, work for the pool.
+    fn after_turn(&mut self) -> Result<(), WorkerError> {
+        while let Ok(c) = self.done.try_recv() {
+            self.complete(c)?;
+        }
+        let now = Instant::now();
+        while let Some(job) = self.retries.pop_due(now) {
+            self.place(job)?;
+        }
+        self.flush_confirms()?;
+        if self.inline_busy {
+            self.feed_pool();
+        }
+        Ok(())
+    }
+
+    /// Moves queued jobs to the pool's VMs while they have room.
+    fn feed_pool(&mut self) {
+        let Some(pool) = &self.pool else {
+            return;
+        };
+        if pool.size() == 0 {
+            return;
+        }
+        while let Some(job) = self.queue.pop_front() {
+            if let Err(job) = pool.try_submit(job) {
+                self.queue.push_front(job);
+                break;
+            }
+        }
+    }
+
+    fn accept(&mut self, conn: usize, d: Delivery) -> Result<(), WorkerError> {
+        match d.kind {
+            DeliveryKind::Service => {}
+            DeliveryKind::Mailbox if Envelope::decode(&d.tracker).is_some() => {
+                return self.relay(conn, d);
+            }
+            _ => {
+                tracing::debug!(
+                    "ignoring {:?} message from {} on {}",
+                    d.kind,
+                    d.sender,
+                    d.address
+                );
+                return Ok(());
+            }
+        }
+        let mut request = Request {
+            sender: d.sender,
+            address: d.address,
+            subject: d.subject,
+            tracker: d.tracker,
+            content: d.content,
+            attempt: 1,
+            hops: 0,
+        };
+        Envelope::open(&mut request);
+        if self.opts.verbose {
+            let size: usize = request.content.iter().map(Vec::len).sum();
+            tracing::info!(
+                address = %request.address,
+                subject = %request.subject,
+                sender = %request.sender,
+                attempt = request.attempt,
+                hops = request.hops,
+                size,
+                "request"
+            );
+        }
+        self.next_id += 1;
+        let id = self.next_id;
+        let held = match d.ack {
+            Some(token) => Held::Acked(token),
+            // Only the metadata and the first frame, for the report.
+            None => Held::Unacked(Box::new(Request {
+                content: request.content.first().cloned().into_iter().collect(),
+                ..request.clone()
+            })),
+        };
+        self.in_flight.insert(id, InFlight { conn, held });
+        self.place(Job { id, request })
+    }
+
+    /// A reply mailed to us by a stage we forwarded to that does not know
+    /// about envelopes: pass it on to the original requester.
+    fn relay(&mut self, conn: usize, d: Delivery) -> Result<(), WorkerError> {
+        let Some(env) = Envelope::decode(&d.tracker) else {
+            return Ok(());
+        };
+        tracing::debug!(to = %env.sender, subject = %d.subject, "relaying a reply");
+        let sent =
+            self.conns[conn]
+                .client
+                .sendto(&env.sender, &d.subject, &env.tracker, 0, d.content);
+        self.outcome(sent)
+    }
+
+    /// Puts a job where it will run soonest: the dispatcher's queue when
+    /// its VM is free (or will be, before the pool could start it), the
+    /// pool when the dispatcher's VM is busy. Beyond the bound, the job is
+    /// not run.
+    fn place(&mut self, job: Job) -> Result<(), WorkerError> {
+        let extra: usize = self.conns.iter().map(|c| c.extra_credit).sum();
+        if self.queue.len() >= self.queue_limit + extra {
+            let text = format!(
+                "worker overloaded: {} requests waiting; request not run",
+                self.queue.len()
+            );
+            tracing::warn!(subject = %job.request.subject, "{text}");
+            return self.unrun(job, &text);
+        }
+        self.queue.push_back(job);
+        if self.inline_busy {
+            self.feed_pool();
+        }
+        Ok(())
+    }
+
+    /// Carries out what a finished request decided.
+    pub fn complete(&mut self, c: Completion) -> Result<(), WorkerError> {
+        let Completion { id, request, run } = c;
+        if run.error().is_some_and(|e| e.kind == ErrorKind::Stopped) {
+            // Cut short by our stop, not by its own fault: back to the
+            // broker when it holds it, else reported.
+            let text = run.error().map(|e| e.message.clone()).unwrap_or_default();
+            return self.unrun(Job { id, request }, &text);
+        }
+        let conn = self.in_flight.get(&id).map(|f| f.conn).unwrap_or(0);
+        for out in run.outputs {
+            let client = &mut self.conns[conn].client;
+            let sent = match out {
+                Output::Stream {
+                    stream,
+                    subject,
+                    content,
+                } => client
+                    .switch_producer(&stream)
+                    .and_then(|_| client.send(&subject, content)),
+                Output::Mail {
+                    address,
+                    subject,
+                    content,
+                } => client.sendto(&address, &subject, "", 0, content),
+            };
+            self.outcome(sent)?;
+        }
+        let jitter = self.jitter();
+        let decision = self.opts.policy.decide(&request, run.result, jitter);
+        if self.opts.verbose {
+            tracing::info!(
+                subject = %request.subject,
+                sender = %request.sender,
+                attempt = request.attempt,
+                "outcome: {}",
+                decision.name()
+            );
+        }
+        match decision {
+            Decision::Done { reply } => {
+                if let (Some(reply), true) = (reply, request.wants_reply()) {
+                    let sent = self.conns[conn].client.sendto(
+                        &request.sender,
+                        &request.subject,
+                        &request.tracker,
+                        0,
+                        vec![reply],
+                    );
+                    self.outcome(sent)?;
+                }
+            }
+            Decision::Drop => {}
+            Decision::Forward {
+                address,
+                subject,
+                tracker,
+                content,
+            } => {
+                let sent = self.conns[conn]
+                    .client
+                    .sendfor(&address, &subject, &tracker, 0, content);
+                self.outcome(sent)?;
+            }
+            Decision::DeadLetter { text, kind } => {
+                tracing::warn!(
+                    subject = %request.subject,
+                    sender = %request.sender,
+                    kind = kind.map(|k| k.name()).unwrap_or("fail"),
+                    "dead letter: {text}"
+                );
+                self.dead_letter(conn, &request, &text)?;
+            }
+            Decision::Retry { delay } => {
+                return self.schedule_retry(id, conn, request, delay);
+            }
+        }
+        // Acknowledge after the results are sent: if we die before this,
+        // the broker redelivers (at-least-once), and nothing is lost.
+        self.confirm(id)
+    }
+
+    /// Queues the confirmation of job `id` (sent in batches).
+    fn confirm(&mut self, id: u64) -> Result<(), WorkerError> {
+        if let Some((conn, token)) = self.in_flight.remove(&id).and_then(InFlight::token) {
+            let c = &mut self.conns[conn];
+            c.confirms.push(token);
+            if c.confirms.len() >= CONFIRM_BATCH {
+                let tokens = std::mem::take(&mut c.confirms);
+                let sent = c.client.confirm_all(&tokens);
+                self.outcome(sent)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the confirmations owed, one command per connection.
+    pub fn flush_confirms(&mut self) -> Result<(), WorkerError> {
+        for i in 0..self.conns.len() {
+            if self.conns[i].confirms.is_empty() {
+                continue;
+            }
+            let tokens = std::mem::take(&mut self.conns[i].confirms);
+            let sent = self.conns[i].client.confirm_all(&tokens);
+            self.outcome(sent)?;
+        }
+        Ok(())
+    }
+
+    /// Keeps `request` for its next attempt after `delay`; still
+    /// unconfirmed, so the broker has it if we die.
+    fn schedule_retry(
+        &mut self,
+        id: u64,
+        conn: usize,
+        mut request: Request,
+        delay: Duration,
+    ) -> Result<(), WorkerError> {
+        request.attempt += 1;
+        let at = Instant::now() + delay;
+        if let Err(job) = self.retries.push(at, Job { id, request }) {
+            let text = format!(
+                "dead letter: retry asked, but {} retries already wait (worker/retry/pending)",
+                self.retries.len()
+            );
+            tracing::warn!(subject = %job.request.subject, "{text}");
+            self.dead_letter(conn, &job.request, &text)?;
+            return self.confirm(job.id);
+        }
+        tracing::debug!(delay = ?delay, "retry scheduled");
+        // One more credit for each waiting retry beyond the most that ever
+        // waited on this connection, so they do not shrink its window.
+        let waiting = self
+            .retries
+            .count_where(|j| self.in_flight.get(&j.id).is_some_and(|f| f.conn == conn));
+        let c = &mut self.conns[conn];
+        if c.client.acks_enabled() && waiting > c.extra_credit {
+            c.extra_credit += 1;
+            let granted = c.client.post(Message::Credit { amount: 1 });
+            self.outcome(granted)?;
+        }
+        Ok(())
+    }
+
+    /// A dead letter: the report to the error mailbox (subject, text,
+    /// original first frame), and an error reply to a requester that waits
+    /// (or to any, with `errors_reply`).
+    fn dead_letter(&mut self, conn: usize, req: &Request, text: &str) -> Result<(), WorkerError> {
+        if self.opts.errors_notify {
+            let mailbox = self.opts.errors_mailbox.clone();
+            let first = req.content.first().cloned().unwrap_or_default();
+            let sent = self.conns[conn].client.sendto(
+                &mailbox,
+                &clip(&req.subject),
+                "",
+                0,
+                vec![text.as_bytes().to_vec(), first],
+            );
+            self.outcome(sent)?;
+        }
+        if (self.opts.errors_reply || req.wants_reply()) && !req.sender.is_empty() {
+            let subject = clip(&format!("{ERROR_REPLY_PREFIX}{}", req.subject));
+            let sent = self.conns[conn].client.sendto(
+                &req.sender,
+                &subject,
+                &req.tracker,
+                0,
+                vec![text.as_bytes().to_vec()],
+            );
+            self.outcome(sent)?;
+        }
+        Ok(())
+    }
+
+    /// A request that was received but will not run here.
+    fn unrun(&mut self, job: Job, text: &str) -> Result<(), WorkerError> {
+        let conn = match self.in_flight.remove(&job.id) {
+            Some(InFlight {
+                held: Held::Acked(_),
+                ..
+            }) => {
+                // Left unconfirmed: the broker gives it to another worker
+                // when we close, which is better than an error report.
+                tracing::warn!(subject = %job.request.subject, "{text}; returned to the broker");
+                return Ok(());
+            }
+            Some(f) => f.conn,
+            None => 0,
+        };
+        self.dead_letter(conn, &job.request, text)
+    }
+
+    /// Hands a waiting retry back to its service, attempt count and
+    /// requester in the envelope, then confirms our copy.
+    fn hand_back(&mut self, job: Job) -> Result<(), WorkerError> {
+        let conn = self.in_flight.get(&job.id).map(|f| f.conn).unwrap_or(0);
+        let r = &job.request;
+        let env = Envelope {
+            hops: r.hops,
+            attempt: r.attempt,
+            sender: r.sender.clone(),
+            tracker: r.tracker.clone(),
+        };
+        match env.encode() {
+            Some(tracker) => {
+                let sent = self.conns[conn].client.sendfor(
+                    &r.address,
+                    &r.subject,
+                    &tracker,
+                    0,
+                    r.content.clone(),
+                );
+                self.outcome(sent)?;
+            }
+            None => {
+                self.dead_letter(
+                    conn,
+                    r,
+                    "worker stopping with this request waiting for a retry; it could not be \
+                     handed back (requester address and tracker too long)",
+                )?;
+            }
+        }
+        self.confirm(job.id)
+    }
+
+    /// A send that failed because the outbox is full is logged by the
+    /// client and dropped; anything else is fatal for the connection.
+    fn outcome(&mut self, r: Result<(), ClientError>) -> Result<(), WorkerError> {
+        match r {
+            Ok(()) | Err(ClientError::OutboxFull(_)) => Ok(()),
+            Err(e @ ClientError::Encode(_)) => {
+                tracing::warn!("cannot send a script's message: {e}");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn jitter(&mut self) -> f64 {
+        // xorshift64: enough to spread retries of a burst.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Graceful stop: no new work, the pool's running requests finish
+    /// within the shutdown timeout and their results are sent, waiting
+    /// retries are handed back, the rest is reported, the connections are
+    /// closed politely.
+    pub fn stop(mut self) -> Result<(), WorkerError> {
+        tracing::info!(
+            running = self.in_flight.len() - self.retries.len() - self.queue.len(),
+            queued = self.queue.len(),
+            retries_waiting = self.retries.len(),
+            "stopping: finishing requests already received (up to {:?})",
+            self.opts.shutdown_timeout
+        );
+        let unstarted = match self.pool.take() {
+            Some(pool) => pool.shutdown(self.opts.shutdown_timeout),
+            None => Vec::new(),
+        };
+        // Completions of everything that finished in time; retries they
+        // ask for now are handed back with the others.
+        while let Ok(c) = self.done.try_recv() {
+            self.complete(c)?;
+        }
+        let waiting = self.retries.drain();
+        if !waiting.is_empty() {
+            tracing::info!(
+                "handing {} waiting retries back to the broker",
+                waiting.len()
+            );
+        }
+        for job in waiting {
+            self.hand_back(job)?;
+        }
+        let leftovers: Vec<Job> = unstarted.into_iter().chain(self.queue.drain(..)).collect();
+        for job in leftovers {
+            self.unrun(job, "worker stopping: request received but not run")?;
+        }
+        self.flush_confirms()?;
+        let unfinished: Vec<InFlight> = self.in_flight.drain().map(|(_, v)| v).collect();
+        if !unfinished.is_empty() {
+            tracing::warn!(
+                "{} request(s) did not finish in time (left to the broker when acknowledged, \
+                 else reported)",
+                unfinished.len()
+            );
+        }
+        for f in unfinished {
+            if let Held::Unacked(req) = f.held {
+                self.dead_letter(
+                    f.conn,
+                    &req,
+                    "worker stopping: request did not finish in time",
+                )?;
+            }
+        }
+        // Deliveries that arrived during the stop are not run either.
+        for i in 0..self.conns.len() {
+            let deadline = Instant::now() + Duration::from_millis(50);
+            while let Some(d) = self.conns[i]
+                .client
+                .recv(deadline.saturating_duration_since(Instant::now()))?
+            {
+                if d.kind == DeliveryKind::Service && d.ack.is_none() {
+                    let mut req = Request {
+                        sender: d.sender,
+                        address: d.address,
+                        subject: d.subject,
+                        tracker: d.tracker,
+                        content: d.content,
+                        attempt: 1,
+                        hops: 0,
+                    };
+                    Envelope::open(&mut req);
+                    self.dead_letter(i, &req, "worker stopping: request received but not run")?;
+                }
+            }
+        }
+        tracing::info!("stopped");
+        for c in self.conns {
+            c.client.close()?;
+        }
+        Ok(())
+    }
+}
+
+/// A seed for backoff jitter; quality does not matter, spread does.
+fn seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    (t ^ ((std::process::id() as u64) << 32)) | 1
+}
+
+/// Subjects on the wire are at most 255 bytes; cut on a char boundary.
+fn clip(s: &str) -> String {
+    if s.len() <= 255 {
+        return s.to_string();
+    }
+    let mut end = 255;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// Milliseconds for `zmq::poll`, rounded up so a wait of 0.4 ms does not
+/// become a busy loop.
+fn ms(d: Duration) -> i64 {
+    let m = d.as_micros().div_ceil(1000);
+    m.min(i64::MAX as u128) as i64
+}
