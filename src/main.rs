@@ -158,16 +158,20 @@ fn run(s: Settings) -> Result<(), Box<dyn std::error::Error>> {
 /// connection politely, reporting what did not finish) before it is cut.
 const STOP_MARGIN: Duration = Duration::from_millis(1500);
 
-/// A stop always ends: once `shutdown` is set, a watchdog thread gives the
-/// worker `within` to finish, then ends the process. A VM stuck in a C
-/// call (which no hook can interrupt) cannot keep a stopping worker alive.
+/// A stop always ends: once SIGTERM or SIGINT arrives, a watchdog thread
+/// gives the worker `within` to finish, then ends the process. A VM stuck
+/// in a C call (which no hook can interrupt) cannot keep a stopping worker
+/// alive. The thread sleeps in the signal iterator, not in a polling loop.
 fn stop_deadline(shutdown: Arc<AtomicBool>, within: Duration) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
     std::thread::Builder::new()
         .name("alaska-stop-watchdog".into())
         .spawn(move || {
-            while !shutdown.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(50));
+            if signals.forever().next().is_none() {
+                return;
             }
+            shutdown.store(true, Ordering::SeqCst);
             std::thread::sleep(within);
             tracing::error!(
                 "stop did not finish within {within:?}: exiting now (requests still running \

@@ -106,7 +106,7 @@ pub enum WorkerError {
 
 /// How long the dispatcher sleeps at most when idle: how late a stop (a
 /// flag) is noticed.
-const IDLE_WAIT: Duration = Duration::from_millis(100);
+const IDLE_WAIT: Duration = Duration::from_millis(250);
 
 /// Runs the worker until `shutdown` is set, then stops gracefully.
 pub fn run(

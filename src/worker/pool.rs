@@ -44,6 +44,9 @@ pub struct Pool {
     threads: Vec<JoinHandle<()>>,
     size: usize,
     shared: Arc<SharedDict>,
+    /// Kept even with no threads: the other end polls for it, and a
+    /// closed pipe would read as always ready.
+    _waker: Waker,
 }
 
 impl Pool {
@@ -98,6 +101,7 @@ impl Pool {
             threads,
             size,
             shared,
+            _waker: waker,
         })
     }
 
