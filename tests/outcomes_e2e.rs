@@ -428,3 +428,92 @@ fn a_worker_killed_holding_retries_loses_nothing() {
     want.sort();
     assert_eq!(got, want);
 }
+
+#[test]
+fn waiting_retries_are_bounded_and_the_overflow_is_a_dead_letter() {
+    let b = broker();
+    let dir = tempfile::tempdir().unwrap();
+    script(dir.path(), "later", "return alaska.retry(60000)");
+    let _w = Worker::start(b.endpoint(), dir.path(), |o, p| {
+        o.retry_pending = 2;
+        p.size = 1;
+    });
+    let mut awerr = client(b.endpoint(), "awerr");
+    let mut p = client(b.endpoint(), &format!("p-{}", unique()));
+    ready(&mut p, dir.path());
+    for i in 0..4 {
+        p.sendfor(
+            "svc",
+            "later",
+            &format!("t{i}"),
+            0,
+            vec![format!("r{i}").into_bytes()],
+        )
+        .unwrap();
+    }
+    // Two wait; the other two are dead letters at once, saying why.
+    let mut dead: Vec<String> = (0..2)
+        .map(|_| {
+            let d = expect(&mut awerr, DeliveryKind::Mailbox, T);
+            let text = String::from_utf8_lossy(&d.content[0]).into_owned();
+            assert!(text.contains("2 retries already wait"), "{text}");
+            String::from_utf8_lossy(&d.content[1]).into_owned()
+        })
+        .collect();
+    dead.sort();
+    assert_eq!(dead, vec!["r2".to_string(), "r3".to_string()]);
+    for _ in 0..2 {
+        let e = expect(&mut p, DeliveryKind::Mailbox, T);
+        assert_eq!(e.subject, "ERROR:later");
+    }
+    expect_none(
+        &mut awerr,
+        DeliveryKind::Mailbox,
+        Duration::from_millis(300),
+    );
+}
+
+#[test]
+fn a_graceful_stop_hands_waiting_retries_back_with_their_attempt_count() {
+    for b in all_brokers("stop_hands_back") {
+        let holding = tempfile::tempdir().unwrap();
+        script(holding.path(), "job", "return alaska.retry(60000)");
+        let finishing = tempfile::tempdir().unwrap();
+        script(
+            finishing.path(),
+            "job",
+            "return 'finished on attempt ' .. alaska.attempt .. ': ' .. alaskaContext",
+        );
+        let first = worker(b.endpoint(), holding.path(), "svc");
+        let mut p = client(b.endpoint(), &format!("p-{}", unique()));
+        wait_ready(&mut p, holding.path(), "svc");
+        p.sendfor("svc", "job", "trk-7", 0, vec![b"payload".to_vec()])
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let _second = worker(b.endpoint(), finishing.path(), "svc");
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(first.stop(), Ok(()), "{}", b.name());
+        let d = expect(&mut p, DeliveryKind::Mailbox, T);
+        assert_eq!(d.tracker, "trk-7", "{}", b.name());
+        assert_eq!(d.content, vec![b"finished on attempt 2: payload".to_vec()]);
+    }
+}
+
+#[test]
+fn script_errors_are_retried_when_configured() {
+    let b = broker();
+    let dir = tempfile::tempdir().unwrap();
+    script(
+        dir.path(),
+        "shaky",
+        "if alaska.attempt == 1 then error('first run fails') end\nreturn 'ok on ' .. alaska.attempt",
+    );
+    let _w = Worker::start(b.endpoint(), dir.path(), |o, _| {
+        o.policy.retry_errors = true;
+        o.policy.backoff = Duration::from_millis(50);
+    });
+    let mut p = client(b.endpoint(), &format!("p-{}", unique()));
+    ready(&mut p, dir.path());
+    let d = request(&mut p, "shaky", b"", T);
+    assert_eq!(d.content, vec![b"ok on 2".to_vec()]);
+}

@@ -334,7 +334,7 @@ impl Hub {
                 self.queue.len()
             );
             tracing::warn!(subject = %job.request.subject, "{text}");
-            return self.unrun(job, &text);
+            return self.unrun(job, &text, false);
         }
         self.queue.push_back(job);
         if self.inline_busy {
@@ -350,7 +350,7 @@ impl Hub {
             // Cut short by our stop, not by its own fault: back to the
             // broker when it holds it, else reported.
             let text = run.error().map(|e| e.message.clone()).unwrap_or_default();
-            return self.unrun(Job { id, request }, &text);
+            return self.unrun(Job { id, request }, &text, true);
         }
         let conn = self.in_flight.get(&id).map(|f| f.conn).unwrap_or(0);
         for out in run.outputs {
@@ -517,29 +517,43 @@ impl Hub {
         Ok(())
     }
 
-    /// A request that was received but will not run here.
-    fn unrun(&mut self, job: Job, text: &str) -> Result<(), WorkerError> {
+    /// A request that was received but will not run here. The broker
+    /// keeps an acknowledged one (it goes to another worker when we close);
+    /// at a stop, an unacknowledged one is handed back to its service;
+    /// otherwise it is a dead letter saying why.
+    fn unrun(&mut self, job: Job, text: &str, stopping: bool) -> Result<(), WorkerError> {
         let conn = match self.in_flight.remove(&job.id) {
             Some(InFlight {
                 held: Held::Acked(_),
                 ..
             }) => {
-                // Left unconfirmed: the broker gives it to another worker
-                // when we close, which is better than an error report.
                 tracing::warn!(subject = %job.request.subject, "{text}; returned to the broker");
                 return Ok(());
             }
             Some(f) => f.conn,
             None => 0,
         };
+        if stopping {
+            return self.send_back(conn, &job.request, text);
+        }
         self.dead_letter(conn, &job.request, text)
     }
 
-    /// Hands a waiting retry back to its service, attempt count and
-    /// requester in the envelope, then confirms our copy.
+    /// Hands a waiting retry back to its service, then confirms our copy.
     fn hand_back(&mut self, job: Job) -> Result<(), WorkerError> {
         let conn = self.in_flight.get(&job.id).map(|f| f.conn).unwrap_or(0);
-        let r = &job.request;
+        self.send_back(
+            conn,
+            &job.request,
+            "worker stopping with this request waiting for a retry",
+        )?;
+        self.confirm(job.id)
+    }
+
+    /// Sends a request back to its service for another worker, with its
+    /// attempt count and requester in the envelope tracker; a dead letter
+    /// (saying `why`) when the envelope does not fit.
+    fn send_back(&mut self, conn: usize, r: &Request, why: &str) -> Result<(), WorkerError> {
         let env = Envelope {
             hops: r.hops,
             attempt: r.attempt,
@@ -548,6 +562,7 @@ impl Hub {
         };
         match env.encode() {
             Some(tracker) => {
+                tracing::info!(subject = %r.subject, "{why}: handed back to {}", r.address);
                 let sent = self.conns[conn].client.sendfor(
                     &r.address,
                     &r.subject,
@@ -555,18 +570,16 @@ impl Hub {
                     0,
                     r.content.clone(),
                 );
-                self.outcome(sent)?;
+                self.outcome(sent)
             }
-            None => {
-                self.dead_letter(
-                    conn,
-                    r,
-                    "worker stopping with this request waiting for a retry; it could not be \
-                     handed back (requester address and tracker too long)",
-                )?;
-            }
+            None => self.dead_letter(
+                conn,
+                r,
+                &format!(
+                    "{why}; it could not be handed back (requester address and tracker too long)"
+                ),
+            ),
         }
-        self.confirm(job.id)
     }
 
     /// A send that failed because the outbox is full is logged by the
@@ -623,7 +636,7 @@ impl Hub {
         }
         let leftovers: Vec<Job> = unstarted.into_iter().chain(self.queue.drain(..)).collect();
         for job in leftovers {
-            self.unrun(job, "worker stopping: request received but not run")?;
+            self.unrun(job, "worker stopping: request received but not run", true)?;
         }
         self.flush_confirms()?;
         let unfinished: Vec<InFlight> = self.in_flight.drain().map(|(_, v)| v).collect();
@@ -661,7 +674,7 @@ impl Hub {
                         hops: 0,
                     };
                     Envelope::open(&mut req);
-                    self.dead_letter(i, &req, "worker stopping: request received but not run")?;
+                    self.send_back(i, &req, "worker stopping: request received but not run")?;
                 }
             }
         }
