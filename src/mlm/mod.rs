@@ -5,7 +5,7 @@ pub mod client;
 pub mod codec;
 
 pub use client::{
-    AckToken, Client, ClientError, ClientOptions, ConnState, Credentials, Delivery, DeliveryKind,
-    Wait,
+    AckToken, Client, ClientError, ClientOptions, ClientStats, ConnState, Credentials, Delivery,
+    DeliveryKind, Wait,
 };
 pub use codec::{Content, DecodeError, EncodeError, Message, Status};

@@ -1,225 +1,22 @@
-//! A blocking MLM client with the capabilities of libmlm's `mlm_client`.
-//!
-//! One [`Client`] owns one ZeroMQ DEALER socket (and the PAIR socket that
-//! monitors it); all its methods run on the caller's thread. It opens the
-//! connection under an address, registers offers, consumers and a producer
-//! stream, sends the three kinds of message and receives deliveries.
-//!
-//! Staying connected is the client's job, as in libmlm:
-//! - it pings every [`ClientOptions::heartbeat`] while it waits;
-//! - a broker silent for [`ClientOptions::timeout`] is reported as gone
-//!   ([`ConnState::Lost`]) and the client keeps trying;
-//! - a broker that answers ERROR 500 (it restarted, or expired us), or a
-//!   transport that reconnects after a disconnect, makes the client send
-//!   CONNECTION OPEN again under the same address and replay its offers,
-//!   consumers and producer.
-//!
-//! Messages sent while the broker is away are kept in a bounded outbox and
-//! written after the connection is open again; the socket uses
-//! `ZMQ_IMMEDIATE` so nothing is queued towards a broker that is not there
-//! (it would reach a restarted broker before our CONNECTION OPEN and be
-//! refused).
-//!
-//! With the project's own broker (it says `ack/1` in the OK to CONNECTION
-//! OPEN) a client built with [`ClientOptions::credit`] acknowledges each
-//! service request with CONFIRM, which lets the broker redeliver the
-//! requests of a worker that dies. Against the reference broker nothing of
-//! this is sent (it drops clients that send CONFIRM). See
-//! `docs/PROTOCOL-NOTES.md`.
+//! [`Client`]: the blocking API. It owns the [`Transport`] and keeps the
+//! session state (connection state, epoch and ack numbering, replay list,
+//! outbox, timers) next to it.
 
 use std::collections::VecDeque;
 use std::os::unix::io::RawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::codec::{status, Content, DecodeError, EncodeError, Message, Status};
-
-/// The reason text by which a broker advertises acknowledged delivery.
-pub const ACK_CAPABILITY: &str = "ack/1";
-
-/// PLAIN credentials.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Credentials {
-    /// User name.
-    pub username: String,
-    /// Password.
-    pub password: String,
-}
-
-/// How to connect.
-#[derive(Debug, Clone)]
-pub struct ClientOptions {
-    /// Broker endpoint, e.g. `tcp://127.0.0.1:9999`.
-    pub endpoint: String,
-    /// Our address (mailbox name); empty for an anonymous client.
-    pub address: String,
-    /// How long to wait for the broker to accept the connection and answer
-    /// a command, and how long a silent broker is given before it is
-    /// reported as gone.
-    pub timeout: Duration,
-    /// Ping interval (libmlm pings every second).
-    pub heartbeat: Duration,
-    /// PLAIN credentials, or NULL security when `None`.
-    pub plain: Option<Credentials>,
-    /// Ask for acknowledged service delivery with this window, when the
-    /// broker supports it. `None`: plain push delivery.
-    pub credit: Option<u16>,
-    /// How many messages are kept while the broker is away.
-    pub outbox_limit: usize,
-}
-
-impl ClientOptions {
-    /// Options with the defaults: 5 s timeout, 1 s heartbeat, NULL security,
-    /// push delivery, 10,000 messages of outbox.
-    pub fn new(endpoint: impl Into<String>, address: impl Into<String>) -> Self {
-        ClientOptions {
-            endpoint: endpoint.into(),
-            address: address.into(),
-            timeout: Duration::from_secs(5),
-            heartbeat: Duration::from_secs(1),
-            plain: None,
-            credit: None,
-            outbox_limit: 10_000,
-        }
-    }
-}
-
-/// Errors of the client. Connection failures are told apart so that a
-/// program can say exactly what went wrong.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// The endpoint string is not one ZeroMQ can connect to.
-    #[error("bad broker endpoint {endpoint:?}: {reason}")]
-    Endpoint {
-        /// The endpoint given.
-        endpoint: String,
-        /// What ZeroMQ said.
-        reason: zmq::Error,
-    },
-    /// Nothing accepted the connection (refused, or no route) in time.
-    #[error("broker at {endpoint} unreachable: connection refused or no answer within {waited:?}")]
-    Unreachable {
-        /// The endpoint.
-        endpoint: String,
-        /// How long we tried.
-        waited: Duration,
-    },
-    /// The broker refused our PLAIN credentials (or asked for them).
-    #[error("broker at {endpoint} refused authentication")]
-    AuthFailed {
-        /// The endpoint.
-        endpoint: String,
-    },
-    /// The transport handshake failed otherwise (e.g. security mismatch).
-    #[error("handshake with broker at {endpoint} failed (security mechanism mismatch?)")]
-    Handshake {
-        /// The endpoint.
-        endpoint: String,
-    },
-    /// The broker accepted the connection but did not answer in time.
-    #[error("broker did not answer {what} within {waited:?}")]
-    Timeout {
-        /// The command we waited on.
-        what: &'static str,
-        /// How long we waited.
-        waited: Duration,
-    },
-    /// The broker answered a command with ERROR.
-    #[error("broker refused {what}: {} {}", status.code, status.reason)]
-    Refused {
-        /// The command refused.
-        what: &'static str,
-        /// The broker's status.
-        status: Status,
-    },
-    /// The outbox is full while the broker is away; the message was dropped.
-    #[error("broker unavailable and outbox full ({0} messages): message dropped")]
-    OutboxFull(usize),
-    /// A field could not be encoded (string over 255 bytes).
-    #[error(transparent)]
-    Encode(#[from] EncodeError),
-    /// A ZeroMQ call failed.
-    #[error("zeromq: {0}")]
-    Zmq(#[from] zmq::Error),
-}
-
-/// What kind of delivery a [`Delivery`] is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeliveryKind {
-    /// STREAM DELIVER.
-    Stream,
-    /// MAILBOX DELIVER.
-    Mailbox,
-    /// SERVICE DELIVER.
-    Service,
-}
-
-/// Identifies a service delivery for [`Client::confirm`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AckToken {
-    epoch: u64,
-    seq: u64,
-}
-
-/// A message the broker delivered to us.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery {
-    /// Stream, mailbox or service.
-    pub kind: DeliveryKind,
-    /// Who sent it.
-    pub sender: String,
-    /// The stream, mailbox or service it was sent to.
-    pub address: String,
-    /// Its subject.
-    pub subject: String,
-    /// Its tracker (empty for streams).
-    pub tracker: String,
-    /// All content frames.
-    pub content: Content,
-    /// Set for service requests the broker expects us to confirm.
-    pub ack: Option<AckToken>,
-}
-
-/// The client's view of the broker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnState {
-    /// Connection open and the broker answering.
-    Connected,
-    /// CONNECTION OPEN sent again, waiting for OK.
-    Opening,
-    /// Broker disconnected or silent past the timeout; still trying.
-    Lost,
-}
-
-/// What [`Client::wait`] saw.
-#[derive(Debug)]
-pub enum Wait {
-    /// A delivery.
-    Delivery(Delivery),
-    /// The extra file descriptor became readable.
-    Woken,
-    /// Nothing before the timeout.
-    Timeout,
-}
-
-/// Counters for logs and tests.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ClientStats {
-    /// Times the connection was opened again after the first.
-    pub reopens: u64,
-    /// Frames from the broker that did not decode (ignored).
-    pub malformed: u64,
-    /// Messages dropped because the outbox was full.
-    pub dropped: u64,
-}
-
-static MONITOR_SEQ: AtomicU64 = AtomicU64::new(0);
+use super::delivery::{AckToken, Delivery, DeliveryKind, Wait};
+use super::error::ClientError;
+use super::options::ClientOptions;
+use super::state::{ClientStats, ConnState};
+use super::transport::{ms, MonitorEvent, Transport};
+use super::ACK_CAPABILITY;
+use crate::mlm::codec::{status, Content, DecodeError, Message, Status};
 
 /// A blocking Malamute client. See the module documentation.
 pub struct Client {
-    _ctx: zmq::Context,
-    socket: zmq::Socket,
-    monitor: zmq::Socket,
+    transport: Transport,
     opts: ClientOptions,
     state: ConnState,
     transport_up: bool,
@@ -250,39 +47,10 @@ impl Client {
     /// Connects to `opts.endpoint` and opens the connection under
     /// `opts.address`, waiting at most `opts.timeout` for the broker's OK.
     pub fn connect_in(ctx: &zmq::Context, opts: ClientOptions) -> Result<Client, ClientError> {
-        let socket = ctx.socket(zmq::DEALER)?;
-        socket.set_immediate(true)?;
-        socket.set_linger(1000)?;
-        socket.set_reconnect_ivl(100)?;
-        socket.set_reconnect_ivl_max(1000)?;
-        // Transport heartbeats make a dead TCP peer show up as a disconnect
-        // even when no RST ever arrives.
-        let hb = opts.heartbeat.as_millis().clamp(100, 10_000) as i32;
-        socket.set_heartbeat_ivl(hb)?;
-        socket.set_heartbeat_timeout(hb * 3)?;
-        if let Some(c) = &opts.plain {
-            socket.set_plain_username(Some(&c.username))?;
-            socket.set_plain_password(Some(&c.password))?;
-        }
-        let mon_ep = format!(
-            "inproc://alaska-client-monitor-{}-{}",
-            std::process::id(),
-            MONITOR_SEQ.fetch_add(1, Ordering::Relaxed)
-        );
-        socket.monitor(&mon_ep, zmq::SocketEvent::ALL as i32)?;
-        let monitor = ctx.socket(zmq::PAIR)?;
-        monitor.connect(&mon_ep)?;
-        socket
-            .connect(&opts.endpoint)
-            .map_err(|reason| ClientError::Endpoint {
-                endpoint: opts.endpoint.clone(),
-                reason,
-            })?;
+        let transport = Transport::open(ctx, &opts)?;
         let now = Instant::now();
         let mut client = Client {
-            _ctx: ctx.clone(),
-            socket,
-            monitor,
+            transport,
             opts,
             state: ConnState::Lost,
             transport_up: false,
@@ -319,16 +87,17 @@ impl Client {
                     waited: self.opts.timeout,
                 });
             }
-            if self.monitor.poll(zmq::POLLIN, ms(left))? > 0 {
-                while let Some(ev) = self.next_event()? {
+            if self.transport.poll_monitor(left)? {
+                while let Some(ev) = self.transport.next_event()? {
                     match ev {
-                        EV_HANDSHAKE_SUCCEEDED => self.transport_up = true,
-                        EV_HANDSHAKE_FAILED_AUTH => {
+                        MonitorEvent::HandshakeSucceeded => self.transport_up = true,
+                        MonitorEvent::HandshakeFailedAuth => {
                             return Err(ClientError::AuthFailed {
                                 endpoint: self.opts.endpoint.clone(),
                             })
                         }
-                        EV_HANDSHAKE_FAILED_PROTOCOL | EV_HANDSHAKE_FAILED_NO_DETAIL => {
+                        MonitorEvent::HandshakeFailedProtocol
+                        | MonitorEvent::HandshakeFailedNoDetail => {
                             // A PLAIN client talking to a NULL broker (or
                             // the reverse) ends up here; so does a ZAP
                             // refusal on some libzmq versions.
@@ -584,9 +353,10 @@ impl Client {
             let until = deadline.min(self.next_timer());
             let left = until.saturating_duration_since(now);
             let (sock_in, mon_in, woken) = {
+                let [sock, mon] = self.transport.poll_items();
                 let mut items = [
-                    self.socket.as_poll_item(zmq::POLLIN),
-                    self.monitor.as_poll_item(zmq::POLLIN),
+                    sock,
+                    mon,
                     zmq::PollItem::from_fd(wake_fd.unwrap_or(-1), zmq::POLLIN),
                 ];
                 let n = if wake_fd.is_some() { 3 } else { 2 };
@@ -629,7 +399,7 @@ impl Client {
     /// what is queued, as a crashed process would. For tests and tools.
     pub fn abort(mut self) {
         self.closed = true;
-        let _ = self.socket.set_linger(0);
+        self.transport.discard_on_close();
     }
 
     fn say_goodbye(&mut self) -> Result<(), ClientError> {
@@ -665,29 +435,14 @@ impl Client {
             if self.outbox.is_empty() || left.is_zero() {
                 return Ok(());
             }
-            match self.socket.poll(zmq::POLLOUT, ms(left)) {
-                Ok(_) | Err(zmq::Error::EINTR) => {}
-                Err(e) => return Err(e.into()),
-            }
+            self.transport.poll_writable(left)?;
         }
     }
 
     // ----- internals -------------------------------------------------
 
     fn write(&mut self, msg: &Message) -> Result<(), ClientError> {
-        let header = msg.encode_header()?;
-        let content = msg.content();
-        if content.is_empty() {
-            self.socket.send(header, zmq::DONTWAIT)?;
-        } else {
-            self.socket.send(header, zmq::DONTWAIT | zmq::SNDMORE)?;
-            let last = content.len() - 1;
-            for (i, frame) in content.iter().enumerate() {
-                let flags = if i == last { 0 } else { zmq::SNDMORE };
-                // Once the first frame is in, the rest go in atomically.
-                self.socket.send(&frame[..], flags)?;
-            }
-        }
+        self.transport.write(msg)?;
         self.last_ping = Instant::now();
         Ok(())
     }
@@ -813,10 +568,7 @@ impl Client {
             }
             let left = deadline.saturating_duration_since(now);
             let (sock_in, mon_in) = {
-                let mut items = [
-                    self.socket.as_poll_item(zmq::POLLIN),
-                    self.monitor.as_poll_item(zmq::POLLIN),
-                ];
+                let mut items = self.transport.poll_items();
                 match zmq::poll(&mut items, ms(left)) {
                     Err(zmq::Error::EINTR) => continue,
                     r => r?,
@@ -852,13 +604,11 @@ impl Client {
     /// logged and skipped: a bad frame from the broker must not stop us.
     fn read(&mut self) -> Result<Option<Message>, ClientError> {
         loop {
-            let frames = match self.socket.recv_multipart(zmq::DONTWAIT) {
-                Ok(f) => f,
-                Err(zmq::Error::EAGAIN) => return Ok(None),
-                Err(e) => return Err(e.into()),
+            let Some(decoded) = self.transport.read()? else {
+                return Ok(None);
             };
             self.last_heard = Instant::now();
-            match Message::decode_owned(frames) {
+            match decoded {
                 Ok(m) => return Ok(Some(m)),
                 Err(e) => self.malformed(e),
             }
@@ -1029,22 +779,10 @@ impl Client {
         Ok(())
     }
 
-    fn next_event(&mut self) -> Result<Option<u16>, ClientError> {
-        let frames = match self.monitor.recv_multipart(zmq::DONTWAIT) {
-            Ok(f) => f,
-            Err(zmq::Error::EAGAIN) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        Ok(frames
-            .first()
-            .filter(|f| f.len() >= 2)
-            .map(|f| u16::from_le_bytes([f[0], f[1]])))
-    }
-
     fn drain_monitor(&mut self) -> Result<(), ClientError> {
-        while let Some(ev) = self.next_event()? {
+        while let Some(ev) = self.transport.next_event()? {
             match ev {
-                EV_DISCONNECTED => {
+                MonitorEvent::Disconnected => {
                     if self.transport_up {
                         tracing::warn!("lost connection to broker {}", self.opts.endpoint);
                     }
@@ -1053,7 +791,7 @@ impl Client {
                         self.state = ConnState::Lost;
                     }
                 }
-                EV_HANDSHAKE_SUCCEEDED => {
+                MonitorEvent::HandshakeSucceeded => {
                     let was_up = self.transport_up;
                     self.transport_up = true;
                     if !was_up && !self.closed && self.state != ConnState::Connected {
@@ -1063,7 +801,7 @@ impl Client {
                         self.reopen()?;
                     }
                 }
-                EV_HANDSHAKE_FAILED_AUTH => {
+                MonitorEvent::HandshakeFailedAuth => {
                     tracing::error!("broker {} refused our credentials", self.opts.endpoint);
                 }
                 _ => {}
@@ -1078,26 +816,7 @@ impl Drop for Client {
         if let Err(e) = self.say_goodbye() {
             tracing::debug!("closing connection: {e}");
         }
-        let _ = self.socket.disconnect(&self.opts.endpoint);
     }
-}
-
-const EV_DISCONNECTED: u16 = zmq_sys_event(512);
-const EV_HANDSHAKE_FAILED_NO_DETAIL: u16 = zmq_sys_event(2048);
-const EV_HANDSHAKE_SUCCEEDED: u16 = zmq_sys_event(4096);
-const EV_HANDSHAKE_FAILED_PROTOCOL: u16 = zmq_sys_event(8192);
-const EV_HANDSHAKE_FAILED_AUTH: u16 = zmq_sys_event(16384);
-
-/// Monitor event numbers from `zmq.h` (the zmq crate's enum panics on
-/// numbers it does not know, so we read raw values).
-const fn zmq_sys_event(n: u16) -> u16 {
-    n
-}
-
-fn ms(d: Duration) -> i64 {
-    // Round up so that a wait of 0.4 ms does not become a busy loop.
-    let m = d.as_micros().div_ceil(1000);
-    m.min(i64::MAX as u128) as i64
 }
 
 fn unreachable_reply<T>() -> Result<T, ClientError> {
