@@ -194,7 +194,8 @@ impl Dispatcher {
             match event {
                 Wait::Delivery(d) => self.deliver(d)?,
                 Wait::Woken => self.wake.drain(),
-                Wait::Timeout => {}
+                // The client has logged it (a reply to a full mailbox).
+                Wait::Refused(_) | Wait::Timeout => {}
             }
             self.finish_completed()?;
         }
@@ -437,8 +438,11 @@ impl Dispatcher {
             }
         }
         tracing::info!("stopped");
-        self.client.close()?;
-        Ok(())
+        match self.client.close() {
+            // Refusals that came while stopping were logged by the client.
+            Ok(()) | Err(ClientError::Rejected(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

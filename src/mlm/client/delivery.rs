@@ -1,6 +1,7 @@
 //! What the broker hands the client's user: deliveries, the token that
 //! confirms a service request, and what a wait can end with.
 
+use super::refusal::Refusal;
 use crate::mlm::codec::Content;
 
 /// What kind of delivery a [`Delivery`] is.
@@ -49,6 +50,9 @@ pub struct Delivery {
 pub enum Wait {
     /// A delivery.
     Delivery(Delivery),
+    /// The broker refused a message of ours that expects no answer (e.g.
+    /// `service default queue full`).
+    Refused(Refusal),
     /// The extra file descriptor became readable.
     Woken,
     /// Nothing before the timeout.

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::refusal::Refusal;
 use crate::mlm::codec::{EncodeError, Status};
 
 /// Errors of the client. Connection failures are told apart so that a
@@ -53,6 +54,10 @@ pub enum ClientError {
         /// The broker's status.
         status: Status,
     },
+    /// The broker refused messages of ours that expect no answer, and
+    /// nobody took the refusals before [`Client::close`](super::Client::close).
+    #[error("broker refused {}", describe(.0))]
+    Rejected(Vec<Refusal>),
     /// The outbox is full while the broker is away; the message was dropped.
     #[error("broker unavailable and outbox full ({0} messages): message dropped")]
     OutboxFull(usize),
@@ -62,4 +67,12 @@ pub enum ClientError {
     /// A ZeroMQ call failed.
     #[error("zeromq: {0}")]
     Zmq(#[from] zmq::Error),
+}
+
+fn describe(refusals: &[Refusal]) -> String {
+    match refusals {
+        [] => "nothing".into(),
+        [one] => format!("a message: {one}"),
+        [first, ..] => format!("{} messages, the first: {first}", refusals.len()),
+    }
 }

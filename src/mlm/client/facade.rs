@@ -1,40 +1,33 @@
-//! [`Client`]: the blocking API. It owns the [`Transport`] and keeps the
-//! session state (connection state, epoch and ack numbering, replay list,
-//! outbox, timers) next to it.
+//! [`Client`]: the API over a [`Transport`] (the sockets) and a
+//! [`Session`] (the protocol state). It turns socket readiness and monitor
+//! events into session events, and offers two ways to drive them:
+//!
+//! - blocking calls ([`Client::recv`], [`Client::wait`], the registrations)
+//!   that poll on the caller's thread;
+//! - a non-blocking interface ([`Client::poll_items`], [`Client::process`],
+//!   [`Client::next_delivery`], [`Client::next_refusal`],
+//!   [`Client::next_deadline`]) with which one thread drives several
+//!   clients (one per broker) and other descriptors in one `zmq::poll`.
+//!
+//! The blocking calls are loops over the non-blocking ones.
 
-use std::collections::VecDeque;
 use std::os::unix::io::RawFd;
 use std::time::{Duration, Instant};
 
-use super::delivery::{AckToken, Delivery, DeliveryKind, Wait};
+use super::delivery::{AckToken, Delivery, Wait};
 use super::error::ClientError;
 use super::options::ClientOptions;
+use super::refusal::Refusal;
+use super::session::{Call, Event, HandshakeFailure, Registration, Reply, Session};
 use super::state::{ClientStats, ConnState};
 use super::transport::{ms, MonitorEvent, Transport};
-use super::ACK_CAPABILITY;
-use crate::mlm::codec::{status, Content, DecodeError, Message, Status};
+use crate::mlm::codec::{Content, Message, Status};
 
-/// A blocking Malamute client. See the module documentation.
+/// A Malamute client. See the module documentation.
 pub struct Client {
     transport: Transport,
+    session: Session,
     opts: ClientOptions,
-    state: ConnState,
-    transport_up: bool,
-    acks: bool,
-    epoch: u64,
-    seq: u64,
-    offers: Vec<(String, String)>,
-    consumers: Vec<(String, String)>,
-    producer: Option<String>,
-    inbox: VecDeque<Delivery>,
-    replies: VecDeque<Message>,
-    pending_replay: usize,
-    outbox: VecDeque<Message>,
-    last_heard: Instant,
-    last_ping: Instant,
-    last_error: Option<Status>,
-    opening_since: Instant,
-    stats: ClientStats,
     closed: bool,
 }
 
@@ -48,85 +41,69 @@ impl Client {
     /// `opts.address`, waiting at most `opts.timeout` for the broker's OK.
     pub fn connect_in(ctx: &zmq::Context, opts: ClientOptions) -> Result<Client, ClientError> {
         let transport = Transport::open(ctx, &opts)?;
-        let now = Instant::now();
+        let session = Session::new(&opts, Instant::now());
         let mut client = Client {
             transport,
+            session,
             opts,
-            state: ConnState::Lost,
-            transport_up: false,
-            acks: false,
-            epoch: 0,
-            seq: 0,
-            offers: Vec::new(),
-            consumers: Vec::new(),
-            producer: None,
-            inbox: VecDeque::new(),
-            replies: VecDeque::new(),
-            pending_replay: 0,
-            outbox: VecDeque::new(),
-            last_heard: now,
-            last_ping: now,
-            last_error: None,
-            opening_since: now,
-            stats: ClientStats::default(),
             closed: false,
         };
         client.first_open()?;
         Ok(client)
     }
 
+    /// Waits for the transport handshake, so that a refused connection, a
+    /// failed authentication and a silent broker are told apart, and then
+    /// for the OK to CONNECTION OPEN (written by the session when the
+    /// transport comes up).
     fn first_open(&mut self) -> Result<(), ClientError> {
         let deadline = Instant::now() + self.opts.timeout;
-        // Wait for the transport handshake so that a refused connection, a
-        // failed authentication and a silent broker are told apart.
-        while !self.transport_up {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(ClientError::Unreachable {
-                    endpoint: self.opts.endpoint.clone(),
-                    waited: self.opts.timeout,
+        loop {
+            if let Some(f) = self.session.handshake_failure() {
+                return Err(self.handshake_error(f));
+            }
+            match self.session.take_reply(Call::Open) {
+                Some(Reply::Ok(_)) => return Ok(()),
+                Some(Reply::Refused(status)) => {
+                    return Err(ClientError::Refused {
+                        what: Call::Open.command(),
+                        status,
+                    })
+                }
+                None => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(if self.session.transport_up() {
+                    ClientError::Timeout {
+                        what: Call::Open.command(),
+                        waited: self.opts.timeout,
+                    }
+                } else {
+                    ClientError::Unreachable {
+                        endpoint: self.opts.endpoint.clone(),
+                        waited: self.opts.timeout,
+                    }
                 });
             }
-            if self.transport.poll_monitor(left)? {
-                while let Some(ev) = self.transport.next_event()? {
-                    match ev {
-                        MonitorEvent::HandshakeSucceeded => self.transport_up = true,
-                        MonitorEvent::HandshakeFailedAuth => {
-                            return Err(ClientError::AuthFailed {
-                                endpoint: self.opts.endpoint.clone(),
-                            })
-                        }
-                        MonitorEvent::HandshakeFailedProtocol
-                        | MonitorEvent::HandshakeFailedNoDetail => {
-                            // A PLAIN client talking to a NULL broker (or
-                            // the reverse) ends up here; so does a ZAP
-                            // refusal on some libzmq versions.
-                            if self.opts.plain.is_some() {
-                                return Err(ClientError::AuthFailed {
-                                    endpoint: self.opts.endpoint.clone(),
-                                });
-                            }
-                            return Err(ClientError::Handshake {
-                                endpoint: self.opts.endpoint.clone(),
-                            });
-                        }
-                        _ => {}
-                    }
-                }
-            }
+            self.poll_and_read(deadline - now)?;
         }
-        self.send_open()?;
-        let msg = self.await_reply("CONNECTION_OPEN", deadline)?;
-        match msg {
-            Message::Ok { status } => {
-                self.opened(&status);
-                Ok(())
+    }
+
+    fn handshake_error(&self, f: HandshakeFailure) -> ClientError {
+        let endpoint = self.opts.endpoint.clone();
+        match f {
+            HandshakeFailure::Auth => ClientError::AuthFailed { endpoint },
+            // A PLAIN client talking to a NULL broker (or the reverse) ends
+            // up here; so does a ZAP refusal on some libzmq versions.
+            HandshakeFailure::Protocol | HandshakeFailure::NoDetail
+                if self.opts.plain.is_some() =>
+            {
+                ClientError::AuthFailed { endpoint }
             }
-            Message::Error { status } => Err(ClientError::Refused {
-                what: "CONNECTION_OPEN",
-                status,
-            }),
-            _ => unreachable_reply(),
+            HandshakeFailure::Protocol | HandshakeFailure::NoDetail => {
+                ClientError::Handshake { endpoint }
+            }
         }
     }
 
@@ -142,82 +119,68 @@ impl Client {
 
     /// The client's view of the broker right now.
     pub fn state(&self) -> ConnState {
-        self.state
+        self.session.state()
     }
 
     /// Whether service deliveries must be confirmed (the broker supports
     /// acknowledgements and we asked for them).
     pub fn acks_enabled(&self) -> bool {
-        self.acks
+        self.session.acks_enabled()
     }
 
     /// Counters.
     pub fn stats(&self) -> ClientStats {
-        self.stats
+        self.session.stats()
     }
 
     /// Messages waiting in the outbox for the broker to come back.
     pub fn outbox_len(&self) -> usize {
-        self.outbox.len()
+        self.session.outbox_len()
     }
 
-    /// The last ERROR the broker sent that no call was waiting for.
+    /// The last ERROR the broker sent that no call was waiting for. (The
+    /// refusals themselves are kept, typed: [`Client::next_refusal`].)
     pub fn take_last_error(&mut self) -> Option<Status> {
-        self.last_error.take()
+        self.session.take_last_error()
     }
 
     /// Offers the service `address` for subjects matching `pattern`
     /// (SERVICE OFFER); waits for the broker's OK. Replayed on reconnect.
     pub fn set_worker(&mut self, address: &str, pattern: &str) -> Result<(), ClientError> {
-        let m = Message::ServiceOffer {
+        self.register(Registration::Offer {
             address: address.into(),
             pattern: pattern.into(),
-        };
-        self.command(&m)?;
-        self.offers.push((address.into(), pattern.into()));
-        Ok(())
+        })
     }
 
     /// Reads `stream` for subjects matching `pattern` (STREAM READ); waits
     /// for the broker's OK. Replayed on reconnect.
     pub fn set_consumer(&mut self, stream: &str, pattern: &str) -> Result<(), ClientError> {
-        let m = Message::StreamRead {
+        self.register(Registration::Consume {
             stream: stream.into(),
             pattern: pattern.into(),
-        };
-        self.command(&m)?;
-        self.consumers.push((stream.into(), pattern.into()));
-        Ok(())
+        })
     }
 
     /// Publishes on `stream` from now on (STREAM WRITE); waits for the OK.
     /// Replayed on reconnect.
     pub fn set_producer(&mut self, stream: &str) -> Result<(), ClientError> {
-        let m = Message::StreamWrite {
+        self.register(Registration::Produce {
             stream: stream.into(),
-        };
-        self.command(&m)?;
-        self.producer = Some(stream.into());
-        Ok(())
+        })
     }
 
     /// Like [`Client::set_producer`] but does not wait for the OK, so a
     /// sender that switches streams pays no round trip. The broker handles
     /// commands in order, so sends that follow go to the new stream.
     pub fn switch_producer(&mut self, stream: &str) -> Result<(), ClientError> {
-        if self.producer.as_deref() == Some(stream) {
-            return Ok(());
-        }
-        self.post(Message::StreamWrite {
-            stream: stream.into(),
-        })?;
-        self.producer = Some(stream.into());
-        Ok(())
+        self.session
+            .switch_producer(stream, Instant::now(), &mut self.transport)
     }
 
     /// The stream our STREAM SENDs go to, if any.
     pub fn producer(&self) -> Option<&str> {
-        self.producer.as_deref()
+        self.session.producer()
     }
 
     /// STREAM SEND on the current producer stream.
@@ -273,132 +236,164 @@ impl Client {
     /// Confirms several deliveries in as few CONFIRM commands as fit: the
     /// tracker carries comma-separated numbers (at most 255 bytes each).
     pub fn confirm_all(&mut self, tokens: &[AckToken]) -> Result<(), ClientError> {
-        if !self.acks || self.state != ConnState::Connected {
-            return Ok(());
-        }
-        let epoch = self.epoch;
-        let mut tracker = String::new();
-        for t in tokens.iter().filter(|t| t.epoch == epoch) {
-            let seq = t.seq.to_string();
-            if !tracker.is_empty() && tracker.len() + 1 + seq.len() > 255 {
-                self.post_confirm(std::mem::take(&mut tracker))?;
-            }
-            if !tracker.is_empty() {
-                tracker.push(',');
-            }
-            tracker.push_str(&seq);
-        }
-        if !tracker.is_empty() {
-            self.post_confirm(tracker)?;
-        }
-        Ok(())
-    }
-
-    fn post_confirm(&mut self, tracker: String) -> Result<(), ClientError> {
-        self.post(Message::Confirm {
-            tracker,
-            status: Status::new(status::SUCCESS, ""),
-        })
+        self.session
+            .confirm_all(tokens, Instant::now(), &mut self.transport)
     }
 
     /// Sends any command as it is. Sends of STREAM, MAILBOX and SERVICE
     /// messages should use the typed methods; this is for tools and tests.
     pub fn post(&mut self, msg: Message) -> Result<(), ClientError> {
-        // Encode now so that a bad field is the caller's error, not a
-        // surprise when the outbox is flushed.
-        msg.encode_header()?;
-        if self.state == ConnState::Connected && self.outbox.is_empty() {
-            match self.write(&msg) {
-                Ok(()) => return Ok(()),
-                Err(ClientError::Zmq(zmq::Error::EAGAIN)) => {}
-                Err(e) => return Err(e),
+        self.session.post(msg, Instant::now(), &mut self.transport)
+    }
+
+    // ----- the non-blocking interface -----------------------------------
+
+    /// The DEALER socket and its monitor, for the caller's `zmq::poll`
+    /// (with `POLLIN`), in the order [`Client::process`] takes them.
+    pub fn poll_items(&self) -> [zmq::PollItem<'_>; 2] {
+        self.transport.poll_items()
+    }
+
+    /// Reads, without blocking, what the poll said is readable (the socket,
+    /// the monitor), then runs the timers (heartbeat, silence, re-open) for
+    /// `now`. Deliveries and refusals are then waiting in
+    /// [`Client::next_delivery`] and [`Client::next_refusal`]. Passing
+    /// `true` for a source that is not readable costs one failed read.
+    pub fn process(
+        &mut self,
+        readable_socket: bool,
+        readable_monitor: bool,
+        now: Instant,
+    ) -> Result<(), ClientError> {
+        self.read(readable_socket, readable_monitor, now)?;
+        self.session.on_tick(now, &mut self.transport)
+    }
+
+    /// The next delivery already received, if any.
+    pub fn next_delivery(&mut self) -> Option<Delivery> {
+        self.session.next_delivery()
+    }
+
+    /// The next refusal of one of our sends already received, if any
+    /// (e.g. `service default queue full`).
+    pub fn next_refusal(&mut self) -> Option<Refusal> {
+        self.session.next_refusal()
+    }
+
+    /// All refusals received and not taken yet.
+    pub fn take_refusals(&mut self) -> Vec<Refusal> {
+        self.session.take_refusals()
+    }
+
+    /// When [`Client::process`] must run next even if nothing is readable
+    /// (the next ping, silence check or re-open).
+    pub fn next_deadline(&self) -> Instant {
+        self.session.next_deadline()
+    }
+
+    // ----- blocking calls ---------------------------------------------
+
+    /// Waits at most `timeout` for a delivery. Refusals are not returned
+    /// here: they stay for [`Client::next_refusal`], [`Client::wait`] and
+    /// [`Client::close`].
+    pub fn recv(&mut self, timeout: Duration) -> Result<Option<Delivery>, ClientError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(d) = self.session.next_delivery() {
+                return Ok(Some(d));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.wait_for_input(None, left)? {
+                Input::Deliveries | Input::Woken => {}
+                Input::Timeout => return Ok(self.session.next_delivery()),
             }
         }
-        self.queue(msg)
     }
 
-    fn queue(&mut self, msg: Message) -> Result<(), ClientError> {
-        if self.outbox.len() >= self.opts.outbox_limit {
-            self.stats.dropped += 1;
-            tracing::warn!(
-                limit = self.opts.outbox_limit,
-                "broker unavailable and outbox full: dropping {msg}"
-            );
-            return Err(ClientError::OutboxFull(self.opts.outbox_limit));
-        }
-        self.outbox.push_back(msg);
-        Ok(())
-    }
-
-    /// Waits at most `timeout` for a delivery.
-    pub fn recv(&mut self, timeout: Duration) -> Result<Option<Delivery>, ClientError> {
-        match self.wait(None, timeout)? {
-            Wait::Delivery(d) => Ok(Some(d)),
-            Wait::Woken | Wait::Timeout => Ok(None),
-        }
-    }
-
-    /// Waits at most `timeout` for a delivery or for `wake_fd` to become
-    /// readable (the caller drains it), keeping the connection alive
-    /// meanwhile. This is how a thread that owns the client also listens
-    /// to other threads.
+    /// Waits at most `timeout` for a delivery, a refusal of one of our
+    /// sends, or for `wake_fd` to become readable (the caller drains it),
+    /// keeping the connection alive meanwhile. This is how a thread that
+    /// owns the client also listens to other threads.
     pub fn wait(&mut self, wake_fd: Option<RawFd>, timeout: Duration) -> Result<Wait, ClientError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(d) = self.inbox.pop_front() {
-                return Ok(Wait::Delivery(d));
+            if let Some(w) = self.next_wait() {
+                return Ok(w);
             }
-            let now = Instant::now();
-            self.tick(now)?;
-            let until = deadline.min(self.next_timer());
-            let left = until.saturating_duration_since(now);
-            let (sock_in, mon_in, woken) = {
-                let [sock, mon] = self.transport.poll_items();
-                let mut items = [
-                    sock,
-                    mon,
-                    zmq::PollItem::from_fd(wake_fd.unwrap_or(-1), zmq::POLLIN),
-                ];
-                let n = if wake_fd.is_some() { 3 } else { 2 };
-                match zmq::poll(&mut items[..n], ms(left)) {
-                    // A signal (e.g. the one asking us to stop) is not an
-                    // error: the caller looks at its flags on Timeout.
-                    Err(zmq::Error::EINTR) => return Ok(Wait::Timeout),
-                    r => r?,
-                };
-                (
-                    items[0].is_readable(),
-                    items[1].is_readable(),
-                    n == 3 && items[2].is_readable(),
-                )
-            };
-            if mon_in {
-                self.drain_monitor()?;
-            }
-            if sock_in {
-                self.drain_socket()?;
-            }
-            if let Some(d) = self.inbox.pop_front() {
-                return Ok(Wait::Delivery(d));
-            }
-            if woken {
-                return Ok(Wait::Woken);
-            }
-            if Instant::now() >= deadline {
-                return Ok(Wait::Timeout);
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.wait_for_input(wake_fd, left)? {
+                Input::Deliveries => {}
+                Input::Woken => return Ok(self.next_wait().unwrap_or(Wait::Woken)),
+                Input::Timeout => return Ok(self.next_wait().unwrap_or(Wait::Timeout)),
             }
         }
     }
 
-    /// Says goodbye (CONNECTION CLOSE) and waits briefly for the OK.
+    fn next_wait(&mut self) -> Option<Wait> {
+        if let Some(d) = self.session.next_delivery() {
+            return Some(Wait::Delivery(d));
+        }
+        self.session.next_refusal().map(Wait::Refused)
+    }
+
+    /// One turn of the blocking loop: timers, then a poll until `left`
+    /// has passed or a timer is due, then whatever became readable.
+    fn wait_for_input(
+        &mut self,
+        wake_fd: Option<RawFd>,
+        left: Duration,
+    ) -> Result<Input, ClientError> {
+        let now = Instant::now();
+        self.session.on_tick(now, &mut self.transport)?;
+        let deadline = now + left;
+        let until = deadline.min(self.session.next_deadline());
+        let [sock, mon] = self.transport.poll_items();
+        let mut items = [
+            sock,
+            mon,
+            zmq::PollItem::from_fd(wake_fd.unwrap_or(-1), zmq::POLLIN),
+        ];
+        let n = if wake_fd.is_some() { 3 } else { 2 };
+        match zmq::poll(&mut items[..n], ms(until.saturating_duration_since(now))) {
+            // A signal (e.g. the one asking us to stop) is not an error:
+            // the caller looks at its flags on Timeout.
+            Err(zmq::Error::EINTR) => return Ok(Input::Timeout),
+            r => r?,
+        };
+        let (sock_in, mon_in) = (items[0].is_readable(), items[1].is_readable());
+        let woken = n == 3 && items[2].is_readable();
+        let now = Instant::now();
+        self.read(sock_in, mon_in, now)?;
+        Ok(if woken {
+            Input::Woken
+        } else if now >= deadline {
+            Input::Timeout
+        } else {
+            Input::Deliveries
+        })
+    }
+
+    /// Says goodbye (CONNECTION CLOSE) and waits briefly for the OK. The
+    /// broker answers it after everything we sent before, so refusals of
+    /// our sends have arrived by then: if any arrived that were never
+    /// taken (through [`Client::wait`] or [`Client::next_refusal`]), they
+    /// are returned as [`ClientError::Rejected`] once the connection is
+    /// closed.
     pub fn close(mut self) -> Result<(), ClientError> {
-        self.say_goodbye()
+        self.say_goodbye()?;
+        let refusals = self.session.take_refusals();
+        if refusals.is_empty() {
+            Ok(())
+        } else {
+            Err(ClientError::Rejected(refusals))
+        }
     }
 
     /// Drops the connection without CONNECTION CLOSE and without sending
     /// what is queued, as a crashed process would. For tests and tools.
     pub fn abort(mut self) {
         self.closed = true;
+        self.session.begin_close();
         self.transport.discard_on_close();
     }
 
@@ -407,407 +402,133 @@ impl Client {
             return Ok(());
         }
         self.closed = true;
-        if self.state != ConnState::Connected {
+        if !self.session.begin_close() {
             return Ok(());
         }
         // Whatever is still queued goes out before the goodbye; a full
         // socket (high-water mark) is waited on, within the timeout.
         let deadline = Instant::now() + self.opts.timeout;
         self.flush_until(deadline)?;
-        if !self.outbox.is_empty() {
+        if self.session.outbox_len() > 0 {
             tracing::warn!(
                 "{} message(s) not sent before closing: broker too slow",
-                self.outbox.len()
+                self.session.outbox_len()
             );
         }
-        self.outbox.push_back(Message::ConnectionClose);
+        self.session.queue_close();
         self.flush_until(deadline)?;
         let wait = deadline.min(Instant::now() + Duration::from_secs(1));
-        let _ = self.await_reply("CONNECTION_CLOSE", wait);
+        let _ = self.await_reply(Call::Close, wait);
         Ok(())
     }
 
     /// Writes the outbox, waiting for room in the socket, until `deadline`.
     fn flush_until(&mut self, deadline: Instant) -> Result<(), ClientError> {
         loop {
-            self.flush()?;
+            self.session.flush(Instant::now(), &mut self.transport)?;
             let left = deadline.saturating_duration_since(Instant::now());
-            if self.outbox.is_empty() || left.is_zero() {
+            if self.session.outbox_len() == 0 || left.is_zero() {
                 return Ok(());
             }
             self.transport.poll_writable(left)?;
         }
     }
 
-    // ----- internals -------------------------------------------------
+    // ----- internals ----------------------------------------------------
 
-    fn write(&mut self, msg: &Message) -> Result<(), ClientError> {
-        self.transport.write(msg)?;
-        self.last_ping = Instant::now();
-        Ok(())
-    }
-
-    fn send_open(&mut self) -> Result<(), ClientError> {
-        self.state = ConnState::Opening;
-        self.opening_since = Instant::now();
-        self.acks = false;
-        self.epoch += 1;
-        self.seq = 0;
-        self.pending_replay = 0;
-        self.replies.clear();
-        let open = Message::ConnectionOpen {
-            address: self.opts.address.clone(),
-        };
-        match self.write(&open) {
-            Ok(()) | Err(ClientError::Zmq(zmq::Error::EAGAIN)) => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The broker said OK to CONNECTION OPEN: replay, then flush.
-    fn opened(&mut self, status: &Status) {
-        self.state = ConnState::Connected;
-        self.last_heard = Instant::now();
-        let advertised = status
-            .reason
-            .split_whitespace()
-            .any(|w| w == ACK_CAPABILITY);
-        // CREDIT goes before the replayed offers: the broker must be in
-        // acknowledged mode before its first SERVICE DELIVER to us, or the
-        // two sides would number deliveries differently.
-        if let (true, Some(credit)) = (advertised, self.opts.credit) {
-            if self.write(&Message::Credit { amount: credit }).is_ok() {
-                self.acks = true;
-            }
-        }
-        let mut replay: Vec<Message> = Vec::new();
-        if let Some(stream) = &self.producer {
-            replay.push(Message::StreamWrite {
-                stream: stream.clone(),
-            });
-        }
-        for (stream, pattern) in &self.consumers {
-            replay.push(Message::StreamRead {
-                stream: stream.clone(),
-                pattern: pattern.clone(),
-            });
-        }
-        for (address, pattern) in &self.offers {
-            replay.push(Message::ServiceOffer {
-                address: address.clone(),
-                pattern: pattern.clone(),
-            });
-        }
-        self.pending_replay = replay.len();
-        for m in &replay {
-            if let Err(e) = self.write(m) {
-                tracing::warn!("replaying {m} failed: {e}");
-                self.pending_replay -= 1;
-            }
-        }
-        if let Err(e) = self.flush() {
-            tracing::warn!("flushing outbox failed: {e}");
-        }
-    }
-
-    fn flush(&mut self) -> Result<(), ClientError> {
-        while self.state == ConnState::Connected {
-            let Some(msg) = self.outbox.pop_front() else {
-                break;
-            };
-            match self.write(&msg) {
-                Ok(()) => {}
-                Err(ClientError::Zmq(zmq::Error::EAGAIN)) => {
-                    self.outbox.push_front(msg);
-                    break;
-                }
-                Err(e) => {
-                    self.outbox.push_front(msg);
-                    return Err(e);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends a registration command and waits for its OK.
-    fn command(&mut self, msg: &Message) -> Result<(), ClientError> {
-        let what = msg.name();
-        let deadline = Instant::now() + self.opts.timeout;
-        // A registration made while the broker is away is simply recorded
-        // and replayed; waiting here would block the caller for nothing.
-        if self.state != ConnState::Connected {
-            msg.encode_header()?;
+    /// Sends a registration and waits for its OK.
+    fn register(&mut self, reg: Registration) -> Result<(), ClientError> {
+        let now = Instant::now();
+        let deadline = now + self.opts.timeout;
+        let Some(call) = self.session.register(reg, now, &mut self.transport)? else {
             return Ok(());
-        }
-        self.write(msg)?;
-        match self.await_reply(what, deadline)? {
-            Message::Ok { .. } => Ok(()),
-            Message::Error { status } => Err(ClientError::Refused { what, status }),
-            _ => unreachable_reply(),
+        };
+        match self.await_reply(call, deadline)? {
+            Reply::Ok(_) => Ok(()),
+            Reply::Refused(status) => Err(ClientError::Refused {
+                what: call.command(),
+                status,
+            }),
         }
     }
 
-    /// Waits for the next OK or ERROR meant for a synchronous call,
-    /// buffering deliveries that arrive meanwhile.
-    fn await_reply(
-        &mut self,
-        what: &'static str,
-        deadline: Instant,
-    ) -> Result<Message, ClientError> {
+    /// Waits for the answer to `call`; deliveries that arrive meanwhile
+    /// are kept for later. Timers do not run here (as in the first open,
+    /// the wait is bounded by the timeout).
+    fn await_reply(&mut self, call: Call, deadline: Instant) -> Result<Reply, ClientError> {
         loop {
-            if let Some(m) = self.replies.pop_front() {
-                return Ok(m);
+            if let Some(reply) = self.session.take_reply(call) {
+                return Ok(reply);
             }
             let now = Instant::now();
             if now >= deadline {
+                self.session.cancel_call();
                 return Err(ClientError::Timeout {
-                    what,
+                    what: call.command(),
                     waited: self.opts.timeout,
                 });
             }
-            let left = deadline.saturating_duration_since(now);
-            let (sock_in, mon_in) = {
-                let mut items = self.transport.poll_items();
-                match zmq::poll(&mut items, ms(left)) {
-                    Err(zmq::Error::EINTR) => continue,
-                    r => r?,
-                };
-                (items[0].is_readable(), items[1].is_readable())
-            };
-            if mon_in {
-                self.drain_monitor()?;
-            }
-            if sock_in {
-                self.drain_socket_for_reply(what == "CONNECTION_OPEN" && self.epoch == 1)?;
-            }
+            self.poll_and_read(deadline - now)?;
         }
     }
 
-    /// `first_open`: the reply is the one to our very first CONNECTION OPEN.
-    /// Otherwise an OK that belongs to a reopen or a replay is handled as
-    /// such, not taken for the answer the caller waits for.
-    fn drain_socket_for_reply(&mut self, first_open: bool) -> Result<(), ClientError> {
-        while let Some(msg) = self.read()? {
-            let for_caller = matches!(msg, Message::Ok { .. } | Message::Error { .. })
-                && (first_open || (self.state == ConnState::Connected && self.pending_replay == 0));
-            if for_caller {
-                self.replies.push_back(msg);
-            } else {
-                self.handle(msg)?;
+    /// Polls the socket and the monitor for at most `left`, then reads.
+    fn poll_and_read(&mut self, left: Duration) -> Result<(), ClientError> {
+        let mut items = self.transport.poll_items();
+        match zmq::poll(&mut items, ms(left)) {
+            Err(zmq::Error::EINTR) => return Ok(()),
+            r => r?,
+        };
+        let (sock_in, mon_in) = (items[0].is_readable(), items[1].is_readable());
+        self.read(sock_in, mon_in, Instant::now())
+    }
+
+    /// Hands the session what the monitor and the socket have, without
+    /// blocking. Monitor first: a disconnect must be known before what
+    /// follows it is read.
+    fn read(&mut self, socket: bool, monitor: bool, now: Instant) -> Result<(), ClientError> {
+        if monitor {
+            while let Some(ev) = self.transport.next_event()? {
+                if let Some(ev) = session_event(ev) {
+                    self.session.handle(ev, now, &mut self.transport)?;
+                }
+            }
+        }
+        if socket {
+            while let Some(decoded) = self.transport.read()? {
+                match decoded {
+                    Ok(msg) => self.session.on_message(msg, now, &mut self.transport)?,
+                    Err(e) => self.session.on_malformed(e, now),
+                }
             }
         }
         Ok(())
     }
+}
 
-    /// Reads one message if one is waiting. Malformed frames are counted,
-    /// logged and skipped: a bad frame from the broker must not stop us.
-    fn read(&mut self) -> Result<Option<Message>, ClientError> {
-        loop {
-            let Some(decoded) = self.transport.read()? else {
-                return Ok(None);
-            };
-            self.last_heard = Instant::now();
-            match decoded {
-                Ok(m) => return Ok(Some(m)),
-                Err(e) => self.malformed(e),
-            }
-        }
-    }
+/// What ended one turn of a blocking loop.
+enum Input {
+    /// Something was read (maybe deliveries).
+    Deliveries,
+    /// The extra descriptor is readable.
+    Woken,
+    /// The time is up.
+    Timeout,
+}
 
-    fn malformed(&mut self, e: DecodeError) {
-        self.stats.malformed += 1;
-        tracing::warn!("ignoring malformed message from broker: {e}");
-    }
-
-    fn drain_socket(&mut self) -> Result<(), ClientError> {
-        while let Some(msg) = self.read()? {
-            self.handle(msg)?;
+/// The monitor events the session cares about.
+fn session_event(ev: MonitorEvent) -> Option<Event> {
+    match ev {
+        MonitorEvent::Disconnected => Some(Event::TransportDown),
+        MonitorEvent::HandshakeSucceeded => Some(Event::TransportUp),
+        MonitorEvent::HandshakeFailedAuth => Some(Event::HandshakeFailed(HandshakeFailure::Auth)),
+        MonitorEvent::HandshakeFailedProtocol => {
+            Some(Event::HandshakeFailed(HandshakeFailure::Protocol))
         }
-        Ok(())
-    }
-
-    fn handle(&mut self, msg: Message) -> Result<(), ClientError> {
-        let forgot_us =
-            matches!(&msg, Message::Error { status } if status.code == status::COMMAND_INVALID);
-        if self.state == ConnState::Lost && !forgot_us {
-            tracing::info!("broker {} answers again", self.opts.endpoint);
-            self.state = ConnState::Connected;
-            self.flush()?;
+        MonitorEvent::HandshakeFailedNoDetail => {
+            Some(Event::HandshakeFailed(HandshakeFailure::NoDetail))
         }
-        match msg {
-            Message::StreamDeliver {
-                address,
-                sender,
-                subject,
-                content,
-            } => self.inbox.push_back(Delivery {
-                kind: DeliveryKind::Stream,
-                sender,
-                address,
-                subject,
-                tracker: String::new(),
-                content,
-                ack: None,
-            }),
-            Message::MailboxDeliver {
-                sender,
-                address,
-                subject,
-                tracker,
-                content,
-            } => self.inbox.push_back(Delivery {
-                kind: DeliveryKind::Mailbox,
-                sender,
-                address,
-                subject,
-                tracker,
-                content,
-                ack: None,
-            }),
-            Message::ServiceDeliver {
-                sender,
-                address,
-                subject,
-                tracker,
-                content,
-            } => {
-                let ack = if self.acks {
-                    self.seq += 1;
-                    Some(AckToken {
-                        epoch: self.epoch,
-                        seq: self.seq,
-                    })
-                } else {
-                    None
-                };
-                self.inbox.push_back(Delivery {
-                    kind: DeliveryKind::Service,
-                    sender,
-                    address,
-                    subject,
-                    tracker,
-                    content,
-                    ack,
-                })
-            }
-            Message::ConnectionPong => {}
-            Message::Ok { status } => {
-                if self.state == ConnState::Opening {
-                    self.opened(&status);
-                } else if self.pending_replay > 0 {
-                    self.pending_replay -= 1;
-                }
-            }
-            Message::Error { status } => {
-                if self.state == ConnState::Opening {
-                    tracing::warn!(
-                        "broker refused CONNECTION OPEN: {} {}; will retry",
-                        status.code,
-                        status.reason
-                    );
-                    self.state = ConnState::Lost;
-                } else if status.code == status::COMMAND_INVALID {
-                    // The broker no longer knows us: it restarted or
-                    // expired us. Open again and replay, as libmlm does.
-                    tracing::info!(
-                        "broker {} forgot us ({}); opening the connection again",
-                        self.opts.endpoint,
-                        status.reason
-                    );
-                    self.reopen()?;
-                } else if self.pending_replay > 0 {
-                    self.pending_replay -= 1;
-                    tracing::warn!(
-                        "broker refused a replayed registration: {} {}",
-                        status.code,
-                        status.reason
-                    );
-                } else {
-                    tracing::warn!("broker error: {} {}", status.code, status.reason);
-                    self.last_error = Some(status);
-                }
-            }
-            other => {
-                tracing::warn!("ignoring unexpected {} from broker", other.name());
-            }
-        }
-        Ok(())
-    }
-
-    fn reopen(&mut self) -> Result<(), ClientError> {
-        self.stats.reopens += 1;
-        self.send_open()
-    }
-
-    fn next_timer(&self) -> Instant {
-        let ping = self.last_ping + self.opts.heartbeat;
-        let silence = self.last_heard + self.opts.timeout;
-        match self.state {
-            ConnState::Lost => ping,
-            ConnState::Opening => self.opening_since + self.opts.timeout,
-            ConnState::Connected => ping.min(silence),
-        }
-    }
-
-    /// Heartbeat and silence detection.
-    fn tick(&mut self, now: Instant) -> Result<(), ClientError> {
-        if self.state != ConnState::Lost && now >= self.last_heard + self.opts.timeout {
-            tracing::warn!(
-                "broker {} silent for {:?}: reporting it gone, still trying",
-                self.opts.endpoint,
-                self.opts.timeout
-            );
-            self.state = ConnState::Lost;
-        }
-        if self.state == ConnState::Opening && now >= self.opening_since + self.opts.timeout {
-            // Our OPEN was lost (with a dying connection, say): start over.
-            // Not sooner: a second OPEN resets the broker's delivery count.
-            self.reopen()?;
-        } else if self.state != ConnState::Opening && now >= self.last_ping + self.opts.heartbeat {
-            self.last_ping = now;
-            if self.transport_up {
-                match self.write(&Message::ConnectionPing) {
-                    Ok(()) | Err(ClientError::Zmq(zmq::Error::EAGAIN)) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        if self.state == ConnState::Connected && !self.outbox.is_empty() {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    fn drain_monitor(&mut self) -> Result<(), ClientError> {
-        while let Some(ev) = self.transport.next_event()? {
-            match ev {
-                MonitorEvent::Disconnected => {
-                    if self.transport_up {
-                        tracing::warn!("lost connection to broker {}", self.opts.endpoint);
-                    }
-                    self.transport_up = false;
-                    if self.state != ConnState::Lost {
-                        self.state = ConnState::Lost;
-                    }
-                }
-                MonitorEvent::HandshakeSucceeded => {
-                    let was_up = self.transport_up;
-                    self.transport_up = true;
-                    if !was_up && !self.closed && self.state != ConnState::Connected {
-                        // A new transport connection: whoever is there does
-                        // not know us yet.
-                        tracing::info!("reconnected to broker {}", self.opts.endpoint);
-                        self.reopen()?;
-                    }
-                }
-                MonitorEvent::HandshakeFailedAuth => {
-                    tracing::error!("broker {} refused our credentials", self.opts.endpoint);
-                }
-                _ => {}
-            }
-        }
-        Ok(())
+        _ => None,
     }
 }
 
@@ -817,9 +538,4 @@ impl Drop for Client {
             tracing::debug!("closing connection: {e}");
         }
     }
-}
-
-fn unreachable_reply<T>() -> Result<T, ClientError> {
-    // await_reply only ever returns OK or ERROR.
-    Err(ClientError::Zmq(zmq::Error::EPROTO))
 }

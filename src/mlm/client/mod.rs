@@ -30,13 +30,18 @@
 //! # Files
 //! - `options.rs`, `error.rs`: how to connect, and what can go wrong.
 //! - `delivery.rs`, `state.rs`: what the user receives and observes.
+//! - `refusal.rs`: broker refusals of our sends, typed ("queue full").
+//! - `session.rs`: the protocol state without sockets or clock, unit-tested
+//!   in `session_tests.rs`.
 //! - `transport.rs`: the DEALER and monitor sockets; no protocol rules.
-//! - `facade.rs`: [`Client`], the blocking API over all of it.
+//! - `facade.rs`: [`Client`], blocking and non-blocking calls over the two.
 
 mod delivery;
 mod error;
 mod facade;
 mod options;
+mod refusal;
+pub mod session;
 mod state;
 mod transport;
 
@@ -44,6 +49,7 @@ pub use delivery::{AckToken, Delivery, DeliveryKind, Wait};
 pub use error::ClientError;
 pub use facade::Client;
 pub use options::{ClientOptions, Credentials};
+pub use refusal::{Refusal, RefusalKind};
 pub use state::{ClientStats, ConnState};
 pub use transport::MonitorEvent;
 

@@ -21,4 +21,6 @@ pub struct ClientStats {
     pub malformed: u64,
     /// Messages dropped because the outbox was full.
     pub dropped: u64,
+    /// Messages of ours the broker refused (ERROR nobody waited for).
+    pub refused: u64,
 }

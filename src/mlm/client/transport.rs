@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::error::ClientError;
 use super::options::ClientOptions;
+use super::session::{Wire, WireError};
 use crate::mlm::codec::{DecodeError, Message};
 
 static MONITOR_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -113,20 +114,26 @@ impl Transport {
         ]
     }
 
-    /// Writes one message without blocking: `Zmq(EAGAIN)` when the socket
-    /// cannot take it now (no connection, or high-water mark).
-    pub(super) fn write(&self, msg: &Message) -> Result<(), ClientError> {
+    /// Writes one message without blocking: the header frame is encoded
+    /// here, content frames go as they are (ZeroMQ copies them).
+    fn send(&self, msg: &Message) -> Result<(), WireError> {
         let header = msg.encode_header()?;
         let content = msg.content();
         if content.is_empty() {
-            self.socket.send(header, zmq::DONTWAIT)?;
+            self.socket
+                .send(header, zmq::DONTWAIT)
+                .map_err(wire_error)?;
         } else {
-            self.socket.send(header, zmq::DONTWAIT | zmq::SNDMORE)?;
+            self.socket
+                .send(header, zmq::DONTWAIT | zmq::SNDMORE)
+                .map_err(wire_error)?;
             let last = content.len() - 1;
             for (i, frame) in content.iter().enumerate() {
                 let flags = if i == last { 0 } else { zmq::SNDMORE };
                 // Once the first frame is in, the rest go in atomically.
-                self.socket.send(&frame[..], flags)?;
+                self.socket
+                    .send(&frame[..], flags)
+                    .map_err(WireError::Zmq)?;
             }
         }
         Ok(())
@@ -158,11 +165,6 @@ impl Transport {
         ))
     }
 
-    /// Waits at most `timeout` for the monitor to have an event.
-    pub(super) fn poll_monitor(&self, timeout: Duration) -> Result<bool, ClientError> {
-        Ok(self.monitor.poll(zmq::POLLIN, ms(timeout))? > 0)
-    }
-
     /// Waits at most `timeout` for room to write.
     pub(super) fn poll_writable(&self, timeout: Duration) -> Result<(), ClientError> {
         match self.socket.poll(zmq::POLLOUT, ms(timeout)) {
@@ -175,6 +177,20 @@ impl Transport {
     /// process would.
     pub(super) fn discard_on_close(&self) {
         let _ = self.socket.set_linger(0);
+    }
+}
+
+impl Wire for Transport {
+    fn write(&mut self, msg: &Message) -> Result<(), WireError> {
+        self.send(msg)
+    }
+}
+
+/// `EAGAIN` on the first frame: nothing was written, try later.
+fn wire_error(e: zmq::Error) -> WireError {
+    match e {
+        zmq::Error::EAGAIN => WireError::WouldBlock,
+        e => WireError::Zmq(e),
     }
 }
 
