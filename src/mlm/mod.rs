@@ -6,6 +6,6 @@ pub mod codec;
 
 pub use client::{
     AckToken, Client, ClientError, ClientOptions, ClientStats, ConnState, Credentials, Delivery,
-    DeliveryKind, Wait,
+    DeliveryKind, Refusal, RefusalKind, Wait,
 };
 pub use codec::{Content, DecodeError, EncodeError, Message, Status};
