@@ -362,7 +362,10 @@ fn a_request_refused_because_the_queue_is_full_exits_8() {
         stderr.contains("broker refused 1 of 2 requests: service other queue full"),
         "{stderr}"
     );
-    assert!(stderr.contains("no reply within 0.5 s for 1 of 2"), "{stderr}");
+    assert!(
+        stderr.contains("no reply within 0.5 s for 1 of 2"),
+        "{stderr}"
+    );
 }
 
 #[test]
