@@ -32,10 +32,13 @@
 //! - `delivery.rs`, `state.rs`: what the user receives and observes.
 //! - `refusal.rs`: broker refusals of our sends, typed ("queue full").
 //! - `session.rs`: the protocol state without sockets or clock, unit-tested
-//!   in `session_tests.rs`.
+//!   in `session_tests.rs`; `call.rs` (what a synchronous call waits for,
+//!   the registrations) and `wire.rs` (where a session writes) are its
+//!   vocabulary, re-exported by [`session`].
 //! - `transport.rs`: the DEALER and monitor sockets; no protocol rules.
 //! - `facade.rs`: [`Client`], blocking and non-blocking calls over the two.
 
+mod call;
 mod delivery;
 mod error;
 mod facade;
@@ -44,6 +47,7 @@ mod refusal;
 pub mod session;
 mod state;
 mod transport;
+mod wire;
 
 pub use delivery::{AckToken, Delivery, DeliveryKind, Wait};
 pub use error::ClientError;

@@ -32,50 +32,21 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+pub use super::call::{Call, Registration, Reply};
+pub use super::wire::{Wire, WireError};
+
 use super::delivery::{AckToken, Delivery, DeliveryKind};
 use super::error::ClientError;
 use super::options::ClientOptions;
 use super::refusal::Refusal;
 use super::state::{ClientStats, ConnState};
 use super::ACK_CAPABILITY;
-use crate::mlm::codec::{status, DecodeError, EncodeError, Message, Status, MAX_STRING};
+use crate::mlm::codec::{status, DecodeError, Message, Status, MAX_STRING};
 
 /// Refusals kept for the user before older ones are only counted
 /// ([`ClientStats::refused`]): a caller that never looks must not make the
 /// client grow without bound.
 pub const REFUSALS_KEPT: usize = 1024;
-
-/// Where the session writes: the DEALER socket in the client, a recorder in
-/// tests.
-pub trait Wire {
-    /// Writes one message now, without blocking.
-    fn write(&mut self, msg: &Message) -> Result<(), WireError>;
-}
-
-/// Why a [`Wire`] did not write a message. In every case nothing of the
-/// message was written.
-#[derive(Debug, thiserror::Error)]
-pub enum WireError {
-    /// No room now (no connection yet, or the high-water mark).
-    #[error("the socket cannot take a message now")]
-    WouldBlock,
-    /// A field does not fit the wire.
-    #[error(transparent)]
-    Encode(#[from] EncodeError),
-    /// The socket failed.
-    #[error("zeromq: {0}")]
-    Zmq(zmq::Error),
-}
-
-impl From<WireError> for ClientError {
-    fn from(e: WireError) -> ClientError {
-        match e {
-            WireError::WouldBlock => ClientError::Zmq(zmq::Error::EAGAIN),
-            WireError::Encode(e) => ClientError::Encode(e),
-            WireError::Zmq(e) => ClientError::Zmq(e),
-        }
-    }
-}
 
 /// How a transport handshake failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,95 +74,6 @@ pub enum Event {
     HandshakeFailed(HandshakeFailure),
     /// Time passed: heartbeat, silence and re-open timers.
     Tick,
-}
-
-/// What a synchronous call waits for: the answer to one command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Call {
-    /// The first CONNECTION OPEN.
-    Open,
-    /// SERVICE OFFER.
-    Offer,
-    /// STREAM READ.
-    Consume,
-    /// STREAM WRITE.
-    Produce,
-    /// CONNECTION CLOSE.
-    Close,
-}
-
-impl Call {
-    /// The command's name as the protocol spells it, for errors.
-    pub fn command(self) -> &'static str {
-        match self {
-            Call::Open => "CONNECTION_OPEN",
-            Call::Offer => "SERVICE_OFFER",
-            Call::Consume => "STREAM_READ",
-            Call::Produce => "STREAM_WRITE",
-            Call::Close => "CONNECTION_CLOSE",
-        }
-    }
-}
-
-/// The broker's answer to a [`Call`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
-    /// OK.
-    Ok(Status),
-    /// ERROR.
-    Refused(Status),
-}
-
-/// A registration: replayed after every reopen.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Registration {
-    /// SERVICE OFFER: serve `address` for subjects matching `pattern`.
-    Offer {
-        /// The service.
-        address: String,
-        /// Subject pattern.
-        pattern: String,
-    },
-    /// STREAM READ: read `stream` for subjects matching `pattern`.
-    Consume {
-        /// The stream.
-        stream: String,
-        /// Subject pattern.
-        pattern: String,
-    },
-    /// STREAM WRITE: publish on `stream`.
-    Produce {
-        /// The stream.
-        stream: String,
-    },
-}
-
-impl Registration {
-    /// The command that makes it.
-    pub fn message(&self) -> Message {
-        match self {
-            Registration::Offer { address, pattern } => Message::ServiceOffer {
-                address: address.clone(),
-                pattern: pattern.clone(),
-            },
-            Registration::Consume { stream, pattern } => Message::StreamRead {
-                stream: stream.clone(),
-                pattern: pattern.clone(),
-            },
-            Registration::Produce { stream } => Message::StreamWrite {
-                stream: stream.clone(),
-            },
-        }
-    }
-
-    /// The call that waits for its answer.
-    pub fn call(&self) -> Call {
-        match self {
-            Registration::Offer { .. } => Call::Offer,
-            Registration::Consume { .. } => Call::Consume,
-            Registration::Produce { .. } => Call::Produce,
-        }
-    }
 }
 
 /// An answer (OK or ERROR) the broker owes us, in the order it will come.
@@ -571,12 +453,12 @@ impl Session {
             );
             self.state = ConnState::Lost;
         }
-        if self.opening && now >= self.opening_since + self.timeout {
+        if self.opening && !self.closing && now >= self.opening_since + self.timeout {
             // Our OPEN was lost (with a dying connection, say): start over.
             // Not sooner: a second OPEN resets the broker's delivery count.
             // (Also when the broker went silent meanwhile: ERROR 500s are
             // ignored while an OPEN is outstanding, so only this retries.)
-            self.reopen(now, wire)?;
+            self.open(now, wire)?;
         } else if self.state != ConnState::Opening && now >= self.last_ping + self.heartbeat {
             self.last_ping = now;
             if self.transport_up {
@@ -889,11 +771,6 @@ impl Session {
             }
             return Ok(());
         }
-        tracing::info!(
-            "broker {} forgot us ({}); opening the connection again",
-            self.endpoint,
-            status.reason
-        );
         // Whatever is still due gets the same ERROR 500 (the broker does
         // not know us); a call among it is refused now.
         for e in std::mem::take(&mut self.expected) {
@@ -901,7 +778,17 @@ impl Session {
                 self.answer(call, Reply::Refused(status.clone()));
             }
         }
-        self.reopen(now, wire)
+        if self.closing {
+            // Saying goodbye to a broker that forgot us: nothing to reopen.
+            self.state = ConnState::Lost;
+            return Ok(());
+        }
+        tracing::info!(
+            "broker {} forgot us ({}); opening the connection again",
+            self.endpoint,
+            status.reason
+        );
+        self.open(now, wire)
     }
 
     fn is_awaiting(&self, call: Call) -> bool {
@@ -932,10 +819,6 @@ impl Session {
         if self.refusals.len() < REFUSALS_KEPT {
             self.refusals.push_back(refusal);
         }
-    }
-
-    fn reopen(&mut self, now: Instant, wire: &mut impl Wire) -> Result<(), ClientError> {
-        self.open(now, wire)
     }
 
     /// Writes CONNECTION OPEN: a new epoch, numbering from 1 again.

@@ -903,3 +903,21 @@ fn an_open_outstanding_when_the_broker_goes_silent_is_still_retried() {
     assert_eq!(s.stats().reopens, 3);
     assert_eq!(s.next_deadline(), t0 + TIMEOUT * 3);
 }
+
+#[test]
+fn a_broker_that_forgot_us_while_we_close_is_not_opened_again() {
+    let (mut s, mut w, t0) = connected(None, "");
+    assert!(s.begin_close());
+    s.queue_close();
+    s.flush(t0, &mut w).unwrap();
+    assert_eq!(w.take(), [Message::ConnectionClose]);
+    s.on_message(error(500, "command invalid"), t0, &mut w)
+        .unwrap();
+    assert_eq!(
+        s.take_reply(Call::Close),
+        Some(Reply::Refused(Status::new(500, "command invalid"))),
+        "the close is over"
+    );
+    assert!(w.take().is_empty(), "no CONNECTION OPEN");
+    assert_eq!(s.stats().reopens, 0);
+}

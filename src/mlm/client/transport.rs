@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::error::ClientError;
 use super::options::ClientOptions;
-use super::session::{Wire, WireError};
+use super::wire::{Wire, WireError};
 use crate::mlm::codec::{DecodeError, Message};
 
 static MONITOR_SEQ: AtomicU64 = AtomicU64::new(0);
