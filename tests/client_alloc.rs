@@ -58,10 +58,18 @@ fn a_mailbox_send_allocates_its_strings_and_one_header() {
         // it: 5.)
         sender.sendto(&to, "s", "", 0, content).unwrap();
     }
-    let per_send = (allocations() - before) as f64 / N as f64;
-    println!("allocations per sendto: {per_send:.2}");
-    assert!(per_send <= 4.0, "{per_send} allocations per sendto");
-    // And the messages did go out.
+    let total = allocations() - before;
+    println!("allocations per sendto: {:.3}", total as f64 / N as f64);
+    // A few more, once: a socket at its high-water mark (1,000 messages)
+    // sends the rest to the outbox, whose buffer grows a handful of times.
+    assert!(total <= 4 * N + 16, "{total} allocations for {N} sendto");
+    // And the messages did go out (those the full socket left in the
+    // outbox go when the client next runs).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sender.outbox_len() > 0 {
+        assert!(std::time::Instant::now() < deadline, "outbox not flushed");
+        sender.recv(Duration::from_millis(10)).unwrap();
+    }
     for i in 0..N {
         let d = expect(&mut rx, DeliveryKind::Mailbox, Duration::from_secs(10));
         assert_eq!(d.content, vec![i.to_be_bytes().to_vec()]);
