@@ -24,7 +24,7 @@
 //! Answers are routed by order: the broker handles one client's commands
 //! in order and answers OPEN, STREAM WRITE/READ/CANCEL, SERVICE OFFER and
 //! CLOSE with exactly one OK or ERROR each, so the session keeps a queue
-//! of the answers due ([`Expect`]) and every OK answers its head. Sends get
+//! of the answers due (`Expect`) and every OK answers its head. Sends get
 //! no answer unless refused; an ERROR whose reason is a known refusal of a
 //! send ("… queue full", "mailbox … full", "no stream") is taken as such
 //! even while a registration waits for its answer.
