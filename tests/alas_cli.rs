@@ -338,3 +338,61 @@ fn wait_values_that_are_not_a_sane_duration_are_usage_errors() {
         );
     }
 }
+
+#[test]
+fn a_request_refused_because_the_queue_is_full_exits_8() {
+    let b = broker_with(|c| c.service_queue_limit.messages = 1);
+    // No worker: the first request fills the queue of one.
+    let out = alas(b.endpoint(), &[], b"{\"n\":1}\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("refused"), "{stderr}");
+
+    let out = alas(b.endpoint(), &[], b"{\"n\":2}\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(8), "{stderr}");
+    assert!(
+        stderr.contains("alas: broker refused the request: service default queue full"),
+        "{stderr}"
+    );
+
+    // With --wait the refusal ends the wait: no reply can come, so it is
+    // not reported as late.
+    let out = alas(b.endpoint(), &["--wait", "30"], b"{\"n\":3}\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(8), "{stderr}");
+    assert!(
+        stderr.contains("alas: broker refused the request: service default queue full"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("no reply within"), "{stderr}");
+
+    // Two requests in one run: one queued (no reply in time), one refused;
+    // the refusal decides the exit status.
+    let out = alas(
+        b.endpoint(),
+        &["-a", "other", "--lines", "--wait", "0.5"],
+        b"{\"n\":4}\n{\"n\":5}\n",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(8), "{stderr}");
+    assert!(
+        stderr.contains("broker refused 1 of 2 requests: service other queue full"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("no reply within 0.5 s for 1 of 2"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn help_documents_exit_status_8() {
+    let out = Command::cargo_bin("alas")
+        .unwrap()
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("8 broker refused the request"), "{help}");
+}

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use alaska::mlm::{Client, ClientError, ClientOptions, Credentials, DeliveryKind};
+use alaska::mlm::{Client, ClientError, ClientOptions, Credentials, DeliveryKind, Refusal, Wait};
 use alaska::worker::ERROR_REPLY_PREFIX;
 use clap::Parser;
 
@@ -20,6 +20,7 @@ mod exit {
     pub const AUTH: u8 = 5;
     pub const REPLY_TIMEOUT: u8 = 6;
     pub const ERROR_REPLY: u8 = 7;
+    pub const REFUSED_FULL: u8 = 8;
 }
 
 /// Command-line flags (the original's short flags kept).
@@ -29,7 +30,8 @@ mod exit {
     version,
     about = "Send stdin to an Alaska service as a request, and optionally wait for the reply",
     after_help = "Examples:\n  echo '{\"c\":1}' | alas                         # service 'default', subject 'dump'\n  reply=$(echo '{\"n\":1000}' | alas -s pi --wait)  # print the reply\n  alas --lines -s echo --wait < requests.jsonl     # one request per line\n\n\
-Exit status: 0 ok; 1 other error; 2 usage or bad endpoint; 3 empty input;\n4 broker unreachable; 5 authentication refused; 6 no reply in time; 7 error reply."
+Exit status: 0 ok; 1 other error; 2 usage or bad endpoint; 3 empty input;\n4 broker unreachable; 5 authentication refused; 6 no reply in time; 7 error reply;\n\
+8 broker refused the request: service queue full (send again later)."
 )]
 struct Args {
     /// Broker endpoint.
@@ -163,30 +165,41 @@ fn run(args: &Args) -> Result<(), Failure> {
     }
     let Some(wait) = args.wait else {
         // CONNECTION CLOSE is answered after everything we sent before it
-        // was handled, so a successful close means the requests are in.
-        return client
-            .close()
-            .map_err(|e| (exit::OTHER, format!("closing: {e}")));
+        // was handled, so a successful close means the requests are in,
+        // and the broker's refusals (a full queue) have arrived.
+        return match client.close() {
+            Ok(()) => Ok(()),
+            Err(ClientError::Rejected(refused)) => Err(refusal(&refused, requests.len(), None)),
+            Err(e) => Err((exit::OTHER, format!("closing: {e}"))),
+        };
     };
     let mut deadline = Instant::now() + wait;
     let mut failed = 0usize;
+    // The broker's ERROR names no tracker: refused requests are counted,
+    // and each one means one reply fewer to wait for.
+    let mut refused: Vec<Refusal> = Vec::new();
     let mut stdout = std::io::stdout().lock();
-    while !pending.is_empty() {
+    while pending.len() > refused.len() {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err((
-                exit::REPLY_TIMEOUT,
-                format!(
-                    "no reply within {:.1} s for {} of {} request(s)",
-                    wait.as_secs_f64(),
-                    pending.len(),
-                    requests.len()
-                ),
-            ));
+            let late = format!(
+                "no reply within {:.1} s for {} of {} request(s)",
+                wait.as_secs_f64(),
+                pending.len() - refused.len(),
+                requests.len()
+            );
+            if !refused.is_empty() {
+                return Err(refusal(&refused, requests.len(), Some(&late)));
+            }
+            return Err((exit::REPLY_TIMEOUT, late));
         }
-        let d = match client.recv(left) {
-            Ok(Some(d)) => d,
-            Ok(None) => continue,
+        let d = match client.wait(None, left) {
+            Ok(Wait::Delivery(d)) => d,
+            Ok(Wait::Refused(r)) => {
+                refused.push(r);
+                continue;
+            }
+            Ok(Wait::Woken | Wait::Timeout) => continue,
             Err(e) => return Err((exit::OTHER, format!("receiving: {e}"))),
         };
         if d.kind != DeliveryKind::Mailbox || pending.remove(&d.tracker).is_none() {
@@ -203,7 +216,12 @@ fn run(args: &Args) -> Result<(), Failure> {
         let _ = stdout.write_all(b"\n");
         let _ = stdout.flush();
     }
-    let _ = client.close();
+    if let Err(ClientError::Rejected(more)) = client.close() {
+        refused.extend(more);
+    }
+    if !refused.is_empty() {
+        return Err(refusal(&refused, requests.len(), None));
+    }
     if failed > 0 {
         return Err((
             exit::ERROR_REPLY,
@@ -228,6 +246,31 @@ fn seconds(v: &str) -> Result<Duration, String> {
         ));
     }
     Ok(Duration::from_secs_f64(n))
+}
+
+/// Requests the broker refused: exit 8 when a queue was full (the caller
+/// may send again later), 1 for any other refusal.
+fn refusal(refused: &[Refusal], sent: usize, and_then: Option<&str>) -> Failure {
+    let full = refused.iter().find(|r| r.is_full());
+    let code = if full.is_some() {
+        exit::REFUSED_FULL
+    } else {
+        exit::OTHER
+    };
+    let Some(reason) = full.or(refused.first()) else {
+        return (exit::OTHER, "broker refused a request".into());
+    };
+    let what = if sent == 1 {
+        "the request".to_string()
+    } else {
+        format!("{} of {sent} requests", refused.len())
+    };
+    let mut msg = format!("broker refused {what}: {reason}");
+    if let Some(more) = and_then {
+        msg.push_str("; ");
+        msg.push_str(more);
+    }
+    (code, msg)
 }
 
 fn connect_failure(e: ClientError) -> Failure {

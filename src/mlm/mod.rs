@@ -1,11 +1,13 @@
-//! The Malamute protocol (MLM): a pure codec ([`codec`]) and a blocking client
-//! ([`client`]) that moves its frames over one ZeroMQ DEALER socket.
+//! The Malamute protocol (MLM): a pure codec ([`codec`]) and a client
+//! ([`client`]) that moves its frames over one ZeroMQ DEALER socket, with
+//! blocking calls and a non-blocking interface for one thread that drives
+//! several clients.
 
 pub mod client;
 pub mod codec;
 
 pub use client::{
-    AckToken, Client, ClientError, ClientOptions, ConnState, Credentials, Delivery, DeliveryKind,
-    Wait,
+    AckToken, Client, ClientError, ClientOptions, ClientStats, ConnState, Credentials, Delivery,
+    DeliveryKind, Refusal, RefusalKind, Wait,
 };
 pub use codec::{Content, DecodeError, EncodeError, Message, Status};

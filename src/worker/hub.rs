@@ -183,13 +183,19 @@ impl Hub {
         }
         let ready = self.poll(timeout)?;
         self.wake.disarm();
+        let now = Instant::now();
         for (i, (sock, mon)) in ready.into_iter().enumerate() {
-            let r = self.conns[i].client.process(sock, mon);
+            let r = self.conns[i].client.process(sock, mon, now);
             self.outcome(r)?;
         }
         for i in 0..self.conns.len() {
             while let Some(d) = self.conns[i].client.next_delivery() {
                 self.accept(i, d)?;
+            }
+            // What the broker refused of ours (a full mailbox for a reply,
+            // a full queue for a forward): said once here, never fatal.
+            while let Some(r) = self.conns[i].client.next_refusal() {
+                tracing::warn!(endpoint = %self.conns[i].client.endpoint(), "broker refused a send: {r}");
             }
         }
         self.after_turn()
@@ -680,7 +686,15 @@ impl Hub {
         }
         tracing::info!("stopped");
         for c in self.conns {
-            c.client.close()?;
+            match c.client.close() {
+                Ok(()) => {}
+                Err(ClientError::Rejected(refused)) => {
+                    for r in refused {
+                        tracing::warn!("broker refused a send: {r}");
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(())
     }
