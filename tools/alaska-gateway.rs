@@ -1,0 +1,2 @@
+//! alaska-gateway (being written).
+fn main() {}
