@@ -36,7 +36,8 @@ done
 command -v wrk >/dev/null || { echo "bench-gateway.sh: wrk not found (apt-get install wrk)" >&2; exit 1; }
 
 [ "$BUILD" = 1 ] && ./build.sh >/dev/null
-BIN=bin
+# build.sh builds every binary; alaska-gateway is taken from target/release.
+BIN=target/release
 TMP=$(mktemp -d)
 PIDS=()
 cleanup() {
