@@ -434,27 +434,13 @@ fn the_binary_under_a_fake_systemd() {
     let sock_path = tmp.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(WAIT)).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_alaska-gateway"))
-        .args(["-e", b.endpoint(), "--listen", "127.0.0.1:0", "-v"])
-        .env("NOTIFY_SOCKET", &sock_path)
-        .env("WATCHDOG_USEC", "300000")
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (line_tx, line_rx) = crossbeam_channel::unbounded::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = line_tx.send(line);
-        }
-    });
-    let addr = loop {
-        let line = line_rx.recv_timeout(WAIT).expect("a serving line");
-        if let Some(rest) = line.split("serving http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
+    let (mut child, addr, _lines) = spawn_gateway(
+        &["-e", b.endpoint(), "--listen", "127.0.0.1:0", "-v"],
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "300000"),
+        ],
+    );
     let mut got = Vec::new();
     let notes = |want: &str, got: &mut Vec<String>| {
         let deadline = Instant::now() + WAIT;
@@ -528,4 +514,139 @@ fn the_binary_under_a_fake_systemd() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");
+}
+
+/// Starts the real binary; returns it, its HTTP address (from its log)
+/// and the rest of its stderr, line by line.
+fn spawn_gateway(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (
+    std::process::Child,
+    String,
+    crossbeam_channel::Receiver<String>,
+) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_alaska-gateway"));
+    cmd.args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("ALASKA_GATEWAY_USER")
+        .env_remove("ALASKA_GATEWAY_PASSWORD")
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (line_tx, line_rx) = crossbeam_channel::unbounded::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = line_tx.send(line);
+        }
+    });
+    let addr = loop {
+        let line = line_rx.recv_timeout(WAIT).expect("a serving line");
+        if let Some(rest) = line.split("serving http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    (child, addr, line_rx)
+}
+
+/// Stops the binary with SIGTERM and returns its exit status.
+fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the gateway did not exit on SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn plain_credentials_from_the_environment() {
+    let users = std::collections::HashMap::from([("gw".to_string(), "secret".to_string())]);
+    let b = broker_with(|c| c.plain = Some(users));
+    let a = agent();
+
+    let (child, addr, _) = spawn_gateway(
+        &["-e", b.endpoint(), "--listen", "127.0.0.1:0"],
+        &[
+            ("ALASKA_GATEWAY_USER", "gw"),
+            ("ALASKA_GATEWAY_PASSWORD", "secret"),
+        ],
+    );
+    wait_for("connected with PLAIN", || {
+        get(&a, &format!("http://{addr}/health")).0 == 200
+    });
+    assert!(terminate(child).success());
+
+    let (child, addr, lines) = spawn_gateway(
+        &["-e", b.endpoint(), "--listen", "127.0.0.1:0"],
+        &[
+            ("ALASKA_GATEWAY_USER", "gw"),
+            ("ALASKA_GATEWAY_PASSWORD", "wrong"),
+        ],
+    );
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let line = lines
+            .recv_deadline(deadline)
+            .expect("an authentication error");
+        if line.contains("refused authentication") {
+            break;
+        }
+    }
+    assert_eq!(
+        get(&a, &format!("http://{addr}/health")),
+        (503, "broker not connected\n".into())
+    );
+    let r = post(&a, &format!("http://{addr}/v1/request/svc/echo"), b"x");
+    assert_eq!(r.status, 503);
+    assert!(terminate(child).success());
+}
+
+#[test]
+fn bad_configuration_is_exit_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gw.cfg");
+    std::fs::write(
+        &cfg,
+        "gateway\n    request\n        max_waiting = \"none\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_alaska-gateway"))
+        .args(["-c", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("gateway/request/max_waiting"), "{err}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_alaska-gateway"))
+        .args(["-c", dir.path().join("missing.cfg").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.cfg"));
+
+    // The shipped sample works as it is (a port of its own, though).
+    let (child, _, _) = spawn_gateway(
+        &[
+            "-c",
+            "alaska-gateway.cfg",
+            "--listen",
+            "127.0.0.1:0",
+            "-e",
+            "tcp://127.0.0.1:1",
+        ],
+        &[],
+    );
+    assert!(terminate(child).success());
 }

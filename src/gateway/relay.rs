@@ -211,7 +211,9 @@ impl Relay {
                 self.failed_connects = 0;
             }
             Err(e) => {
-                if self.failed_connects == 0 || matches!(e, ClientError::AuthFailed { .. }) {
+                // Said once, then every 20 attempts (10 s): a broker that
+                // stays away must not flood the log.
+                if self.failed_connects % 20 == 0 {
                     tracing::warn!("{e}; retrying every {RETRY:?}");
                 } else {
                     tracing::debug!("{e}");
