@@ -213,7 +213,7 @@ impl Relay {
             Err(e) => {
                 // Said once, then every 20 attempts (10 s): a broker that
                 // stays away must not flood the log.
-                if self.failed_connects % 20 == 0 {
+                if self.failed_connects.is_multiple_of(20) {
                     tracing::warn!("{e}; retrying every {RETRY:?}");
                 } else {
                     tracing::debug!("{e}");
