@@ -452,6 +452,15 @@ impl Relay {
     }
 }
 
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // Also on a panic: /health must not keep saying "connected" for a
+        // relay that is gone (its liveness stops too, so a systemd
+        // watchdog restarts the gateway).
+        self.shared.connected.store(false, Ordering::SeqCst);
+    }
+}
+
 fn accepted() -> HttpResponse {
     HttpResponse::text(202, "accepted")
 }
