@@ -164,9 +164,9 @@ impl Api {
         };
         match self.tx.try_send(cmd) {
             Ok(()) => self.waker.wake(),
-            Err(TrySendError::Full(cmd)) => {
-                answer_of(cmd).finish(HttpResponse::text(429, "gateway queue full"))
-            }
+            Err(TrySendError::Full(cmd)) => cmd
+                .into_answer()
+                .finish(HttpResponse::text(429, "gateway queue full")),
             // The relay is gone: the Answer dropped with it says 503.
             Err(TrySendError::Disconnected(_)) => {}
         }
@@ -183,14 +183,6 @@ impl Api {
                 Ok(ms) => Ok(Duration::from_millis(ms).min(self.max_timeout)),
             },
         }
-    }
-}
-
-fn answer_of(cmd: Command) -> Answer {
-    match cmd {
-        Command::Request { answer, .. }
-        | Command::Mail { answer, .. }
-        | Command::Stream { answer, .. } => answer,
     }
 }
 

@@ -124,6 +124,17 @@ pub(crate) enum Command {
     },
 }
 
+impl Command {
+    /// The answer it carries.
+    pub(crate) fn into_answer(self) -> Answer {
+        match self {
+            Command::Request { answer, .. }
+            | Command::Mail { answer, .. }
+            | Command::Stream { answer, .. } => answer,
+        }
+    }
+}
+
 pub(crate) struct Relay {
     opts: GatewayOptions,
     commands: Receiver<Command>,
@@ -179,12 +190,6 @@ impl Relay {
             self.sleep();
         }
         self.shutdown();
-    }
-
-    fn connected_client(&mut self) -> Option<&mut Client> {
-        self.client
-            .as_mut()
-            .filter(|c| c.state() == ConnState::Connected)
     }
 
     fn try_connect(&mut self) {
@@ -258,13 +263,15 @@ impl Relay {
     }
 
     fn command(&mut self, cmd: Command) {
-        let Some(client) = self.connected_client() else {
-            let answer = match cmd {
-                Command::Request { answer, .. }
-                | Command::Mail { answer, .. }
-                | Command::Stream { answer, .. } => answer,
-            };
-            answer.finish(HttpResponse::text(503, "broker not connected"));
+        // Not into the client's outbox while the broker is away: the HTTP
+        // client is told now rather than served after an unknown time.
+        let Some(client) = self
+            .client
+            .as_mut()
+            .filter(|c| c.state() == ConnState::Connected)
+        else {
+            cmd.into_answer()
+                .finish(HttpResponse::text(503, "broker not connected"));
             return;
         };
         match cmd {
@@ -278,9 +285,6 @@ impl Relay {
                 let deadline = Instant::now() + timeout;
                 let tracker = self.pending.add(&service, deadline, answer);
                 let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
-                let Some(client) = self.client.as_mut() else {
-                    return;
-                };
                 if let Err(e) = client.sendfor(&service, &subject, &tracker, ms, vec![body]) {
                     if let Some(answer) = self.pending.cancel(&tracker) {
                         answer.finish(send_failed(&e));
