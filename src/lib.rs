@@ -8,10 +8,15 @@
 //! - [`daemon`]: background mode, lock file, user and group, stop signals.
 //! - [`logging`]: stderr or syslog.
 //! - [`worker`]: the dispatcher, the Lua VM pool and the scripting API.
+//! - [`gateway`]: HTTP in front of services (`alaska-gateway`).
+//! - [`ops`]: what every binary shares for operations: HTTP health and
+//!   metrics serving, the metrics registry, systemd notifications.
 
 pub mod broker;
 pub mod config;
 pub mod daemon;
+pub mod gateway;
 pub mod logging;
 pub mod mlm;
+pub mod ops;
 pub mod worker;

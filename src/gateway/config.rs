@@ -1,0 +1,318 @@
+//! The gateway's settings: `alaska-gateway.cfg` (ZPL, keys under
+//! `gateway/`), layered like the worker's: the shipped file's defaults,
+//! then the file given, then `ALASKA_GATEWAY__…` environment variables.
+//! A bad value is an error naming its key.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::GatewayOptions;
+use crate::config::zpl;
+use crate::config::ConfigError;
+use crate::mlm::Credentials;
+
+/// The shipped configuration, which is also the defaults.
+pub const DEFAULT_CONFIG: &str = include_str!("../../alaska-gateway.cfg");
+
+/// Environment variable prefix for overrides (as the worker's).
+const ENV_PREFIX: &str = "ALASKA";
+
+/// The gateway's settings, every one with its default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewaySettings {
+    /// `gateway/verbose`.
+    pub verbose: bool,
+    /// `gateway/http/listen`.
+    pub listen: String,
+    /// `gateway/http/max_body`, bytes.
+    pub max_body: usize,
+    /// `gateway/broker/endpoint`.
+    pub endpoint: String,
+    /// `gateway/broker/address`; `None` for the default.
+    pub address: Option<String>,
+    /// `gateway/broker/timeout`.
+    pub broker_timeout: Duration,
+    /// `gateway/request/timeout`.
+    pub request_timeout: Duration,
+    /// `gateway/request/max_timeout`.
+    pub max_timeout: Duration,
+    /// `gateway/request/max_waiting`.
+    pub max_waiting: usize,
+    /// `gateway/auth/plain/username` and `password`.
+    pub plain: Option<(String, String)>,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        GatewaySettings {
+            verbose: false,
+            listen: "127.0.0.1:8080".into(),
+            max_body: 1 << 20,
+            endpoint: "tcp://127.0.0.1:9999".into(),
+            address: None,
+            broker_timeout: Duration::from_millis(1000),
+            request_timeout: Duration::from_secs(5),
+            max_timeout: Duration::from_secs(60),
+            max_waiting: 1024,
+            plain: None,
+        }
+    }
+}
+
+impl GatewaySettings {
+    /// Reads `path` (which must exist), then the process environment.
+    pub fn load(path: &Path) -> Result<GatewaySettings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        GatewaySettings::from_sources(&text, std::env::vars())
+            .map_err(|e| ConfigError::Syntax(format!("{}: {e}", path.display())))
+    }
+
+    /// Parses ZPL text with overrides from `env` (only `ALASKA_…` names
+    /// count).
+    pub fn from_sources(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<GatewaySettings, ConfigError> {
+        let vars: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}_")))
+            .collect();
+        let c = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULT_CONFIG, zpl::Zpl))
+            .add_source(config::File::from_str(text, zpl::Zpl))
+            .add_source(
+                config::Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator("_")
+                    .separator("__")
+                    .source(Some(vars)),
+            )
+            .build()
+            .map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let get = |key: &'static str| -> String {
+            c.get_string(&key.replace('/', ".")).unwrap_or_default()
+        };
+        let opt = |key: &'static str| -> Option<String> {
+            let v = get(key);
+            (!v.trim().is_empty()).then(|| v.trim().to_string())
+        };
+        let s = GatewaySettings {
+            verbose: boolean("gateway/verbose", &get("gateway/verbose"))?,
+            listen: required("gateway/http/listen", get("gateway/http/listen"))?,
+            max_body: bytes("gateway/http/max_body", &get("gateway/http/max_body"))?,
+            endpoint: required("gateway/broker/endpoint", get("gateway/broker/endpoint"))?,
+            address: opt("gateway/broker/address"),
+            broker_timeout: duration("gateway/broker/timeout", &get("gateway/broker/timeout"))?,
+            request_timeout: duration("gateway/request/timeout", &get("gateway/request/timeout"))?,
+            max_timeout: duration(
+                "gateway/request/max_timeout",
+                &get("gateway/request/max_timeout"),
+            )?,
+            max_waiting: positive(
+                "gateway/request/max_waiting",
+                &get("gateway/request/max_waiting"),
+            )?,
+            plain: opt("gateway/auth/plain/username")
+                .map(|u| (u, get("gateway/auth/plain/password"))),
+        };
+        if s.address.as_ref().is_some_and(|a| a.len() > 255) {
+            return Err(ConfigError::Value {
+                key: "gateway/broker/address",
+                value: get("gateway/broker/address"),
+                expected: "at most 255 bytes",
+            });
+        }
+        Ok(s)
+    }
+
+    /// The options to start a gateway with.
+    pub fn options(&self) -> GatewayOptions {
+        let mut o = GatewayOptions::new(self.endpoint.clone(), self.listen.clone());
+        if let Some(a) = &self.address {
+            o.address = a.clone();
+        }
+        o.broker_timeout = self.broker_timeout;
+        o.plain = self.plain.as_ref().map(|(u, p)| Credentials {
+            username: u.clone(),
+            password: p.clone(),
+        });
+        o.max_body = self.max_body;
+        o.default_timeout = self.request_timeout.min(self.max_timeout);
+        o.max_timeout = self.max_timeout;
+        o.max_waiting = self.max_waiting;
+        o.verbose = self.verbose;
+        o
+    }
+}
+
+fn bad(key: &'static str, v: &str, expected: &'static str) -> ConfigError {
+    ConfigError::Value {
+        key,
+        value: v.into(),
+        expected,
+    }
+}
+
+fn boolean(key: &'static str, v: &str) -> Result<bool, ConfigError> {
+    match v.trim().to_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        _ => Err(bad(key, v, "1 or 0")),
+    }
+}
+
+fn positive(key: &'static str, v: &str) -> Result<usize, ConfigError> {
+    match v.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(bad(key, v, "a whole number of at least 1")),
+    }
+}
+
+fn required(key: &'static str, v: String) -> Result<String, ConfigError> {
+    if v.trim().is_empty() {
+        return Err(bad(key, &v, "set (it may not be empty)"));
+    }
+    Ok(v.trim().to_string())
+}
+
+/// `1500` (ms), `1500ms`, `2s`, `1.5s`, `1m`; above zero.
+fn duration(key: &'static str, v: &str) -> Result<Duration, ConfigError> {
+    let t = v.trim();
+    let expected = "a duration above 0 (milliseconds, or a number with ms, s or m)";
+    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (t, 0.001)
+    };
+    let n: f64 = num.trim().parse().map_err(|_| bad(key, v, expected))?;
+    match Duration::try_from_secs_f64(n * scale) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(bad(key, v, expected)),
+    }
+}
+
+/// `65536`, `64K`, `1M`, `1G`.
+fn bytes(key: &'static str, v: &str) -> Result<usize, ConfigError> {
+    let upper = v.trim().to_uppercase();
+    let expected = "a size (bytes, or a number with K, M or G)";
+    let t = upper.strip_suffix('B').unwrap_or(&upper);
+    let (num, scale) = match t.chars().last() {
+        Some('K') => (&t[..t.len() - 1], 1usize << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    match num.trim().parse::<usize>() {
+        Ok(n) if n > 0 => n.checked_mul(scale).ok_or_else(|| bad(key, v, expected)),
+        _ => Err(bad(key, v, expected)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn none() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    #[test]
+    fn the_shipped_file_is_the_defaults() {
+        assert_eq!(
+            GatewaySettings::from_sources(DEFAULT_CONFIG, none()).unwrap(),
+            GatewaySettings::default()
+        );
+        assert_eq!(
+            GatewaySettings::from_sources("", none()).unwrap(),
+            GatewaySettings::default()
+        );
+        let o = GatewaySettings::default().options();
+        let d = GatewayOptions::new("tcp://127.0.0.1:9999", "127.0.0.1:8080");
+        assert_eq!(
+            (
+                o.default_timeout,
+                o.max_timeout,
+                o.max_waiting,
+                o.max_body,
+                o.broker_timeout
+            ),
+            (
+                d.default_timeout,
+                d.max_timeout,
+                d.max_waiting,
+                d.max_body,
+                d.broker_timeout
+            )
+        );
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let text = "gateway\n    http\n        listen = \"0.0.0.0:9000\"\n    request\n        timeout = \"250ms\"\n        max_waiting = \"8\"\n    auth\n        plain\n            username = \"gw\"\n            password = \"pw\"\n";
+        let env = vec![
+            (
+                "ALASKA_GATEWAY__REQUEST__MAX_WAITING".to_string(),
+                "16".to_string(),
+            ),
+            (
+                "ALASKA_GATEWAY__BROKER__ADDRESS".to_string(),
+                "gw-1".to_string(),
+            ),
+            ("OTHER".to_string(), "x".to_string()),
+        ];
+        let s = GatewaySettings::from_sources(text, env).unwrap();
+        assert_eq!(s.listen, "0.0.0.0:9000");
+        assert_eq!(s.request_timeout, Duration::from_millis(250));
+        assert_eq!(s.max_waiting, 16);
+        assert_eq!(s.address.as_deref(), Some("gw-1"));
+        assert_eq!(s.plain, Some(("gw".into(), "pw".into())));
+        let o = s.options();
+        assert_eq!(o.address, "gw-1");
+        assert_eq!(o.plain.unwrap().username, "gw");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (text, key) in [
+            ("gateway\n    verbose = \"maybe\"\n", "gateway/verbose"),
+            (
+                "gateway\n    http\n        listen = \"\"\n",
+                "gateway/http/listen",
+            ),
+            (
+                "gateway\n    http\n        max_body = \"0\"\n",
+                "gateway/http/max_body",
+            ),
+            (
+                "gateway\n    request\n        timeout = \"0\"\n",
+                "gateway/request/timeout",
+            ),
+            (
+                "gateway\n    request\n        max_timeout = \"soon\"\n",
+                "gateway/request/max_timeout",
+            ),
+            (
+                "gateway\n    request\n        max_waiting = \"0\"\n",
+                "gateway/request/max_waiting",
+            ),
+            (
+                "gateway\n    broker\n        timeout = \"-1\"\n",
+                "gateway/broker/timeout",
+            ),
+        ] {
+            let e = GatewaySettings::from_sources(text, none()).unwrap_err();
+            assert!(e.to_string().starts_with(key), "{e}");
+        }
+        let long = format!(
+            "gateway\n    broker\n        address = \"{}\"\n",
+            "a".repeat(256)
+        );
+        assert!(GatewaySettings::from_sources(&long, none()).is_err());
+    }
+}

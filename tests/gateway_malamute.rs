@@ -1,0 +1,184 @@
+//! alaska-gateway against the real Malamute broker (skipped, passing, when
+//! no Malamute is installed; see docs/interop.md for where it is looked
+//! for): requests answered by an alaska worker, error replies, late
+//! replies, mail to a client, and concurrent requests, all through the
+//! reference broker. The barrier mail the gateway sends itself is ordinary
+//! mail there.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use alaska::gateway::{Gateway, GatewayOptions};
+use alaska::mlm::DeliveryKind;
+use common::{client, expect, script, Worker};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn malamute_binary() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("ALASKA_MALAMUTE") {
+        return Some(PathBuf::from(p)).filter(|p| p.exists());
+    }
+    let default = PathBuf::from("/opt/malamute/bin/malamute");
+    if default.exists() {
+        return Some(default);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("malamute"))
+            .find(|p| p.exists())
+    })
+}
+
+/// The real broker on a free port, killed on drop.
+struct Malamute {
+    child: Child,
+    endpoint: String,
+}
+
+impl Malamute {
+    fn start(bin: &Path, dir: &Path) -> Malamute {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cfg = dir.join("malamute.cfg");
+        std::fs::write(
+            &cfg,
+            format!(
+                "server\n    timeout = 10000\nmlm_server\n    security\n        mechanism = null\n    bind\n        endpoint = tcp://127.0.0.1:{port}\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new(bin)
+            .arg(&cfg)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "malamute did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Malamute {
+            child,
+            endpoint: format!("tcp://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for Malamute {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .into()
+}
+
+fn post(a: &ureq::Agent, url: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut r = a.post(url).send(body).expect("HTTP POST");
+    (r.status().as_u16(), r.body_mut().read_to_vec().unwrap())
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_gateway_through_the_real_malamute() {
+    let Some(bin) = malamute_binary() else {
+        println!("skipped: real Malamute not found (set ALASKA_MALAMUTE)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let m = Malamute::start(&bin, dir.path());
+    let scripts = tempfile::tempdir().unwrap();
+    script(scripts.path(), "echo", "return alaskaContext");
+    script(scripts.path(), "fail", "error('boom')");
+    script(scripts.path(), "slow", "alaska.sleep(300) return 'slow'");
+    let _w = Worker::start(&m.endpoint, scripts.path(), |o, p| {
+        o.errors_reply = true;
+        p.timeout = Duration::from_secs(5);
+    });
+    let mut o = GatewayOptions::new(m.endpoint.clone(), "127.0.0.1:0");
+    o.address = format!("gw-{}", common::unique());
+    let g = Gateway::start(o).unwrap();
+    wait_for("connected", || g.is_connected());
+    let base = format!("http://{}", g.local_addr().unwrap());
+    let a = agent();
+    wait_for("the worker answering", || {
+        post(
+            &a,
+            &format!("{base}/v1/request/svc/echo?timeout=1000"),
+            b"p",
+        )
+        .0 == 200
+    });
+
+    let body: Vec<u8> = (0..=255u8).collect();
+    assert_eq!(
+        post(&a, &format!("{base}/v1/request/svc/echo"), &body),
+        (200, body.clone())
+    );
+    let (status, text) = post(&a, &format!("{base}/v1/request/svc/fail"), b"x");
+    assert_eq!(status, 502);
+    assert!(String::from_utf8_lossy(&text).contains("boom"));
+    assert_eq!(
+        post(&a, &format!("{base}/v1/request/svc/slow?timeout=50"), b"x").0,
+        504
+    );
+    wait_for("the late reply counted", || {
+        g.metrics()
+            .render()
+            .contains("alaska_gateway_late_replies_total 1\n")
+    });
+
+    let mut inbox = client(&m.endpoint, "inbox");
+    assert_eq!(
+        post(&a, &format!("{base}/v1/mail/inbox/hi"), b"mail").0,
+        202
+    );
+    let d = expect(&mut inbox, DeliveryKind::Mailbox, WAIT);
+    assert_eq!(
+        (d.subject.as_str(), d.content),
+        ("hi", vec![b"mail".to_vec()])
+    );
+
+    let threads: Vec<_> = (0..50)
+        .map(|i| {
+            let url = format!("{base}/v1/request/svc/echo");
+            std::thread::spawn(move || {
+                let body = format!("concurrent {i}");
+                (post(&agent(), &url, body.as_bytes()), body)
+            })
+        })
+        .collect();
+    for t in threads {
+        let ((status, got), body) = t.join().unwrap();
+        assert_eq!(
+            (status, String::from_utf8_lossy(&got).to_string()),
+            (200, body)
+        );
+    }
+    let text = g.metrics().render();
+    assert!(
+        text.contains("alaska_gateway_unmatched_replies_total 0\n"),
+        "{text}"
+    );
+}
