@@ -330,10 +330,10 @@ impl Client {
     }
 
     fn next_wait(&mut self) -> Option<Wait> {
-        if let Some(d) = self.session.next_delivery() {
-            return Some(Wait::Delivery(d));
-        }
-        self.session.next_refusal().map(Wait::Refused)
+        Some(match self.session.next_in_order()? {
+            Ok(d) => Wait::Delivery(d),
+            Err(r) => Wait::Refused(r),
+        })
     }
 
     /// One turn of the blocking loop: timers, then a poll until `left`

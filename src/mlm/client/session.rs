@@ -167,6 +167,12 @@ pub struct Session {
     reply: Option<(Call, Reply)>,
     inbox: VecDeque<Delivery>,
     refusals: VecDeque<Refusal>,
+    /// For each refusal kept, how many deliveries had arrived before it:
+    /// with `taken`, this keeps deliveries and refusals in arrival order.
+    refusals_after: VecDeque<u64>,
+    /// Deliveries that arrived, and that were taken, since the start.
+    arrived: u64,
+    taken: u64,
     handshake_failure: Option<HandshakeFailure>,
     last_heard: Instant,
     last_ping: Instant,
@@ -204,6 +210,9 @@ impl Session {
             reply: None,
             inbox: VecDeque::new(),
             refusals: VecDeque::new(),
+            refusals_after: VecDeque::new(),
+            arrived: 0,
+            taken: 0,
             handshake_failure: None,
             last_heard: now,
             last_ping: now,
@@ -257,16 +266,32 @@ impl Session {
 
     /// The next delivery for the user.
     pub fn next_delivery(&mut self) -> Option<Delivery> {
-        self.inbox.pop_front()
+        let d = self.inbox.pop_front()?;
+        self.taken += 1;
+        Some(d)
     }
 
     /// The next refusal of one of our sends.
     pub fn next_refusal(&mut self) -> Option<Refusal> {
+        self.refusals_after.pop_front();
         self.refusals.pop_front()
+    }
+
+    /// The next delivery or refusal, whichever arrived first: a program
+    /// that matches refusals to its sends by order (the broker names no
+    /// tracker in them) needs them as they came.
+    pub fn next_in_order(&mut self) -> Option<Result<Delivery, Refusal>> {
+        match self.refusals_after.front() {
+            Some(&after) if after <= self.taken || self.inbox.is_empty() => {
+                self.next_refusal().map(Err)
+            }
+            _ => self.next_delivery().map(Ok),
+        }
     }
 
     /// All refusals not taken yet.
     pub fn take_refusals(&mut self) -> Vec<Refusal> {
+        self.refusals_after.clear();
         self.refusals.drain(..).collect()
     }
 
@@ -336,7 +361,7 @@ impl Session {
                 sender,
                 subject,
                 content,
-            } => self.inbox.push_back(Delivery {
+            } => self.arrive(Delivery {
                 kind: DeliveryKind::Stream,
                 sender,
                 address,
@@ -351,7 +376,7 @@ impl Session {
                 subject,
                 tracker,
                 content,
-            } => self.inbox.push_back(Delivery {
+            } => self.arrive(Delivery {
                 kind: DeliveryKind::Mailbox,
                 sender,
                 address,
@@ -375,7 +400,7 @@ impl Session {
                         seq: self.seq,
                     }
                 });
-                self.inbox.push_back(Delivery {
+                self.arrive(Delivery {
                     kind: DeliveryKind::Service,
                     sender,
                     address,
@@ -808,6 +833,11 @@ impl Session {
         self.reply = Some((call, reply));
     }
 
+    fn arrive(&mut self, d: Delivery) {
+        self.arrived += 1;
+        self.inbox.push_back(d);
+    }
+
     fn refused(&mut self, refusal: Refusal) {
         self.stats.refused += 1;
         tracing::warn!(
@@ -818,6 +848,7 @@ impl Session {
         self.last_error = Some(refusal.status.clone());
         if self.refusals.len() < REFUSALS_KEPT {
             self.refusals.push_back(refusal);
+            self.refusals_after.push_back(self.arrived);
         }
     }
 

@@ -686,6 +686,46 @@ fn an_unknown_error_nobody_waits_for_is_a_refusal_of_kind_other() {
 }
 
 #[test]
+fn deliveries_and_refusals_come_out_in_the_order_they_arrived() {
+    // A program matching refusals to its sends by order (the gateway does:
+    // the broker's ERROR names no tracker) must see them as they came.
+    let (mut s, mut w, t0) = connected(None, "");
+    let mail = |tracker: &str| Message::MailboxDeliver {
+        sender: "x".into(),
+        address: "me".into(),
+        subject: "s".into(),
+        tracker: tracker.into(),
+        content: vec![],
+    };
+    s.on_message(mail("a"), t0, &mut w).unwrap();
+    s.on_message(error(300, "service svc queue full"), t0, &mut w)
+        .unwrap();
+    s.on_message(mail("b"), t0, &mut w).unwrap();
+    s.on_message(error(300, "mailbox m full"), t0, &mut w)
+        .unwrap();
+    s.on_message(error(300, "service svc queue full"), t0, &mut w)
+        .unwrap();
+    s.on_message(mail("c"), t0, &mut w).unwrap();
+    let order: Vec<String> = std::iter::from_fn(|| s.next_in_order())
+        .map(|e| match e {
+            Ok(d) => d.tracker,
+            Err(r) => r.status.reason,
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "a",
+            "service svc queue full",
+            "b",
+            "mailbox m full",
+            "service svc queue full",
+            "c"
+        ]
+    );
+}
+
+#[test]
 fn refusals_kept_are_bounded_and_all_counted() {
     let (mut s, mut w, t0) = connected(None, "");
     for _ in 0..REFUSALS_KEPT + 5 {
