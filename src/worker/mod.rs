@@ -4,7 +4,7 @@
 //! of a request once its handler ends ([`outcomes`]), the dictionary the
 //! VMs share ([`shared`]), which script a subject selects ([`subject`]),
 //! the types they all pass around ([`types`]), and the wake-up pipe
-//! between threads ([`wake`]).
+//! between threads ([`wake`], from [`crate::ops`]).
 
 pub mod check;
 pub mod dispatcher;
@@ -15,7 +15,8 @@ pub mod shared;
 pub mod subject;
 pub mod types;
 pub mod vm;
-pub mod wake;
+/// The wake-up pipe between threads (shared with the other binaries).
+pub use crate::ops::wake;
 
 pub use dispatcher::{run, DispatcherOptions, WorkerError, ERROR_REPLY_PREFIX};
 pub use outcomes::Policy;
