@@ -7,77 +7,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use alaska::gateway::{Gateway, GatewayOptions};
 use alaska::mlm::DeliveryKind;
+use common::malamute::{free_port, malamute_binary, Malamute};
 use common::{client, expect, script, Worker};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn malamute_binary() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("ALASKA_MALAMUTE") {
-        return Some(PathBuf::from(p)).filter(|p| p.exists());
-    }
-    let default = PathBuf::from("/opt/malamute/bin/malamute");
-    if default.exists() {
-        return Some(default);
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("malamute"))
-            .find(|p| p.exists())
-    })
-}
-
-/// The real broker on a free port, killed on drop.
-struct Malamute {
-    child: Child,
-    endpoint: String,
-}
-
-impl Malamute {
-    fn start(bin: &Path, dir: &Path) -> Malamute {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let cfg = dir.join("malamute.cfg");
-        std::fs::write(
-            &cfg,
-            format!(
-                "server\n    timeout = 10000\nmlm_server\n    security\n        mechanism = null\n    bind\n        endpoint = tcp://127.0.0.1:{port}\n"
-            ),
-        )
-        .unwrap();
-        let child = Command::new(bin)
-            .arg(&cfg)
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "malamute did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Malamute {
-            child,
-            endpoint: format!("tcp://127.0.0.1:{port}"),
-        }
-    }
-}
-
-impl Drop for Malamute {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
@@ -107,7 +44,7 @@ fn the_gateway_through_the_real_malamute() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let m = Malamute::start(&bin, dir.path());
+    let m = Malamute::start(&bin, dir.path(), free_port());
     let scripts = tempfile::tempdir().unwrap();
     script(scripts.path(), "echo", "return alaskaContext");
     script(scripts.path(), "fail", "error('boom')");

@@ -38,14 +38,11 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    // Stderr cannot fail to open; syslog is not asked for.
+    let _ = alaska::logging::init(&alaska::logging::LogOptions {
+        syslog: false,
+        ident: "alaska-broker".into(),
+    });
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -199,21 +199,7 @@ impl Settings {
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, ConfigError> {
-        let vars: config::Map<String, String> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}_")))
-            .collect();
-        let c = config::Config::builder()
-            .add_source(config::File::from_str(DEFAULT_CONFIG, zpl::Zpl))
-            .add_source(config::File::from_str(text, zpl::Zpl))
-            .add_source(
-                config::Environment::with_prefix(ENV_PREFIX)
-                    .prefix_separator("_")
-                    .separator("__")
-                    .source(Some(vars)),
-            )
-            .build()
-            .map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let c = layered(DEFAULT_CONFIG, text, env)?;
         let get = |key: &'static str| -> String {
             c.get_string(&key.replace('/', ".")).unwrap_or_default()
         };
@@ -281,6 +267,31 @@ impl Settings {
     }
 }
 
+/// The built-in defaults (`default`, ZPL), then `text` (ZPL), then the
+/// environment overrides from `env` (only `ALASKA_…` names count): the
+/// layering every binary's configuration uses.
+pub(crate) fn layered(
+    default: &str,
+    text: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<config::Config, ConfigError> {
+    let vars: config::Map<String, String> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}_")))
+        .collect();
+    config::Config::builder()
+        .add_source(config::File::from_str(default, zpl::Zpl))
+        .add_source(config::File::from_str(text, zpl::Zpl))
+        .add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("_")
+                .separator("__")
+                .source(Some(vars)),
+        )
+        .build()
+        .map_err(|e| ConfigError::Syntax(e.to_string()))
+}
+
 /// Writes the default configuration to `path`.
 pub fn write_defaults(path: &Path) -> Result<(), ConfigError> {
     std::fs::write(path, DEFAULT_CONFIG).map_err(|source| ConfigError::Io {
@@ -289,7 +300,7 @@ pub fn write_defaults(path: &Path) -> Result<(), ConfigError> {
     })
 }
 
-fn boolean(key: &'static str, v: &str) -> Result<bool, ConfigError> {
+pub(crate) fn boolean(key: &'static str, v: &str) -> Result<bool, ConfigError> {
     match v.trim().to_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" | "" => Ok(false),
@@ -301,7 +312,7 @@ fn boolean(key: &'static str, v: &str) -> Result<bool, ConfigError> {
     }
 }
 
-fn number(key: &'static str, v: &str) -> Result<u64, ConfigError> {
+pub(crate) fn number(key: &'static str, v: &str) -> Result<u64, ConfigError> {
     v.trim().parse().map_err(|_| ConfigError::Value {
         key,
         value: v.into(),
@@ -309,7 +320,7 @@ fn number(key: &'static str, v: &str) -> Result<u64, ConfigError> {
     })
 }
 
-fn positive(key: &'static str, v: &str) -> Result<usize, ConfigError> {
+pub(crate) fn positive(key: &'static str, v: &str) -> Result<usize, ConfigError> {
     match number(key, v)? {
         0 => Err(ConfigError::Value {
             key,
@@ -320,7 +331,7 @@ fn positive(key: &'static str, v: &str) -> Result<usize, ConfigError> {
     }
 }
 
-fn required(key: &'static str, v: String) -> Result<String, ConfigError> {
+pub(crate) fn required(key: &'static str, v: String) -> Result<String, ConfigError> {
     if v.trim().is_empty() {
         return Err(ConfigError::Value {
             key,
@@ -332,7 +343,7 @@ fn required(key: &'static str, v: String) -> Result<String, ConfigError> {
 }
 
 /// `1500` (ms), `1500ms`, `2s`, `1.5s`, `1m`.
-fn duration(key: &'static str, v: &str) -> Result<Duration, ConfigError> {
+pub(crate) fn duration(key: &'static str, v: &str) -> Result<Duration, ConfigError> {
     let t = v.trim();
     let bad = || ConfigError::Value {
         key,
@@ -353,8 +364,20 @@ fn duration(key: &'static str, v: &str) -> Result<Duration, ConfigError> {
     Duration::try_from_secs_f64(n * scale).map_err(|_| bad())
 }
 
+/// A duration above zero (see [`duration`]).
+pub(crate) fn nonzero_duration(key: &'static str, v: &str) -> Result<Duration, ConfigError> {
+    match duration(key, v)? {
+        d if d.is_zero() => Err(ConfigError::Value {
+            key,
+            value: v.into(),
+            expected: "a duration above 0 (milliseconds, or a number with ms, s or m)",
+        }),
+        d => Ok(d),
+    }
+}
+
 /// `65536`, `64K`, `64M`, `1G`.
-fn bytes(key: &'static str, v: &str) -> Result<usize, ConfigError> {
+pub(crate) fn bytes(key: &'static str, v: &str) -> Result<usize, ConfigError> {
     let upper = v.trim().to_uppercase();
     let bad = || ConfigError::Value {
         key,

@@ -7,15 +7,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::GatewayOptions;
-use crate::config::zpl;
-use crate::config::ConfigError;
+use crate::config::{
+    boolean, bytes, layered, nonzero_duration as duration, positive, required, ConfigError,
+};
 use crate::mlm::Credentials;
 
 /// The shipped configuration, which is also the defaults.
 pub const DEFAULT_CONFIG: &str = include_str!("../../alaska-gateway.cfg");
-
-/// Environment variable prefix for overrides (as the worker's).
-const ENV_PREFIX: &str = "ALASKA";
 
 /// The gateway's settings, every one with its default.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,21 +74,7 @@ impl GatewaySettings {
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<GatewaySettings, ConfigError> {
-        let vars: config::Map<String, String> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}_")))
-            .collect();
-        let c = config::Config::builder()
-            .add_source(config::File::from_str(DEFAULT_CONFIG, zpl::Zpl))
-            .add_source(config::File::from_str(text, zpl::Zpl))
-            .add_source(
-                config::Environment::with_prefix(ENV_PREFIX)
-                    .prefix_separator("_")
-                    .separator("__")
-                    .source(Some(vars)),
-            )
-            .build()
-            .map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let c = layered(DEFAULT_CONFIG, text, env)?;
         let get = |key: &'static str| -> String {
             c.get_string(&key.replace('/', ".")).unwrap_or_default()
         };
@@ -144,73 +128,6 @@ impl GatewaySettings {
         o.max_waiting = self.max_waiting;
         o.verbose = self.verbose;
         o
-    }
-}
-
-fn bad(key: &'static str, v: &str, expected: &'static str) -> ConfigError {
-    ConfigError::Value {
-        key,
-        value: v.into(),
-        expected,
-    }
-}
-
-fn boolean(key: &'static str, v: &str) -> Result<bool, ConfigError> {
-    match v.trim().to_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" | "" => Ok(false),
-        _ => Err(bad(key, v, "1 or 0")),
-    }
-}
-
-fn positive(key: &'static str, v: &str) -> Result<usize, ConfigError> {
-    match v.trim().parse::<usize>() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err(bad(key, v, "a whole number of at least 1")),
-    }
-}
-
-fn required(key: &'static str, v: String) -> Result<String, ConfigError> {
-    if v.trim().is_empty() {
-        return Err(bad(key, &v, "set (it may not be empty)"));
-    }
-    Ok(v.trim().to_string())
-}
-
-/// `1500` (ms), `1500ms`, `2s`, `1.5s`, `1m`; above zero.
-fn duration(key: &'static str, v: &str) -> Result<Duration, ConfigError> {
-    let t = v.trim();
-    let expected = "a duration above 0 (milliseconds, or a number with ms, s or m)";
-    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = t.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = t.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (t, 0.001)
-    };
-    let n: f64 = num.trim().parse().map_err(|_| bad(key, v, expected))?;
-    match Duration::try_from_secs_f64(n * scale) {
-        Ok(d) if !d.is_zero() => Ok(d),
-        _ => Err(bad(key, v, expected)),
-    }
-}
-
-/// `65536`, `64K`, `1M`, `1G`.
-fn bytes(key: &'static str, v: &str) -> Result<usize, ConfigError> {
-    let upper = v.trim().to_uppercase();
-    let expected = "a size (bytes, or a number with K, M or G)";
-    let t = upper.strip_suffix('B').unwrap_or(&upper);
-    let (num, scale) = match t.chars().last() {
-        Some('K') => (&t[..t.len() - 1], 1usize << 10),
-        Some('M') => (&t[..t.len() - 1], 1 << 20),
-        Some('G') => (&t[..t.len() - 1], 1 << 30),
-        _ => (t, 1),
-    };
-    match num.trim().parse::<usize>() {
-        Ok(n) if n > 0 => n.checked_mul(scale).ok_or_else(|| bad(key, v, expected)),
-        _ => Err(bad(key, v, expected)),
     }
 }
 

@@ -278,7 +278,7 @@ impl Dispatcher {
                     ErrorKind::Panic,
                     "internal error while running the script (a bug of alaska's)",
                 );
-                let request = vm.take_request().unwrap_or_else(lost_request);
+                let request = vm.take_request().unwrap_or_else(Request::lost);
                 (request, run, true)
             }
         };
@@ -303,17 +303,5 @@ impl Dispatcher {
             }
             Err(e) => tracing::error!("could not replace a Lua VM: {e}; keeping the old one"),
         }
-    }
-}
-
-fn lost_request() -> Request {
-    Request {
-        sender: String::new(),
-        address: String::new(),
-        subject: "(lost in a panic)".into(),
-        tracker: String::new(),
-        content: Vec::new(),
-        attempt: 1,
-        hops: 0,
     }
 }

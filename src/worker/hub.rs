@@ -278,16 +278,8 @@ impl Hub {
                 return Ok(());
             }
         }
-        let mut request = Request {
-            sender: d.sender,
-            address: d.address,
-            subject: d.subject,
-            tracker: d.tracker,
-            content: d.content,
-            attempt: 1,
-            hops: 0,
-        };
-        Envelope::open(&mut request);
+        let ack = d.ack;
+        let request = Request::delivered(d);
         if self.opts.verbose {
             let size: usize = request.content.iter().map(Vec::len).sum();
             tracing::info!(
@@ -302,7 +294,7 @@ impl Hub {
         }
         self.next_id += 1;
         let id = self.next_id;
-        let held = match d.ack {
+        let held = match ack {
             Some(token) => Held::Acked(token),
             // Only the metadata and the first frame, for the report.
             None => Held::Unacked(Box::new(Request {
@@ -670,16 +662,7 @@ impl Hub {
                 .recv(deadline.saturating_duration_since(Instant::now()))?
             {
                 if d.kind == DeliveryKind::Service && d.ack.is_none() {
-                    let mut req = Request {
-                        sender: d.sender,
-                        address: d.address,
-                        subject: d.subject,
-                        tracker: d.tracker,
-                        content: d.content,
-                        attempt: 1,
-                        hops: 0,
-                    };
-                    Envelope::open(&mut req);
+                    let req = Request::delivered(d);
                     self.send_back(i, &req, "worker stopping: request received but not run")?;
                 }
             }

@@ -207,15 +207,7 @@ fn vm_thread(
                 );
                 // The request is still where the VM keeps it during a run
                 // (or, if the panic came before, lost: say so).
-                let request = vm.take_request().unwrap_or_else(|| Request {
-                    sender: String::new(),
-                    address: String::new(),
-                    subject: "(lost in a panic)".into(),
-                    tracker: String::new(),
-                    content: Vec::new(),
-                    attempt: 1,
-                    hops: 0,
-                });
+                let request = vm.take_request().unwrap_or_else(Request::lost);
                 (request, run, true)
             }
         };

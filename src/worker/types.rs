@@ -28,6 +28,36 @@ pub struct Request {
 }
 
 impl Request {
+    /// A request as a broker delivered it: its first run, never forwarded,
+    /// unless its tracker carries an envelope (see
+    /// [`super::outcomes::Envelope::open`], which the receiver applies).
+    pub fn delivered(d: crate::mlm::Delivery) -> Request {
+        let mut r = Request {
+            sender: d.sender,
+            address: d.address,
+            subject: d.subject,
+            tracker: d.tracker,
+            content: d.content,
+            attempt: 1,
+            hops: 0,
+        };
+        super::outcomes::Envelope::open(&mut r);
+        r
+    }
+
+    /// What stands for a request a panic took away, in the report.
+    pub fn lost() -> Request {
+        Request {
+            sender: String::new(),
+            address: String::new(),
+            subject: "(lost in a panic)".into(),
+            tracker: String::new(),
+            content: Vec::new(),
+            attempt: 1,
+            hops: 0,
+        }
+    }
+
     /// Whether the requester waits for an answer (it gave a tracker).
     pub fn wants_reply(&self) -> bool {
         !self.tracker.is_empty()
