@@ -112,10 +112,6 @@ impl Server {
     }
 
     /// Stops listening and closes every connection.
-    pub fn stop(mut self) {
-        self.halt();
-    }
-
     fn halt(&mut self) {
         if self.stop.swap(true, Ordering::SeqCst) {
             return;
