@@ -639,10 +639,15 @@ fn exited(pid: u32) -> bool {
     rc != 0 || unsafe { info.si_pid() } != 0
 }
 
-fn kill_group(pgid: u32, sig: libc::c_int) {
-    // SAFETY: killpg only sends a signal; a missing group is ESRCH.
+/// Signals the child's process group, and the child itself in case it
+/// left the group (`setpgid`): reaping it must not wait on a live child.
+/// Only called before the child is reaped, so neither id can have been
+/// reused.
+fn kill_group(pid: u32, sig: libc::c_int) {
+    // SAFETY: killpg and kill only send a signal; a missing target is ESRCH.
     unsafe {
-        libc::killpg(pgid as libc::pid_t, sig);
+        libc::killpg(pid as libc::pid_t, sig);
+        libc::kill(pid as libc::pid_t, sig);
     }
 }
 

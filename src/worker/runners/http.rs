@@ -58,19 +58,7 @@ impl HttpRunner {
         done: Sender<Completion>,
         waker: Waker,
     ) -> Result<HttpRunner, RunnerError> {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(cfg.timeout))
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .max_redirects_will_error(false)
-            // An application behind a runner is reached directly, never
-            // through a proxy named in the worker's environment.
-            .proxy(None)
-            .max_idle_connections(cfg.concurrency.max(1))
-            .max_idle_connections_per_host(cfg.concurrency.max(1))
-            .user_agent(format!("alaska/{}", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+        let client = Arc::new(HttpClient::new(cfg));
         let (tx, rx) = crossbeam_channel::bounded::<Job>(cfg.concurrency.max(1));
         let mut runner = HttpRunner {
             name: name.to_string(),
@@ -80,29 +68,15 @@ impl HttpRunner {
             threads: Vec::new(),
             deadline: Arc::new(Mutex::new(None)),
         };
-        let target = Arc::new(Target {
-            url: cfg.url.clone(),
-            timeout: cfg.timeout,
-            headers: cfg.headers.clone(),
-            content_type: !cfg
-                .headers
-                .iter()
-                .any(|(k, _)| k.eq_ignore_ascii_case("content-type")),
-        });
         for n in 0..cfg.concurrency {
-            let (agent, rx, done, waker, target) = (
-                agent.clone(),
-                rx.clone(),
-                done.clone(),
-                waker.clone(),
-                target.clone(),
-            );
+            let (client, rx, done, waker) =
+                (client.clone(), rx.clone(), done.clone(), waker.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("alaska-http-{name}-{n}"))
                 .spawn(move || {
                     // Disconnected at a stop, once drained.
                     while let Ok(Job { id, request }) = rx.recv() {
-                        let run = call(&agent, &target, &request);
+                        let run = client.call(&request);
                         let _ = done.send(Completion { id, request, run });
                         waker.wake();
                     }
@@ -178,8 +152,11 @@ impl Executor for HttpRunner {
     }
 }
 
-/// Where and how a runner posts.
-struct Target {
+/// What a runner's threads share: the agent (its pool of kept-alive
+/// connections) and where and how to post. Public so that the benchmark
+/// calls an application directly with exactly the runner's client.
+pub struct HttpClient {
+    agent: ureq::Agent,
     url: String,
     timeout: Duration,
     headers: Vec<(String, String)>,
@@ -188,9 +165,43 @@ struct Target {
     content_type: bool,
 }
 
-/// One POST, and what its response means.
-fn call(agent: &ureq::Agent, t: &Target, req: &Request) -> RunResult {
-    let mut rb = agent.post(&t.url);
+impl HttpClient {
+    /// A client for `cfg`: at most `concurrency` connections kept alive,
+    /// `timeout` per request, no redirects followed, no proxy.
+    pub fn new(cfg: &HttpConfig) -> HttpClient {
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(cfg.timeout))
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .max_redirects_will_error(false)
+            // An application behind a runner is reached directly, never
+            // through a proxy named in the worker's environment.
+            .proxy(None)
+            .max_idle_connections(cfg.concurrency.max(1))
+            .max_idle_connections_per_host(cfg.concurrency.max(1))
+            .user_agent(format!("alaska/{}", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        HttpClient {
+            agent,
+            url: cfg.url.clone(),
+            timeout: cfg.timeout,
+            headers: cfg.headers.clone(),
+            content_type: !cfg
+                .headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("content-type")),
+        }
+    }
+
+    /// One POST for `req`, and what its response means.
+    pub fn call(&self, req: &Request) -> RunResult {
+        call(self, req)
+    }
+}
+
+fn call(t: &HttpClient, req: &Request) -> RunResult {
+    let mut rb = t.agent.post(&t.url);
     for (k, v) in request_headers(req) {
         rb = rb.header(k, v);
     }
