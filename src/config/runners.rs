@@ -468,6 +468,32 @@ mod tests {
     }
 
     #[test]
+    fn the_commented_example_in_the_shipped_file_works_uncommented() {
+        let shipped = crate::config::DEFAULT_CONFIG;
+        let start = shipped.find("#   runners").expect("the example is there");
+        let example: String = shipped[start..]
+            .lines()
+            .map(|l| format!(" {}\n", &l[1..]))
+            .collect();
+        let s = crate::config::Settings::from_sources(
+            &format!("{}{example}", &shipped[..start]),
+            Vec::new(),
+        )
+        .unwrap();
+        let names: Vec<&str> = s.runners.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["orders", "pricing"]);
+        let RunnerKind::Http(h) = &s.runners[0].kind else {
+            panic!("orders is http")
+        };
+        assert_eq!(h.headers[0].0, "Authorization");
+        let RunnerKind::Exec(e) = &s.runners[1].kind else {
+            panic!("pricing is exec")
+        };
+        assert_eq!(e.env[0].0, "PYTHONPATH");
+        assert!(s.runners[0].pattern.0.is_match("orders.new"));
+    }
+
+    #[test]
     fn no_runners_by_default() {
         assert!(settings("").unwrap().runners.is_empty());
     }
