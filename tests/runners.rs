@@ -248,7 +248,7 @@ fn a_crashing_or_garbling_child_is_replaced_and_the_next_request_served() {
     let dir = tempfile::tempdir().unwrap();
     let zpl = format!(
         "{}        raw\n            match = \"^raw$\"\n            command = \"python3 '{}'\"\n            processes = \"1\"\n",
-        python_runner("^(pid|crash)$", 1, "10s", dir.path()),
+        python_runner("^(pid|crash|quit)$", 1, "10s", dir.path()),
         repo().join("tests/runners/garbage.py").display()
     );
     let _w = worker(b.endpoint(), dir.path(), runners(&zpl), 3);
@@ -267,6 +267,14 @@ fn a_crashing_or_garbling_child_is_replaced_and_the_next_request_served() {
     let second: u32 = text(&ask(&mut p, "pid", &[b""])).parse().unwrap();
     assert_ne!(first, second);
     assert!(all_gone(&[first], T));
+    // A child that exits while idle is replaced before the next request,
+    // which does not fail.
+    let quitter: u32 = text(&ask(&mut p, "quit", &[b""])).parse().unwrap();
+    assert_eq!(quitter, second);
+    std::thread::sleep(Duration::from_millis(600));
+    let d = ask(&mut p, "pid", &[b""]);
+    assert_eq!(d.subject, "pid", "{}", text(&d));
+    assert_ne!(text(&d).parse::<u32>().unwrap(), quitter);
 
     let before: u32 = text(&ask(&mut p, "raw", &[b"x"])).parse().unwrap();
     let d = ask(&mut p, "raw", &[b"garbage"]);

@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import alaska_runner as alaska
@@ -36,6 +37,12 @@ def crash(req):
     sys.stderr.write("about to crash\n")
     sys.stderr.flush()
     os._exit(3)
+
+
+def quit(req):
+    # Exits soon after answering, while idle.
+    threading.Timer(0.2, os._exit, [0]).start()
+    return str(os.getpid())
 
 
 def slow(req):
@@ -82,7 +89,7 @@ def drop(req):
     return alaska.drop()
 
 
-HANDLERS = {f.__name__: f for f in [hello, flaky, boom, pid, crash, slow,
+HANDLERS = {f.__name__: f for f in [hello, flaky, boom, pid, crash, quit, slow,
                                      stubborn, talk, sends, binary, forward, drop]}
 
 

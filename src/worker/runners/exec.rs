@@ -417,21 +417,29 @@ impl Slot {
         let Some(p) = self.child.as_mut() else {
             return;
         };
-        match p.child.try_wait() {
-            Ok(Some(status)) => {
-                let pid = p.pid;
-                self.child = None;
-                let delay = self.restarts.crashed(Instant::now());
-                tracing::warn!(
-                    runner = %self.spec.runner,
-                    pid,
-                    "process exited while idle ({status}); restarting in {delay:?}"
-                );
-            }
-            // Still running with stderr closed: stop watching it.
-            Ok(None) => p.gone = crossbeam_channel::never(),
-            Err(_) => self.child = None,
+        // A process closes its files before it becomes a zombie: give an
+        // exiting one a moment to finish.
+        let until = Instant::now() + Duration::from_millis(200);
+        while !exited(p.pid) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(2));
         }
+        if !exited(p.pid) {
+            // Still running with stderr closed: stop watching it.
+            p.gone = crossbeam_channel::never();
+            return;
+        }
+        let Some(p) = self.child.take() else {
+            return;
+        };
+        let pid = p.pid;
+        // What it started goes with it.
+        let status = self.end(p, Instant::now());
+        let delay = self.restarts.crashed(Instant::now());
+        tracing::warn!(
+            runner = %self.spec.runner,
+            pid,
+            "process exited while idle ({status}); restarting in {delay:?}"
+        );
     }
 
     fn serve(&mut self, job: Job) {
