@@ -7,7 +7,8 @@
 //! - [`config`]: the ZPL reader and the worker's typed settings.
 //! - [`daemon`]: background mode, lock file, user and group, stop signals.
 //! - [`logging`]: stderr or syslog.
-//! - [`worker`]: the dispatcher, the Lua VM pool and the scripting API.
+//! - [`worker`]: the dispatcher, the Lua VM pool, the scripting API, and
+//!   the runners (HTTP applications and child processes as handlers).
 
 pub mod broker;
 pub mod config;

@@ -790,7 +790,7 @@ fn http_requests_wait_while_the_application_is_down_and_all_are_served() {
 }
 
 #[test]
-fn x_alaska_forward_chains_into_a_lua_stage_and_nothing_blocks_lua() {
+fn x_alaska_forward_chains_into_a_lua_stage_and_nothing_blocks_lua_or_other_runners() {
     let b = broker();
     let dir = tempfile::tempdir().unwrap();
     script(
@@ -807,12 +807,12 @@ fn x_alaska_forward_chains_into_a_lua_stage_and_nothing_blocks_lua() {
         body.extend(b"+http");
         Reply::new(200, &body).header("X-Alaska-Forward", "svc/stage2")
     });
-    let _w = worker(
-        b.endpoint(),
-        dir.path(),
-        runners(&http_runner("^app$", &app.url("/"), 1, "10s")),
-        3,
+    let zpl = format!(
+        "{}{}",
+        http_runner("^app$", &app.url("/"), 1, "10s"),
+        python_runner("^pid$", 1, "10s", dir.path())
     );
+    let _w = worker(b.endpoint(), dir.path(), runners(&zpl), 3);
     let mut p = producer(b.endpoint(), dir.path());
     let d = ask(&mut p, "app", &[b"order"]);
     assert_eq!(
@@ -821,14 +821,16 @@ fn x_alaska_forward_chains_into_a_lua_stage_and_nothing_blocks_lua() {
     );
     assert_eq!(text(&d), "lua got order+http (hops=1)");
 
-    // The application busy for 3 s on its only connection: Lua still
-    // answers at once.
+    // The application busy for 3 s on its only connection: Lua and the
+    // exec runner still answer at once.
     p.sendfor("svc", "app", "slow-1", 0, vec![b"slow".to_vec()])
         .unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let started = Instant::now();
     let d = ask(&mut p, "ping", &[b""]);
     assert_eq!(text(&d), "pong");
+    let d = ask(&mut p, "pid", &[b""]);
+    assert!(text(&d).parse::<u32>().is_ok(), "{}", text(&d));
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "{:?}",
