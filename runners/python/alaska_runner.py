@@ -187,7 +187,7 @@ def run(handle):
     """Serve requests with ``handle`` until the worker closes stdin."""
     # The protocol owns the real stdout; anything else written there (print,
     # child processes) goes to stderr, which the worker logs.
-    out = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    out = os.dup(1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     stdin = sys.stdin.buffer
@@ -206,8 +206,13 @@ def run(handle):
                 text = json.dumps(error, separators=(",", ":"))
             except Exception:
                 text = json.dumps({"outcome": "error", "reason": error["reason"]})
-        out.write(text + "\n")
-        out.flush()
+        _write(out, (text + "\n").encode("ascii"))
+
+
+def _write(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _load(target):

@@ -695,20 +695,28 @@ fn wait_fd(fd: RawFd, events: libc::c_short, until: Instant) -> std::io::Result<
 }
 
 /// Writes what the pipe takes before `until`; `WouldBlock` if nothing.
+/// Tries first and polls only when the pipe is full: one system call for
+/// a request line in the usual case.
 fn write_some(fd: RawFd, data: &[u8], until: Instant) -> std::io::Result<usize> {
-    if !wait_fd(fd, libc::POLLOUT, until)? {
-        return Err(std::io::ErrorKind::WouldBlock.into());
-    }
-    // SAFETY: writes from a live slice to a descriptor we own.
-    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
-    if n < 0 {
+    let mut polled = false;
+    loop {
+        // SAFETY: writes from a live slice to a descriptor we own.
+        let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
         let e = std::io::Error::last_os_error();
-        return match e.kind() {
-            std::io::ErrorKind::Interrupted => Err(std::io::ErrorKind::WouldBlock.into()),
-            _ => Err(e),
-        };
+        match e.kind() {
+            std::io::ErrorKind::Interrupted => continue,
+            std::io::ErrorKind::WouldBlock if !polled => {
+                if !wait_fd(fd, libc::POLLOUT, until)? {
+                    return Err(e);
+                }
+                polled = true;
+            }
+            _ => return Err(e),
+        }
     }
-    Ok(n as usize)
 }
 
 /// Why no line was read.
@@ -726,6 +734,8 @@ struct LineReader {
     buf: Vec<u8>,
     /// Bytes of `buf` already searched for a newline.
     scanned: usize,
+    /// What one read takes (a pipe holds 64 KiB).
+    chunk: Box<[u8]>,
 }
 
 impl LineReader {
@@ -734,6 +744,7 @@ impl LineReader {
             out,
             buf: Vec::with_capacity(64 << 10),
             scanned: 0,
+            chunk: vec![0; 64 << 10].into_boxed_slice(),
         }
     }
 
@@ -756,25 +767,20 @@ impl LineReader {
             if self.buf.len() > MAX_LINE {
                 return Err(ReadError::TooLong);
             }
-            let fd = self.out.as_raw_fd();
-            if !wait_fd(fd, libc::POLLIN, until).map_err(ReadError::Io)? {
-                return Err(ReadError::Timeout);
-            }
-            let len = self.buf.len();
-            self.buf.resize(len + (64 << 10), 0);
-            match self.out.read(&mut self.buf[len..]) {
-                Ok(0) => {
-                    self.buf.truncate(len);
-                    return Err(ReadError::Eof);
-                }
-                Ok(n) => self.buf.truncate(len + n),
-                Err(e) => {
-                    self.buf.truncate(len);
-                    match e.kind() {
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => {}
-                        _ => return Err(ReadError::Io(e)),
+            // Read first, poll only when there is nothing yet.
+            match self.out.read(&mut self.chunk) {
+                Ok(0) => return Err(ReadError::Eof),
+                Ok(n) => self.buf.extend_from_slice(&self.chunk[..n]),
+                Err(e) => match e.kind() {
+                    std::io::ErrorKind::Interrupted => {}
+                    std::io::ErrorKind::WouldBlock => {
+                        let fd = self.out.as_raw_fd();
+                        if !wait_fd(fd, libc::POLLIN, until).map_err(ReadError::Io)? {
+                            return Err(ReadError::Timeout);
+                        }
                     }
-                }
+                    _ => return Err(ReadError::Io(e)),
+                },
             }
         }
     }
