@@ -451,6 +451,45 @@ fn the_shipped_examples_run() {
     }
 }
 
+#[test]
+fn requests_waiting_for_a_runner_at_a_stop_go_to_another_worker() {
+    let b = broker();
+    let dir = tempfile::tempdir().unwrap();
+    let zpl = python_runner("^(slow|pid)$", 1, "60s", dir.path());
+    let w1 = worker(b.endpoint(), dir.path(), runners(&zpl), 3);
+    let mut p = producer(b.endpoint(), dir.path());
+    // The only child busy; three more wait in the runner and its backlog.
+    p.sendfor("svc", "slow", "s0", 0, vec![b"".to_vec()])
+        .unwrap();
+    let held = pids_from(&dir.path().join("slow.pids"));
+    for i in 1..=3 {
+        p.sendfor("svc", "pid", &format!("q{i}"), 0, vec![b"".to_vec()])
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // A graceful stop: the running request gets the shutdown timeout (2 s)
+    // and is cut; none is lost.
+    let stopping = Instant::now();
+    assert_eq!(w1.stop(), Ok(()));
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        stopping.elapsed()
+    );
+    assert!(all_gone(&held, Duration::from_secs(2)), "{held:?}");
+    // The second worker gets all four back (two children: "slow" holds one).
+    let zpl2 = python_runner("^(slow|pid)$", 2, "60s", dir.path());
+    let _w2 = worker(b.endpoint(), dir.path(), runners(&zpl2), 3);
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < 3 {
+        let d = expect(&mut p, DeliveryKind::Mailbox, T);
+        assert_eq!(d.subject, "pid", "{}", text(&d));
+        assert_ne!(text(&d).parse::<u32>().unwrap(), held[0]);
+        got.insert(d.tracker.clone());
+    }
+    assert_eq!(got.into_iter().collect::<Vec<_>>(), ["q1", "q2", "q3"]);
+}
+
 /// Starts the `alaska` binary on broker `endpoint` with `extra` ZPL, its
 /// log going to `log`.
 fn alaska_bin(dir: &Path, endpoint: &str, extra: &str, log: &Path) -> Running {
