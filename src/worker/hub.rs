@@ -338,8 +338,9 @@ impl Hub {
     /// pool when the dispatcher's VM is busy. Beyond the bound, the job is
     /// not run.
     fn place(&mut self, job: Job) -> Result<(), WorkerError> {
+        let extra: usize = self.conns.iter().map(|c| c.extra_credit).sum();
         if let Some(i) = self.runners.route(&job.request.subject) {
-            return match self.runners.place(i, job) {
+            return match self.runners.place(i, job, extra) {
                 Ok(()) => Ok(()),
                 Err((job, runner)) => {
                     let text = format!("runner {runner} overloaded; request not run");
@@ -348,7 +349,6 @@ impl Hub {
                 }
             };
         }
-        let extra: usize = self.conns.iter().map(|c| c.extra_credit).sum();
         if self.queue.len() >= self.queue_limit + extra {
             let text = format!(
                 "worker overloaded: {} requests waiting; request not run",

@@ -341,9 +341,11 @@ impl Runners {
 
     /// Gives `job` to runner `i`, or keeps it in its backlog when the
     /// runner is full (in arrival order: nothing overtakes the backlog).
-    /// A full backlog gives the job back, with the runner's name.
+    /// The backlog holds the limit plus `extra` (the credit granted for
+    /// waiting retries, which come back through here); beyond, the job is
+    /// given back with the runner's name.
     #[allow(clippy::result_large_err)]
-    pub fn place(&mut self, i: usize, job: Job) -> Result<(), (Job, String)> {
+    pub fn place(&mut self, i: usize, job: Job, extra: usize) -> Result<(), (Job, String)> {
         let job = if self.backlogs[i].is_empty() {
             match self.executors[i].try_submit(job) {
                 Ok(()) => return Ok(()),
@@ -352,7 +354,7 @@ impl Runners {
         } else {
             job
         };
-        if self.backlogs[i].len() >= self.backlog_limit {
+        if self.backlogs[i].len() >= self.backlog_limit + extra {
             return Err((job, self.executors[i].name().to_string()));
         }
         self.backlogs[i].push_back(job);
@@ -492,12 +494,15 @@ mod tests {
             taken: taken.clone(),
         };
         let mut r = Runners::with(Router::new(&[cfg("f", ".*")]), vec![Box::new(fake)], 2);
-        assert!(r.place(0, job(1)).is_ok());
-        assert!(r.place(0, job(2)).is_ok());
-        assert!(r.place(0, job(3)).is_ok());
+        assert!(r.place(0, job(1), 0).is_ok());
+        assert!(r.place(0, job(2), 0).is_ok());
+        assert!(r.place(0, job(3), 0).is_ok());
         assert_eq!(r.backlogged(), 2);
-        let (back, name) = r.place(0, job(4)).unwrap_err();
+        let (back, name) = r.place(0, job(4), 0).unwrap_err();
         assert_eq!((back.id, name.as_str()), (4, "fake"));
+        // Credit granted for waiting retries makes room for them.
+        assert!(r.place(0, job(4), 1).is_ok());
+        assert_eq!(r.backlogged(), 3);
         // Room again: the backlog goes first, in order.
         taken.lock().unwrap().clear();
         r.feed();
@@ -505,6 +510,9 @@ mod tests {
         taken.lock().unwrap().clear();
         r.feed();
         assert_eq!(*taken.lock().unwrap(), vec![3]);
+        taken.lock().unwrap().clear();
+        r.feed();
+        assert_eq!(*taken.lock().unwrap(), vec![4]);
         assert_eq!(r.backlogged(), 0);
         let left = r.stop_taking(Instant::now());
         assert!(left.is_empty());
