@@ -7,7 +7,8 @@
 //! - [`config`]: the ZPL reader and the worker's typed settings.
 //! - [`daemon`]: background mode, lock file, user and group, stop signals.
 //! - [`logging`]: stderr or syslog.
-//! - [`worker`]: the dispatcher, the Lua VM pool and the scripting API.
+//! - [`worker`]: the dispatcher, the Lua VM pool, the scripting API, and
+//!   the runners (HTTP applications and child processes as handlers).
 //! - [`gateway`]: HTTP in front of services (`alaska-gateway`).
 //! - [`ops`]: what every binary shares for operations: HTTP health and
 //!   metrics serving, the metrics registry, systemd notifications.

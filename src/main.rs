@@ -64,6 +64,15 @@ fn main() -> ExitCode {
     if args.check {
         return check(&args, &s);
     }
+    // What the file alone cannot tell (an exec runner's command exists),
+    // checked before detaching so the operator sees it.
+    let problems = runner_problems(&args, &s);
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("alaska: configuration: {p}");
+        }
+        return ExitCode::from(2);
+    }
     // Fork before any thread or ZeroMQ context exists.
     if s.background && !args.foreground {
         if let Err(e) = daemon::daemonize(&daemon::DaemonOptions {
@@ -137,6 +146,7 @@ fn run(s: Settings) -> Result<(), Box<dyn std::error::Error>> {
             max_hops: s.forward_hops,
         },
         retry_pending: s.retry_pending,
+        runners: s.runners.clone(),
     };
     let pool = PoolConfig {
         size: s.pool_size,
@@ -228,17 +238,48 @@ fn worker_address() -> String {
     addr
 }
 
+/// Problems with the runners' commands and folders, as `file: key (line
+/// N): message`. Relative paths count from where the worker will run (its
+/// `workdir` when it detaches).
+fn runner_problems(args: &Args, s: &Settings) -> Vec<String> {
+    let base = if s.background && !args.foreground {
+        s.workdir.clone()
+    } else {
+        PathBuf::from(".")
+    };
+    worker::runners::check(&s.runners, &s.scripts_dir, &base)
+        .into_iter()
+        .map(|p| {
+            let at = if p.line > 0 {
+                format!(" (line {})", p.line)
+            } else {
+                String::new()
+            };
+            format!("{}: {}{at}: {}", args.config.display(), p.key, p.message)
+        })
+        .collect()
+}
+
 fn check(args: &Args, s: &Settings) -> ExitCode {
-    println!("{}: configuration valid", args.config.display());
+    let runners = runner_problems(args, s);
+    if runners.is_empty() {
+        println!("{}: configuration valid", args.config.display());
+    }
+    for p in &runners {
+        println!("{p}");
+    }
     let problems = worker::check::check_scripts(&s.scripts_dir);
     for p in &problems {
         println!("{}: {}", p.file, p.message);
     }
     if problems.is_empty() {
         println!("{}: every script compiles", s.scripts_dir.display());
+    }
+    let total = problems.len() + runners.len();
+    if total == 0 {
         ExitCode::SUCCESS
     } else {
-        println!("{} problem(s)", problems.len());
+        println!("{total} problem(s)");
         ExitCode::from(2)
     }
 }

@@ -136,13 +136,13 @@ fn fail_is_one_attempt_and_a_dead_letter_at_once() {
         assert_eq!(d.subject, "ERROR:reject");
         assert_eq!(
             d.content,
-            vec![b"failed (alaska.fail) after 1 attempt: invalid order 42".to_vec()]
+            vec![b"failed by its handler after 1 attempt: invalid order 42".to_vec()]
         );
         let dead = expect(&mut awerr, DeliveryKind::Mailbox, T);
         assert_eq!(
             dead.content,
             vec![
-                b"failed (alaska.fail) after 1 attempt: invalid order 42".to_vec(),
+                b"failed by its handler after 1 attempt: invalid order 42".to_vec(),
                 b"42".to_vec()
             ]
         );

@@ -13,6 +13,12 @@
 //!
 //! It speaks plain MLM, so it works against any broker, the real Malamute
 //! included.
+//!
+//! For the runners' benchmark (tools/bench-runners.sh) it also plays a
+//! minimal HTTP application (`--http-echo ADDR`: each POST's body back, 200,
+//! kept alive) and calls such an application directly (`--http-direct
+//! URL`), one request at a time with the HTTP runner's own client, so the
+//! runner's latency can be set beside the application's.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -73,11 +79,23 @@ struct Args {
     /// With --vm-only: the script to time instead of the echo.
     #[arg(long, value_name = "FILE")]
     script: Option<std::path::PathBuf>,
+    /// Run as a minimal HTTP echo application on this address
+    /// (`127.0.0.1:0` for any port; the URL is printed on stdout).
+    #[arg(long, value_name = "ADDR")]
+    http_echo: Option<String>,
+    /// No broker: POST `--requests` payloads one at a time to this URL
+    /// with the HTTP runner's client, and print the summary.
+    #[arg(long, value_name = "URL")]
+    http_direct: Option<String>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let r = if args.vm_only {
+    let r = if let Some(addr) = &args.http_echo {
+        http_echo(addr)
+    } else if let Some(url) = &args.http_direct {
+        http_direct(&args, url)
+    } else if args.vm_only {
         vm_only(&args)
     } else if args.echo_worker {
         echo_worker(&args)
@@ -175,6 +193,111 @@ fn vm_only(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         per.as_secs_f64() * 1e6
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A minimal HTTP/1.1 application: every request's body back with 200,
+/// connections kept alive, one thread each. Ends on SIGTERM or SIGINT.
+fn http_echo(addr: &str) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind(addr)?;
+    println!("http://{}/", listener.local_addr()?);
+    std::io::Write::flush(&mut std::io::stdout())?;
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        std::thread::Builder::new().name("http-echo".into()).spawn(
+            move || -> std::io::Result<()> {
+                stream.set_nodelay(true)?;
+                let mut out = stream.try_clone()?;
+                let mut r = BufReader::new(stream);
+                let (mut line, mut body, mut resp) = (String::new(), Vec::new(), Vec::new());
+                loop {
+                    let mut len = 0usize;
+                    line.clear();
+                    if r.read_line(&mut line)? == 0 {
+                        return Ok(());
+                    }
+                    loop {
+                        line.clear();
+                        if r.read_line(&mut line)? == 0 {
+                            return Ok(());
+                        }
+                        let h = line.trim_end();
+                        if h.is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = h.split_once(':') {
+                            if k.eq_ignore_ascii_case("content-length") {
+                                len = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                    }
+                    body.resize(len, 0);
+                    r.read_exact(&mut body)?;
+                    resp.clear();
+                    write!(resp, "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n")?;
+                    resp.extend_from_slice(&body);
+                    out.write_all(&resp)?;
+                }
+            },
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The application's own latency: the payloads the producer would send,
+/// POSTed one at a time with the HTTP runner's client.
+fn http_direct(args: &Args, url: &str) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    use alaska::worker::runners::http::HttpClient;
+    use alaska::worker::runners::HttpConfig;
+    use alaska::worker::{Outcome, Request};
+    let client = HttpClient::new(&HttpConfig {
+        url: url.to_string(),
+        timeout: Duration::from_secs(args.idle_timeout.max(1)),
+        concurrency: 1,
+        headers: Vec::new(),
+    });
+    let mut req = Request {
+        sender: "alaska-bench".into(),
+        address: args.address.clone(),
+        subject: args.subject.clone(),
+        tracker: "b".into(),
+        content: Vec::new(),
+        attempt: 1,
+        hops: 0,
+    };
+    let start = Instant::now();
+    let mut latencies_us = Vec::with_capacity(args.requests as usize);
+    let (mut received, mut lost) = (0u64, 0u64);
+    for seq in 0..args.requests {
+        let t = start.elapsed().as_nanos() as u64;
+        req.content = vec![payload(seq, t, args.bytes.max(32))];
+        let run = client.call(&req);
+        match run.result {
+            Ok(Outcome::Done { reply: Some(r) }) if parse(&r) == Some((seq, t)) => {
+                received += 1;
+                let now = start.elapsed().as_nanos() as u64;
+                latencies_us.push(now.saturating_sub(t) / 1000);
+            }
+            other => {
+                lost += 1;
+                eprintln!("alaska-bench: request {seq}: {other:?}");
+            }
+        }
+    }
+    let summary = Summary {
+        sent: args.requests,
+        received,
+        lost,
+        duplicated: 0,
+        elapsed: start.elapsed(),
+        latencies_us,
+    };
+    print_summary(&summary, args.json);
+    Ok(if lost == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
 }
 
 /// Summary of one run.

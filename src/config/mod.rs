@@ -9,6 +9,7 @@
 //! is what a missing config file is replaced with, and a test checks that it
 //! parses to the defaults.
 
+pub mod runners;
 pub mod zpl;
 
 use std::path::{Path, PathBuf};
@@ -98,6 +99,8 @@ pub struct Settings {
     pub forward_hops: u32,
     /// `worker/shutdown/timeout`.
     pub shutdown_timeout: Duration,
+    /// `worker/runners/<name>/...`, in file order (none by default).
+    pub runners: Vec<crate::worker::runners::RunnerConfig>,
 }
 
 impl Default for Settings {
@@ -135,6 +138,7 @@ impl Default for Settings {
             retry_pending: 1000,
             forward_hops: 8,
             shutdown_timeout: Duration::from_secs(10),
+            runners: Vec::new(),
         }
     }
 }
@@ -162,6 +166,16 @@ pub enum ConfigError {
         value: String,
         /// What it must be.
         expected: &'static str,
+    },
+    /// A runner's key (`worker/runners/<name>/<key>`) is wrong.
+    #[error("{key}{at}: {message}")]
+    Runner {
+        /// The key, slash-separated.
+        key: String,
+        /// " (line N)" when the line is known, else empty.
+        at: String,
+        /// What is wrong.
+        message: String,
     },
 }
 
@@ -207,6 +221,13 @@ impl Settings {
             let v = get(key);
             (!v.trim().is_empty()).then(|| v.trim().to_string())
         };
+        // Runners: order, lines and case from the file itself (see
+        // `runners`), values layered.
+        let runner_names: Vec<String> = c
+            .get_table("worker.runners")
+            .map(|t| t.into_keys().collect())
+            .unwrap_or_default();
+        let runners = runners::parse(text, |k| c.get_string(k).ok(), &runner_names)?;
         let user = opt("worker/auth/plain/username");
         let password = get("worker/auth/plain/password");
         Ok(Settings {
@@ -263,6 +284,7 @@ impl Settings {
             forward_hops: number("worker/forward/hops", &get("worker/forward/hops"))?
                 .min(u32::MAX as u64) as u32,
             shutdown_timeout: duration("worker/shutdown/timeout", &get("worker/shutdown/timeout"))?,
+            runners,
         })
     }
 }

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use super::hub::{Conn, Hub};
 use super::outcomes::Policy;
 use super::pool::{Pool, PoolError};
+use super::runners::Runners;
 use super::shared::SharedDict;
 use super::types::{Completion, ErrorKind, Job, PoolConfig, Request, RunResult};
 use super::vm::{Vm, DUTY_EVERY};
@@ -69,6 +70,9 @@ pub struct DispatcherOptions {
     pub policy: Policy,
     /// Most requests waiting for a retry at once.
     pub retry_pending: usize,
+    /// Runners (HTTP applications, child processes), in match order: a
+    /// subject one of them matches never goes to Lua.
+    pub runners: Vec<super::runners::RunnerConfig>,
 }
 
 impl DispatcherOptions {
@@ -86,6 +90,7 @@ impl DispatcherOptions {
             shutdown_timeout: Duration::from_secs(10),
             policy: Policy::default(),
             retry_pending: 1000,
+            runners: Vec::new(),
         }
     }
 }
@@ -102,6 +107,9 @@ pub enum WorkerError {
     /// The wake-up pipe could not be created.
     #[error("wake-up pipe: {0}")]
     Io(#[from] std::io::Error),
+    /// A runner could not start.
+    #[error("{0}")]
+    Runner(#[from] super::runners::RunnerError),
 }
 
 /// How long the dispatcher sleeps at most when idle: how late a stop (a
@@ -127,11 +135,25 @@ pub fn run(
         size: vms - 1,
         ..pool_cfg
     };
+    // Runners report on the same channel and wake the same way as the
+    // pool. Their slots add to the credit, and a runner that is full keeps
+    // at most the whole credit waiting in the hub, so with
+    // acknowledgements nothing is refused for lack of room.
+    let slots: usize = opts.runners.iter().map(|r| r.slots()).sum();
+    let mut runners = Runners::start(
+        &opts.runners,
+        &cfg.scripts_dir,
+        &done_tx,
+        &wake,
+        capacity + slots,
+    )?;
     let pool = Pool::start_with(threaded, shared.clone(), done_tx, wake)?;
     let mut client_opts = opts.client.clone();
-    client_opts.credit = Some(capacity.min(u16::MAX as usize) as u16);
+    client_opts.credit = Some((capacity + slots).min(u16::MAX as usize) as u16);
     let Some(mut client) = connect(client_opts, &shutdown)? else {
         pool.shutdown(Duration::ZERO);
+        runners.stop_taking(Instant::now());
+        runners.finish();
         return Ok(());
     };
     client.set_worker(&opts.service, &opts.filter)?;
@@ -142,6 +164,9 @@ pub fn run(
         acknowledged = client.acks_enabled(),
         "ready: {vms} Lua VMs"
     );
+    for r in &opts.runners {
+        tracing::info!(runner = %r.name, "runner for subjects matching {}", r.pattern.0.as_str());
+    }
     let hub = Arc::new(Mutex::new(Hub::new(
         opts,
         vec![Conn::new(client)],
@@ -150,9 +175,11 @@ pub fn run(
         wake_rx,
         capacity,
     )));
-    hub.lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .set_inline_budget(vm.budget());
+    {
+        let mut h = hub.lock().unwrap_or_else(|p| p.into_inner());
+        h.set_inline_budget(vm.budget());
+        h.set_runners(runners);
+    }
     vm.set_duty(duty(hub.clone(), shutdown.clone()));
     let mut d = Dispatcher {
         hub,

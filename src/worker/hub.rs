@@ -25,6 +25,7 @@ use crossbeam_channel::Receiver;
 use super::dispatcher::{DispatcherOptions, WorkerError, ERROR_REPLY_PREFIX};
 use super::outcomes::{Decision, Envelope, RetryQueue};
 use super::pool::Pool;
+use super::runners::Runners;
 use super::types::{Completion, ErrorKind, Job, Output, Request};
 use super::vm::Budget;
 use super::wake::WakeReceiver;
@@ -100,6 +101,8 @@ pub struct Hub {
     pub fatal: Option<WorkerError>,
     /// The budget of the dispatcher's VM, to shorten at a stop.
     inline_budget: Option<Arc<Budget>>,
+    /// Handlers that are not Lua: subjects they match never reach a VM.
+    runners: Runners,
 }
 
 impl Hub {
@@ -128,7 +131,14 @@ impl Hub {
             inline_busy: false,
             fatal: None,
             inline_budget: None,
+            runners: Runners::none(),
         }
+    }
+
+    /// The runners (HTTP applications, child processes) that take the
+    /// subjects they match.
+    pub fn set_runners(&mut self, runners: Runners) {
+        self.runners = runners;
     }
 
     /// The budget of the dispatcher's VM (see [`Hub::shorten_inline`]).
@@ -235,6 +245,7 @@ impl Hub {
         while let Ok(c) = self.done.try_recv() {
             self.complete(c)?;
         }
+        self.runners.feed();
         let now = Instant::now();
         while let Some(job) = self.retries.pop_due(now) {
             self.place(job)?;
@@ -326,6 +337,16 @@ impl Hub {
     /// not run.
     fn place(&mut self, job: Job) -> Result<(), WorkerError> {
         let extra: usize = self.conns.iter().map(|c| c.extra_credit).sum();
+        if let Some(i) = self.runners.route(&job.request.subject) {
+            return match self.runners.place(i, job, extra) {
+                Ok(()) => Ok(()),
+                Err((job, runner)) => {
+                    let text = format!("runner {runner} overloaded; request not run");
+                    tracing::warn!(subject = %job.request.subject, "{text}");
+                    self.unrun(job, &text, false)
+                }
+            };
+        }
         if self.queue.len() >= self.queue_limit + extra {
             let text = format!(
                 "worker overloaded: {} requests waiting; request not run",
@@ -607,16 +628,25 @@ impl Hub {
     /// closed politely.
     pub fn stop(mut self) -> Result<(), WorkerError> {
         tracing::info!(
-            running = self.in_flight.len() - self.retries.len() - self.queue.len(),
+            running = self.in_flight.len()
+                - self.retries.len()
+                - self.queue.len()
+                - self.runners.backlogged(),
             queued = self.queue.len(),
             retries_waiting = self.retries.len(),
             "stopping: finishing requests already received (up to {:?})",
             self.opts.shutdown_timeout
         );
-        let unstarted = match self.pool.take() {
+        // Runners wait for their running requests alongside the pool, up
+        // to the same deadline.
+        let deadline = Instant::now() + self.opts.shutdown_timeout;
+        let runners_unstarted = self.runners.stop_taking(deadline);
+        let mut unstarted = match self.pool.take() {
             Some(pool) => pool.shutdown(self.opts.shutdown_timeout),
             None => Vec::new(),
         };
+        std::mem::replace(&mut self.runners, Runners::none()).finish();
+        unstarted.extend(runners_unstarted);
         // Completions of everything that finished in time; retries they
         // ask for now are handed back with the others.
         while let Ok(c) = self.done.try_recv() {

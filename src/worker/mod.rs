@@ -1,7 +1,8 @@
 //! The alaska worker: the dispatcher that owns the broker connections and
 //! a VM of its own ([`dispatcher`]), what it does on its connections
 //! ([`hub`]), the pool of Lua VMs ([`pool`], [`vm`]), what becomes
-//! of a request once its handler ends ([`outcomes`]), the dictionary the
+//! of a request once its handler ends ([`outcomes`]), handlers that are
+//! HTTP applications or child processes ([`runners`]), the dictionary the
 //! VMs share ([`shared`]), which script a subject selects ([`subject`]),
 //! the types they all pass around ([`types`]), and the wake-up pipe
 //! between threads ([`wake`], from [`crate::ops`]).
@@ -11,6 +12,7 @@ pub mod dispatcher;
 pub mod hub;
 pub mod outcomes;
 pub mod pool;
+pub mod runners;
 pub mod shared;
 pub mod subject;
 pub mod types;

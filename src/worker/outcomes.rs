@@ -111,7 +111,7 @@ impl Policy {
             Ok(Outcome::Drop) => Decision::Drop,
             Ok(Outcome::Fail { reason }) => Decision::DeadLetter {
                 text: format!(
-                    "failed (alaska.fail) after {}: {reason}",
+                    "failed by its handler after {}: {reason}",
                     attempts(req.attempt)
                 ),
                 kind: None,
@@ -452,7 +452,7 @@ mod tests {
             0.0,
         ) {
             Decision::DeadLetter { text, kind: None } => {
-                assert_eq!(text, "failed (alaska.fail) after 1 attempt: bad input")
+                assert_eq!(text, "failed by its handler after 1 attempt: bad input")
             }
             other => panic!("{other:?}"),
         }
