@@ -16,6 +16,7 @@
 //! credentials. Stopping is a message on a channel, polled by the router.
 
 mod config;
+pub mod core;
 mod router;
 mod zap;
 
@@ -58,7 +59,7 @@ pub struct BrokerConfig {
 impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
-            endpoint: "tcp://127.0.0.1:9999".into(),
+            endpoint: crate::mlm::DEFAULT_ENDPOINT.into(),
             client_timeout: Duration::from_secs(10),
             plain: None,
             service_queue_limit: Limits {
@@ -137,7 +138,7 @@ impl Broker {
             .name("alaska-broker".into())
             .spawn(move || {
                 let _ctx = router_ctx;
-                router::Router::new(socket, cfg).run(&stop_rx);
+                router::Router::new(socket, &cfg).run(&stop_rx);
             })?;
         tracing::info!("broker listening on {endpoint}");
         Ok(BrokerHandle {
