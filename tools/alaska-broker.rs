@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alaska::broker::{load_config, Broker, BrokerConfig};
+use alaska::mlm::DEFAULT_ENDPOINT;
 use clap::Parser;
 
 /// Command-line flags.
@@ -18,8 +19,9 @@ use clap::Parser;
     about = "A Malamute-compatible broker (MLM protocol) for Alaska workers and libmlm clients",
     long_about = "A Malamute-compatible broker (MLM protocol): streams, mailboxes and services \
 for Alaska workers and any libmlm client. Reads a malamute.cfg-style ZPL file \
-(see alaska-broker.cfg). Stops cleanly on SIGINT or SIGTERM.",
-    after_help = "Examples:\n  alaska-broker                         # tcp://127.0.0.1:9999, NULL security\n  alaska-broker alaska-broker.cfg       # settings from a file, as with `malamute FILE`\n  alaska-broker -e tcp://0.0.0.0:9999 -v"
+(see alaska-broker.cfg). With mlm_server/storage/dir set, stored mail and queued \
+requests survive a crash. Stops cleanly on SIGINT or SIGTERM.",
+    after_help = format!("Examples:\n  alaska-broker                         # {DEFAULT_ENDPOINT}, NULL security, in memory\n  alaska-broker alaska-broker.cfg       # settings from a file, as with `malamute FILE`\n  alaska-broker -e tcp://0.0.0.0:9999 -v")
 )]
 struct Args {
     /// Configuration file (ZPL, malamute.cfg keys).
@@ -41,7 +43,10 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // The storage engine narrates its housekeeping at info.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn")
+                }),
         )
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
@@ -89,6 +94,6 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         std::thread::sleep(Duration::from_millis(100));
     }
     tracing::info!("stopping");
-    broker.stop();
+    broker.stop_checked()?;
     Ok(())
 }

@@ -5,13 +5,16 @@
 //! carried.
 //!
 //! One loop turn: read up to [`TURN`] commands, run the timers if due,
-//! flush the core (each touched service dispatched once), then send.
+//! flush the core (each touched service dispatched once), commit what
+//! changed to storage (if any), then send. Sends come after the commit, so
+//! whatever a client hears from the broker, what it sent before is stored.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::core::{ClientId, Core, Outgoing};
-use super::BrokerConfig;
+use super::storage::{Pending, Recovered, Storage};
+use super::{BrokerConfig, BrokerError};
 use crate::mlm::Message;
 
 /// Most commands handled in one loop turn before sending: large enough to
@@ -21,32 +24,56 @@ const TURN: usize = 1024;
 /// Longest sleep in `poll`, so a stop request is noticed.
 const IDLE: Duration = Duration::from_millis(100);
 
-/// The ROUTER socket and the broker state.
+/// The ROUTER socket, the broker state and its storage.
 pub struct Router {
     socket: zmq::Socket,
-    core: Core,
+    /// The journal is `Some` when storing.
+    core: Core<Option<Pending>>,
+    storage: Option<Storage>,
     out: Vec<Outgoing>,
     /// Whether to read the ZAP user name (PLAIN) of each command.
     with_user: bool,
 }
 
 impl Router {
-    /// A router over a bound ROUTER socket.
-    pub fn new(socket: zmq::Socket, cfg: &BrokerConfig) -> Self {
+    /// A router over a bound ROUTER socket; with storage, the state is
+    /// rebuilt from what was recovered.
+    pub fn new(
+        socket: zmq::Socket,
+        cfg: &BrokerConfig,
+        storage: Option<(Storage, Recovered)>,
+    ) -> Self {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let journal = storage.as_ref().map(|_| Pending::new(now, wall));
+        let mut core = Core::with_journal(cfg.into(), now, journal);
+        let storage = storage.map(|(store, recovered)| {
+            recovered.restore_into(&mut core, now, wall);
+            store
+        });
         Router {
             socket,
-            core: Core::new(cfg.into(), Instant::now()),
+            core,
+            storage,
             out: Vec::new(),
             with_user: cfg.plain.is_some(),
         }
     }
 
-    /// Serves until `stop` receives (or its sender is dropped).
-    pub fn run(mut self, stop: &crossbeam_channel::Receiver<()>) {
+    /// Serves until `stop` receives (or its sender is dropped), then closes
+    /// the store. Fails if storage fails: a broker that cannot store what
+    /// it promised to keep stops.
+    pub fn run(mut self, stop: &crossbeam_channel::Receiver<()>) -> Result<(), BrokerError> {
+        // What expired while the broker was down goes before anyone asks.
+        self.core.tick(Instant::now());
+        self.send_all(Instant::now())?;
         loop {
             match stop.try_recv() {
                 Ok(()) | Err(crossbeam_channel::TryRecvError::Disconnected) => break,
                 Err(crossbeam_channel::TryRecvError::Empty) => {}
+            }
+            if let Some(p) = self.core.journal_mut() {
+                p.set_clock(Instant::now(), SystemTime::now());
             }
             let timeout = self.poll_timeout(Instant::now());
             match self.socket.poll(zmq::POLLIN, timeout) {
@@ -62,14 +89,27 @@ impl Router {
             if self.core.next_deadline().is_some_and(|t| t <= now) {
                 self.core.tick(now);
             }
-            self.send_all(now);
+            self.send_all(now)?;
+            if let Some(s) = &mut self.storage {
+                s.sync_if_due(now)?;
+            }
+        }
+        if let Some(s) = self.storage.take() {
+            s.close()?;
         }
         tracing::info!("broker stopped");
+        Ok(())
     }
 
-    /// Milliseconds until the core's next timer (at most [`IDLE`]).
+    /// Milliseconds until the core's next timer or the storage's next
+    /// grouped fsync (at most [`IDLE`]).
     fn poll_timeout(&self, now: Instant) -> i64 {
-        let wait = match self.core.next_deadline() {
+        let sync = self.storage.as_ref().and_then(Storage::sync_deadline);
+        let wait = match [self.core.next_deadline(), sync]
+            .into_iter()
+            .flatten()
+            .min()
+        {
             Some(t) => t.saturating_duration_since(now).min(IDLE),
             None => IDLE,
         };
@@ -124,18 +164,21 @@ impl Router {
         Ok(Some((id, user, frames)))
     }
 
-    /// Flushes the core and sends everything; failed sends go back to the
-    /// core, whose answer (requeued requests for other workers) is sent in
-    /// turn.
-    fn send_all(&mut self, now: Instant) {
+    /// Flushes the core, commits its changes, and sends everything; failed
+    /// sends go back to the core, whose answer (requeued requests for other
+    /// workers) is committed and sent in turn.
+    fn send_all(&mut self, now: Instant) -> Result<(), BrokerError> {
         // Clients the core dropped after a failed send: whatever else was
         // queued for them in this flush is failed too, so that nothing
         // reaches a client the core no longer counts on.
         let mut dropped: HashSet<ClientId> = HashSet::new();
         loop {
             self.core.flush(now, &mut self.out);
+            if let (Some(s), Some(p)) = (&mut self.storage, self.core.journal_mut()) {
+                s.commit(p, now)?;
+            }
             if self.out.is_empty() {
-                return;
+                return Ok(());
             }
             let mut out = std::mem::take(&mut self.out);
             for o in out.drain(..) {
