@@ -25,6 +25,8 @@ pub(super) struct Unconfirmed {
 /// One connected client.
 #[derive(Debug)]
 pub(super) struct Client {
+    /// Its routing id (the key it is stored under, shared).
+    pub(super) id: ClientId,
     /// Its address (empty: anonymous, no mailbox).
     pub(super) address: String,
     /// The user its connection authenticated as (PLAIN), for authorization.
@@ -47,8 +49,9 @@ pub(super) struct Client {
 }
 
 impl Client {
-    fn new(address: String, user: Option<String>, now: Instant) -> Self {
+    fn new(id: ClientId, address: String, user: Option<String>, now: Instant) -> Self {
         Client {
+            id,
             address,
             user,
             last_seen: now,
@@ -99,7 +102,7 @@ impl<J: Journal> Core<J> {
         self.counters.clients_opened += 1;
         self.clients.insert(
             id.clone(),
-            Client::new(address.clone(), user.map(str::to_string), now),
+            Client::new(id.clone(), address.clone(), user.map(str::to_string), now),
         );
         self.send(
             &id,

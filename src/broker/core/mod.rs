@@ -191,17 +191,16 @@ impl<J: Journal> Core<J> {
     /// Replies and deliveries are collected for [`Core::flush`].
     pub fn handle(&mut self, from: &[u8], user: Option<&str>, msg: Message, now: Instant) {
         self.counters.commands += 1;
-        let id = self.id_of(from);
+        let (id, known) = match self.clients.get_mut(from) {
+            Some(c) => {
+                c.last_seen = now;
+                (c.id.clone(), true)
+            }
+            None => (ClientId::from(from), false),
+        };
         if self.cfg.verbose {
             tracing::info!("{} -> {msg}", self.name(&id));
         }
-        let known = match self.clients.get_mut(&id) {
-            Some(c) => {
-                c.last_seen = now;
-                true
-            }
-            None => false,
-        };
         match msg {
             Message::ConnectionOpen { address } => self.on_open(id, user, address, now),
             // The reference crashes on CLOSE before OPEN; we answer.
@@ -483,8 +482,8 @@ impl<J: Journal> Core<J> {
 
     /// The routing id as a shared key, reusing the client's if known.
     fn id_of(&self, from: &[u8]) -> ClientId {
-        match self.clients.get_key_value(from) {
-            Some((k, _)) => k.clone(),
+        match self.clients.get(from) {
+            Some(c) => c.id.clone(),
             None => Arc::from(from),
         }
     }

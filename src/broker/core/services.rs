@@ -16,7 +16,7 @@
 //! look per dispatch, not one per request. A subject that no offer matches
 //! at all is parked and looked at again only when a new offer arrives.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
 
 use regex::Regex;
@@ -33,9 +33,10 @@ pub(super) struct Offer {
     pattern: Regex,
 }
 
-/// The requests of one subject, oldest first.
+/// The requests of one subject, oldest first (by id: new ones go to the
+/// back, one coming back is put in its place).
 struct Group {
-    queue: BTreeMap<HeldId, Held>,
+    queue: VecDeque<Held>,
     /// No offer matches the subject: not in `ready` until one does.
     parked: bool,
 }
@@ -69,24 +70,35 @@ impl Service {
     fn push(&mut self, req: Held) {
         self.count += 1;
         self.bytes += req.bytes();
-        let parked = !self.groups.contains_key(&req.subject) && !self.matched(&req.subject);
-        let group = self
-            .groups
-            .entry(req.subject.clone())
-            .or_insert_with(|| Group {
-                queue: BTreeMap::new(),
-                parked,
-            });
-        let old_head = group.queue.keys().next().copied();
-        let id = req.id;
-        let subject =
-            (!group.parked && old_head.is_none_or(|h| id < h)).then(|| req.subject.clone());
-        group.queue.insert(id, req);
-        if let Some(subject) = subject {
-            if let Some(h) = old_head {
-                self.ready.remove(&h);
+        let Some(group) = self.groups.get_mut(&req.subject) else {
+            let parked = !self.matched(&req.subject);
+            if !parked {
+                self.ready.insert(req.id, req.subject.clone());
             }
-            self.ready.insert(id, subject);
+            let subject = req.subject.clone();
+            self.groups.insert(
+                subject,
+                Group {
+                    queue: VecDeque::from([req]),
+                    parked,
+                },
+            );
+            return;
+        };
+        match group.queue.back() {
+            Some(last) if last.id > req.id => {
+                // One coming back: in its place by age.
+                let old_head = group.queue[0].id;
+                let at = group.queue.partition_point(|h| h.id < req.id);
+                let id = req.id;
+                let subject = (at == 0 && !group.parked).then(|| req.subject.clone());
+                group.queue.insert(at, req);
+                if let Some(subject) = subject {
+                    self.ready.remove(&old_head);
+                    self.ready.insert(id, subject);
+                }
+            }
+            _ => group.queue.push_back(req),
         }
     }
 
@@ -94,12 +106,12 @@ impl Service {
     fn pop(&mut self, head: HeldId) -> Option<Held> {
         let subject = self.ready.remove(&head)?;
         let group = self.groups.get_mut(&subject)?;
-        let (_, req) = group.queue.pop_first()?;
+        let req = group.queue.pop_front()?;
         self.count -= 1;
         self.bytes -= req.bytes();
-        match group.queue.keys().next() {
-            Some(&next) => {
-                self.ready.insert(next, subject);
+        match group.queue.front() {
+            Some(next) => {
+                self.ready.insert(next.id, subject);
             }
             None => {
                 self.groups.remove(&subject);
@@ -111,14 +123,17 @@ impl Service {
     /// Takes request `id` of `subject` out of the queue, wherever it is.
     fn remove(&mut self, subject: &str, id: HeldId) -> Option<Held> {
         let group = self.groups.get_mut(subject)?;
-        let was_head = group.queue.keys().next() == Some(&id);
-        let req = group.queue.remove(&id)?;
+        let at = group.queue.partition_point(|h| h.id < id);
+        if group.queue.get(at).is_none_or(|h| h.id != id) {
+            return None;
+        }
+        let req = group.queue.remove(at)?;
         self.count -= 1;
         self.bytes -= req.bytes();
-        if was_head && !group.parked {
+        if at == 0 && !group.parked {
             self.ready.remove(&id);
-            if let Some(&next) = group.queue.keys().next() {
-                self.ready.insert(next, subject.to_string());
+            if let Some(next) = group.queue.front() {
+                self.ready.insert(next.id, subject.to_string());
             }
         }
         if group.queue.is_empty() {
@@ -141,8 +156,8 @@ impl Service {
         for (subject, g) in self.groups.iter_mut() {
             if g.parked && pattern.is_match(subject) {
                 g.parked = false;
-                if let Some(&head) = g.queue.keys().next() {
-                    self.ready.insert(head, subject.clone());
+                if let Some(head) = g.queue.front() {
+                    self.ready.insert(head.id, subject.clone());
                 }
             }
         }
