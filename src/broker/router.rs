@@ -90,8 +90,8 @@ impl Router {
                 self.core.tick(now);
             }
             self.send_all(now)?;
-            if let Some(s) = &mut self.storage {
-                s.sync_if_due(now)?;
+            if let Some(s) = &self.storage {
+                s.check()?;
             }
         }
         if let Some(s) = self.storage.take() {
@@ -101,15 +101,9 @@ impl Router {
         Ok(())
     }
 
-    /// Milliseconds until the core's next timer or the storage's next
-    /// grouped fsync (at most [`IDLE`]).
+    /// Milliseconds until the core's next timer (at most [`IDLE`]).
     fn poll_timeout(&self, now: Instant) -> i64 {
-        let sync = self.storage.as_ref().and_then(Storage::sync_deadline);
-        let wait = match [self.core.next_deadline(), sync]
-            .into_iter()
-            .flatten()
-            .min()
-        {
+        let wait = match self.core.next_deadline() {
             Some(t) => t.saturating_duration_since(now).min(IDLE),
             None => IDLE,
         };
@@ -175,7 +169,7 @@ impl Router {
         loop {
             self.core.flush(now, &mut self.out);
             if let (Some(s), Some(p)) = (&mut self.storage, self.core.journal_mut()) {
-                s.commit(p, now)?;
+                s.commit(p)?;
             }
             if self.out.is_empty() {
                 return Ok(());

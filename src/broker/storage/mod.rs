@@ -5,9 +5,10 @@
 //! one atomic write batch, written to the operating system before anything
 //! of that turn is sent, so a killed broker loses nothing it has answered
 //! for). With `sync = always` the batch is also fsynced before the sends;
-//! with `sync = batch` fsyncs are grouped, one at most every
-//! [`BATCH_WINDOW`], so a power failure can lose that much. On start the
-//! core is rebuilt from the store ([`Recovered::restore_into`]).
+//! with `sync = batch` a thread of its own fsyncs what was written, grouped:
+//! [`BATCH_WINDOW`] after a write, so a power failure or an operating
+//! system crash can lose the last ~10 ms. On start the core is rebuilt from
+//! the store ([`Recovered::restore_into`]).
 //!
 //! Kept: mail per mailbox, each mailbox's reclaim clock, queued requests,
 //! and requests given to acknowledging workers and not yet confirmed (they
@@ -23,6 +24,8 @@ pub mod record;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -45,7 +48,8 @@ const STATE_KEY: &str = "state";
 pub enum SyncMode {
     /// fsync before anything of a loop turn is sent.
     Always,
-    /// fsync at most every [`BATCH_WINDOW`] (written to the OS every turn).
+    /// Written to the OS every turn, fsynced by a thread of its own
+    /// [`BATCH_WINDOW`] after (grouping what comes meanwhile).
     Batch,
 }
 
@@ -94,6 +98,14 @@ pub enum StorageError {
         dir: PathBuf,
         /// What fjall said.
         source: fjall::Error,
+    },
+    /// A grouped fsync failed (`sync = batch`).
+    #[error("storage {dir}: fsync failed: {reason}")]
+    Sync {
+        /// The store.
+        dir: PathBuf,
+        /// What the engine said.
+        reason: String,
     },
     /// A file operation failed.
     #[error("storage {dir}: {source}")]
@@ -205,8 +217,64 @@ pub struct Storage {
     mailboxes: Keyspace,
     meta: Keyspace,
     sync: SyncMode,
-    /// Written to the OS and not yet fsynced since then (`batch`).
-    unsynced_since: Option<Instant>,
+    /// With `sync = batch`: the thread that fsyncs.
+    syncer: Option<Syncer>,
+}
+
+/// The thread (`alaska-broker-sync`) that makes what the router wrote
+/// durable with `sync = batch`: woken after a write, it waits
+/// [`BATCH_WINDOW`] to gather more, then fsyncs once. The router never
+/// waits for it (only for the engine's journal lock, if it commits while
+/// an fsync holds it).
+struct Syncer {
+    wake: Option<crossbeam_channel::Sender<()>>,
+    failed: Arc<OnceLock<String>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Syncer {
+    fn start(db: Database) -> std::io::Result<Syncer> {
+        // One wake-up waiting is enough: the fsync it leads to covers
+        // every write made before it starts.
+        let (wake, woken) = crossbeam_channel::bounded::<()>(1);
+        let failed = Arc::new(OnceLock::new());
+        let report = failed.clone();
+        let thread = std::thread::Builder::new()
+            .name("alaska-broker-sync".into())
+            .spawn(move || {
+                while woken.recv().is_ok() {
+                    std::thread::sleep(BATCH_WINDOW);
+                    if let Err(e) = db.persist(PersistMode::SyncData) {
+                        let _ = report.set(e.to_string());
+                        return;
+                    }
+                }
+            })?;
+        Ok(Syncer {
+            wake: Some(wake),
+            failed,
+            thread: Some(thread),
+        })
+    }
+
+    fn written(&self) {
+        if let Some(w) = &self.wake {
+            let _ = w.try_send(());
+        }
+    }
+
+    fn stop(&mut self) {
+        self.wake = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// What was read back at start, and what was found on the way.
@@ -340,7 +408,7 @@ impl Storage {
             db.keyspace(name, KeyspaceCreateOptions::default)
                 .map_err(engine)
         };
-        let s = Storage {
+        let mut s = Storage {
             requests: keyspace("requests")?,
             mail: keyspace("mail")?,
             mailboxes: keyspace("mailboxes")?,
@@ -348,7 +416,7 @@ impl Storage {
             db: db.clone(),
             dir: dir.clone(),
             sync: cfg.sync,
-            unsynced_since: None,
+            syncer: None,
         };
         let mut rec = Recovered::default();
         for (path, data_end) in journals {
@@ -398,6 +466,12 @@ impl Storage {
         s.read_all(&mut rec)?;
         s.meta.insert(STATE_KEY, "running").map_err(engine)?;
         s.db.persist(PersistMode::SyncAll).map_err(engine)?;
+        if s.sync == SyncMode::Batch {
+            s.syncer = Some(Syncer::start(s.db.clone()).map_err(|e| StorageError::Io {
+                dir: dir.clone(),
+                source: e,
+            })?);
+        }
         Ok((s, rec))
     }
 
@@ -450,8 +524,8 @@ impl Storage {
     }
 
     /// Writes what the core changed in one atomic batch (to the OS; also
-    /// fsynced with `sync = always`).
-    pub fn commit(&mut self, p: &mut Pending, now: Instant) -> Result<(), StorageError> {
+    /// fsynced with `sync = always`, soon after with `batch`).
+    pub fn commit(&mut self, p: &mut Pending) -> Result<(), StorageError> {
         if p.is_empty() {
             return Ok(());
         }
@@ -476,41 +550,36 @@ impl Storage {
             }
         }
         batch.commit().map_err(|e| self.engine(e))?;
-        match self.sync {
-            SyncMode::Always => self.fsync()?,
-            SyncMode::Batch => {
-                self.unsynced_since.get_or_insert(now);
-            }
+        match &self.syncer {
+            Some(s) => s.written(),
+            None => self
+                .db
+                .persist(PersistMode::SyncData)
+                .map_err(|e| self.engine(e))?,
         }
         Ok(())
     }
 
-    /// When the next grouped fsync is due, if anything waits for one.
-    pub fn sync_deadline(&self) -> Option<Instant> {
-        self.unsynced_since.map(|t| t + BATCH_WINDOW)
-    }
-
-    /// Fsyncs if the batch window has passed.
-    pub fn sync_if_due(&mut self, now: Instant) -> Result<(), StorageError> {
-        if self.sync_deadline().is_some_and(|t| t <= now) {
-            self.fsync()?;
+    /// Fails if the fsync thread failed: then nothing written since is
+    /// known to be durable.
+    pub fn check(&self) -> Result<(), StorageError> {
+        match self.syncer.as_ref().and_then(|s| s.failed.get()) {
+            Some(reason) => Err(StorageError::Sync {
+                dir: self.dir.clone(),
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
         }
-        Ok(())
-    }
-
-    fn fsync(&mut self) -> Result<(), StorageError> {
-        self.unsynced_since = None;
-        self.db
-            .persist(PersistMode::SyncData)
-            .map_err(|e| self.engine(e))
     }
 
     /// Marks a clean stop and makes everything durable.
     pub fn close(mut self) -> Result<(), StorageError> {
+        if let Some(mut s) = self.syncer.take() {
+            s.stop();
+        }
         self.meta
             .insert(STATE_KEY, "stopped")
             .map_err(|e| self.engine(e))?;
-        self.unsynced_since = None;
         self.db
             .persist(PersistMode::SyncAll)
             .map_err(|e| self.engine(e))
