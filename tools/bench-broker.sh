@@ -4,7 +4,7 @@
 # and an older alaska-broker binary, all with the same clients.
 #
 #   tools/bench-broker.sh [-n REQUESTS] [-r ROUNDS] [--compare ENDPOINT]
-#                         [--baseline BROKER_BINARY] [--no-build]
+#                         [--baseline BROKER_BINARY] [--stuck N] [--no-build]
 #
 # Each broker runs on its own free loopback port with its own worker:
 # `alaska-bench --echo-worker --ack-window 64` (acknowledged delivery where
@@ -15,8 +15,11 @@
 # best round of each, so they are compared under the same machine
 # conditions. --compare ENDPOINT adds a running broker (e.g. the real
 # Malamute, in memory); --baseline BINARY adds another alaska-broker binary
-# in memory (e.g. one built from an older commit). Prints req/s per broker
-# and the ratios the targets are stated in.
+# in memory (e.g. one built from an older commit). --stuck N (default
+# 10000, 0 for none) adds the same load on a service whose queue also holds
+# N requests that no worker matches (the in-memory brokers only): a broker
+# that rescans its queue on every request slows down with N. Prints req/s
+# per broker and the ratios the targets are stated in.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +27,7 @@ N=20000
 ROUNDS=1
 COMPARE=""
 BASELINE=""
+STUCK=10000
 BUILD=1
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -31,14 +35,15 @@ while [ $# -gt 0 ]; do
     -r) ROUNDS="$2"; shift 2 ;;
     --compare) COMPARE="$2"; shift 2 ;;
     --baseline) BASELINE="$2"; shift 2 ;;
+    --stuck) STUCK="$2"; shift 2 ;;
     --no-build) BUILD=0; shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "bench-broker.sh: unknown argument $1" >&2; exit 1 ;;
   esac
 done
 
 if [ "$BUILD" = 1 ]; then
-  cargo build --release --bin alaska-broker --bin alaska-bench >/dev/null 2>&1 ||
+  cargo build --release --bin alaska-broker --bin alaska-bench --bin alas >/dev/null 2>&1 ||
     { echo "bench-broker.sh: build failed (run cargo build --release)" >&2; exit 1; }
 fi
 BIN=target/release
@@ -84,16 +89,23 @@ start_broker() {
   printf -v "EP_$name" '%s' "tcp://127.0.0.1:$port"
 }
 
-start_worker() { # endpoint log
-  "$BIN/alaska-bench" --echo-worker --ack-window 64 -e "$1" -a bench >"$2" 2>&1 &
+start_worker() { # endpoint log [service filter]
+  "$BIN/alaska-bench" --echo-worker --ack-window 64 -e "$1" -a "${3:-bench}" --filter "${4:-.*}" >"$2" 2>&1 &
   PIDS+=($!)
   for _ in $(seq 50); do grep -q ready "$2" && return 0; sleep 0.1; done
   echo "bench-broker.sh: echo worker on $1 did not start: $(cat "$2")" >&2
   exit 1
 }
 
-load() { # endpoint
-  "$BIN/alaska-bench" -e "$1" -a bench -s echo -w 100 -n "$N" -b 64 --json
+load() { # endpoint [service]
+  "$BIN/alaska-bench" -e "$1" -a "${2:-bench}" -s echo -w 100 -n "$N" -b 64 --json
+}
+
+# stuck endpoint: N requests on service "stuck" that its worker (offering
+# only subject "echo") never matches.
+stuck() {
+  awk -v n="$STUCK" 'BEGIN { for (i = 0; i < n; i++) print "{}" }' |
+    "$BIN/alas" -e "$1" -a stuck -s nobody --lines -q
 }
 
 best() { # old new: keeps the higher req/s
@@ -109,7 +121,8 @@ start_broker always "$BIN/alaska-broker" always
 if [ -n "$BASELINE" ]; then
   start_broker baseline "$BASELINE" ""
   NAMES+=(baseline)
-  LABELS+=("baseline $(basename "$(dirname "$BASELINE")")/$(basename "$BASELINE"), in memory")
+  LABELS+=("baseline binary, in memory")
+  echo "baseline binary: $BASELINE"
 fi
 if [ -n "$COMPARE" ]; then
   EP_compare=$COMPARE
@@ -120,6 +133,15 @@ for name in "${NAMES[@]}"; do
   ep_var="EP_$name"
   start_worker "${!ep_var}" "$TMP/worker-$name.log"
 done
+STUCK_NAMES=()
+if [ "$STUCK" -gt 0 ]; then
+  for name in memory ${BASELINE:+baseline}; do
+    ep_var="EP_$name"
+    start_worker "${!ep_var}" "$TMP/worker-stuck-$name.log" stuck '^echo$'
+    stuck "${!ep_var}"
+    STUCK_NAMES+=("$name")
+  done
+fi
 sleep 0.3
 
 declare -A RESULT
@@ -128,12 +150,21 @@ for _ in $(seq "$ROUNDS"); do
     ep_var="EP_$name"
     RESULT[$name]=$(best "${RESULT[$name]:-}" "$(load "${!ep_var}")")
   done
+  for name in "${STUCK_NAMES[@]}"; do
+    ep_var="EP_$name"
+    RESULT[stuck-$name]=$(best "${RESULT[stuck-$name]:-}" "$(load "${!ep_var}" stuck)")
+  done
+done
+for name in "${STUCK_NAMES[@]}"; do
+  i=$(printf '%s\n' "${NAMES[@]}" | grep -nx "$name" | cut -d: -f1)
+  NAMES+=("stuck-$name")
+  LABELS+=("${LABELS[$((i - 1))]}, $STUCK unmatched queued")
 done
 
-printf '%-44s %9s %8s %8s %8s %6s\n' "broker (echo worker, w=100, 64 B)" "req/s" "p50 us" "p99 us" "max us" "lost"
+printf '%-52s %9s %8s %8s %8s %6s\n' "broker (echo worker, w=100, 64 B)" "req/s" "p50 us" "p99 us" "max us" "lost"
 for i in "${!NAMES[@]}"; do
   r=${RESULT[${NAMES[$i]}]}
-  printf '%-44s %9s %8s %8s %8s %6s\n' "${LABELS[$i]}" "$(field rps "$r")" "$(field p50_us "$r")" \
+  printf '%-52s %9s %8s %8s %8s %6s\n' "${LABELS[$i]}" "$(field rps "$r")" "$(field p50_us "$r")" \
     "$(field p99_us "$r")" "$(field max_us "$r")" "$(field lost "$r")"
 done
 ratio() { awk -v a="$(field rps "$1")" -v b="$(field rps "$2")" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
@@ -143,6 +174,12 @@ echo "batch / in memory:    $(ratio "${RESULT[batch]}" "${RESULT[memory]}")x   (
 echo "always / in memory:   $(ratio "${RESULT[always]}" "${RESULT[memory]}")x"
 if [ -n "$BASELINE" ]; then
   echo "in memory / baseline: $(ratio "${RESULT[memory]}" "${RESULT[baseline]}")x   (target >= 0.95x)"
+fi
+if [ "$STUCK" -gt 0 ]; then
+  echo "in memory with $STUCK unmatched queued / without: $(ratio "${RESULT[stuck-memory]}" "${RESULT[memory]}")x"
+  if [ -n "$BASELINE" ]; then
+    echo "baseline with $STUCK unmatched queued / without:  $(ratio "${RESULT[stuck-baseline]}" "${RESULT[baseline]}")x"
+  fi
 fi
 if [ -n "$COMPARE" ]; then
   echo "batch / $COMPARE:     $(ratio "${RESULT[batch]}" "${RESULT[compare]}")x   (target > 1x)"
