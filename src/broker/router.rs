@@ -18,8 +18,10 @@ use super::{BrokerConfig, BrokerError};
 use crate::mlm::Message;
 
 /// Most commands handled in one loop turn before sending: large enough to
-/// batch under load, small enough that replies are not held back long.
-const TURN: usize = 1024;
+/// batch storage writes under load, small enough that replies are not held
+/// back long (256 commands are well under a millisecond of work). 128 and
+/// 1024 measured the same within this machine's noise.
+const TURN: usize = 256;
 
 /// Longest sleep in `poll`, so a stop request is noticed.
 const IDLE: Duration = Duration::from_millis(100);
