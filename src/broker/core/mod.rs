@@ -17,12 +17,10 @@
 //! parked until an offer that matches arrives, so requests nobody can take
 //! cost nothing to later sends.
 //!
-//! One file per concern, one short handler per command:
-//! [`clients`](self::clients) (OPEN, PING, CLOSE, expiry, takeover),
-//! [`services`](self::services) (SERVICE SEND, SERVICE OFFER, CREDIT,
-//! CONFIRM), [`mailboxes`](self::mailboxes) (MAILBOX SEND, storage,
-//! expiry, reclaim), [`streams`](self::streams) (STREAM WRITE, READ,
-//! CANCEL, SEND).
+//! One file per concern, one short handler per command: `clients.rs`
+//! (OPEN, PING, CLOSE, expiry, takeover), `services.rs` (SERVICE SEND,
+//! SERVICE OFFER, CREDIT, CONFIRM), `mailboxes.rs` (MAILBOX SEND, storage,
+//! expiry, reclaim), `streams.rs` (STREAM WRITE, READ, CANCEL, SEND).
 
 mod clients;
 mod held;
