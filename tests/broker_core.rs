@@ -232,6 +232,25 @@ fn open_ping_close_and_commands_before_open() {
 }
 
 #[test]
+fn the_authenticated_user_is_kept_with_the_client() {
+    let mut t = T::new();
+    t.core.handle(
+        b"c",
+        Some("admin"),
+        Message::ConnectionOpen {
+            address: "me".into(),
+        },
+        t.now,
+    );
+    t.flush();
+    let c = &t.core.clients()[0];
+    assert_eq!(
+        (c.address.as_str(), c.user.as_deref()),
+        ("me", Some("admin"))
+    );
+}
+
+#[test]
 fn silent_clients_expire_and_lose_their_offers() {
     let mut t = T::with(|c| c.client_timeout = Duration::from_secs(10));
     t.open("w", "w");
