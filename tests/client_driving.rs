@@ -177,3 +177,28 @@ fn recv_leaves_refusals_for_close() {
     assert!(p.recv(Duration::from_millis(300)).unwrap().is_none());
     assert!(matches!(p.close(), Err(ClientError::Rejected(r)) if r.len() == 1));
 }
+
+#[test]
+fn a_registration_never_overtakes_sends_waiting_in_the_outbox() {
+    // Enough mail to fill the socket: the rest waits in the outbox. A
+    // registration made then goes after it, so its OK means all of it
+    // reached the broker (the broker answers in order).
+    let b = broker();
+    let mut box_ = client(b.endpoint(), "box");
+    let mut c = client(b.endpoint(), "sender");
+    let n = 8_000;
+    for i in 0..n {
+        c.sendto("box", "m", "", 0, vec![format!("{i}").into_bytes()])
+            .unwrap();
+    }
+    assert!(c.outbox_len() > 0, "the socket should be full by now");
+    c.set_producer("after").unwrap();
+    assert_eq!(c.outbox_len(), 0, "the OK came before the sends went out");
+    // And all of them arrive, in order.
+    let mut next = 0;
+    while next < n {
+        let d = expect(&mut box_, DeliveryKind::Mailbox, Duration::from_secs(10));
+        assert_eq!(d.content, vec![format!("{next}").into_bytes()]);
+        next += 1;
+    }
+}

@@ -35,7 +35,7 @@ Exit status: 0 ok; 1 other error; 2 usage or bad endpoint; 3 empty input;\n4 bro
 )]
 struct Args {
     /// Broker endpoint.
-    #[arg(short, long, default_value = "tcp://127.0.0.1:9999")]
+    #[arg(short, long, default_value = alaska::mlm::DEFAULT_ENDPOINT)]
     endpoint: String,
     /// Service address.
     #[arg(short, long, default_value = "default")]

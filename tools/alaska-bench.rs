@@ -39,7 +39,7 @@ use clap::Parser;
 )]
 struct Args {
     /// Broker endpoint.
-    #[arg(short, long, default_value = "tcp://127.0.0.1:9999")]
+    #[arg(short, long, default_value = alaska::mlm::DEFAULT_ENDPOINT)]
     endpoint: String,
     /// Service address.
     #[arg(short, long, default_value = "default")]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alaska::broker::{load_config, Broker, BrokerConfig};
+use alaska::mlm::DEFAULT_ENDPOINT;
 use clap::Parser;
 
 /// Command-line flags.
@@ -18,8 +19,9 @@ use clap::Parser;
     about = "A Malamute-compatible broker (MLM protocol) for Alaska workers and libmlm clients",
     long_about = "A Malamute-compatible broker (MLM protocol): streams, mailboxes and services \
 for Alaska workers and any libmlm client. Reads a malamute.cfg-style ZPL file \
-(see alaska-broker.cfg). Stops cleanly on SIGINT or SIGTERM.",
-    after_help = "Examples:\n  alaska-broker                         # tcp://127.0.0.1:9999, NULL security\n  alaska-broker alaska-broker.cfg       # settings from a file, as with `malamute FILE`\n  alaska-broker -e tcp://0.0.0.0:9999 -v"
+(see alaska-broker.cfg). With mlm_server/storage/dir set, stored mail and queued \
+requests survive a crash. Stops cleanly on SIGINT or SIGTERM.",
+    after_help = format!("Examples:\n  alaska-broker                         # {DEFAULT_ENDPOINT}, NULL security, in memory\n  alaska-broker alaska-broker.cfg       # settings from a file, as with `malamute FILE`\n  alaska-broker -e tcp://0.0.0.0:9999 -v")
 )]
 struct Args {
     /// Configuration file (ZPL, malamute.cfg keys).
@@ -86,6 +88,6 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         std::thread::sleep(Duration::from_millis(100));
     }
     tracing::info!("stopping");
-    broker.stop();
+    broker.stop_checked()?;
     Ok(())
 }

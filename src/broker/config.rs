@@ -13,6 +13,8 @@
 //! | `mlm_server/mailbox/size-limit` | content bytes per mailbox (as the reference), or `max` | `67108864` |
 //! | `mlm_server/mailbox/count-limit` | mails per mailbox | `10000` |
 //! | `mlm_server/mailbox/expiry` | reclaim a mailbox whose address is away this long, ms | `3600000` |
+//! | `mlm_server/storage/dir` | keep mail and requests on disk there (relative: to the file's directory); empty: in memory | empty |
+//! | `mlm_server/storage/sync` | `always` (fsync before answering) or `batch` (fsync at most every 5 ms) | `batch` |
 //!
 //! An unknown key is a warning; a bad value is an error naming the key.
 
@@ -20,7 +22,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use super::{BrokerConfig, BrokerError};
+use super::{BrokerConfig, BrokerError, StorageConfig, SyncMode};
 use crate::config::zpl;
 
 /// Keys of the reference broker that this broker accepts and ignores.
@@ -53,6 +55,8 @@ pub fn parse_config(text: &str, base: &Path) -> Result<(BrokerConfig, Vec<String
     let mut warnings = Vec::new();
     let mut mechanism = "null".to_string();
     let mut passwords: Option<String> = None;
+    let mut storage_dir = String::new();
+    let mut sync = SyncMode::Batch;
     for e in &entries {
         let v = e.value.trim();
         let bad = |what: &str| {
@@ -83,12 +87,26 @@ pub fn parse_config(text: &str, base: &Path) -> Result<(BrokerConfig, Vec<String
             "mlm_server/mailbox/size-limit" => cfg.mailbox_limit.bytes = limit()?,
             "mlm_server/mailbox/count-limit" => cfg.mailbox_limit.messages = limit()?,
             "mlm_server/mailbox/expiry" => cfg.mailbox_expiry = Duration::from_millis(num()?),
+            "mlm_server/storage/dir" => storage_dir = v.to_string(),
+            "mlm_server/storage/sync" => {
+                sync = match v.to_lowercase().as_str() {
+                    "always" => SyncMode::Always,
+                    "batch" => SyncMode::Batch,
+                    _ => return Err(bad("always or batch")),
+                }
+            }
             p if IGNORED.contains(&p) => warnings.push(format!(
                 "line {}: {p} is not used by alaska-broker; ignored",
                 e.line
             )),
             p => warnings.push(format!("line {}: unknown key {p}; ignored", e.line)),
         }
+    }
+    if !storage_dir.is_empty() {
+        cfg.storage = Some(StorageConfig {
+            dir: base.join(storage_dir),
+            sync,
+        });
     }
     if mechanism == "plain" {
         let Some(file) = passwords else {
@@ -145,9 +163,45 @@ mod tests {
         let (cfg, warnings) =
             parse_config(include_str!("../../alaska-broker.cfg"), Path::new(".")).unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
-        assert_eq!(cfg.endpoint, "tcp://127.0.0.1:9999");
+        assert_eq!(cfg.endpoint, crate::mlm::DEFAULT_ENDPOINT);
         assert_eq!(cfg.service_queue_limit.messages, 100_000);
         assert!(cfg.plain.is_none());
+        assert_eq!(cfg.storage, None, "in memory by default");
+    }
+
+    #[test]
+    fn storage_keys() {
+        let text = "mlm_server\n    storage\n        dir = store\n        sync = always\n";
+        let (cfg, warnings) = parse_config(text, Path::new("/etc/alaska")).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(
+            cfg.storage,
+            Some(StorageConfig {
+                dir: "/etc/alaska/store".into(),
+                sync: SyncMode::Always
+            })
+        );
+        let (cfg, _) = parse_config(
+            "mlm_server\n    storage\n        dir = /var/lib/b\n",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.storage.map(|s| (s.dir, s.sync)),
+            Some(("/var/lib/b".into(), SyncMode::Batch))
+        );
+        let (cfg, _) = parse_config(
+            "mlm_server\n    storage\n        sync = always\n",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(cfg.storage, None, "no dir: in memory");
+        let e = parse_config(
+            "mlm_server\n    storage\n        sync = sometimes\n",
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("mlm_server/storage/sync"), "{e}");
     }
 
     #[test]

@@ -11,12 +11,18 @@
 //! honoured, and service requests given to a worker that acknowledges
 //! (CREDIT, then CONFIRM) are redelivered if that worker dies.
 //!
+//! With `storage` configured, what it holds (stored mail, queued and
+//! unconfirmed requests) survives a crash: see [`storage`].
+//!
 //! Threads: the router thread (`alaska-broker`) owns the ROUTER socket and
-//! all state; with PLAIN security a ZAP thread (`alaska-broker-zap`) checks
-//! credentials. Stopping is a message on a channel, polled by the router.
+//! all state, kept in the socket-free [`core`]; with PLAIN security a ZAP
+//! thread (`alaska-broker-zap`) checks credentials. Stopping is a message on
+//! a channel, polled by the router.
 
 mod config;
+pub mod core;
 mod router;
+pub mod storage;
 mod zap;
 
 use std::collections::HashMap;
@@ -24,6 +30,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub use config::{load_config, parse_config};
+pub use storage::{StorageConfig, StorageError, SyncMode};
 
 /// Limits of a queue or mailbox: whichever is reached first refuses more.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,12 +60,14 @@ pub struct BrokerConfig {
     pub mailbox_expiry: Duration,
     /// Log every command.
     pub verbose: bool,
+    /// Durable storage; `None` keeps everything in memory.
+    pub storage: Option<StorageConfig>,
 }
 
 impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
-            endpoint: "tcp://127.0.0.1:9999".into(),
+            endpoint: crate::mlm::DEFAULT_ENDPOINT.into(),
             client_timeout: Duration::from_secs(10),
             plain: None,
             service_queue_limit: Limits {
@@ -71,6 +80,7 @@ impl Default for BrokerConfig {
             },
             mailbox_expiry: Duration::from_secs(3600),
             verbose: false,
+            storage: None,
         }
     }
 }
@@ -95,6 +105,12 @@ pub enum BrokerError {
     /// The configuration is wrong.
     #[error("{0}")]
     Config(String),
+    /// The router thread panicked (a bug).
+    #[error("the broker thread panicked")]
+    Panicked,
+    /// Durable storage failed, or refused what it found.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 /// The broker, as a namespace for [`Broker::start`].
@@ -131,13 +147,36 @@ impl Broker {
         let endpoint = socket
             .get_last_endpoint()?
             .unwrap_or_else(|_| cfg.endpoint.clone());
+        let storage = match &cfg.storage {
+            Some(s) => {
+                let (store, recovered) = storage::Storage::open(s)?;
+                for d in &recovered.damage {
+                    tracing::warn!("storage {}: {d}", s.dir.display());
+                }
+                tracing::info!(
+                    "storage {} (sync {}): {}",
+                    s.dir.display(),
+                    match s.sync {
+                        SyncMode::Always => "always",
+                        SyncMode::Batch => "batch",
+                    },
+                    recovered.summary()
+                );
+                Some((store, recovered))
+            }
+            None => None,
+        };
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
         let router_ctx = ctx.clone();
         let thread = std::thread::Builder::new()
             .name("alaska-broker".into())
             .spawn(move || {
                 let _ctx = router_ctx;
-                router::Router::new(socket, cfg).run(&stop_rx);
+                let result = router::Router::new(socket, &cfg, storage).run(&stop_rx);
+                if let Err(e) = &result {
+                    tracing::error!("broker stopped: {e}");
+                }
+                result
             })?;
         tracing::info!("broker listening on {endpoint}");
         Ok(BrokerHandle {
@@ -154,7 +193,7 @@ impl Broker {
 pub struct BrokerHandle {
     endpoint: String,
     stop: Option<crossbeam_channel::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<Result<(), BrokerError>>>,
     zap: Option<zap::ZapHandle>,
     _ctx: zmq::Context,
 }
@@ -172,24 +211,35 @@ impl BrokerHandle {
 
     /// Stops the broker and waits for its threads.
     pub fn stop(mut self) {
-        self.shutdown();
+        let _ = self.shutdown();
     }
 
-    fn shutdown(&mut self) {
+    /// Stops the broker, waits for its threads, and says how the router
+    /// ended: an error if durable storage failed (then the broker had
+    /// stopped by itself, see [`BrokerHandle::is_running`]) or could not
+    /// be closed cleanly.
+    pub fn stop_checked(mut self) -> Result<(), BrokerError> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<(), BrokerError> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        let result = match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(BrokerError::Panicked),
+            None => Ok(()),
+        };
         if let Some(z) = self.zap.take() {
             z.stop();
         }
+        result
     }
 }
 
 impl Drop for BrokerHandle {
     fn drop(&mut self) {
-        self.shutdown();
+        let _ = self.shutdown();
     }
 }

@@ -116,7 +116,7 @@ impl Default for Settings {
             scripts_dir: PathBuf::from("services"),
             pool_size: 4,
             pool_backlog: 64,
-            endpoint: "tcp://127.0.0.1:9999".into(),
+            endpoint: crate::mlm::DEFAULT_ENDPOINT.into(),
             broker_timeout: Duration::from_millis(1000),
             embedded: Embedded::Auto,
             service: "default".into(),

@@ -46,7 +46,7 @@ impl Default for GatewaySettings {
             verbose: false,
             listen: "127.0.0.1:8080".into(),
             max_body: 1 << 20,
-            endpoint: "tcp://127.0.0.1:9999".into(),
+            endpoint: crate::mlm::DEFAULT_ENDPOINT.into(),
             address: None,
             broker_timeout: Duration::from_millis(1000),
             request_timeout: Duration::from_secs(5),

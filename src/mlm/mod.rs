@@ -2,6 +2,9 @@
 //! ([`client`]) that moves its frames over one ZeroMQ DEALER socket, with
 //! blocking calls and a non-blocking interface for one thread that drives
 //! several clients.
+//!
+//! Facts of the protocol shared by the client, the broker and the tools are
+//! defined once here (the 255-byte string limit is [`codec::MAX_STRING`]).
 
 pub mod client;
 pub mod codec;
@@ -11,3 +14,13 @@ pub use client::{
     DeliveryKind, Refusal, RefusalKind, Wait,
 };
 pub use codec::{Content, DecodeError, EncodeError, Message, Status};
+
+/// The endpoint a broker binds and clients connect to unless told
+/// otherwise: the reference configuration's port on the loopback interface.
+pub const DEFAULT_ENDPOINT: &str = "tcp://127.0.0.1:9999";
+
+/// The token in the reason of the OK to CONNECTION OPEN by which a broker
+/// advertises acknowledged delivery (CREDIT and CONFIRM, see
+/// `docs/PROTOCOL-NOTES.md`). A client uses them only when it saw this
+/// word; the reference broker drops a client that sends CONFIRM.
+pub const ACK_CAPABILITY: &str = "ack/1";

@@ -438,8 +438,20 @@ impl Client {
 
     /// Sends a registration and waits for its OK.
     fn register(&mut self, reg: Registration) -> Result<(), ClientError> {
+        let deadline = Instant::now() + self.opts.timeout;
+        // Sends still waiting in the outbox (a full socket) go first: the
+        // registration must not overtake them, so that its OK also means
+        // they reached the broker.
+        if self.session.state() == ConnState::Connected && self.session.outbox_len() > 0 {
+            self.flush_until(deadline)?;
+            if self.session.outbox_len() > 0 {
+                return Err(ClientError::Timeout {
+                    what: reg.call().command(),
+                    waited: self.opts.timeout,
+                });
+            }
+        }
         let now = Instant::now();
-        let deadline = now + self.opts.timeout;
         let Some(call) = self.session.register(reg, now, &mut self.transport)? else {
             return Ok(());
         };

@@ -57,5 +57,6 @@ pub use refusal::{Refusal, RefusalKind};
 pub use state::{ClientStats, ConnState};
 pub use transport::MonitorEvent;
 
-/// The reason text by which a broker advertises acknowledged delivery.
-pub const ACK_CAPABILITY: &str = "ack/1";
+/// The reason text by which a broker advertises acknowledged delivery
+/// (defined once, in [`crate::mlm`]).
+pub use super::ACK_CAPABILITY;

@@ -1,0 +1,442 @@
+//! Services: request queues, offers (round robin), credit windows and
+//! confirmations of acknowledging workers.
+//!
+//! | command | fields | answer |
+//! |---|---|---|
+//! | SERVICE SEND | address (service), subject, tracker, timeout, content | none (ERROR 300 if the queue is full) |
+//! | SERVICE OFFER | address (service), pattern | OK (ERROR 300 for an invalid pattern) |
+//! | CREDIT | amount | none: acknowledged mode, window += amount |
+//! | CONFIRM | tracker (`"4"` or `"4,5,7"`), status | none (ERROR 300 without CREDIT first) |
+//!
+//! A request goes to the first offer, in list order, whose pattern matches
+//! its subject and whose client can take one more (window, maintenance);
+//! that offer then moves to the end of the list. Requests wait in arrival
+//! order, grouped by subject: dispatch looks at the oldest request of each
+//! subject, so requests of one subject that nobody can take now cost one
+//! look per dispatch, not one per request. A subject that no offer matches
+//! at all is parked and looked at again only when a new offer arrives.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Instant;
+
+use regex::Regex;
+
+use super::clients::{Client, Unconfirmed};
+use super::{compile, deadline, limits_hit, ClientId, Core, Custody, Held, HeldId, Journal};
+use super::{Kind, Outgoing, Removal};
+use crate::mlm::codec::status;
+use crate::mlm::{Content, Message};
+
+/// One SERVICE OFFER.
+pub(super) struct Offer {
+    pub(super) client: ClientId,
+    pattern: Regex,
+}
+
+/// The requests of one subject, oldest first (by id: new ones go to the
+/// back, one coming back is put in its place).
+struct Group {
+    queue: VecDeque<Held>,
+    /// No offer matches the subject: not in `ready` until one does.
+    parked: bool,
+}
+
+/// One service: its offers and its queue.
+#[derive(Default)]
+pub(super) struct Service {
+    /// Round-robin order: the offer used last is at the end.
+    pub(super) offers: Vec<Offer>,
+    groups: HashMap<String, Group>,
+    /// The oldest request of each group that is not parked -> its subject,
+    /// so iterating gives the groups in arrival order of their heads.
+    ready: BTreeMap<HeldId, String>,
+    /// Requests queued.
+    pub(super) count: usize,
+    /// Content bytes queued.
+    pub(super) bytes: usize,
+}
+
+impl Service {
+    /// Nothing offered, nothing queued: the service can be forgotten.
+    pub(super) fn is_idle(&self) -> bool {
+        self.offers.is_empty() && self.count == 0
+    }
+
+    fn matched(&self, subject: &str) -> bool {
+        self.offers.iter().any(|o| o.pattern.is_match(subject))
+    }
+
+    /// Queues a request in arrival order (by id), also one coming back.
+    fn push(&mut self, req: Held) {
+        self.count += 1;
+        self.bytes += req.bytes();
+        let Some(group) = self.groups.get_mut(&req.subject) else {
+            let parked = !self.matched(&req.subject);
+            if !parked {
+                self.ready.insert(req.id, req.subject.clone());
+            }
+            let subject = req.subject.clone();
+            self.groups.insert(
+                subject,
+                Group {
+                    queue: VecDeque::from([req]),
+                    parked,
+                },
+            );
+            return;
+        };
+        match group.queue.back() {
+            Some(last) if last.id > req.id => {
+                // One coming back: in its place by age.
+                let old_head = group.queue[0].id;
+                let at = group.queue.partition_point(|h| h.id < req.id);
+                let id = req.id;
+                let subject = (at == 0 && !group.parked).then(|| req.subject.clone());
+                group.queue.insert(at, req);
+                if let Some(subject) = subject {
+                    self.ready.remove(&old_head);
+                    self.ready.insert(id, subject);
+                }
+            }
+            _ => group.queue.push_back(req),
+        }
+    }
+
+    /// Takes the oldest request of the ready group whose head is `head`.
+    fn pop(&mut self, head: HeldId) -> Option<Held> {
+        let subject = self.ready.remove(&head)?;
+        let group = self.groups.get_mut(&subject)?;
+        let req = group.queue.pop_front()?;
+        self.count -= 1;
+        self.bytes -= req.bytes();
+        match group.queue.front() {
+            Some(next) => {
+                self.ready.insert(next.id, subject);
+            }
+            None => {
+                self.groups.remove(&subject);
+            }
+        }
+        Some(req)
+    }
+
+    /// Takes request `id` of `subject` out of the queue, wherever it is.
+    fn remove(&mut self, subject: &str, id: HeldId) -> Option<Held> {
+        let group = self.groups.get_mut(subject)?;
+        let at = group.queue.partition_point(|h| h.id < id);
+        if group.queue.get(at).is_none_or(|h| h.id != id) {
+            return None;
+        }
+        let req = group.queue.remove(at)?;
+        self.count -= 1;
+        self.bytes -= req.bytes();
+        if at == 0 && !group.parked {
+            self.ready.remove(&id);
+            if let Some(next) = group.queue.front() {
+                self.ready.insert(next.id, subject.to_string());
+            }
+        }
+        if group.queue.is_empty() {
+            self.groups.remove(subject);
+        }
+        Some(req)
+    }
+
+    /// Parks the ready group whose head is `head`: no offer matches it.
+    fn park(&mut self, head: HeldId) {
+        if let Some(subject) = self.ready.remove(&head) {
+            if let Some(g) = self.groups.get_mut(&subject) {
+                g.parked = true;
+            }
+        }
+    }
+
+    /// Adds an offer; the parked subjects it matches are ready again.
+    fn add_offer(&mut self, client: ClientId, pattern: Regex) {
+        for (subject, g) in self.groups.iter_mut() {
+            if g.parked && pattern.is_match(subject) {
+                g.parked = false;
+                if let Some(head) = g.queue.front() {
+                    self.ready.insert(head.id, subject.clone());
+                }
+            }
+        }
+        self.offers.push(Offer { client, pattern });
+    }
+
+    /// Removes every offer of `client`. Subjects only it matched are
+    /// parked by the next dispatch that looks at them.
+    pub(super) fn remove_offers_of(&mut self, client: &ClientId) {
+        self.offers.retain(|o| o.client != *client);
+    }
+}
+
+impl<J: Journal> Core<J> {
+    /// SERVICE SEND: queues the request (or refuses it with ERROR 300 when
+    /// the queue is full); it is dispatched at the next flush.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_service_send(
+        &mut self,
+        id: ClientId,
+        service: String,
+        subject: String,
+        tracker: String,
+        timeout: u32,
+        content: Content,
+        now: Instant,
+    ) {
+        let mut req = Held {
+            id: 0,
+            sender: self.address_of(&id),
+            subject,
+            tracker,
+            content,
+            expires: deadline(now, timeout),
+        };
+        let limit = self.cfg.service_queue_limit;
+        let (count, bytes) = self
+            .services
+            .get(&service)
+            .map_or((0, 0), |s| (s.count, s.bytes));
+        if limits_hit(&limit, count, bytes, req.bytes()) {
+            tracing::warn!(
+                "service {service:?} queue full ({count} requests, {bytes} bytes): request from {:?} refused",
+                req.sender
+            );
+            self.counters.requests_refused += 1;
+            self.reply_error(
+                &id,
+                status::FAILED,
+                &format!("service {service} queue full"),
+            );
+            return;
+        }
+        req.id = self.take_id();
+        self.journal.stored(Kind::Request, &service, &req, true);
+        self.counters.requests_queued += 1;
+        self.enqueue(&service, req);
+        self.touch_service(&service);
+    }
+
+    /// SERVICE OFFER: registers the offer (ERROR 300 for a pattern that is
+    /// not a valid regular expression); waiting requests it matches are
+    /// dispatched at the next flush.
+    pub(super) fn on_service_offer(&mut self, id: ClientId, service: String, pattern: &str) {
+        let re = match compile(pattern) {
+            Ok(re) => re,
+            Err(e) => return self.reply_error(&id, status::FAILED, &e),
+        };
+        if let Some(c) = self.clients.get_mut(&id) {
+            c.offers.push(service.clone());
+        }
+        self.services
+            .entry(service.clone())
+            .or_default()
+            .add_offer(id.clone(), re);
+        self.reply_ok(&id);
+        self.touch_service(&service);
+    }
+
+    /// CREDIT: acknowledged mode from now on, and a wider window.
+    pub(super) fn on_credit(&mut self, id: ClientId, amount: u16) {
+        let Some(c) = self.clients.get_mut(&id) else {
+            return;
+        };
+        c.acked = true;
+        c.credit += u64::from(amount);
+        for s in c.offers.clone() {
+            self.touch_service(&s);
+        }
+    }
+
+    /// CONFIRM: forgets the confirmed requests (one number, or several
+    /// separated by commas) and frees their window slots.
+    pub(super) fn on_confirm(&mut self, id: ClientId, tracker: &str) {
+        let Some(c) = self.clients.get_mut(&id) else {
+            return;
+        };
+        if !c.acked {
+            tracing::warn!("CONFIRM from {:?}, which never sent CREDIT", c.address);
+            return self.reply_error(&id, status::FAILED, "CONFIRM needs CREDIT first (ack/1)");
+        }
+        let mut services: Vec<String> = Vec::new();
+        for part in tracker.split(',') {
+            match part
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .and_then(|seq| c.unconfirmed.remove(&seq))
+            {
+                Some(u) => {
+                    self.journal
+                        .removed(Kind::Request, u.req.id, Removal::Confirmed);
+                    self.counters.requests_confirmed += 1;
+                    if !services.contains(&u.service) {
+                        services.push(u.service);
+                    }
+                }
+                None => tracing::warn!(
+                    "CONFIRM {part:?} from {:?} matches nothing; ignored",
+                    c.address
+                ),
+            }
+        }
+        for s in services {
+            self.touch_service(&s);
+        }
+    }
+
+    /// Puts a request in its queue and its timeout in the expiry index.
+    pub(super) fn enqueue(&mut self, service: &str, req: Held) {
+        if let Some(t) = req.expires {
+            self.request_expiry
+                .insert((t, req.id), (service.to_string(), req.subject.clone()));
+        }
+        match self.services.get_mut(service) {
+            Some(svc) => svc.push(req),
+            None => {
+                let mut svc = Service::default();
+                svc.push(req);
+                self.services.insert(service.to_string(), svc);
+            }
+        }
+    }
+
+    /// A request that was out comes back (its worker went away, or the
+    /// delivery failed): queued again in its place by age.
+    pub(super) fn requeue(&mut self, service: &str, req: Held) {
+        self.journal.stored(Kind::Request, service, &req, false);
+        self.counters.requests_redelivered += 1;
+        self.enqueue(service, req);
+        self.touch_service(service);
+    }
+
+    /// Gives queued requests of `name` to matching offers that can take
+    /// them, round robin, oldest first.
+    pub(super) fn dispatch(&mut self, name: &str, now: Instant) {
+        let Some(svc) = self.services.get_mut(name) else {
+            return;
+        };
+        loop {
+            if svc.ready.is_empty() {
+                break;
+            }
+            let clients = &self.clients;
+            let can_take = |o: &Offer| clients.get(&o.client).is_some_and(Client::can_take);
+            if !svc.offers.iter().any(can_take) {
+                break;
+            }
+            let mut pick = None;
+            let mut unmatched = Vec::new();
+            for (&head, subject) in &svc.ready {
+                if let Some(pos) = svc
+                    .offers
+                    .iter()
+                    .position(|o| o.pattern.is_match(subject) && can_take(o))
+                {
+                    pick = Some((head, pos));
+                    break;
+                }
+                if !svc.matched(subject) {
+                    unmatched.push(head);
+                }
+            }
+            for head in unmatched {
+                svc.park(head);
+            }
+            let Some((head, pos)) = pick else {
+                break;
+            };
+            let Some(req) = svc.pop(head) else {
+                break;
+            };
+            if let Some(t) = req.expires {
+                self.request_expiry.remove(&(t, req.id));
+            }
+            if req.expired(now) {
+                tracing::info!(
+                    "request {:?} from {:?} for {name:?} expired in the queue; dropped",
+                    req.subject,
+                    req.sender
+                );
+                self.counters.requests_expired += 1;
+                self.journal
+                    .removed(Kind::Request, req.id, Removal::Expired);
+                continue;
+            }
+            let offer = svc.offers.remove(pos);
+            let worker = offer.client.clone();
+            svc.offers.push(offer);
+            let Some(c) = self.clients.get_mut(&worker) else {
+                continue;
+            };
+            let custody = Custody {
+                id: req.id,
+                expires: req.expires,
+                acked: c.acked,
+                from: None,
+            };
+            let msg = if c.acked {
+                // Kept until confirmed: the delivery carries a copy.
+                let msg = Message::ServiceDeliver {
+                    sender: req.sender.clone(),
+                    address: name.to_string(),
+                    subject: req.subject.clone(),
+                    tracker: req.tracker.clone(),
+                    content: req.content.clone(),
+                };
+                self.journal.delivered_unconfirmed(req.id);
+                c.seq += 1;
+                c.unconfirmed.insert(
+                    c.seq,
+                    Unconfirmed {
+                        service: name.to_string(),
+                        req,
+                    },
+                );
+                msg
+            } else {
+                self.journal
+                    .removed(Kind::Request, req.id, Removal::Delivered);
+                Message::ServiceDeliver {
+                    sender: req.sender,
+                    address: name.to_string(),
+                    subject: req.subject,
+                    tracker: req.tracker,
+                    content: req.content,
+                }
+            };
+            self.counters.requests_dispatched += 1;
+            self.out.push(Outgoing {
+                to: worker,
+                msg,
+                custody: Some(custody),
+            });
+        }
+    }
+
+    /// Drops the queued requests whose timeout has passed.
+    pub(super) fn expire_requests(&mut self, now: Instant) {
+        let mut dropped: Vec<(String, usize)> = Vec::new();
+        while let Some(entry) = self.request_expiry.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let ((_, id), (service, subject)) = entry.remove_entry();
+            let Some(svc) = self.services.get_mut(&service) else {
+                continue;
+            };
+            if svc.remove(&subject, id).is_some() {
+                self.counters.requests_expired += 1;
+                self.journal.removed(Kind::Request, id, Removal::Expired);
+                match dropped.iter_mut().find(|(s, _)| *s == service) {
+                    Some((_, n)) => *n += 1,
+                    None => dropped.push((service, 1)),
+                }
+            }
+        }
+        for (service, n) in dropped {
+            tracing::info!("{n} request(s) for {service:?} expired in the queue; dropped");
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Plain counters of what the core did, and a snapshot of what it holds,
+//! for metrics (Prometheus) and the admin API: the core counts where the
+//! events happen; whoever exports them reads [`super::Core::stats`].
+
+/// Monotonic counters, since the broker started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Commands handled (malformed ones included).
+    pub commands: u64,
+    /// Commands that could not be decoded, or only a broker sends.
+    pub malformed: u64,
+    /// CONNECTION OPENs accepted.
+    pub clients_opened: u64,
+    /// Clients expired for silence.
+    pub clients_expired: u64,
+    /// Service requests accepted into a queue.
+    pub requests_queued: u64,
+    /// Service requests refused (queue full).
+    pub requests_refused: u64,
+    /// SERVICE DELIVERs made (redeliveries included).
+    pub requests_dispatched: u64,
+    /// Requests that came back to their queue: the worker went away
+    /// unconfirmed, or the delivery could not be sent.
+    pub requests_redelivered: u64,
+    /// Requests confirmed by acknowledging workers.
+    pub requests_confirmed: u64,
+    /// Requests whose timeout passed in the queue.
+    pub requests_expired: u64,
+    /// Mail stored for an absent (or unreachable) owner.
+    pub mail_stored: u64,
+    /// MAILBOX DELIVERs made.
+    pub mail_delivered: u64,
+    /// Mail refused (mailbox full).
+    pub mail_refused: u64,
+    /// Mail whose timeout passed in the mailbox.
+    pub mail_expired: u64,
+    /// Mail dropped with a reclaimed mailbox.
+    pub mail_reclaimed: u64,
+    /// STREAM SENDs received.
+    pub stream_messages: u64,
+    /// STREAM DELIVERs made.
+    pub stream_deliveries: u64,
+}
+
+/// One service as the core sees it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceStats {
+    /// Service name.
+    pub name: String,
+    /// Requests waiting in its queue.
+    pub queued: usize,
+    /// Content bytes waiting in its queue.
+    pub bytes: usize,
+    /// Offers (one per client and SERVICE OFFER).
+    pub offers: usize,
+    /// Requests given to acknowledging workers and not yet confirmed.
+    pub unconfirmed: usize,
+}
+
+/// Counters plus the gauges of the moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stats {
+    /// Counters since start.
+    pub counters: Counters,
+    /// Clients connected.
+    pub clients: usize,
+    /// Services with offers or queued requests, by name.
+    pub services: Vec<ServiceStats>,
+    /// Mailboxes holding mail.
+    pub mailboxes: usize,
+    /// Mail held in all mailboxes.
+    pub mail_held: usize,
+}
+
+/// One connected client, for the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// Its address (empty: anonymous).
+    pub address: String,
+    /// The user its connection authenticated as, with PLAIN.
+    pub user: Option<String>,
+    /// Services it offers.
+    pub offers: Vec<String>,
+    /// Streams it reads.
+    pub reads: Vec<String>,
+    /// Acknowledged mode, and its window.
+    pub credit: Option<u64>,
+    /// Requests it holds unconfirmed.
+    pub unconfirmed: usize,
+    /// Under maintenance: nothing new is dispatched to it.
+    pub maintenance: bool,
+}
