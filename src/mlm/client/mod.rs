@@ -27,6 +27,13 @@
 //! this is sent (it drops clients that send CONFIRM). See
 //! `docs/PROTOCOL-NOTES.md`.
 //!
+//! Maintenance ([`Client::set_maintenance`]) stops new service requests
+//! coming to this client without failing what it holds: with a broker
+//! that says `maint/1`, one command sets a flag there; with any other
+//! broker (the reference Malamute) the client withdraws its offers by
+//! closing the connection and opening it again without them, and offers
+//! again to resume.
+//!
 //! # Files
 //! - `options.rs`, `error.rs`: how to connect, and what can go wrong.
 //! - `delivery.rs`, `state.rs`: what the user receives and observes.
@@ -54,8 +61,21 @@ pub use error::ClientError;
 pub use facade::Client;
 pub use options::{ClientOptions, Credentials};
 pub use refusal::{Refusal, RefusalKind};
-pub use state::{ClientStats, ConnState};
+pub use state::{ClientStats, ConnState, Maintenance};
 pub use transport::MonitorEvent;
 
 /// The reason text by which a broker advertises acknowledged delivery.
 pub const ACK_CAPABILITY: &str = "ack/1";
+
+/// The word by which a broker advertises worker maintenance (in the OK to
+/// CONNECTION OPEN, like [`ACK_CAPABILITY`]): it then takes
+/// `CONFIRM tracker="maintenance:on"` / `"maintenance:off"` from a client
+/// and dispatches nothing new to that client while it is on. See
+/// `docs/PROTOCOL-NOTES.md`.
+pub const MAINT_CAPABILITY: &str = "maint/1";
+
+/// The CONFIRM tracker that puts the sending client in maintenance.
+pub const MAINTENANCE_ON: &str = "maintenance:on";
+
+/// The CONFIRM tracker that takes the sending client out of maintenance.
+pub const MAINTENANCE_OFF: &str = "maintenance:off";
