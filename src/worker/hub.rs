@@ -23,8 +23,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use super::dispatcher::{DispatcherOptions, WorkerError, ERROR_REPLY_PREFIX};
+use super::metrics::SendKind;
 use super::outcomes::{Decision, Envelope, RetryQueue};
 use super::pool::Pool;
+use super::status::HubOps;
 use super::types::{Completion, ErrorKind, Job, Output, Request};
 use super::vm::Budget;
 use super::wake::WakeReceiver;
@@ -100,6 +102,8 @@ pub struct Hub {
     pub fatal: Option<WorkerError>,
     /// The budget of the dispatcher's VM, to shorten at a stop.
     inline_budget: Option<Arc<Budget>>,
+    /// Metrics, health, maintenance (see [`HubOps`]).
+    ops: HubOps,
 }
 
 impl Hub {
@@ -128,7 +132,13 @@ impl Hub {
             inline_busy: false,
             fatal: None,
             inline_budget: None,
+            ops: HubOps::default(),
         }
+    }
+
+    /// Counts, health and maintenance from now on (see [`HubOps`]).
+    pub fn set_ops(&mut self, ops: HubOps) {
+        self.ops = ops;
     }
 
     /// The budget of the dispatcher's VM (see [`Hub::shorten_inline`]).
@@ -177,7 +187,7 @@ impl Hub {
             // Arm, then a last look at the completions: one that lands in
             // between writes the wake-up byte.
             self.wake.arm();
-            if !self.done.is_empty() {
+            if !self.done.is_empty() || self.ops.has_work() {
                 timeout = Duration::ZERO;
             }
         }
@@ -243,7 +253,12 @@ impl Hub {
         if self.inline_busy {
             self.feed_pool();
         }
-        Ok(())
+        let queued = self.queue.len() + self.pool.as_ref().map_or(0, Pool::waiting);
+        let (in_flight, retries) = (self.in_flight.len(), self.retries.len());
+        let r = self
+            .ops
+            .after_turn(&mut self.conns, in_flight, queued, retries);
+        self.outcome(r)
     }
 
     /// Moves queued jobs to the pool's VMs while they have room.
@@ -288,6 +303,7 @@ impl Hub {
             hops: 0,
         };
         Envelope::open(&mut request);
+        self.ops.received();
         if self.opts.verbose {
             let size: usize = request.content.iter().map(Vec::len).sum();
             tracing::info!(
@@ -342,6 +358,7 @@ impl Hub {
             tracing::warn!(subject = %job.request.subject, "{text}");
             return self.unrun(job, &text, false);
         }
+        self.ops.placed(job.id);
         self.queue.push_back(job);
         if self.inline_busy {
             self.feed_pool();
@@ -352,6 +369,7 @@ impl Hub {
     /// Carries out what a finished request decided.
     pub fn complete(&mut self, c: Completion) -> Result<(), WorkerError> {
         let Completion { id, request, run } = c;
+        self.ops.finished(id, &request.subject, &run);
         if run.error().is_some_and(|e| e.kind == ErrorKind::Stopped) {
             // Cut short by our stop, not by its own fault: back to the
             // broker when it holds it, else reported.
@@ -361,6 +379,10 @@ impl Hub {
         let conn = self.in_flight.get(&id).map(|f| f.conn).unwrap_or(0);
         for out in run.outputs {
             let client = &mut self.conns[conn].client;
+            self.ops.sent(match out {
+                Output::Stream { .. } => SendKind::Stream,
+                Output::Mail { .. } => SendKind::Mail,
+            });
             let sent = match out {
                 Output::Stream {
                     stream,
@@ -391,6 +413,7 @@ impl Hub {
         match decision {
             Decision::Done { reply } => {
                 if let (Some(reply), true) = (reply, request.wants_reply()) {
+                    self.ops.sent(SendKind::Reply);
                     let sent = self.conns[conn].client.sendto(
                         &request.sender,
                         &request.subject,
@@ -408,6 +431,7 @@ impl Hub {
                 tracker,
                 content,
             } => {
+                self.ops.sent(SendKind::Forward);
                 let sent = self.conns[conn]
                     .client
                     .sendfor(&address, &subject, &tracker, 0, content);
@@ -497,7 +521,9 @@ impl Hub {
     /// original first frame), and an error reply to a requester that waits
     /// (or to any, with `errors_reply`).
     fn dead_letter(&mut self, conn: usize, req: &Request, text: &str) -> Result<(), WorkerError> {
+        self.ops.dead_letter();
         if self.opts.errors_notify {
+            self.ops.sent(SendKind::ErrorReport);
             let mailbox = self.opts.errors_mailbox.clone();
             let first = req.content.first().cloned().unwrap_or_default();
             let sent = self.conns[conn].client.sendto(
@@ -510,6 +536,7 @@ impl Hub {
             self.outcome(sent)?;
         }
         if (self.opts.errors_reply || req.wants_reply()) && !req.sender.is_empty() {
+            self.ops.sent(SendKind::ErrorReply);
             let subject = clip(&format!("{ERROR_REPLY_PREFIX}{}", req.subject));
             let sent = self.conns[conn].client.sendto(
                 &req.sender,
@@ -528,6 +555,7 @@ impl Hub {
     /// at a stop, an unacknowledged one is handed back to its service;
     /// otherwise it is a dead letter saying why.
     fn unrun(&mut self, job: Job, text: &str, stopping: bool) -> Result<(), WorkerError> {
+        self.ops.forget(job.id);
         let conn = match self.in_flight.remove(&job.id) {
             Some(InFlight {
                 held: Held::Acked(_),
@@ -569,6 +597,7 @@ impl Hub {
         match env.encode() {
             Some(tracker) => {
                 tracing::info!(subject = %r.subject, "{why}: handed back to {}", r.address);
+                self.ops.sent(SendKind::HandBack);
                 let sent = self.conns[conn].client.sendfor(
                     &r.address,
                     &r.subject,
@@ -614,6 +643,7 @@ impl Hub {
     /// retries are handed back, the rest is reported, the connections are
     /// closed politely.
     pub fn stop(mut self) -> Result<(), WorkerError> {
+        self.ops.draining(self.in_flight.len());
         tracing::info!(
             running = self.in_flight.len() - self.retries.len() - self.queue.len(),
             queued = self.queue.len(),

@@ -4,22 +4,27 @@
 //! of a request once its handler ends ([`outcomes`]), the dictionary the
 //! VMs share ([`shared`]), which script a subject selects ([`subject`]),
 //! the types they all pass around ([`types`]), and the wake-up pipe
-//! between threads ([`wake`]).
+//! between threads ([`wake`]). What operators see: the worker's metrics
+//! ([`metrics`]) and its health, status, maintenance and systemd
+//! notifications ([`status`]).
 
 pub mod check;
 pub mod dispatcher;
 pub mod hub;
+pub mod metrics;
 pub mod outcomes;
 pub mod pool;
 pub mod shared;
+pub mod status;
 pub mod subject;
 pub mod types;
 pub mod vm;
 pub mod wake;
 
-pub use dispatcher::{run, DispatcherOptions, WorkerError, ERROR_REPLY_PREFIX};
+pub use dispatcher::{run, run_with, DispatcherOptions, WorkerError, ERROR_REPLY_PREFIX};
 pub use outcomes::Policy;
 pub use pool::Pool;
+pub use status::{Health, WorkerOps};
 pub use types::{
     Completion, ErrorKind, Job, Outcome, Output, PoolConfig, Request, RunResult, ScriptError,
 };
