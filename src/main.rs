@@ -1,6 +1,7 @@
 //! alaska: the worker daemon. Flags, then configuration, then background
-//! mode, then logging, then (optionally) the embedded broker, then the
-//! worker until SIGTERM or SIGINT.
+//! mode, then logging, then (optionally) the embedded broker and the HTTP
+//! endpoints for operators, then the worker until SIGTERM or SIGINT, with
+//! systemd notifications when `NOTIFY_SOCKET` is set.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +12,8 @@ use std::time::Duration;
 use alaska::broker::{Broker, BrokerConfig, BrokerHandle};
 use alaska::config::{Embedded, Settings};
 use alaska::mlm::{ClientOptions, Credentials};
-use alaska::worker::{DispatcherOptions, Policy, PoolConfig};
+use alaska::ops::notify::Systemd;
+use alaska::worker::{DispatcherOptions, Policy, PoolConfig, WorkerOps};
 use alaska::{daemon, logging, worker};
 use clap::Parser;
 
@@ -111,7 +113,24 @@ fn run(s: Settings) -> Result<(), Box<dyn std::error::Error>> {
     let shutdown = daemon::shutdown_on_signals()?;
     stop_deadline(shutdown.clone(), s.shutdown_timeout + STOP_MARGIN)?;
     let _broker = embedded_broker(&s)?;
+    let ops = WorkerOps::new(Systemd::from_env())?;
+    // Bound before dropping privileges, like the broker's endpoint.
+    let http = match &s.http_listen {
+        Some(listen) => {
+            let server = ops
+                .serve(listen)
+                .map_err(|e| format!("worker/http/listen: {e}"))?;
+            tracing::info!(
+                "serving http://{}: GET /health, /metrics, /v1/status; POST /v1/maintenance",
+                server.local_addr()
+            );
+            Some(server)
+        }
+        None => None,
+    };
     daemon::run_as(s.user.as_deref(), s.group.as_deref())?;
+    // Pings only while the dispatcher's loop turns (see worker::status).
+    let watchdog = ops.systemd.start_watchdog(ops.liveness.clone())?;
     let mut client = ClientOptions::new(&s.endpoint, worker_address());
     // The original's broker/timeout (1 s) is a connect timeout; silence
     // from the broker is judged over at least three heartbeats.
@@ -150,7 +169,13 @@ fn run(s: Settings) -> Result<(), Box<dyn std::error::Error>> {
         shared_bytes: s.lua_shared,
         ..PoolConfig::default()
     };
-    worker::run(opts, pool, shutdown)?;
+    worker::run_with(opts, pool, shutdown, ops)?;
+    if let Some(w) = watchdog {
+        w.stop();
+    }
+    if let Some(h) = http {
+        h.stop();
+    }
     Ok(())
 }
 

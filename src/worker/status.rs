@@ -412,44 +412,49 @@ fn conn_json(c: &ConnInfo) -> Value {
     })
 }
 
+/// Every series of a counter vec: its labels by name, and its count.
+fn counts(vec: &prometheus::IntCounterVec) -> Vec<(BTreeMap<String, String>, u64)> {
+    use prometheus::core::Collector;
+    let mut out = Vec::new();
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let labels = metric
+                .get_label()
+                .iter()
+                .map(|l| (l.name().to_string(), l.value().to_string()))
+                .collect();
+            out.push((labels, metric.get_counter().get_value() as u64));
+        }
+    }
+    out
+}
+
 /// `GET /v1/status`: the figures of `/metrics` as JSON, plus what only
 /// JSON says well (connections, scripts and their versions).
 pub fn status_json(board: &Board, m: &WorkerMetrics) -> Value {
     use prometheus::core::Collector;
     let mut subjects: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
-    for family in m.requests.collect() {
-        for metric in family.get_metric() {
-            let l = metric.get_label();
-            let (Some(s), Some(o)) = (l.first(), l.get(1)) else {
-                continue;
-            };
-            subjects.entry(s.value().to_string()).or_default().insert(
-                o.value().to_string(),
-                json!(metric.get_counter().get_value() as u64),
-            );
-        }
+    for (labels, n) in counts(&m.requests) {
+        let (Some(s), Some(o)) = (labels.get("subject"), labels.get("outcome")) else {
+            continue;
+        };
+        subjects.entry(s.clone()).or_default().insert(o.clone(), json!(n));
     }
-    for family in m.errors.collect() {
-        for metric in family.get_metric() {
-            let l = metric.get_label();
-            let (Some(s), Some(k)) = (l.first(), l.get(1)) else {
-                continue;
-            };
-            let entry = subjects.entry(s.value().to_string()).or_default();
-            let errors = entry
-                .entry("errors")
-                .or_insert_with(|| Value::Object(Map::new()));
-            if let Value::Object(e) = errors {
-                e.insert(
-                    k.value().to_string(),
-                    json!(metric.get_counter().get_value() as u64),
-                );
-            }
+    for (labels, n) in counts(&m.errors) {
+        let (Some(s), Some(k)) = (labels.get("subject"), labels.get("kind")) else {
+            continue;
+        };
+        let entry = subjects.entry(s.clone()).or_default();
+        if let Value::Object(e) = entry
+            .entry("errors")
+            .or_insert_with(|| Value::Object(Map::new()))
+        {
+            e.insert(k.clone(), json!(n));
         }
     }
     for family in m.duration.collect() {
         for metric in family.get_metric() {
-            let Some(s) = metric.get_label().first() else {
+            let Some(s) = metric.get_label().iter().find(|l| l.name() == "subject") else {
                 continue;
             };
             let h = metric.get_histogram();
@@ -460,14 +465,9 @@ pub fn status_json(board: &Board, m: &WorkerMetrics) -> Value {
         }
     }
     let mut sends = Map::new();
-    for family in m.sends.collect() {
-        for metric in family.get_metric() {
-            if let Some(k) = metric.get_label().first() {
-                sends.insert(
-                    k.value().to_string(),
-                    json!(metric.get_counter().get_value() as u64),
-                );
-            }
+    for (labels, n) in counts(&m.sends) {
+        if let Some(k) = labels.get("kind") {
+            sends.insert(k.clone(), json!(n));
         }
     }
     let scripts: Vec<Value> = board
@@ -655,16 +655,24 @@ impl HubOps {
             x.waiting.push((r, now));
         }
         let mut connected = 0;
+        // Every connection either took the change, or is away (it takes
+        // it when back); one that is opening (a withdrawal) is waited for.
         let mut all_applied = true;
+        let mut settled = true;
         let mut changed = x.last.len() != conns.len();
         let mut totals = (0, 0, 0);
         for (i, c) in conns.iter().enumerate() {
             let state = c.client.state();
             let maint = c.client.maintenance();
             let stats = c.client.stats();
-            if state == ConnState::Connected {
-                connected += 1;
-                all_applied &= maint.applied;
+            match state {
+                ConnState::Connected => {
+                    connected += 1;
+                    all_applied &= maint.applied;
+                    settled &= maint.applied;
+                }
+                ConnState::Opening => settled = false,
+                ConnState::Lost => {}
             }
             totals.0 += stats.reopens;
             totals.1 += stats.refused;
@@ -711,7 +719,7 @@ impl HubOps {
                 .waiting
                 .iter()
                 .any(|(_, since)| now.duration_since(*since) >= ANSWER_WITHIN);
-            if all_applied || connected == 0 || late {
+            if settled || late {
                 let body = json!({
                     "maintenance": x.wish,
                     "applied": all_applied && connected > 0,
@@ -824,6 +832,40 @@ mod tests {
         assert_eq!(ops.board.answers_rx.len(), 1, "waits for the hub");
         ops.board.set_health(Health::Draining);
         assert_eq!(now(post("{\"on\": true}")).status, 503);
+    }
+
+    #[test]
+    fn status_groups_the_counts_by_subject() {
+        use crate::worker::types::{ErrorKind, Outcome, ScriptError};
+        let ops = WorkerOps::new(Systemd::default()).unwrap();
+        let mut rec = ops.metrics.recorder();
+        let t0 = Instant::now();
+        let done = RunResult {
+            outputs: Vec::new(),
+            result: Ok(Outcome::Done { reply: None }),
+        };
+        let failed = RunResult {
+            outputs: Vec::new(),
+            result: Err(ScriptError {
+                kind: ErrorKind::Syntax,
+                message: String::new(),
+            }),
+        };
+        rec.placed(1, t0);
+        rec.finished(1, "echo", &done, t0);
+        rec.finished(2, "echo", &done, t0);
+        rec.finished(3, "bad", &failed, t0);
+        rec.sent(SendKind::Reply);
+        ops.board.scripts().compiled("echo", Path::new("s/echo.lua"), None);
+        let v = status_json(&ops.board, &ops.metrics);
+        let subjects = &v["requests"]["by_subject"];
+        assert_eq!(subjects["echo"]["done"], 2);
+        assert_eq!(subjects["echo"]["duration_seconds"]["count"], 1);
+        assert_eq!(subjects["bad"]["error"], 1);
+        assert_eq!(subjects["bad"]["errors"]["syntax"], 1);
+        assert_eq!(v["sends"]["reply"], 1);
+        assert_eq!(v["scripts"][0]["subject"], "echo");
+        assert_eq!(v["state"], "starting");
     }
 
     #[test]
