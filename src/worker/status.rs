@@ -438,7 +438,10 @@ pub fn status_json(board: &Board, m: &WorkerMetrics) -> Value {
         let (Some(s), Some(o)) = (labels.get("subject"), labels.get("outcome")) else {
             continue;
         };
-        subjects.entry(s.clone()).or_default().insert(o.clone(), json!(n));
+        subjects
+            .entry(s.clone())
+            .or_default()
+            .insert(o.clone(), json!(n));
     }
     for (labels, n) in counts(&m.errors) {
         let (Some(s), Some(k)) = (labels.get("subject"), labels.get("kind")) else {
@@ -856,7 +859,9 @@ mod tests {
         rec.finished(2, "echo", &done, t0);
         rec.finished(3, "bad", &failed, t0);
         rec.sent(SendKind::Reply);
-        ops.board.scripts().compiled("echo", Path::new("s/echo.lua"), None);
+        ops.board
+            .scripts()
+            .compiled("echo", Path::new("s/echo.lua"), None);
         let v = status_json(&ops.board, &ops.metrics);
         let subjects = &v["requests"]["by_subject"];
         assert_eq!(subjects["echo"]["done"], 2);
