@@ -111,9 +111,13 @@ fn run(s: Settings) -> Result<(), Box<dyn std::error::Error>> {
         None => None,
     };
     let shutdown = daemon::shutdown_on_signals()?;
-    stop_deadline(shutdown.clone(), s.shutdown_timeout + STOP_MARGIN)?;
-    let _broker = embedded_broker(&s)?;
     let ops = WorkerOps::new(Systemd::from_env())?;
+    stop_deadline(
+        shutdown.clone(),
+        s.shutdown_timeout + STOP_MARGIN,
+        ops.systemd.clone(),
+    )?;
+    let _broker = embedded_broker(&s)?;
     // Bound before dropping privileges, like the broker's endpoint.
     let http = match &s.http_listen {
         Some(listen) => {
@@ -187,7 +191,13 @@ const STOP_MARGIN: Duration = Duration::from_millis(1500);
 /// gives the worker `within` to finish, then ends the process. A VM stuck
 /// in a C call (which no hook can interrupt) cannot keep a stopping worker
 /// alive. The thread sleeps in the signal iterator, not in a polling loop.
-fn stop_deadline(shutdown: Arc<AtomicBool>, within: Duration) -> std::io::Result<()> {
+/// It tells systemd `STOPPING=1` at once (the dispatcher says it again when
+/// it begins its stop, which may be after a long script).
+fn stop_deadline(
+    shutdown: Arc<AtomicBool>,
+    within: Duration,
+    systemd: Arc<Systemd>,
+) -> std::io::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
     std::thread::Builder::new()
@@ -197,6 +207,7 @@ fn stop_deadline(shutdown: Arc<AtomicBool>, within: Duration) -> std::io::Result
                 return;
             }
             shutdown.store(true, Ordering::SeqCst);
+            systemd.stopping("stopping: finishing requests already received");
             std::thread::sleep(within);
             tracing::error!(
                 "stop did not finish within {within:?}: exiting now (requests still running \
