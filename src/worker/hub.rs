@@ -303,7 +303,6 @@ impl Hub {
             hops: 0,
         };
         Envelope::open(&mut request);
-        self.ops.received();
         if self.opts.verbose {
             let size: usize = request.content.iter().map(Vec::len).sum();
             tracing::info!(
@@ -327,6 +326,7 @@ impl Hub {
             })),
         };
         self.in_flight.insert(id, InFlight { conn, held });
+        self.ops.received();
         self.place(Job { id, request })
     }
 

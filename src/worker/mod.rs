@@ -4,9 +4,7 @@
 //! of a request once its handler ends ([`outcomes`]), the dictionary the
 //! VMs share ([`shared`]), which script a subject selects ([`subject`]),
 //! the types they all pass around ([`types`]), and the wake-up pipe
-//! between threads ([`wake`]). What operators see: the worker's metrics
-//! ([`metrics`]) and its health, status, maintenance and systemd
-//! notifications ([`status`]).
+//! between threads ([`wake`]).
 
 pub mod check;
 pub mod dispatcher;
