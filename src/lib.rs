@@ -7,8 +7,9 @@
 //! - [`config`]: the ZPL reader and the worker's typed settings.
 //! - [`daemon`]: background mode, lock file, user and group, stop signals.
 //! - [`logging`]: stderr or syslog.
-//! - [`worker`]: the dispatcher, the Lua VM pool, the scripting API, and
-//!   the runners (HTTP applications and child processes as handlers).
+//! - [`worker`]: the dispatcher, the Lua VM pool, the scripting API, the
+//!   runners (HTTP applications and child processes as handlers), and what
+//!   the worker shows operators (metrics, health, status, maintenance).
 //! - [`gateway`]: HTTP in front of services (`alaska-gateway`).
 //! - [`ops`]: what every binary shares for operations: HTTP health and
 //!   metrics serving, the metrics registry, systemd notifications.

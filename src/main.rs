@@ -1,6 +1,7 @@
 //! alaska: the worker daemon. Flags, then configuration, then background
-//! mode, then logging, then (optionally) the embedded broker, then the
-//! worker until SIGTERM or SIGINT.
+//! mode, then logging, then (optionally) the embedded broker and the HTTP
+//! endpoints for operators, then the worker until SIGTERM or SIGINT, with
+//! systemd notifications when `NOTIFY_SOCKET` is set.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +12,8 @@ use std::time::Duration;
 use alaska::broker::{Broker, BrokerConfig, BrokerHandle};
 use alaska::config::{Embedded, Settings};
 use alaska::mlm::{ClientOptions, Credentials};
-use alaska::worker::{DispatcherOptions, Policy, PoolConfig};
+use alaska::ops::notify::Systemd;
+use alaska::worker::{DispatcherOptions, Policy, PoolConfig, WorkerOps};
 use alaska::{daemon, logging, worker};
 use clap::Parser;
 
@@ -118,9 +120,30 @@ fn run(s: Settings) -> Result<(), Box<dyn std::error::Error>> {
         None => None,
     };
     let shutdown = daemon::shutdown_on_signals()?;
-    stop_deadline(shutdown.clone(), s.shutdown_timeout + STOP_MARGIN)?;
+    let ops = WorkerOps::new(Systemd::from_env())?;
+    stop_deadline(
+        shutdown.clone(),
+        s.shutdown_timeout + STOP_MARGIN,
+        ops.systemd.clone(),
+    )?;
     let _broker = embedded_broker(&s)?;
+    // Bound before dropping privileges, like the broker's endpoint.
+    let http = match &s.http_listen {
+        Some(listen) => {
+            let server = ops
+                .serve(listen)
+                .map_err(|e| format!("worker/http/listen: {e}"))?;
+            tracing::info!(
+                "serving http://{}: GET /health, /metrics, /v1/status; POST /v1/maintenance",
+                server.local_addr()
+            );
+            Some(server)
+        }
+        None => None,
+    };
     daemon::run_as(s.user.as_deref(), s.group.as_deref())?;
+    // Pings only while the dispatcher's loop turns (see worker::status).
+    let watchdog = ops.systemd.start_watchdog(ops.liveness.clone())?;
     let mut client = ClientOptions::new(&s.endpoint, worker_address());
     // The original's broker/timeout (1 s) is a connect timeout; silence
     // from the broker is judged over at least three heartbeats.
@@ -160,7 +183,13 @@ fn run(s: Settings) -> Result<(), Box<dyn std::error::Error>> {
         shared_bytes: s.lua_shared,
         ..PoolConfig::default()
     };
-    worker::run(opts, pool, shutdown)?;
+    worker::run_with(opts, pool, shutdown, ops)?;
+    if let Some(w) = watchdog {
+        w.stop();
+    }
+    if let Some(h) = http {
+        h.stop();
+    }
     Ok(())
 }
 
@@ -172,7 +201,13 @@ const STOP_MARGIN: Duration = Duration::from_millis(1500);
 /// gives the worker `within` to finish, then ends the process. A VM stuck
 /// in a C call (which no hook can interrupt) cannot keep a stopping worker
 /// alive. The thread sleeps in the signal iterator, not in a polling loop.
-fn stop_deadline(shutdown: Arc<AtomicBool>, within: Duration) -> std::io::Result<()> {
+/// It tells systemd `STOPPING=1` at once (the dispatcher says it again when
+/// it begins its stop, which may be after a long script).
+fn stop_deadline(
+    shutdown: Arc<AtomicBool>,
+    within: Duration,
+    systemd: Arc<Systemd>,
+) -> std::io::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
     std::thread::Builder::new()
@@ -182,6 +217,7 @@ fn stop_deadline(shutdown: Arc<AtomicBool>, within: Duration) -> std::io::Result
                 return;
             }
             shutdown.store(true, Ordering::SeqCst);
+            systemd.stopping("stopping: finishing requests already received");
             std::thread::sleep(within);
             tracing::error!(
                 "stop did not finish within {within:?}: exiting now (requests still running \

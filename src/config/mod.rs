@@ -101,6 +101,9 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// `worker/runners/<name>/...`, in file order (none by default).
     pub runners: Vec<crate::worker::runners::RunnerConfig>,
+    /// `worker/http/listen`: where health, metrics, status and maintenance
+    /// are served (`None`: nowhere).
+    pub http_listen: Option<String>,
 }
 
 impl Default for Settings {
@@ -139,6 +142,7 @@ impl Default for Settings {
             forward_hops: 8,
             shutdown_timeout: Duration::from_secs(10),
             runners: Vec::new(),
+            http_listen: None,
         }
     }
 }
@@ -285,6 +289,7 @@ impl Settings {
                 .min(u32::MAX as u64) as u32,
             shutdown_timeout: duration("worker/shutdown/timeout", &get("worker/shutdown/timeout"))?,
             runners,
+            http_listen: listen("worker/http/listen", &get("worker/http/listen"))?,
         })
     }
 }
@@ -362,6 +367,26 @@ pub(crate) fn required(key: &'static str, v: String) -> Result<String, ConfigErr
         });
     }
     Ok(v.trim().to_string())
+}
+
+/// `host:port` (a name, an IPv4 address or a bracketed IPv6 one, and a
+/// port number), or nothing.
+fn listen(key: &'static str, v: &str) -> Result<Option<String>, ConfigError> {
+    let t = v.trim();
+    if t.is_empty() {
+        return Ok(None);
+    }
+    let ok = t
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !ok {
+        return Err(ConfigError::Value {
+            key,
+            value: v.into(),
+            expected: "host:port (e.g. 127.0.0.1:9191), or empty",
+        });
+    }
+    Ok(Some(t.to_string()))
 }
 
 /// `1500` (ms), `1500ms`, `2s`, `1.5s`, `1m`.
@@ -503,10 +528,33 @@ mod tests {
                 "worker\n    broker\n        embedded = \"sometimes\"\n",
                 "worker/broker/embedded",
             ),
+            (
+                "worker\n    http\n        listen = \"9191\"\n",
+                "worker/http/listen",
+            ),
         ] {
             let e = Settings::from_sources(text, no_env()).unwrap_err();
             assert!(e.to_string().starts_with(key), "{e}");
         }
         assert!(Settings::from_sources("worker\n  bad indent = 1\n", no_env()).is_err());
+    }
+
+    #[test]
+    fn http_listen_is_off_by_default_and_a_host_and_port_when_set() {
+        assert_eq!(Settings::default().http_listen, None);
+        for (v, want) in [
+            ("127.0.0.1:9191", Some("127.0.0.1:9191")),
+            ("localhost:0", Some("localhost:0")),
+            ("[::1]:9191", Some("[::1]:9191")),
+            ("", None),
+        ] {
+            let text = format!("worker\n    http\n        listen = \"{v}\"\n");
+            let s = Settings::from_sources(&text, no_env()).unwrap();
+            assert_eq!(s.http_listen.as_deref(), want, "{v:?}");
+        }
+        for bad in [":9191", "host:", "host:99999", "host"] {
+            let text = format!("worker\n    http\n        listen = \"{bad}\"\n");
+            assert!(Settings::from_sources(&text, no_env()).is_err(), "{bad:?}");
+        }
     }
 }

@@ -24,3 +24,16 @@ pub const DEFAULT_ENDPOINT: &str = "tcp://127.0.0.1:9999";
 /// `docs/PROTOCOL-NOTES.md`). A client uses them only when it saw this
 /// word; the reference broker drops a client that sends CONFIRM.
 pub const ACK_CAPABILITY: &str = "ack/1";
+
+/// The word by which a broker advertises worker maintenance (in the OK to
+/// CONNECTION OPEN, like [`ACK_CAPABILITY`]): it then takes
+/// `CONFIRM tracker="maintenance:on"` / `"maintenance:off"` from a client
+/// and dispatches nothing new to that client while it is on. See
+/// `docs/PROTOCOL-NOTES.md`.
+pub const MAINT_CAPABILITY: &str = "maint/1";
+
+/// The CONFIRM tracker that puts the sending client in maintenance.
+pub const MAINTENANCE_ON: &str = "maintenance:on";
+
+/// The CONFIRM tracker that takes the sending client out of maintenance.
+pub const MAINTENANCE_OFF: &str = "maintenance:off";

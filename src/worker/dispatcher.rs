@@ -37,10 +37,12 @@ use super::outcomes::Policy;
 use super::pool::{Pool, PoolError};
 use super::runners::Runners;
 use super::shared::SharedDict;
+use super::status::WorkerOps;
 use super::types::{Completion, ErrorKind, Job, PoolConfig, Request, RunResult};
 use super::vm::{Vm, DUTY_EVERY};
 use super::wake::waker;
 use crate::mlm::{Client, ClientError, ClientOptions};
+use crate::ops::notify::Liveness;
 
 /// Subject prefix of an error reply to the requester. A `:` never occurs in
 /// a subject that selects a script, so a program tells an error reply from
@@ -122,6 +124,21 @@ pub fn run(
     pool_cfg: PoolConfig,
     shutdown: Arc<AtomicBool>,
 ) -> Result<(), WorkerError> {
+    let ops = WorkerOps::new(Default::default()).map_err(|e| PoolError::Config(e.to_string()))?;
+    run_with(opts, pool_cfg, shutdown, ops)
+}
+
+/// [`run`], reporting to `ops`: metrics, health, status, maintenance
+/// asked over HTTP, liveness and systemd notifications (`READY=1` once the
+/// service is offered, `STOPPING=1` when the stop begins).
+pub fn run_with(
+    opts: DispatcherOptions,
+    mut pool_cfg: PoolConfig,
+    shutdown: Arc<AtomicBool>,
+    ops: WorkerOps,
+) -> Result<(), WorkerError> {
+    pool_cfg.book = ops.board.scripts().clone();
+    ops.board.describe(&opts.service, &opts.filter);
     let capacity = pool_cfg.size + pool_cfg.backlog;
     let vms = pool_cfg.size.max(1);
     let shared = Arc::new(SharedDict::new(pool_cfg.shared_bytes));
@@ -130,6 +147,7 @@ pub fn run(
         Vm::with_shared(cfg.clone(), shared.clone()).map_err(|e| PoolError::Lua(e.to_string()))?;
     let (done_tx, done_rx) = crossbeam_channel::unbounded();
     let (wake, wake_rx) = waker()?;
+    ops.board.set_waker(wake.clone());
     // The dispatcher's own VM is one of `size`.
     let threaded = PoolConfig {
         size: vms - 1,
@@ -148,14 +166,25 @@ pub fn run(
         capacity + slots,
     )?;
     let pool = Pool::start_with(threaded, shared.clone(), done_tx, wake)?;
+    ops.metrics.set_vm_memory(
+        std::iter::once(vm.memory_gauge())
+            .chain(pool.memory_gauges())
+            .collect(),
+    );
     let mut client_opts = opts.client.clone();
     client_opts.credit = Some((capacity + slots).min(u16::MAX as usize) as u16);
-    let Some(mut client) = connect(client_opts, &shutdown)? else {
+    ops.systemd
+        .status(&format!("connecting to {}", client_opts.endpoint));
+    let Some(mut client) = connect(client_opts, &shutdown, &ops.liveness)? else {
         pool.shutdown(Duration::ZERO);
         runners.stop_taking(Instant::now());
         runners.finish();
         return Ok(());
     };
+    if ops.board.maintenance_wanted() {
+        // Asked before we were connected: in place before the offer.
+        client.set_maintenance(true)?;
+    }
     client.set_worker(&opts.service, &opts.filter)?;
     tracing::info!(
         service = %opts.service,
@@ -167,6 +196,17 @@ pub fn run(
     for r in &opts.runners {
         tracing::info!(runner = %r.name, "runner for subjects matching {}", r.pattern.0.as_str());
     }
+    ops.systemd.ready(&format!(
+        "serving {} ({}) on {}{}",
+        opts.service,
+        opts.filter,
+        client.endpoint(),
+        if client.maintenance().wanted {
+            ", in maintenance"
+        } else {
+            ""
+        }
+    ));
     let hub = Arc::new(Mutex::new(Hub::new(
         opts,
         vec![Conn::new(client)],
@@ -179,13 +219,15 @@ pub fn run(
         let mut h = hub.lock().unwrap_or_else(|p| p.into_inner());
         h.set_inline_budget(vm.budget());
         h.set_runners(runners);
+        h.set_ops(ops.hub());
     }
-    vm.set_duty(duty(hub.clone(), shutdown.clone()));
+    vm.set_duty(duty(hub.clone(), shutdown.clone(), ops.liveness.clone()));
     let mut d = Dispatcher {
         hub,
         vm,
         cfg,
         shared,
+        liveness: ops.liveness.clone(),
     };
     let served = d.serve(&shutdown);
     let Dispatcher { hub, mut vm, .. } = d;
@@ -207,10 +249,12 @@ pub fn run(
 /// The work the dispatcher's VM lends its thread to while it runs a
 /// request: one round of the hub's I/O (errors kept for the loop). Once a
 /// stop is asked, the request gets the shutdown timeout, not the rest of
-/// its budget.
-fn duty(hub: Arc<Mutex<Hub>>, shutdown: Arc<AtomicBool>) -> super::vm::Duty {
+/// its budget. Each call is a sign of life for the watchdog: a script in a
+/// long Lua loop keeps the pings going, one stuck in a C call does not.
+fn duty(hub: Arc<Mutex<Hub>>, shutdown: Arc<AtomicBool>, liveness: Liveness) -> super::vm::Duty {
     let mut cut = false;
     Box::new(move |wait| {
+        liveness.beat();
         let Ok(mut h) = hub.try_lock() else {
             return;
         };
@@ -229,9 +273,14 @@ fn duty(hub: Arc<Mutex<Hub>>, shutdown: Arc<AtomicBool>) -> super::vm::Duty {
 
 /// Connects, retrying while the broker is merely absent; gives up on
 /// errors that retrying cannot fix (bad endpoint, refused credentials).
-fn connect(opts: ClientOptions, shutdown: &AtomicBool) -> Result<Option<Client>, WorkerError> {
+fn connect(
+    opts: ClientOptions,
+    shutdown: &AtomicBool,
+    liveness: &Liveness,
+) -> Result<Option<Client>, WorkerError> {
     let mut delay = Duration::from_millis(200);
     loop {
+        liveness.beat();
         match Client::connect(opts.clone()) {
             Ok(c) => return Ok(Some(c)),
             Err(e @ (ClientError::Unreachable { .. } | ClientError::Timeout { .. })) => {
@@ -244,6 +293,7 @@ fn connect(opts: ClientOptions, shutdown: &AtomicBool) -> Result<Option<Client>,
             if shutdown.load(Ordering::Relaxed) {
                 return Ok(None);
             }
+            liveness.beat();
             std::thread::sleep(Duration::from_millis(50));
         }
         delay = (delay * 2).min(Duration::from_secs(5));
@@ -255,6 +305,8 @@ struct Dispatcher {
     vm: Vm,
     cfg: Arc<PoolConfig>,
     shared: Arc<SharedDict>,
+    /// Bumped at every turn of the loop (and by the VM's duty).
+    liveness: Liveness,
 }
 
 impl Dispatcher {
@@ -267,6 +319,7 @@ impl Dispatcher {
     fn serve(&mut self, shutdown: &AtomicBool) -> Result<(), WorkerError> {
         let mut last_turn = Instant::now();
         while !shutdown.load(Ordering::Relaxed) {
+            self.liveness.beat();
             let job = {
                 let mut h = self.hub();
                 if let Some(e) = h.fatal.take() {
@@ -324,6 +377,7 @@ impl Dispatcher {
                 if let Some(d) = self.vm.take_duty() {
                     fresh.set_duty(d);
                 }
+                fresh.share_memory_gauge(self.vm.memory_gauge());
                 self.hub().set_inline_budget(fresh.budget());
                 tracing::info!("Lua VM replaced after a memory breach or internal error");
                 self.vm = fresh;

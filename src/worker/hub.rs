@@ -23,9 +23,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use super::dispatcher::{DispatcherOptions, WorkerError, ERROR_REPLY_PREFIX};
+use super::metrics::SendKind;
 use super::outcomes::{Decision, Envelope, RetryQueue};
 use super::pool::Pool;
 use super::runners::Runners;
+use super::status::HubOps;
 use super::types::{Completion, ErrorKind, Job, Output, Request};
 use super::vm::Budget;
 use super::wake::WakeReceiver;
@@ -103,6 +105,8 @@ pub struct Hub {
     inline_budget: Option<Arc<Budget>>,
     /// Handlers that are not Lua: subjects they match never reach a VM.
     runners: Runners,
+    /// Metrics, health, maintenance (see [`HubOps`]).
+    ops: HubOps,
 }
 
 impl Hub {
@@ -132,6 +136,7 @@ impl Hub {
             fatal: None,
             inline_budget: None,
             runners: Runners::none(),
+            ops: HubOps::default(),
         }
     }
 
@@ -139,6 +144,11 @@ impl Hub {
     /// subjects they match.
     pub fn set_runners(&mut self, runners: Runners) {
         self.runners = runners;
+    }
+
+    /// Counts, health and maintenance from now on (see [`HubOps`]).
+    pub fn set_ops(&mut self, ops: HubOps) {
+        self.ops = ops;
     }
 
     /// The budget of the dispatcher's VM (see [`Hub::shorten_inline`]).
@@ -187,7 +197,7 @@ impl Hub {
             // Arm, then a last look at the completions: one that lands in
             // between writes the wake-up byte.
             self.wake.arm();
-            if !self.done.is_empty() {
+            if !self.done.is_empty() || self.ops.has_work() {
                 timeout = Duration::ZERO;
             }
         }
@@ -254,7 +264,12 @@ impl Hub {
         if self.inline_busy {
             self.feed_pool();
         }
-        Ok(())
+        let queued = self.queue.len() + self.pool.as_ref().map_or(0, Pool::waiting);
+        let (in_flight, retries) = (self.in_flight.len(), self.retries.len());
+        let r = self
+            .ops
+            .after_turn(&mut self.conns, in_flight, queued, retries);
+        self.outcome(r)
     }
 
     /// Moves queued jobs to the pool's VMs while they have room.
@@ -314,6 +329,7 @@ impl Hub {
             })),
         };
         self.in_flight.insert(id, InFlight { conn, held });
+        self.ops.received();
         self.place(Job { id, request })
     }
 
@@ -355,6 +371,7 @@ impl Hub {
             tracing::warn!(subject = %job.request.subject, "{text}");
             return self.unrun(job, &text, false);
         }
+        self.ops.placed(job.id);
         self.queue.push_back(job);
         if self.inline_busy {
             self.feed_pool();
@@ -365,6 +382,7 @@ impl Hub {
     /// Carries out what a finished request decided.
     pub fn complete(&mut self, c: Completion) -> Result<(), WorkerError> {
         let Completion { id, request, run } = c;
+        self.ops.finished(id, &request.subject, &run);
         if run.error().is_some_and(|e| e.kind == ErrorKind::Stopped) {
             // Cut short by our stop, not by its own fault: back to the
             // broker when it holds it, else reported.
@@ -374,6 +392,10 @@ impl Hub {
         let conn = self.in_flight.get(&id).map(|f| f.conn).unwrap_or(0);
         for out in run.outputs {
             let client = &mut self.conns[conn].client;
+            self.ops.sent(match out {
+                Output::Stream { .. } => SendKind::Stream,
+                Output::Mail { .. } => SendKind::Mail,
+            });
             let sent = match out {
                 Output::Stream {
                     stream,
@@ -404,6 +426,7 @@ impl Hub {
         match decision {
             Decision::Done { reply } => {
                 if let (Some(reply), true) = (reply, request.wants_reply()) {
+                    self.ops.sent(SendKind::Reply);
                     let sent = self.conns[conn].client.sendto(
                         &request.sender,
                         &request.subject,
@@ -421,6 +444,7 @@ impl Hub {
                 tracker,
                 content,
             } => {
+                self.ops.sent(SendKind::Forward);
                 let sent = self.conns[conn]
                     .client
                     .sendfor(&address, &subject, &tracker, 0, content);
@@ -510,7 +534,9 @@ impl Hub {
     /// original first frame), and an error reply to a requester that waits
     /// (or to any, with `errors_reply`).
     fn dead_letter(&mut self, conn: usize, req: &Request, text: &str) -> Result<(), WorkerError> {
+        self.ops.dead_letter();
         if self.opts.errors_notify {
+            self.ops.sent(SendKind::ErrorReport);
             let mailbox = self.opts.errors_mailbox.clone();
             let first = req.content.first().cloned().unwrap_or_default();
             let sent = self.conns[conn].client.sendto(
@@ -523,6 +549,7 @@ impl Hub {
             self.outcome(sent)?;
         }
         if (self.opts.errors_reply || req.wants_reply()) && !req.sender.is_empty() {
+            self.ops.sent(SendKind::ErrorReply);
             let subject = clip(&format!("{ERROR_REPLY_PREFIX}{}", req.subject));
             let sent = self.conns[conn].client.sendto(
                 &req.sender,
@@ -541,6 +568,7 @@ impl Hub {
     /// at a stop, an unacknowledged one is handed back to its service;
     /// otherwise it is a dead letter saying why.
     fn unrun(&mut self, job: Job, text: &str, stopping: bool) -> Result<(), WorkerError> {
+        self.ops.forget(job.id);
         let conn = match self.in_flight.remove(&job.id) {
             Some(InFlight {
                 held: Held::Acked(_),
@@ -582,6 +610,7 @@ impl Hub {
         match env.encode() {
             Some(tracker) => {
                 tracing::info!(subject = %r.subject, "{why}: handed back to {}", r.address);
+                self.ops.sent(SendKind::HandBack);
                 let sent = self.conns[conn].client.sendfor(
                     &r.address,
                     &r.subject,
@@ -627,6 +656,7 @@ impl Hub {
     /// retries are handed back, the rest is reported, the connections are
     /// closed politely.
     pub fn stop(mut self) -> Result<(), WorkerError> {
+        self.ops.draining(self.in_flight.len());
         tracing::info!(
             running = self.in_flight.len()
                 - self.retries.len()

@@ -10,19 +10,22 @@
 pub mod check;
 pub mod dispatcher;
 pub mod hub;
+pub mod metrics;
 pub mod outcomes;
 pub mod pool;
 pub mod runners;
 pub mod shared;
+pub mod status;
 pub mod subject;
 pub mod types;
 pub mod vm;
 /// The wake-up pipe between threads (shared with the other binaries).
 pub use crate::ops::wake;
 
-pub use dispatcher::{run, DispatcherOptions, WorkerError, ERROR_REPLY_PREFIX};
+pub use dispatcher::{run, run_with, DispatcherOptions, WorkerError, ERROR_REPLY_PREFIX};
 pub use outcomes::Policy;
 pub use pool::Pool;
+pub use status::{Health, WorkerOps};
 pub use types::{
     Completion, ErrorKind, Job, Outcome, Output, PoolConfig, Request, RunResult, ScriptError,
 };

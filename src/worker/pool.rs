@@ -10,7 +10,7 @@
 //! [`Waker`] pokes the dispatcher out of its poll.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -44,6 +44,8 @@ pub struct Pool {
     threads: Vec<JoinHandle<()>>,
     size: usize,
     shared: Arc<SharedDict>,
+    /// Each VM's memory figure (see [`Vm::memory_gauge`]).
+    memory: Vec<Arc<AtomicU64>>,
     /// Kept even with no threads: the other end polls for it, and a
     /// closed pipe would read as always ready.
     _waker: Waker,
@@ -75,11 +77,13 @@ impl Pool {
         let (tx, rx) = crossbeam_channel::bounded::<Job>(cfg.backlog.max(1));
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::with_capacity(size);
+        let mut memory = Vec::with_capacity(size);
         for n in 0..size {
             // Create the VM here so a failure is a start-up error, then
             // move it to its thread (mlua's `send` feature allows that).
             let vm = Vm::with_shared(cfg.clone(), shared.clone())
                 .map_err(|e| PoolError::Lua(e.to_string()))?;
+            memory.push(vm.memory_gauge());
             let (cfg, rx, done, waker, stop, shared) = (
                 cfg.clone(),
                 rx.clone(),
@@ -101,8 +105,15 @@ impl Pool {
             threads,
             size,
             shared,
+            memory,
             _waker: waker,
         })
+    }
+
+    /// Each VM's memory in bytes as of its last request, one figure per
+    /// VM (a replaced VM reports in its predecessor's place).
+    pub fn memory_gauges(&self) -> Vec<Arc<AtomicU64>> {
+        self.memory.clone()
     }
 
     /// The dictionary the pool's VMs share.
@@ -215,8 +226,9 @@ fn vm_thread(
         waker.wake();
         if replace {
             match Vm::with_shared(cfg.clone(), shared.clone()) {
-                Ok(fresh) => {
+                Ok(mut fresh) => {
                     tracing::info!("Lua VM replaced after a memory breach or internal error");
+                    fresh.share_memory_gauge(vm.memory_gauge());
                     vm = fresh;
                 }
                 Err(e) => tracing::error!("could not replace a Lua VM: {e}; keeping the old one"),

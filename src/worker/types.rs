@@ -267,6 +267,8 @@ pub struct PoolConfig {
     pub default_stream: String,
     /// Mailbox `sendTo` uses when none is given.
     pub default_mailbox: String,
+    /// Where the VMs record each script they compile, for `/v1/status`.
+    pub book: super::status::ScriptBook,
 }
 
 impl Default for PoolConfig {
@@ -283,6 +285,7 @@ impl Default for PoolConfig {
             shared_bytes: 4 << 20,
             default_stream: "aw.res".into(),
             default_mailbox: "aw.res".into(),
+            book: Default::default(),
         }
     }
 }

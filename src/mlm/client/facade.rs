@@ -19,7 +19,7 @@ use super::error::ClientError;
 use super::options::ClientOptions;
 use super::refusal::Refusal;
 use super::session::{Call, Event, HandshakeFailure, Registration, Reply, Session};
-use super::state::{ClientStats, ConnState};
+use super::state::{ClientStats, ConnState, Maintenance};
 use super::transport::{ms, MonitorEvent, Transport};
 use crate::mlm::codec::{Content, Message, Status};
 
@@ -238,6 +238,24 @@ impl Client {
     pub fn confirm_all(&mut self, tokens: &[AckToken]) -> Result<(), ClientError> {
         self.session
             .confirm_all(tokens, Instant::now(), &mut self.transport)
+    }
+
+    /// Maintenance on or off: while on, no new service requests come to
+    /// this client; what it already received is still its own to finish
+    /// and answer. With a broker that says `maint/1` the connection stays
+    /// as it is; with any other broker (the reference Malamute) the offers
+    /// are withdrawn by closing the connection and opening it again without
+    /// them, and made again when maintenance ends. Never waits: while the
+    /// broker is away the wish is applied when it is back. See
+    /// [`Session::set_maintenance`].
+    pub fn set_maintenance(&mut self, on: bool) -> Result<(), ClientError> {
+        self.session
+            .set_maintenance(on, Instant::now(), &mut self.transport)
+    }
+
+    /// Where maintenance stands.
+    pub fn maintenance(&self) -> Maintenance {
+        self.session.maintenance()
     }
 
     /// Sends any command as it is. Sends of STREAM, MAILBOX and SERVICE

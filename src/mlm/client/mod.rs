@@ -27,6 +27,13 @@
 //! this is sent (it drops clients that send CONFIRM). See
 //! `docs/PROTOCOL-NOTES.md`.
 //!
+//! Maintenance ([`Client::set_maintenance`]) stops new service requests
+//! coming to this client without failing what it holds: with a broker
+//! that says `maint/1`, one command sets a flag there; with any other
+//! broker (the reference Malamute) the client withdraws its offers by
+//! closing the connection and opening it again without them, and offers
+//! again to resume.
+//!
 //! # Files
 //! - `options.rs`, `error.rs`: how to connect, and what can go wrong.
 //! - `delivery.rs`, `state.rs`: what the user receives and observes.
@@ -54,9 +61,10 @@ pub use error::ClientError;
 pub use facade::Client;
 pub use options::{ClientOptions, Credentials};
 pub use refusal::{Refusal, RefusalKind};
-pub use state::{ClientStats, ConnState};
+pub use state::{ClientStats, ConnState, Maintenance};
 pub use transport::MonitorEvent;
 
-/// The reason text by which a broker advertises acknowledged delivery
-/// (defined once, in [`crate::mlm`]).
-pub use super::ACK_CAPABILITY;
+/// The reason text by which a broker advertises acknowledged delivery,
+/// and the maintenance capability and commands (defined once, in
+/// [`crate::mlm`]).
+pub use super::{ACK_CAPABILITY, MAINTENANCE_OFF, MAINTENANCE_ON, MAINT_CAPABILITY};

@@ -28,6 +28,11 @@
 //! no answer unless refused; an ERROR whose reason is a known refusal of a
 //! send ("… queue full", "mailbox … full", "no stream") is taken as such
 //! even while a registration waits for its answer.
+//!
+//! Maintenance is state too: what is wanted, and whether the broker of
+//! the current connection has been told (see [`Session::set_maintenance`]).
+//! It is reconciled whenever the broker is there: after every OPEN, when a
+//! silent broker answers again, and at every tick until it took.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -39,8 +44,8 @@ use super::delivery::{AckToken, Delivery, DeliveryKind};
 use super::error::ClientError;
 use super::options::ClientOptions;
 use super::refusal::Refusal;
-use super::state::{ClientStats, ConnState};
-use super::ACK_CAPABILITY;
+use super::state::{ClientStats, ConnState, Maintenance};
+use super::{ACK_CAPABILITY, MAINTENANCE_OFF, MAINTENANCE_ON, MAINT_CAPABILITY};
 use crate::mlm::codec::{status, DecodeError, Message, Status, MAX_STRING};
 
 /// Refusals kept for the user before older ones are only counted
@@ -116,7 +121,10 @@ impl Registrations {
         }
     }
 
-    fn messages(&self) -> Vec<Message> {
+    /// The commands that make them again; without the offers when
+    /// `offers` is false (a client in maintenance on a broker without
+    /// `maint/1` keeps them withdrawn).
+    fn messages(&self, offers: bool) -> Vec<Message> {
         let mut all = Vec::with_capacity(1 + self.consumers.len() + self.offers.len());
         if let Some(stream) = &self.producer {
             all.push(Message::StreamWrite {
@@ -129,13 +137,19 @@ impl Registrations {
                 pattern: pattern.clone(),
             });
         }
-        for (address, pattern) in &self.offers {
-            all.push(Message::ServiceOffer {
-                address: address.clone(),
-                pattern: pattern.clone(),
-            });
+        if offers {
+            all.extend(self.offer_messages());
         }
         all
+    }
+
+    fn offer_messages(&self) -> impl Iterator<Item = Message> + '_ {
+        self.offers
+            .iter()
+            .map(|(address, pattern)| Message::ServiceOffer {
+                address: address.clone(),
+                pattern: pattern.clone(),
+            })
     }
 }
 
@@ -179,6 +193,12 @@ pub struct Session {
     opening_since: Instant,
     last_error: Option<Status>,
     stats: ClientStats,
+    /// The broker of this connection said `maint/1`.
+    maint_capable: bool,
+    /// Maintenance asked for.
+    maint_wanted: bool,
+    /// What the broker was last told (its flag, or our offers withdrawn).
+    maint_applied: bool,
 }
 
 impl Session {
@@ -219,6 +239,9 @@ impl Session {
             opening_since: now,
             last_error: None,
             stats: ClientStats::default(),
+            maint_capable: false,
+            maint_wanted: false,
+            maint_applied: false,
         }
     }
 
@@ -252,6 +275,15 @@ impl Session {
     /// The stream our STREAM SENDs go to, if any.
     pub fn producer(&self) -> Option<&str> {
         self.registrations.producer.as_deref()
+    }
+
+    /// Where maintenance stands.
+    pub fn maintenance(&self) -> Maintenance {
+        Maintenance {
+            wanted: self.maint_wanted,
+            applied: self.maint_applied == self.maint_wanted && self.state == ConnState::Connected,
+            by_broker: self.maint_capable,
+        }
     }
 
     /// The last ERROR the broker sent that no call was waiting for.
@@ -496,6 +528,8 @@ impl Session {
         if self.state == ConnState::Connected && !self.outbox.is_empty() {
             self.flush(now, wire)?;
         }
+        // A maintenance change the socket could not take before.
+        self.reconcile_maintenance(now, wire)?;
         Ok(())
     }
 
@@ -515,6 +549,13 @@ impl Session {
             msg.encode_header()?;
             self.registrations.add(reg.clone());
             self.unsent.push(reg);
+            return Ok(None);
+        }
+        if matches!(reg, Registration::Offer { .. }) && self.offers_withdrawn() {
+            // In maintenance on a broker without maint/1: recorded, and
+            // offered when maintenance ends.
+            msg.encode_header()?;
+            self.registrations.add(reg);
             return Ok(None);
         }
         let call = reg.call();
@@ -601,6 +642,99 @@ impl Session {
         if !tracker.is_empty() {
             self.post_confirm(tracker, now, wire)?;
         }
+        Ok(())
+    }
+
+    /// Asks for maintenance on or off: no new service requests while on;
+    /// what was delivered is still ours to finish and answer.
+    ///
+    /// With a broker that said `maint/1` this is one command
+    /// (`CONFIRM tracker="maintenance:on"`), and the connection, its
+    /// numbering and its unconfirmed requests stay as they are. With any
+    /// other broker our offers are withdrawn the only way MLM has: CONNECTION
+    /// CLOSE, then CONNECTION OPEN again under the same address, replaying
+    /// everything but the offers (deliveries already pushed to us arrive
+    /// before the OK to the CLOSE and are ours as usual; mail for our address
+    /// waits in the broker); ending maintenance offers again. While the
+    /// broker is away the wish is recorded and applied when it is back, and
+    /// it survives every reopen.
+    pub fn set_maintenance(
+        &mut self,
+        on: bool,
+        now: Instant,
+        wire: &mut impl Wire,
+    ) -> Result<(), ClientError> {
+        self.maint_wanted = on;
+        self.reconcile_maintenance(now, wire)
+    }
+
+    /// Whether our offers are to stay away from the broker: maintenance is
+    /// wanted and the broker cannot hold it for us.
+    fn offers_withdrawn(&self) -> bool {
+        self.maint_wanted && !self.maint_capable
+    }
+
+    /// Brings the broker in line with the maintenance wanted, if it is
+    /// there and not already.
+    fn reconcile_maintenance(
+        &mut self,
+        now: Instant,
+        wire: &mut impl Wire,
+    ) -> Result<(), ClientError> {
+        if self.state != ConnState::Connected
+            || self.closing
+            || self.maint_wanted == self.maint_applied
+        {
+            return Ok(());
+        }
+        let on = self.maint_wanted;
+        if self.maint_capable {
+            let confirm = maintenance_command(on);
+            return match self.write(&confirm, None, now, wire) {
+                Ok(()) => {
+                    self.maint_applied = on;
+                    Ok(())
+                }
+                // Tried again at the next tick.
+                Err(WireError::WouldBlock) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+        }
+        if on {
+            if self.registrations.offers.is_empty() {
+                self.maint_applied = true;
+                return Ok(());
+            }
+            // Withdraw: CLOSE (its OK is nobody's), then OPEN again; the
+            // replay after the OK leaves the offers out.
+            return match self.write(
+                &Message::ConnectionClose,
+                Some(Expect::Unclaimed),
+                now,
+                wire,
+            ) {
+                Ok(()) => {
+                    tracing::info!(
+                        "maintenance: withdrawing our offers from {} (closing and opening \
+                         the connection again without them)",
+                        self.endpoint
+                    );
+                    self.send_open(now, wire)
+                }
+                Err(WireError::WouldBlock) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+        }
+        let offers: Vec<Message> = self.registrations.offer_messages().collect();
+        for (i, m) in offers.iter().enumerate() {
+            match self.write(m, Some(Expect::Replay), now, wire) {
+                Ok(()) => {}
+                // Nothing written yet: all of them at the next tick.
+                Err(WireError::WouldBlock) if i == 0 => return Ok(()),
+                Err(e) => tracing::warn!("offering again {m} failed: {e}"),
+            }
+        }
+        self.maint_applied = false;
         Ok(())
     }
 
@@ -702,11 +836,16 @@ impl Session {
         self.state = ConnState::Connected;
         // It never forgot us, so nothing is replayed: write what was
         // registered meanwhile, then what waited.
+        let withheld = self.offers_withdrawn();
         for reg in std::mem::take(&mut self.unsent) {
+            if withheld && matches!(reg, Registration::Offer { .. }) {
+                continue;
+            }
             if let Err(e) = self.write(&reg.message(), Some(Expect::Replay), now, wire) {
                 tracing::warn!("registering {reg:?} failed: {e}");
             }
         }
+        self.reconcile_maintenance(now, wire)?;
         self.flush(now, wire)
     }
 
@@ -857,6 +996,14 @@ impl Session {
         if self.epoch > 0 {
             self.stats.reopens += 1;
         }
+        self.send_open(now, wire)
+    }
+
+    /// [`Session::open`] without counting a reopen (maintenance withdraws
+    /// offers this way on purpose).
+    fn send_open(&mut self, now: Instant, wire: &mut impl Wire) -> Result<(), ClientError> {
+        // The broker forgets everything about us on OPEN.
+        self.maint_applied = false;
         self.state = ConnState::Opening;
         self.opening = true;
         self.opening_since = now;
@@ -892,6 +1039,10 @@ impl Session {
             .reason
             .split_whitespace()
             .any(|w| w == ACK_CAPABILITY);
+        self.maint_capable = status
+            .reason
+            .split_whitespace()
+            .any(|w| w == MAINT_CAPABILITY);
         // CREDIT goes before the replayed offers: the broker must be in
         // acknowledged mode before its first SERVICE DELIVER to us, or the
         // two sides would number deliveries differently.
@@ -904,7 +1055,19 @@ impl Session {
             }
         }
         self.unsent.clear();
-        for m in self.registrations.messages() {
+        // Maintenance before the offers, so that nothing is dispatched to
+        // us in between; or the offers left out.
+        if self.maint_wanted && self.maint_capable {
+            match self.write(&maintenance_command(true), None, now, wire) {
+                Ok(()) => self.maint_applied = true,
+                Err(e) => tracing::warn!("maintenance:on after the open failed: {e}"),
+            }
+        }
+        let withheld = self.offers_withdrawn();
+        if withheld {
+            self.maint_applied = true;
+        }
+        for m in self.registrations.messages(!withheld) {
             if let Err(e) = self.write(&m, Some(Expect::Replay), now, wire) {
                 tracing::warn!("replaying {m} failed: {e}");
             }
@@ -912,6 +1075,14 @@ impl Session {
         if let Err(e) = self.flush(now, wire) {
             tracing::warn!("flushing outbox failed: {e}");
         }
+    }
+}
+
+/// The command that turns maintenance on or off at a `maint/1` broker.
+fn maintenance_command(on: bool) -> Message {
+    Message::Confirm {
+        tracker: if on { MAINTENANCE_ON } else { MAINTENANCE_OFF }.into(),
+        status: Status::new(status::SUCCESS, ""),
     }
 }
 

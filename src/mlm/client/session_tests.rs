@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::mlm::client::refusal::RefusalKind;
+use crate::mlm::client::state::Maintenance;
 
 /// Records every message written; `blocked` makes it refuse as a socket
 /// at its high-water mark does.
@@ -960,4 +961,218 @@ fn a_broker_that_forgot_us_while_we_close_is_not_opened_again() {
     );
     assert!(w.take().is_empty(), "no CONNECTION OPEN");
     assert_eq!(s.stats().reopens, 0);
+}
+
+// ----- maintenance ----------------------------------------------------------
+
+fn maint(on: bool) -> Message {
+    Message::Confirm {
+        tracker: if on {
+            "maintenance:on"
+        } else {
+            "maintenance:off"
+        }
+        .into(),
+        status: Status::new(200, ""),
+    }
+}
+
+#[test]
+fn maintenance_capability_is_a_whole_word_of_the_ok_reason() {
+    for (reason, capable) in [
+        ("alaska-broker ack/1 maint/1", true),
+        ("maint/1", true),
+        ("alaska-broker ack/1", false),
+        ("", false),
+        ("maint/10", false),
+        ("xmaint/1", false),
+    ] {
+        let (s, _, _) = connected(Some(8), reason);
+        assert_eq!(s.maintenance().by_broker, capable, "reason {reason:?}");
+    }
+}
+
+#[test]
+fn with_maint1_maintenance_is_one_confirm_each_way_and_the_connection_stays() {
+    let (mut s, mut w, t0) = connected(Some(8), "alaska-broker ack/1 maint/1");
+    register_ok(&mut s, &mut w, offer("svc", ".*"), t0);
+    w.take();
+    s.on_message(service_deliver("before"), t0, &mut w).unwrap();
+    s.set_maintenance(true, t0, &mut w).unwrap();
+    assert_eq!(w.take(), [maint(true)]);
+    assert_eq!(
+        s.maintenance(),
+        Maintenance {
+            wanted: true,
+            applied: true,
+            by_broker: true
+        }
+    );
+    s.set_maintenance(true, t0, &mut w).unwrap();
+    assert!(w.take().is_empty(), "nothing twice");
+    // A request the broker sent before it read ours is still ours, and
+    // numbered on: the connection did not change.
+    s.on_message(service_deliver("in between"), t0, &mut w)
+        .unwrap();
+    let d = deliveries(&mut s);
+    assert_eq!(d.len(), 2);
+    s.confirm_all(&[d[0].ack.unwrap(), d[1].ack.unwrap()], t0, &mut w)
+        .unwrap();
+    assert_eq!(
+        w.take(),
+        [Message::Confirm {
+            tracker: "1,2".into(),
+            status: Status::new(200, "")
+        }]
+    );
+    s.set_maintenance(false, t0, &mut w).unwrap();
+    assert_eq!(w.take(), [maint(false)]);
+    assert_eq!(s.stats().reopens, 0);
+    assert_eq!(s.state(), ConnState::Connected);
+}
+
+#[test]
+fn with_maint1_a_reopen_says_maintenance_before_the_offers() {
+    let (mut s, mut w, t0) = connected(Some(8), "ack/1 maint/1");
+    register_ok(&mut s, &mut w, offer("svc", ".*"), t0);
+    s.set_maintenance(true, t0, &mut w).unwrap();
+    w.take();
+    s.on_message(error(500, "command invalid"), t0, &mut w)
+        .unwrap();
+    assert_eq!(w.take(), [open_msg()]);
+    assert!(
+        !s.maintenance().applied,
+        "a new broker session knows nothing"
+    );
+    s.on_message(ok("ack/1 maint/1"), t0, &mut w).unwrap();
+    assert_eq!(
+        w.take(),
+        [
+            Message::Credit { amount: 8 },
+            maint(true),
+            offer("svc", ".*").message()
+        ]
+    );
+    assert!(s.maintenance().applied);
+}
+
+#[test]
+fn without_maint1_maintenance_withdraws_the_offers_by_reopening_without_them() {
+    let (mut s, mut w, t0) = connected(None, "");
+    let producer = Registration::Produce {
+        stream: "out".into(),
+    };
+    register_ok(&mut s, &mut w, producer.clone(), t0);
+    register_ok(&mut s, &mut w, offer("svc", ".*"), t0);
+    w.take();
+    s.set_maintenance(true, t0, &mut w).unwrap();
+    assert_eq!(w.take(), [Message::ConnectionClose, open_msg()]);
+    assert_eq!(s.state(), ConnState::Opening);
+    assert!(!s.maintenance().applied);
+    // A request pushed before the broker read our CLOSE is ours.
+    s.on_message(service_deliver("pushed"), t0, &mut w).unwrap();
+    assert_eq!(deliveries(&mut s).len(), 1);
+    // A reply sent meanwhile waits for the new OPEN's OK.
+    s.post(mail(b"reply"), t0, &mut w).unwrap();
+    assert!(w.take().is_empty());
+    s.on_message(ok(""), t0, &mut w).unwrap(); // the CLOSE's OK: nobody's
+    assert_eq!(s.state(), ConnState::Opening);
+    s.on_message(ok(""), t0, &mut w).unwrap(); // the OPEN's
+    assert_eq!(s.state(), ConnState::Connected);
+    assert_eq!(
+        w.take(),
+        [producer.message(), mail(b"reply")],
+        "everything replayed but the offer, then the outbox"
+    );
+    assert_eq!(
+        s.maintenance(),
+        Maintenance {
+            wanted: true,
+            applied: true,
+            by_broker: false
+        }
+    );
+    assert_eq!(s.stats().reopens, 0, "a withdrawal is not a reconnect");
+    // A broker restart in maintenance: still no offer.
+    s.on_message(error(500, "command invalid"), t0, &mut w)
+        .unwrap();
+    s.on_message(ok(""), t0, &mut w).unwrap();
+    assert_eq!(w.take(), [open_msg(), producer.message()]);
+    // Resuming offers again, on the same connection.
+    s.set_maintenance(false, t0, &mut w).unwrap();
+    assert_eq!(w.take(), [offer("svc", ".*").message()]);
+    s.on_message(ok(""), t0, &mut w).unwrap();
+    assert_eq!(s.state(), ConnState::Connected);
+    assert!(!s.maintenance().wanted && s.maintenance().applied);
+}
+
+#[test]
+fn without_maint1_an_offer_made_in_maintenance_waits_for_its_end() {
+    let (mut s, mut w, t0) = connected(None, "");
+    s.set_maintenance(true, t0, &mut w).unwrap();
+    assert!(w.take().is_empty(), "no offers: nothing to withdraw");
+    assert!(s.maintenance().applied);
+    assert_eq!(s.register(offer("svc", "a"), t0, &mut w).unwrap(), None);
+    assert!(w.take().is_empty(), "recorded, not offered");
+    s.set_maintenance(false, t0, &mut w).unwrap();
+    assert_eq!(w.take(), [offer("svc", "a").message()]);
+}
+
+#[test]
+fn maintenance_asked_while_the_broker_is_away_is_applied_when_it_answers() {
+    // Silent, then answering again without a reopen: the broker still has
+    // our offer, so it is withdrawn then.
+    let (mut s, mut w, t0) = connected(None, "");
+    register_ok(&mut s, &mut w, offer("svc", ".*"), t0);
+    w.take();
+    s.on_tick(t0 + TIMEOUT, &mut w).unwrap();
+    assert_eq!(s.state(), ConnState::Lost);
+    w.take();
+    s.set_maintenance(true, t0 + TIMEOUT, &mut w).unwrap();
+    assert!(w.take().is_empty(), "nothing while the broker is away");
+    s.on_message(Message::ConnectionPong, t0 + TIMEOUT, &mut w)
+        .unwrap();
+    assert_eq!(w.take(), [Message::ConnectionClose, open_msg()]);
+
+    // The same with maint/1.
+    let (mut s, mut w, t0) = connected(Some(4), "ack/1 maint/1");
+    s.on_tick(t0 + TIMEOUT, &mut w).unwrap();
+    w.take();
+    s.set_maintenance(true, t0 + TIMEOUT, &mut w).unwrap();
+    assert!(w.take().is_empty());
+    s.on_message(Message::ConnectionPong, t0 + TIMEOUT, &mut w)
+        .unwrap();
+    assert_eq!(w.take(), [maint(true)]);
+}
+
+#[test]
+fn a_maintenance_command_the_socket_refused_goes_out_at_the_next_tick() {
+    let (mut s, mut w, t0) = connected(Some(4), "ack/1 maint/1");
+    w.take();
+    w.blocked = true;
+    s.set_maintenance(true, t0, &mut w).unwrap();
+    assert!(!s.maintenance().applied);
+    w.blocked = false;
+    s.on_tick(t0 + ms(1), &mut w).unwrap();
+    assert_eq!(w.take(), [maint(true)]);
+    assert!(s.maintenance().applied);
+
+    let (mut s, mut w, t0) = connected(None, "");
+    register_ok(&mut s, &mut w, offer("svc", ".*"), t0);
+    w.take();
+    w.blocked = true;
+    s.set_maintenance(true, t0, &mut w).unwrap();
+    assert_eq!(s.state(), ConnState::Connected, "nothing written yet");
+    w.blocked = false;
+    s.on_tick(t0 + ms(1), &mut w).unwrap();
+    assert_eq!(w.take(), [Message::ConnectionClose, open_msg()]);
+}
+
+#[test]
+fn no_maintenance_command_while_closing() {
+    let (mut s, mut w, t0) = connected(Some(4), "ack/1 maint/1");
+    w.take();
+    assert!(s.begin_close());
+    s.set_maintenance(true, t0, &mut w).unwrap();
+    assert!(w.take().is_empty());
 }

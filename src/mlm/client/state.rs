@@ -24,3 +24,18 @@ pub struct ClientStats {
     /// Messages of ours the broker refused (ERROR nobody waited for).
     pub refused: u64,
 }
+
+/// Where maintenance stands (see [`Client::set_maintenance`](super::Client::set_maintenance)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Maintenance {
+    /// Asked for: no new service requests wanted.
+    pub wanted: bool,
+    /// The broker has been told: with a `maint/1` broker, its flag is as
+    /// wanted; with another, our offers are withdrawn (or registered again)
+    /// as wanted. `false` while the broker is away or the change is on its
+    /// way.
+    pub applied: bool,
+    /// The broker of the current connection said `maint/1`, so the
+    /// connection stays as it is and the broker keeps us listed.
+    pub by_broker: bool,
+}

@@ -241,6 +241,9 @@ pub struct Vm {
     cfg: Arc<PoolConfig>,
     /// Set after a memory breach: the pool replaces this VM.
     pub poisoned: bool,
+    /// Bytes the VM holds, as of its last request: read by the metrics
+    /// without touching the VM (which only its thread may).
+    memory: Arc<AtomicU64>,
 }
 
 impl Vm {
@@ -330,6 +333,7 @@ impl Vm {
         ))?;
         budget.disarm();
         lua.set_app_data(RequestState::default());
+        let memory = Arc::new(AtomicU64::new(lua.used_memory() as u64));
         Ok(Vm {
             lua,
             runner,
@@ -337,6 +341,7 @@ impl Vm {
             budget,
             cfg,
             poisoned: false,
+            memory,
         })
     }
 
@@ -408,7 +413,22 @@ impl Vm {
         if let Some(slot) = req.content.first_mut() {
             *slot = first;
         }
+        self.memory
+            .store(self.lua.used_memory() as u64, Ordering::Relaxed);
         (req, RunResult { outputs, result })
+    }
+
+    /// The VM's memory figure (bytes, as of its last request), for
+    /// metrics read from other threads.
+    pub fn memory_gauge(&self) -> Arc<AtomicU64> {
+        self.memory.clone()
+    }
+
+    /// Makes this VM (a replacement) report its memory where `gauge`, the
+    /// figure of the VM it replaces, is read.
+    pub fn share_memory_gauge(&mut self, gauge: Arc<AtomicU64>) {
+        gauge.store(self.lua.used_memory() as u64, Ordering::Relaxed);
+        self.memory = gauge;
     }
 
     /// Sets the work the VM's owner does while this VM runs a request on
@@ -576,6 +596,7 @@ impl Vm {
                 message: e.to_string(),
             })?;
         use std::os::unix::fs::MetadataExt;
+        self.cfg.book.compiled(subject, &path, meta.modified().ok());
         self.cache.insert(
             subject.to_string(),
             Cached {

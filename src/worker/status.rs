@@ -1,0 +1,888 @@
+//! The worker seen from outside: health, status, maintenance, and what it
+//! tells systemd.
+//!
+//! Two sides meet on a [`Board`]:
+//! - the HTTP thread (`worker/http/listen`, see [`WorkerOps::serve`])
+//!   answers `GET /health` and `GET /v1/status` from the board's atomics and
+//!   two small snapshots, and `GET /metrics` from the metrics registry,
+//!   without waking the dispatcher;
+//! - `POST /v1/maintenance` records the wish on the board, queues a
+//!   [`Responder`] and wakes the dispatcher, which is the only thread that
+//!   may touch the broker connections. Its hub applies the wish at its next
+//!   turn ([`HubOps::after_turn`]) and answers once every connection has
+//!   taken it (at most [`ANSWER_WITHIN`] later).
+//!
+//! The hub side ([`HubOps`]) also keeps the health state, the systemd
+//! `STATUS=` line, and the per-turn figures of the metrics.
+//!
+//! Health: `200` only while connected to a broker and offering; `503`
+//! while starting, reconnecting, in maintenance or draining (a worker in
+//! maintenance takes no requests, so whatever balances or waits on
+//! `/health` should see it as not serving; liveness is the systemd
+//! watchdog's business, not `/health`'s).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, Sender};
+use serde_json::{json, Map, Value};
+
+use super::hub::Conn;
+use super::metrics::{Recorder, SendKind, WorkerMetrics};
+use super::types::RunResult;
+use super::wake::Waker;
+use crate::mlm::{ClientError, ConnState};
+use crate::ops::http::{
+    reply_channel, Health as HttpHealth, HttpError, HttpOptions, HttpRequest, HttpResponse,
+    HttpServer, Method, Reply, Responder, Router,
+};
+use crate::ops::metrics::MetricsError;
+use crate::ops::notify::{Liveness, Systemd};
+
+/// How long a maintenance request waits for every connection to take it
+/// before it is answered anyway (saying which did not).
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(2);
+
+/// Maintenance requests waiting for an answer at most; past it, `503`.
+const ANSWERS_WAITING: usize = 64;
+
+/// What the worker is doing, as `/health` and systemd hear it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Health {
+    /// Not connected yet (the first connection, the first offer).
+    Starting = 0,
+    /// Connected and offering: the only state `/health` answers `200` in.
+    Serving = 1,
+    /// No broker connection up; the client keeps trying.
+    Reconnecting = 2,
+    /// Connected, taking no new requests.
+    Maintenance = 3,
+    /// Stopping: finishing what runs.
+    Draining = 4,
+}
+
+impl Health {
+    /// The state's name, as `/health` and `/v1/status` say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Health::Starting => "starting",
+            Health::Serving => "serving",
+            Health::Reconnecting => "reconnecting",
+            Health::Maintenance => "maintenance",
+            Health::Draining => "draining",
+        }
+    }
+
+    fn from_u8(v: u8) -> Health {
+        match v {
+            1 => Health::Serving,
+            2 => Health::Reconnecting,
+            3 => Health::Maintenance,
+            4 => Health::Draining,
+            _ => Health::Starting,
+        }
+    }
+}
+
+/// One script as last compiled by a VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptInfo {
+    /// The file.
+    pub path: PathBuf,
+    /// Its modification time when compiled: the version in use.
+    pub modified: Option<SystemTime>,
+    /// When it was compiled last.
+    pub compiled: SystemTime,
+    /// How many times a VM compiled it (once per VM, and again after each
+    /// change).
+    pub compiles: u64,
+}
+
+/// The scripts the VMs compiled, by subject. VMs write it when they
+/// compile (the first run of a subject on each VM, and after each change of
+/// the file), so the lock is taken rarely and never on a request's hot path.
+#[derive(Clone, Default)]
+pub struct ScriptBook(Arc<Mutex<BTreeMap<String, ScriptInfo>>>);
+
+impl std::fmt::Debug for ScriptBook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScriptBook")
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl ScriptBook {
+    /// A VM compiled `subject` from `path`, modified at `modified`.
+    pub fn compiled(&self, subject: &str, path: &Path, modified: Option<SystemTime>) {
+        let mut book = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let e = book
+            .entry(subject.to_string())
+            .or_insert_with(|| ScriptInfo {
+                path: path.to_path_buf(),
+                modified,
+                compiled: SystemTime::now(),
+                compiles: 0,
+            });
+        e.compiles += 1;
+        e.compiled = SystemTime::now();
+        e.path = path.to_path_buf();
+        // VMs compile a file again only when it changed, but one may still
+        // compile the version another VM replaced: keep the newest.
+        if modified > e.modified {
+            e.modified = modified;
+        }
+    }
+
+    /// How many subjects were compiled.
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether none was.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Everything, by subject.
+    pub fn snapshot(&self) -> BTreeMap<String, ScriptInfo> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// One broker connection as `/v1/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// The endpoint.
+    pub endpoint: String,
+    /// `connected`, `opening` or `lost`.
+    pub state: &'static str,
+    /// The broker acknowledges deliveries (ack/1) and we confirm them.
+    pub acknowledged: bool,
+    /// Maintenance on this connection.
+    pub maintenance: crate::mlm::client::Maintenance,
+    /// Times it was opened again.
+    pub reconnects: u64,
+}
+
+#[derive(Debug, Default)]
+struct About {
+    service: String,
+    filter: String,
+    connections: Vec<ConnInfo>,
+}
+
+/// What the dispatcher and the HTTP thread share. See the module
+/// documentation.
+pub struct Board {
+    health: AtomicU8,
+    maintenance: AtomicBool,
+    answers_tx: Sender<Responder>,
+    answers_rx: Receiver<Responder>,
+    waker: OnceLock<Waker>,
+    about: Mutex<About>,
+    scripts: ScriptBook,
+    started: SystemTime,
+}
+
+impl std::fmt::Debug for Board {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Board")
+            .field("health", &self.health())
+            .field("maintenance", &self.maintenance_wanted())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Board {
+    fn default() -> Self {
+        let (answers_tx, answers_rx) = crossbeam_channel::bounded(ANSWERS_WAITING);
+        Board {
+            health: AtomicU8::new(Health::Starting as u8),
+            maintenance: AtomicBool::new(false),
+            answers_tx,
+            answers_rx,
+            waker: OnceLock::new(),
+            about: Mutex::new(About::default()),
+            scripts: ScriptBook::default(),
+            started: SystemTime::now(),
+        }
+    }
+}
+
+impl Board {
+    /// The health state now.
+    pub fn health(&self) -> Health {
+        Health::from_u8(self.health.load(Ordering::Relaxed))
+    }
+
+    fn set_health(&self, h: Health) {
+        self.health.store(h as u8, Ordering::Relaxed);
+    }
+
+    /// Whether maintenance is asked for.
+    pub fn maintenance_wanted(&self) -> bool {
+        self.maintenance.load(Ordering::Relaxed)
+    }
+
+    /// Asks for maintenance on or off and wakes the dispatcher (the hub
+    /// applies it at its next turn).
+    pub fn want_maintenance(&self, on: bool) {
+        self.maintenance.store(on, Ordering::Relaxed);
+        self.wake();
+    }
+
+    /// The scripts the VMs compiled.
+    pub fn scripts(&self) -> &ScriptBook {
+        &self.scripts
+    }
+
+    /// The pipe that wakes the dispatcher (set once it exists).
+    pub fn set_waker(&self, w: Waker) {
+        let _ = self.waker.set(w);
+    }
+
+    fn wake(&self) {
+        if let Some(w) = self.waker.get() {
+            w.wake();
+        }
+    }
+
+    /// Records the service offered, for `/v1/status`.
+    pub fn describe(&self, service: &str, filter: &str) {
+        let mut a = self.about.lock().unwrap_or_else(|p| p.into_inner());
+        a.service = service.to_string();
+        a.filter = filter.to_string();
+    }
+
+    fn connections(&self) -> Vec<ConnInfo> {
+        self.about
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .connections
+            .clone()
+    }
+
+    fn endpoints(&self) -> String {
+        let a = self.about.lock().unwrap_or_else(|p| p.into_inner());
+        let v: Vec<&str> = a.connections.iter().map(|c| c.endpoint.as_str()).collect();
+        v.join(", ")
+    }
+}
+
+/// Everything the worker's operations need, made before the worker runs
+/// (so `/health` answers `503` while it connects) and given to
+/// [`super::dispatcher::run_with`].
+#[derive(Clone)]
+pub struct WorkerOps {
+    /// The metrics.
+    pub metrics: WorkerMetrics,
+    /// What the dispatcher and the HTTP thread share.
+    pub board: Arc<Board>,
+    /// Bumped by the dispatcher's loop and its VM's duty; the systemd
+    /// watchdog pings while it moves.
+    pub liveness: Liveness,
+    /// Notifications to systemd (nothing without `NOTIFY_SOCKET`).
+    pub systemd: Arc<Systemd>,
+}
+
+impl std::fmt::Debug for WorkerOps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerOps")
+            .field("board", &self.board)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkerOps {
+    /// Fresh metrics and board; systemd as given (`Systemd::default()` for
+    /// none).
+    pub fn new(systemd: Systemd) -> Result<WorkerOps, MetricsError> {
+        let board = Arc::new(Board::default());
+        let scripts = board.scripts.clone();
+        Ok(WorkerOps {
+            metrics: WorkerMetrics::new(move || scripts.len())?,
+            board,
+            liveness: Liveness::new(),
+            systemd: Arc::new(systemd),
+        })
+    }
+
+    /// The HTTP routes: `GET /health`, `GET /metrics`, `GET /v1/status`,
+    /// `POST /v1/maintenance`.
+    pub fn router(&self) -> Router {
+        let board = self.board.clone();
+        let (b2, m2) = (self.board.clone(), self.metrics.clone());
+        let b3 = self.board.clone();
+        Router::new()
+            .health(move || match board.health() {
+                Health::Serving => HttpHealth::Up("serving".into()),
+                h => HttpHealth::Down(h.name().into()),
+            })
+            .metrics(self.metrics.registry().clone())
+            .route(Method::GET, "/v1/status", move |_| {
+                Reply::Now(HttpResponse::json(200, &status_json(&b2, &m2)))
+            })
+            .route(Method::POST, "/v1/maintenance", move |req| {
+                maintenance_request(&b3, &req)
+            })
+    }
+
+    /// Serves [`WorkerOps::router`] on `listen` (`host:port`), on a thread
+    /// of its own (`alaska-http`).
+    pub fn serve(&self, listen: &str) -> Result<HttpServer, HttpError> {
+        HttpServer::start(HttpOptions::new(listen), Arc::new(self.router()))
+    }
+
+    /// The hub's side of these operations.
+    pub fn hub(&self) -> HubOps {
+        HubOps {
+            inner: Some(Box::new(Inner {
+                rec: self.metrics.recorder(),
+                board: self.board.clone(),
+                systemd: self.systemd.clone(),
+                wish: false,
+                waiting: Vec::new(),
+                health: Health::Starting,
+                draining: false,
+                last: Vec::new(),
+            })),
+        }
+    }
+}
+
+/// `POST /v1/maintenance` with `{"on": true}` or `{"on": false}`.
+fn maintenance_request(board: &Board, req: &HttpRequest) -> Reply {
+    let on = match serde_json::from_slice::<Value>(&req.body)
+        .ok()
+        .and_then(|v| v.get("on").and_then(Value::as_bool))
+    {
+        Some(on) => on,
+        None => {
+            return Reply::Now(HttpResponse::text(
+                400,
+                "the body must be {\"on\": true} or {\"on\": false}",
+            ))
+        }
+    };
+    match board.health() {
+        Health::Draining => return Reply::Now(HttpResponse::text(503, "stopping")),
+        Health::Starting => {
+            // No connection yet: recorded, and applied before the first
+            // offer.
+            board.want_maintenance(on);
+            return Reply::Now(HttpResponse::json(
+                202,
+                &json!({"maintenance": on, "applied": false, "connections": []}),
+            ));
+        }
+        _ => {}
+    }
+    let (responder, pending) = reply_channel();
+    if board.answers_tx.try_send(responder).is_err() {
+        return Reply::Now(HttpResponse::text(
+            503,
+            "too many maintenance requests waiting",
+        ));
+    }
+    board.want_maintenance(on);
+    Reply::Later(pending)
+}
+
+fn unix_seconds(t: SystemTime) -> Value {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(Value::Null, |d| json!(d.as_secs_f64()))
+}
+
+fn conn_json(c: &ConnInfo) -> Value {
+    json!({
+        "endpoint": c.endpoint,
+        "state": c.state,
+        "acknowledged": c.acknowledged,
+        "maintenance": {
+            "wanted": c.maintenance.wanted,
+            "applied": c.maintenance.applied,
+            "by_broker": c.maintenance.by_broker,
+        },
+        "reconnects": c.reconnects,
+    })
+}
+
+/// Every series of a counter vec: its labels by name, and its count.
+fn counts(vec: &prometheus::IntCounterVec) -> Vec<(BTreeMap<String, String>, u64)> {
+    use prometheus::core::Collector;
+    let mut out = Vec::new();
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let labels = metric
+                .get_label()
+                .iter()
+                .map(|l| (l.name().to_string(), l.value().to_string()))
+                .collect();
+            out.push((labels, metric.get_counter().get_value() as u64));
+        }
+    }
+    out
+}
+
+/// `GET /v1/status`: the figures of `/metrics` as JSON, plus what only
+/// JSON says well (connections, scripts and their versions).
+pub fn status_json(board: &Board, m: &WorkerMetrics) -> Value {
+    use prometheus::core::Collector;
+    let mut subjects: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    for (labels, n) in counts(&m.requests) {
+        let (Some(s), Some(o)) = (labels.get("subject"), labels.get("outcome")) else {
+            continue;
+        };
+        subjects
+            .entry(s.clone())
+            .or_default()
+            .insert(o.clone(), json!(n));
+    }
+    for (labels, n) in counts(&m.errors) {
+        let (Some(s), Some(k)) = (labels.get("subject"), labels.get("kind")) else {
+            continue;
+        };
+        let entry = subjects.entry(s.clone()).or_default();
+        if let Value::Object(e) = entry
+            .entry("errors")
+            .or_insert_with(|| Value::Object(Map::new()))
+        {
+            e.insert(k.clone(), json!(n));
+        }
+    }
+    for family in m.duration.collect() {
+        for metric in family.get_metric() {
+            let Some(s) = metric.get_label().iter().find(|l| l.name() == "subject") else {
+                continue;
+            };
+            let h = metric.get_histogram();
+            subjects.entry(s.value().to_string()).or_default().insert(
+                "duration_seconds".into(),
+                json!({"count": h.get_sample_count(), "sum": h.get_sample_sum()}),
+            );
+        }
+    }
+    let mut sends = Map::new();
+    for (labels, n) in counts(&m.sends) {
+        if let Some(k) = labels.get("kind") {
+            sends.insert(k.clone(), json!(n));
+        }
+    }
+    let scripts: Vec<Value> = board
+        .scripts
+        .snapshot()
+        .into_iter()
+        .map(|(subject, s)| {
+            json!({
+                "subject": subject,
+                "path": s.path.display().to_string(),
+                "mtime": s.modified.map_or(Value::Null, unix_seconds),
+                "compiled_at": unix_seconds(s.compiled),
+                "compiles": s.compiles,
+            })
+        })
+        .collect();
+    let (service, filter) = {
+        let a = board.about.lock().unwrap_or_else(|p| p.into_inner());
+        (a.service.clone(), a.filter.clone())
+    };
+    let memory = m.vm_memory();
+    let connections: Vec<Value> = board.connections().iter().map(conn_json).collect();
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "state": board.health().name(),
+        "started": unix_seconds(board.started),
+        "uptime_seconds": board.started.elapsed().map_or(0.0, |d| d.as_secs_f64()),
+        "service": {"address": service, "filter": filter},
+        "maintenance": board.maintenance_wanted(),
+        "connections": connections,
+        "requests": {
+            "received": m.received.get(),
+            "in_flight": m.in_flight.get(),
+            "queued": m.queued.get(),
+            "retry_waiting": m.retry_waiting.get(),
+            "dead_letters": m.dead_letters.get(),
+            "by_subject": subjects,
+        },
+        "sends": sends,
+        "broker": {
+            "reconnects": m.reconnects.get(),
+            "refusals": m.refusals.get(),
+            "sends_dropped": m.dropped.get(),
+        },
+        "vms": {
+            "count": memory.len(),
+            "memory_bytes": memory,
+            "memory_total_bytes": memory.iter().sum::<u64>(),
+        },
+        "scripts": scripts,
+    })
+}
+
+struct Inner {
+    rec: Recorder,
+    board: Arc<Board>,
+    systemd: Arc<Systemd>,
+    /// The maintenance wish last given to the connections.
+    wish: bool,
+    waiting: Vec<(Responder, Instant)>,
+    health: Health,
+    draining: bool,
+    /// Each connection's state as last published, to publish on change.
+    last: Vec<(ConnState, bool, crate::mlm::client::Maintenance, u64)>,
+}
+
+/// The hub's side of the worker's operations: counting, health, systemd
+/// status, maintenance. Every method does nothing when the worker runs
+/// without operations ([`HubOps::default`]).
+#[derive(Default)]
+pub struct HubOps {
+    inner: Option<Box<Inner>>,
+}
+
+impl std::fmt::Debug for HubOps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubOps")
+            .field("enabled", &self.inner.is_some())
+            .finish()
+    }
+}
+
+impl HubOps {
+    /// Whether the HTTP side asked for something the hub has not seen yet
+    /// (checked after arming the wake-up, before sleeping).
+    pub fn has_work(&self) -> bool {
+        self.inner.as_ref().is_some_and(|x| {
+            x.board.maintenance_wanted() != x.wish || !x.board.answers_rx.is_empty()
+        })
+    }
+
+    /// A service request was received.
+    pub fn received(&mut self) {
+        if let Some(x) = &mut self.inner {
+            x.rec.received();
+        }
+    }
+
+    /// Job `id` was placed for a run.
+    pub fn placed(&mut self, id: u64) {
+        if let Some(x) = &mut self.inner {
+            x.rec.placed(id, Instant::now());
+        }
+    }
+
+    /// Job `id` will not run here.
+    pub fn forget(&mut self, id: u64) {
+        if let Some(x) = &mut self.inner {
+            x.rec.forget(id);
+        }
+    }
+
+    /// Job `id` for `subject` finished with `run`.
+    pub fn finished(&mut self, id: u64, subject: &str, run: &RunResult) {
+        if let Some(x) = &mut self.inner {
+            x.rec.finished(id, subject, run, Instant::now());
+        }
+    }
+
+    /// A message of `kind` was written.
+    pub fn sent(&mut self, kind: SendKind) {
+        if let Some(x) = &mut self.inner {
+            x.rec.sent(kind);
+        }
+    }
+
+    /// A request was given up on.
+    pub fn dead_letter(&mut self) {
+        if let Some(x) = &mut self.inner {
+            x.rec.dead_letter();
+        }
+    }
+
+    /// A stop began: `/health` says draining from now on.
+    pub fn draining(&mut self, running: usize) {
+        if let Some(x) = &mut self.inner {
+            x.draining = true;
+            x.health = Health::Draining;
+            x.board.set_health(Health::Draining);
+            x.systemd.stopping(&format!(
+                "stopping: finishing {running} request(s) already received"
+            ));
+            // Nobody will apply a maintenance change now.
+            while let Ok(r) = x.board.answers_rx.try_recv() {
+                r.send(HttpResponse::text(503, "stopping"));
+            }
+            for (r, _) in x.waiting.drain(..) {
+                r.send(HttpResponse::text(503, "stopping"));
+            }
+        }
+    }
+
+    /// Once per hub turn: applies a maintenance change, answers those who
+    /// asked for one, publishes health (and a systemd status line when it
+    /// changes), the connections and the hub's figures.
+    pub fn after_turn(
+        &mut self,
+        conns: &mut [Conn],
+        in_flight: usize,
+        queued: usize,
+        retry_waiting: usize,
+    ) -> Result<(), ClientError> {
+        let Some(x) = &mut self.inner else {
+            return Ok(());
+        };
+        let wish = x.board.maintenance_wanted();
+        if wish != x.wish && !x.draining {
+            x.wish = wish;
+            tracing::info!(
+                "maintenance {}: {}",
+                if wish { "on" } else { "off" },
+                if wish {
+                    "taking no new requests (what runs finishes)"
+                } else {
+                    "taking requests again"
+                }
+            );
+            for c in conns.iter_mut() {
+                c.client.set_maintenance(wish)?;
+            }
+        }
+        let now = Instant::now();
+        while let Ok(r) = x.board.answers_rx.try_recv() {
+            x.waiting.push((r, now));
+        }
+        let mut connected = 0;
+        // Every connection either took the change, or is away (it takes
+        // it when back); one that is opening (a withdrawal) is waited for.
+        let mut all_applied = true;
+        let mut settled = true;
+        let mut changed = x.last.len() != conns.len();
+        let mut totals = (0, 0, 0);
+        for (i, c) in conns.iter().enumerate() {
+            let state = c.client.state();
+            let maint = c.client.maintenance();
+            let stats = c.client.stats();
+            match state {
+                ConnState::Connected => {
+                    connected += 1;
+                    all_applied &= maint.applied;
+                    settled &= maint.applied;
+                }
+                ConnState::Opening => settled = false,
+                ConnState::Lost => {}
+            }
+            totals.0 += stats.reopens;
+            totals.1 += stats.refused;
+            totals.2 += stats.dropped;
+            let now_is = (state, c.client.acks_enabled(), maint, stats.reopens);
+            if x.last.get(i) != Some(&now_is) {
+                changed = true;
+            }
+        }
+        if changed {
+            x.last = conns
+                .iter()
+                .map(|c| {
+                    (
+                        c.client.state(),
+                        c.client.acks_enabled(),
+                        c.client.maintenance(),
+                        c.client.stats().reopens,
+                    )
+                })
+                .collect();
+            let infos: Vec<ConnInfo> = conns
+                .iter()
+                .map(|c| ConnInfo {
+                    endpoint: c.client.endpoint().to_string(),
+                    state: match c.client.state() {
+                        ConnState::Connected => "connected",
+                        ConnState::Opening => "opening",
+                        ConnState::Lost => "lost",
+                    },
+                    acknowledged: c.client.acks_enabled(),
+                    maintenance: c.client.maintenance(),
+                    reconnects: c.client.stats().reopens,
+                })
+                .collect();
+            x.board
+                .about
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .connections = infos;
+        }
+        if !x.waiting.is_empty() {
+            let late = x
+                .waiting
+                .iter()
+                .any(|(_, since)| now.duration_since(*since) >= ANSWER_WITHIN);
+            if settled || late {
+                let body = json!({
+                    "maintenance": x.wish,
+                    "applied": all_applied && connected > 0,
+                    "connections": x.board.connections().iter().map(conn_json).collect::<Vec<_>>(),
+                });
+                for (r, _) in x.waiting.drain(..) {
+                    r.send(HttpResponse::json(200, &body));
+                }
+            }
+        }
+        let health = if x.draining {
+            Health::Draining
+        } else if x.wish {
+            Health::Maintenance
+        } else if connected > 0 {
+            Health::Serving
+        } else {
+            Health::Reconnecting
+        };
+        if health != x.health {
+            x.health = health;
+            x.board.set_health(health);
+            x.systemd.status(&status_line(health, &x.board));
+        }
+        x.rec.turn(
+            in_flight,
+            queued,
+            retry_waiting,
+            connected,
+            connected > 0 && !x.wish,
+            x.wish,
+            totals,
+        );
+        Ok(())
+    }
+}
+
+/// The systemd `STATUS=` line for `health`.
+fn status_line(health: Health, board: &Board) -> String {
+    let (service, filter) = {
+        let a = board.about.lock().unwrap_or_else(|p| p.into_inner());
+        (a.service.clone(), a.filter.clone())
+    };
+    let endpoints = board.endpoints();
+    match health {
+        Health::Starting => format!("connecting to {endpoints}"),
+        Health::Serving => format!("serving {service} ({filter}) on {endpoints}"),
+        Health::Reconnecting => format!("broker {endpoints} lost: reconnecting"),
+        Health::Maintenance => {
+            format!("maintenance: {service} on {endpoints}, taking no new requests")
+        }
+        Health::Draining => "stopping: finishing requests already received".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now(r: Reply) -> HttpResponse {
+        match r {
+            Reply::Now(r) => r,
+            Reply::Later(_) => panic!("deferred"),
+        }
+    }
+
+    #[test]
+    fn health_is_200_only_while_serving() {
+        let ops = WorkerOps::new(Systemd::default()).unwrap();
+        let router = ops.router();
+        let get = |path: &str| {
+            use crate::ops::http::Handler;
+            now(router.handle(HttpRequest::new(Method::GET, path, vec![])))
+        };
+        for (h, status, text) in [
+            (Health::Starting, 503, "starting\n"),
+            (Health::Serving, 200, "serving\n"),
+            (Health::Reconnecting, 503, "reconnecting\n"),
+            (Health::Maintenance, 503, "maintenance\n"),
+            (Health::Draining, 503, "draining\n"),
+        ] {
+            ops.board.set_health(h);
+            let r = get("/health");
+            assert_eq!((r.status, r.body.as_slice()), (status, text.as_bytes()));
+        }
+    }
+
+    #[test]
+    fn maintenance_requests_are_checked_and_recorded_before_the_start() {
+        use crate::ops::http::Handler;
+        let ops = WorkerOps::new(Systemd::default()).unwrap();
+        let router = ops.router();
+        let post = |body: &str| {
+            router.handle(HttpRequest::new(
+                Method::POST,
+                "/v1/maintenance",
+                body.into(),
+            ))
+        };
+        for bad in ["", "{}", "{\"on\": 1}", "on"] {
+            assert_eq!(now(post(bad)).status, 400, "{bad:?}");
+        }
+        assert!(!ops.board.maintenance_wanted());
+        let r = now(post("{\"on\": true}"));
+        assert_eq!(r.status, 202, "not connected yet: recorded");
+        assert!(ops.board.maintenance_wanted());
+        ops.board.set_health(Health::Serving);
+        assert!(matches!(post("{\"on\": false}"), Reply::Later(_)));
+        assert!(!ops.board.maintenance_wanted());
+        assert_eq!(ops.board.answers_rx.len(), 1, "waits for the hub");
+        ops.board.set_health(Health::Draining);
+        assert_eq!(now(post("{\"on\": true}")).status, 503);
+    }
+
+    #[test]
+    fn status_groups_the_counts_by_subject() {
+        use crate::worker::types::{ErrorKind, Outcome, ScriptError};
+        let ops = WorkerOps::new(Systemd::default()).unwrap();
+        let mut rec = ops.metrics.recorder();
+        let t0 = Instant::now();
+        let done = RunResult {
+            outputs: Vec::new(),
+            result: Ok(Outcome::Done { reply: None }),
+        };
+        let failed = RunResult {
+            outputs: Vec::new(),
+            result: Err(ScriptError {
+                kind: ErrorKind::Syntax,
+                message: String::new(),
+            }),
+        };
+        rec.placed(1, t0);
+        rec.finished(1, "echo", &done, t0);
+        rec.finished(2, "echo", &done, t0);
+        rec.finished(3, "bad", &failed, t0);
+        rec.sent(SendKind::Reply);
+        ops.board
+            .scripts()
+            .compiled("echo", Path::new("s/echo.lua"), None);
+        let v = status_json(&ops.board, &ops.metrics);
+        let subjects = &v["requests"]["by_subject"];
+        assert_eq!(subjects["echo"]["done"], 2);
+        assert_eq!(subjects["echo"]["duration_seconds"]["count"], 1);
+        assert_eq!(subjects["bad"]["error"], 1);
+        assert_eq!(subjects["bad"]["errors"]["syntax"], 1);
+        assert_eq!(v["sends"]["reply"], 1);
+        assert_eq!(v["scripts"][0]["subject"], "echo");
+        assert_eq!(v["state"], "starting");
+    }
+
+    #[test]
+    fn the_book_keeps_the_newest_version() {
+        let book = ScriptBook::default();
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
+        book.compiled("a", Path::new("s/a.lua"), Some(t));
+        book.compiled("a", Path::new("s/a.lua"), Some(t + Duration::from_secs(5)));
+        book.compiled("a", Path::new("s/a.lua"), Some(t));
+        let s = book.snapshot();
+        assert_eq!(s["a"].modified, Some(t + Duration::from_secs(5)));
+        assert_eq!(s["a"].compiles, 3);
+        assert_eq!(book.len(), 1);
+    }
+}
