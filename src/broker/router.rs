@@ -4,12 +4,19 @@
 //! Every command is handled to completion before the next is read, so the
 //! state needs no locks. Timers (client expiry, request and mail timeouts,
 //! mailbox reclaim) run from the same loop between reads.
+//!
+//! Authorization: each client carries the user its connection
+//! authenticated as (the "User-Id" ZeroMQ attaches to its messages), read
+//! when it opens. Every command that needs a right is checked against the
+//! ACL before anything is changed; a refusal is `ERROR 300 access denied:
+//! …` to the client (which stays connected) and one log line with the user.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use regex::Regex;
 
+use super::acl::{self, Acl, Action};
 use super::{BrokerConfig, Limits};
 use crate::mlm::codec::status;
 use crate::mlm::{Content, Message, Status};
@@ -71,6 +78,8 @@ struct Service {
 
 struct ClientState {
     address: String,
+    /// Who the connection authenticated as (`""` with NULL security).
+    user: String,
     last_seen: Instant,
     writer: Option<String>,
     reads: Vec<(String, Regex)>,
@@ -83,9 +92,10 @@ struct ClientState {
 }
 
 impl ClientState {
-    fn new(address: String) -> Self {
+    fn new(address: String, user: String) -> Self {
         ClientState {
             address,
+            user,
             last_seen: Instant::now(),
             writer: None,
             reads: Vec::new(),
@@ -106,6 +116,8 @@ impl ClientState {
 pub struct Router {
     socket: zmq::Socket,
     cfg: BrokerConfig,
+    /// The rules in force; `None` allows everything.
+    acl: Option<Acl>,
     clients: HashMap<Id, ClientState>,
     addresses: HashMap<String, Id>,
     mailboxes: HashMap<String, Mailbox>,
@@ -120,6 +132,7 @@ impl Router {
     pub fn new(socket: zmq::Socket, cfg: BrokerConfig) -> Self {
         Router {
             socket,
+            acl: cfg.acl.clone(),
             cfg,
             clients: HashMap::new(),
             addresses: HashMap::new(),
@@ -130,19 +143,27 @@ impl Router {
         }
     }
 
-    /// Serves until `stop` receives (or its sender is dropped).
-    pub fn run(mut self, stop: &crossbeam_channel::Receiver<()>) {
+    /// Serves until `stop` receives (or its sender is dropped). New ACL
+    /// rules arriving on `acls` apply to the commands read after them.
+    pub fn run(
+        mut self,
+        stop: &crossbeam_channel::Receiver<()>,
+        acls: &crossbeam_channel::Receiver<Option<Acl>>,
+    ) {
         loop {
             match stop.try_recv() {
                 Ok(()) | Err(crossbeam_channel::TryRecvError::Disconnected) => break,
                 Err(crossbeam_channel::TryRecvError::Empty) => {}
             }
+            while let Ok(acl) = acls.try_recv() {
+                self.acl = acl;
+            }
             match self.socket.poll(zmq::POLLIN, 100) {
                 Ok(n) if n > 0 => {
                     // Handle a batch, then look at timers and the stop flag.
                     for _ in 0..10_000 {
-                        match self.socket.recv_multipart(zmq::DONTWAIT) {
-                            Ok(frames) => self.handle_frames(frames),
+                        match self.receive() {
+                            Ok((frames, user)) => self.handle_frames(frames, user),
                             Err(zmq::Error::EAGAIN) => break,
                             Err(e) => {
                                 tracing::error!("broker receive failed: {e}");
@@ -165,7 +186,30 @@ impl Router {
         tracing::info!("broker stopped");
     }
 
-    fn handle_frames(&mut self, mut frames: Vec<Vec<u8>>) {
+    /// Reads one message without waiting: its frames, and for a CONNECTION
+    /// OPEN the user its connection authenticated as. (libzmq attaches the
+    /// connection's metadata to the frames that came over it, not to the
+    /// routing id the ROUTER puts first, so the header frame is asked.)
+    fn receive(&mut self) -> Result<(Vec<Vec<u8>>, Option<String>), zmq::Error> {
+        let mut frames = Vec::with_capacity(3);
+        let mut user = None;
+        let mut msg = self.socket.recv_msg(zmq::DONTWAIT)?;
+        loop {
+            let more = msg.get_more();
+            if frames.len() == 1 && is_open(&msg) {
+                user = Some(msg.gets("User-Id").unwrap_or("").to_string());
+            }
+            frames.push(msg.to_vec());
+            if !more {
+                break;
+            }
+            // The rest of a message is there once its first frame is.
+            self.socket.recv(&mut msg, 0)?;
+        }
+        Ok((frames, user))
+    }
+
+    fn handle_frames(&mut self, mut frames: Vec<Vec<u8>>, user: Option<String>) {
         if frames.is_empty() {
             return;
         }
@@ -193,7 +237,7 @@ impl Router {
             None => false,
         };
         match msg {
-            Message::ConnectionOpen { address } => self.open(id, address),
+            Message::ConnectionOpen { address } => self.open(id, address, user.unwrap_or_default()),
             _ if !known => {
                 // The reference crashes on CLOSE before OPEN; we answer.
                 self.reply_error(
@@ -208,11 +252,16 @@ impl Router {
                 self.drop_client(&id, "closed");
             }
             Message::StreamWrite { stream } => {
+                if !self.allowed(&id, Action::Write(&stream)) {
+                    return;
+                }
                 if let Some(c) = self.clients.get_mut(&id) {
                     c.writer = Some(stream);
                 }
                 self.reply_ok(&id);
             }
+            Message::StreamRead { .. } | Message::ServiceOffer { .. }
+                if !self.registration_allowed(&id, &msg) => {}
             Message::StreamRead { stream, pattern } => match compile(&pattern) {
                 Ok(re) => {
                     if let Some(c) = self.clients.get_mut(&id) {
@@ -243,6 +292,9 @@ impl Router {
                 timeout,
                 content,
             } => {
+                if !self.allowed(&id, Action::Mail(&address)) {
+                    return;
+                }
                 let sender = self.address_of(&id);
                 let mail = Mail {
                     bytes: size(&content),
@@ -261,6 +313,9 @@ impl Router {
                 timeout,
                 content,
             } => {
+                if !self.allowed(&id, Action::Send(&address)) {
+                    return;
+                }
                 let req = Request {
                     bytes: size(&content),
                     sender: self.address_of(&id),
@@ -317,7 +372,60 @@ impl Router {
         }
     }
 
-    fn open(&mut self, id: Id, address: String) {
+    /// Whether the ACL lets the client `id` do `action`; if not, the
+    /// client is told (ERROR 300, it stays connected) and it is logged.
+    fn allowed(&mut self, id: &Id, action: Action<'_>) -> bool {
+        let user = match self.clients.get(id) {
+            Some(c) => c.user.as_str(),
+            None => "",
+        };
+        match acl::check(self.acl.as_ref(), user, &action) {
+            Ok(()) => true,
+            Err(r) => {
+                self.refuse(id, &r);
+                false
+            }
+        }
+    }
+
+    /// The ACL check of STREAM READ and SERVICE OFFER, which the match in
+    /// `handle_frames` consumes only when it passes.
+    fn registration_allowed(&mut self, id: &Id, msg: &Message) -> bool {
+        match msg {
+            Message::StreamRead { stream, .. } => self.allowed(id, Action::Read(stream)),
+            Message::ServiceOffer { address, .. } => self.allowed(id, Action::Offer(address)),
+            _ => true,
+        }
+    }
+
+    fn refuse(&mut self, id: &Id, r: &acl::Refusal) {
+        tracing::warn!("access denied: {r} (client {})", self.name(id));
+        self.reply_error(id, status::FAILED, &r.error_reason());
+    }
+
+    fn open(&mut self, id: Id, address: String, user: String) {
+        // Everything is checked before anything changes: a refused OPEN
+        // leaves the connection's previous session, if any, as it was.
+        if let Err(r) = acl::check(self.acl.as_ref(), &user, &Action::Open(&address)) {
+            tracing::warn!("access denied: {r}");
+            self.reply_error(&id, status::FAILED, &r.error_reason());
+            return;
+        }
+        if !address.is_empty() {
+            let holder = self
+                .addresses
+                .get(&address)
+                .filter(|old| **old != id)
+                .and_then(|old| self.clients.get(old));
+            if let Some(holder) = holder {
+                if holder.user != user {
+                    let r = acl::Refusal::takeover(&user, &address);
+                    tracing::warn!("access denied: {r} ({:?})", holder.user);
+                    self.reply_error(&id, status::FAILED, &r.error_reason());
+                    return;
+                }
+            }
+        }
         if self.clients.contains_key(&id) {
             // A second OPEN on the same connection starts a new session.
             self.drop_client(&id, "opened again");
@@ -332,7 +440,7 @@ impl Router {
             self.addresses.insert(address.clone(), id.clone());
         }
         self.clients
-            .insert(id.clone(), ClientState::new(address.clone()));
+            .insert(id.clone(), ClientState::new(address.clone(), user));
         self.send_to(
             &id,
             Message::Ok {
@@ -399,6 +507,12 @@ impl Router {
             self.reply_error(id, status::FAILED, "no stream: send STREAM WRITE first");
             return;
         };
+        // Checked again on every send: rules reloaded since the STREAM
+        // WRITE apply to later commands. Said as "publish on" so that the
+        // client takes it for the refusal of a send.
+        if self.acl.is_some() && !self.publish_allowed(id, &stream) {
+            return;
+        }
         let mut targets: Vec<Id> = Vec::new();
         if let Some(readers) = self.streams.get(&stream) {
             for (cid, re) in readers {
@@ -427,6 +541,25 @@ impl Router {
                 if e == zmq::Error::EHOSTUNREACH {
                     self.drop_client(&t, "unreachable");
                 }
+            }
+        }
+    }
+
+    fn publish_allowed(&mut self, id: &Id, stream: &str) -> bool {
+        let user = self
+            .clients
+            .get(id)
+            .map(|c| c.user.clone())
+            .unwrap_or_default();
+        match acl::check(self.acl.as_ref(), &user, &Action::Write(stream)) {
+            Ok(()) => true,
+            Err(_) => {
+                let r = acl::Refusal {
+                    user,
+                    reason: format!("may not publish on stream {stream}"),
+                };
+                self.refuse(id, &r);
+                false
             }
         }
     }
@@ -807,6 +940,12 @@ impl Router {
             None => "unknown client".into(),
         }
     }
+}
+
+/// Whether a header frame is a CONNECTION OPEN (signature, then id 1),
+/// without decoding it.
+fn is_open(frame: &[u8]) -> bool {
+    frame.len() >= 3 && frame[0] == 0xAA && frame[1] == 0xA8 && frame[2] == 1
 }
 
 fn compile(pattern: &str) -> Result<Regex, String> {
