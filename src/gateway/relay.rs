@@ -394,6 +394,18 @@ impl Relay {
                     ));
                 }
             }
+            RefusalKind::AccessDenied {
+                target: "service",
+                name,
+            } => {
+                self.metrics().broker_refusals.inc();
+                if let Some(answer) = self.pending.on_refused(name) {
+                    answer.finish(HttpResponse::text(
+                        403,
+                        &format!("broker refused the request: {r}"),
+                    ));
+                }
+            }
             RefusalKind::MailboxFull { .. } => {
                 self.metrics().broker_refusals.inc();
                 tracing::warn!("broker refused mail: {r}");

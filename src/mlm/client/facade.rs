@@ -20,7 +20,9 @@ use super::options::ClientOptions;
 use super::refusal::Refusal;
 use super::session::{Call, Event, HandshakeFailure, Registration, Reply, Session};
 use super::state::{ClientStats, ConnState};
-use super::transport::{ms, MonitorEvent, Transport};
+use super::transport::{
+    ms, MonitorEvent, Transport, PROTOCOL_ERROR_CRYPTOGRAPHIC, PROTOCOL_ERROR_MECHANISM_MISMATCH,
+};
 use crate::mlm::codec::{Content, Message, Status};
 
 /// A Malamute client. See the module documentation.
@@ -92,6 +94,32 @@ impl Client {
 
     fn handshake_error(&self, f: HandshakeFailure) -> ClientError {
         let endpoint = self.opts.endpoint.clone();
+        let ours = match (&self.opts.curve, &self.opts.plain) {
+            (Some(_), _) => "CURVE",
+            (None, Some(_)) => "PLAIN",
+            (None, None) => "NULL",
+        };
+        if f == HandshakeFailure::MechanismMismatch {
+            return ClientError::MechanismMismatch { endpoint, ours };
+        }
+        if let Some(keys) = &self.opts.curve {
+            return match f {
+                HandshakeFailure::Auth => ClientError::UnknownClientKey {
+                    endpoint,
+                    client_key: keys.client.public.to_z85(),
+                },
+                // The broker closes the connection without a word when our
+                // HELLO does not decrypt; a WELCOME that does not decrypt
+                // on our side means the same.
+                HandshakeFailure::NoDetail | HandshakeFailure::Cryptographic => {
+                    ClientError::WrongServerKey {
+                        endpoint,
+                        server_key: keys.server.to_z85(),
+                    }
+                }
+                _ => ClientError::Handshake { endpoint },
+            };
+        }
         match f {
             HandshakeFailure::Auth => ClientError::AuthFailed { endpoint },
             // A PLAIN client talking to a NULL broker (or the reverse) ends
@@ -101,9 +129,7 @@ impl Client {
             {
                 ClientError::AuthFailed { endpoint }
             }
-            HandshakeFailure::Protocol | HandshakeFailure::NoDetail => {
-                ClientError::Handshake { endpoint }
-            }
+            _ => ClientError::Handshake { endpoint },
         }
     }
 
@@ -488,8 +514,8 @@ impl Client {
     /// follows it is read.
     fn read(&mut self, socket: bool, monitor: bool, now: Instant) -> Result<(), ClientError> {
         if monitor {
-            while let Some(ev) = self.transport.next_event()? {
-                if let Some(ev) = session_event(ev) {
+            while let Some((ev, value)) = self.transport.next_event()? {
+                if let Some(ev) = session_event(ev, value) {
                     self.session.handle(ev, now, &mut self.transport)?;
                 }
             }
@@ -516,15 +542,18 @@ enum Input {
     Timeout,
 }
 
-/// The monitor events the session cares about.
-fn session_event(ev: MonitorEvent) -> Option<Event> {
+/// The monitor events the session cares about; `value` is the event's
+/// (for a protocol failure, which protocol error).
+fn session_event(ev: MonitorEvent, value: u32) -> Option<Event> {
     match ev {
         MonitorEvent::Disconnected => Some(Event::TransportDown),
         MonitorEvent::HandshakeSucceeded => Some(Event::TransportUp),
         MonitorEvent::HandshakeFailedAuth => Some(Event::HandshakeFailed(HandshakeFailure::Auth)),
-        MonitorEvent::HandshakeFailedProtocol => {
-            Some(Event::HandshakeFailed(HandshakeFailure::Protocol))
-        }
+        MonitorEvent::HandshakeFailedProtocol => Some(Event::HandshakeFailed(match value {
+            PROTOCOL_ERROR_MECHANISM_MISMATCH => HandshakeFailure::MechanismMismatch,
+            PROTOCOL_ERROR_CRYPTOGRAPHIC => HandshakeFailure::Cryptographic,
+            _ => HandshakeFailure::Protocol,
+        })),
         MonitorEvent::HandshakeFailedNoDetail => {
             Some(Event::HandshakeFailed(HandshakeFailure::NoDetail))
         }

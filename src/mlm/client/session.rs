@@ -51,12 +51,36 @@ pub const REFUSALS_KEPT: usize = 1024;
 /// How a transport handshake failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HandshakeFailure {
-    /// The broker refused our credentials.
+    /// The broker refused our credentials (PLAIN) or our key (CURVE).
     Auth,
-    /// A protocol error, e.g. PLAIN against NULL security.
+    /// The broker and we use different security mechanisms.
+    MechanismMismatch,
+    /// A CURVE message did not decrypt.
+    Cryptographic,
+    /// Another protocol error.
     Protocol,
-    /// No reason given (some libzmq versions report ZAP refusals so).
+    /// No reason given: the broker closed the connection during the
+    /// handshake (with CURVE: it could not decrypt our HELLO, because we
+    /// use the wrong broker key; some libzmq versions report ZAP refusals
+    /// so too).
     NoDetail,
+}
+
+impl HandshakeFailure {
+    /// What it means, for a log line.
+    pub fn describe(self) -> &'static str {
+        match self {
+            HandshakeFailure::Auth => "the broker refused our credentials or key",
+            HandshakeFailure::MechanismMismatch => {
+                "the broker uses another security mechanism than ours"
+            }
+            HandshakeFailure::Cryptographic => "a CURVE message did not decrypt",
+            HandshakeFailure::Protocol => "a protocol error",
+            HandshakeFailure::NoDetail => {
+                "the broker closed the connection (with CURVE: wrong broker public key?)"
+            }
+        }
+    }
 }
 
 /// Something that happened to the session.
@@ -437,8 +461,12 @@ impl Session {
     pub fn on_handshake_failed(&mut self, f: HandshakeFailure) {
         if self.epoch == 0 {
             self.handshake_failure = Some(f);
-        } else if f == HandshakeFailure::Auth {
-            tracing::error!("broker {} refused our credentials", self.endpoint);
+        } else {
+            tracing::error!(
+                "security handshake with broker {} failed: {}",
+                self.endpoint,
+                f.describe()
+            );
         }
     }
 

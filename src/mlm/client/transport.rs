@@ -12,6 +12,12 @@ use crate::mlm::codec::{DecodeError, Message};
 
 static MONITOR_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// `ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC`: a CURVE message did not decrypt.
+pub(super) const PROTOCOL_ERROR_CRYPTOGRAPHIC: u32 = 0x1100_0001;
+/// `ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH`: the peers' security
+/// mechanisms differ.
+pub(super) const PROTOCOL_ERROR_MECHANISM_MISMATCH: u32 = 0x1100_0002;
+
 /// A socket monitor event, from the numbers in `zmq.h`. The zmq crate's
 /// own enum panics on numbers it does not know, so raw values are mapped
 /// here and unknown ones kept as they are.
@@ -80,9 +86,24 @@ impl Transport {
         let hb = opts.heartbeat.as_millis().clamp(100, 10_000) as i32;
         socket.set_heartbeat_ivl(hb)?;
         socket.set_heartbeat_timeout(hb * 3)?;
+        if opts.plain.is_some() && opts.curve.is_some() {
+            return Err(ClientError::Security(
+                "PLAIN and CURVE cannot both be used on one connection".into(),
+            ));
+        }
         if let Some(c) = &opts.plain {
             socket.set_plain_username(Some(&c.username))?;
             socket.set_plain_password(Some(&c.password))?;
+        }
+        if let Some(c) = &opts.curve {
+            if !crate::curve::has_curve() {
+                return Err(ClientError::Security(
+                    "CURVE keys given, but this libzmq has no CURVE".into(),
+                ));
+            }
+            socket.set_curve_serverkey(&c.server.0)?;
+            socket.set_curve_publickey(&c.client.public.0)?;
+            socket.set_curve_secretkey(&c.client.secret.0)?;
         }
         let mon_ep = format!(
             "inproc://alaska-client-monitor-{}-{}",
@@ -149,8 +170,9 @@ impl Transport {
         }
     }
 
-    /// The next monitor event, if one is waiting.
-    pub(super) fn next_event(&self) -> Result<Option<MonitorEvent>, ClientError> {
+    /// The next monitor event, if one is waiting, with its value (for a
+    /// failed handshake: the protocol error, the ZAP status or the errno).
+    pub(super) fn next_event(&self) -> Result<Option<(MonitorEvent, u32)>, ClientError> {
         let frames = match self.monitor.recv_multipart(zmq::DONTWAIT) {
             Ok(f) => f,
             Err(zmq::Error::EAGAIN) => return Ok(None),
@@ -159,9 +181,14 @@ impl Transport {
         Ok(Some(
             frames
                 .first()
-                .filter(|f| f.len() >= 2)
-                .map(|f| MonitorEvent::from_raw(u16::from_le_bytes([f[0], f[1]])))
-                .unwrap_or(MonitorEvent::Other(0)),
+                .filter(|f| f.len() >= 6)
+                .map(|f| {
+                    (
+                        MonitorEvent::from_raw(u16::from_le_bytes([f[0], f[1]])),
+                        u32::from_le_bytes([f[2], f[3], f[4], f[5]]),
+                    )
+                })
+                .unwrap_or((MonitorEvent::Other(0), 0)),
         ))
     }
 
