@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use alaska::broker::{Broker, BrokerConfig, BrokerHandle};
 use alaska::config::{Embedded, Settings};
-use alaska::mlm::{ClientOptions, Credentials};
+use alaska::mlm::{ClientOptions, Credentials, CurveClientKeys};
 use alaska::worker::{DispatcherOptions, Policy, PoolConfig};
 use alaska::{daemon, logging, worker};
 use clap::Parser;
@@ -61,6 +61,19 @@ fn main() -> ExitCode {
     } else if args.no_embedded_broker {
         s.embedded = Embedded::Never;
     }
+    // Keys are read now, before background mode and before privileges
+    // are dropped (a secret certificate may be readable by root only), and
+    // a missing or bad one is a configuration error.
+    let curve = match &s.curve {
+        Some((cert, server)) => match CurveClientKeys::load(cert, server) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                eprintln!("alaska: configuration: worker/auth/curve: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     if args.check {
         return check(&args, &s);
     }
@@ -89,7 +102,7 @@ fn main() -> ExitCode {
     } else {
         tracing::info!("configuration loaded from {}", args.config.display());
     }
-    match run(s) {
+    match run(s, curve) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -103,7 +116,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(s: Settings) -> Result<(), Box<dyn std::error::Error>> {
+fn run(s: Settings, curve: Option<CurveClientKeys>) -> Result<(), Box<dyn std::error::Error>> {
     let _lock = match &s.lockfile {
         Some(path) => Some(daemon::LockFile::acquire(path)?),
         None => None,
@@ -120,6 +133,7 @@ fn run(s: Settings) -> Result<(), Box<dyn std::error::Error>> {
         .plain
         .clone()
         .map(|(username, password)| Credentials { username, password });
+    client.curve = curve;
     let opts = DispatcherOptions {
         client,
         service: s.service.clone(),

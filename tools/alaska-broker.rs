@@ -18,8 +18,9 @@ use clap::Parser;
     about = "A Malamute-compatible broker (MLM protocol) for Alaska workers and libmlm clients",
     long_about = "A Malamute-compatible broker (MLM protocol): streams, mailboxes and services \
 for Alaska workers and any libmlm client. Reads a malamute.cfg-style ZPL file \
-(see alaska-broker.cfg). Stops cleanly on SIGINT or SIGTERM.",
-    after_help = "Examples:\n  alaska-broker                         # tcp://127.0.0.1:9999, NULL security\n  alaska-broker alaska-broker.cfg       # settings from a file, as with `malamute FILE`\n  alaska-broker -e tcp://0.0.0.0:9999 -v"
+(see alaska-broker.cfg). Stops cleanly on SIGINT or SIGTERM; SIGHUP reads the ACL \
+file and the allowed CURVE client keys again.",
+    after_help = "Examples:\n  alaska-broker                         # tcp://127.0.0.1:9999, NULL security\n  alaska-broker alaska-broker.cfg       # settings from a file, as with `malamute FILE`\n  alaska-broker -e tcp://0.0.0.0:9999 -v\n  alaska-broker --keygen keys/broker    # CURVE key pair: keys/broker (public), keys/broker_secret"
 )]
 struct Args {
     /// Configuration file (ZPL, malamute.cfg keys).
@@ -34,6 +35,10 @@ struct Args {
     /// Log every command (server/verbose).
     #[arg(short, long)]
     verbose: bool,
+    /// Write a new CURVE key pair to PATH (public certificate) and
+    /// PATH_secret (secret, mode 0600), named after the file, and exit.
+    #[arg(long, value_name = "PATH")]
+    keygen: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -61,6 +66,20 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(path) = &args.keygen {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let pair = alaska::curve::write_new_pair(path, &name)?;
+        println!(
+            "public key {} written to {} (give it to peers); secret key to {} (keep it here)",
+            pair.public,
+            path.display(),
+            alaska::curve::secret_path(path).display()
+        );
+        return Ok(());
+    }
     let mut cfg = match args.config.or(args.file) {
         Some(path) => {
             tracing::info!("loading configuration from {}", path.display());
@@ -76,16 +95,34 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         cfg.endpoint = ep;
     }
     cfg.verbose |= args.verbose;
-    let security = if cfg.plain.is_some() { "PLAIN" } else { "NULL" };
+    let security = cfg.mechanism();
+    let authorization = match &cfg.acl_file {
+        Some(p) => format!("ACL {}", p.display()),
+        None => "no ACL: every client may do everything".into(),
+    };
+    if let Some(c) = &cfg.curve {
+        tracing::info!(
+            "CURVE: broker public key {}, {} allowed client key(s)",
+            c.keys.public,
+            c.clients.len()
+        );
+    }
     let stop = Arc::new(AtomicBool::new(false));
+    let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
     let broker = Broker::start(cfg)?;
     tracing::info!(
-        "alaska-broker ready on {} ({security} security)",
+        "alaska-broker ready on {} ({security} security, {authorization})",
         broker.endpoint()
     );
     while !stop.load(Ordering::Relaxed) && broker.is_running() {
+        if reload.swap(false, Ordering::Relaxed) {
+            tracing::info!("SIGHUP: reloading");
+            // Errors are logged by reload; the rules in use stay.
+            let _ = broker.reload();
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     tracing::info!("stopping");

@@ -204,6 +204,7 @@ impl Relay {
         o.timeout = self.opts.broker_timeout;
         o.heartbeat = self.opts.broker_timeout.min(Duration::from_secs(1));
         o.plain = self.opts.plain.clone();
+        o.curve = self.opts.curve.clone();
         match Client::connect(o) {
             Ok(c) => {
                 tracing::info!(
