@@ -273,12 +273,13 @@ impl BrokerHandle {
         if let Some(path) = &self.acl_file {
             match Acl::load(path) {
                 Ok(acl) => {
-                    tracing::info!(
-                        "ACL reloaded from {} ({} user(s) named)",
-                        path.display(),
-                        acl.users()
-                    );
+                    let users = acl.users();
                     self.set_acl(Some(acl));
+                    tracing::info!(
+                        "ACL reloaded from {} ({users} user(s) named); it applies to \
+                         commands read from now on",
+                        path.display()
+                    );
                 }
                 Err(e) => {
                     tracing::error!("ACL not reloaded, the previous rules stay: {e}");
@@ -289,12 +290,12 @@ impl BrokerHandle {
         if let (Some(path), Some(zap)) = (&self.clients_path, &self.zap) {
             match AllowedKeys::load(path) {
                 Ok(keys) => {
-                    tracing::info!(
-                        "allowed CURVE client keys reloaded from {} ({} key(s))",
-                        path.display(),
-                        keys.len()
-                    );
+                    let n = keys.len();
                     zap.replace(keys);
+                    tracing::info!(
+                        "allowed CURVE client keys reloaded from {} ({n} key(s))",
+                        path.display()
+                    );
                 }
                 Err(e) => {
                     tracing::error!("client keys not reloaded, the previous ones stay: {e}");

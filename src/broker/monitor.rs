@@ -39,14 +39,17 @@ pub fn explain(event: u16, value: u32, mechanism: &str) -> Option<String> {
              (it uses the wrong broker public key)"
         )),
         (EVENT_HANDSHAKE_FAILED_PROTOCOL, PROTOCOL_ERROR_MECHANISM_MISMATCH) => Some(format!(
-            "handshake failed: the client uses another security mechanism; \
-             this broker requires {mechanism}"
+            "handshake failed: the client uses another security mechanism \
+             (it does not use {mechanism}, which this broker requires)"
         )),
         (EVENT_HANDSHAKE_FAILED_PROTOCOL, code) => Some(format!(
             "{mechanism} handshake failed: protocol error {code:#x}"
         )),
+        // Both sides check the other's mechanism; when the client finds
+        // the mismatch first, it hangs up and all we see is the hang-up.
         (EVENT_HANDSHAKE_FAILED_NO_DETAIL, errno) => Some(format!(
-            "{mechanism} handshake failed: {}",
+            "{mechanism} handshake failed: the client hung up during it ({}), as a client \
+             that does not use {mechanism} does",
             std::io::Error::from_raw_os_error(errno as i32)
         )),
         _ => None,
@@ -198,7 +201,9 @@ mod tests {
             "CURVE",
         )
         .unwrap();
-        assert!(m.contains("requires CURVE"), "{m}");
+        assert!(m.contains("does not use CURVE"), "{m}");
+        let m = explain(EVENT_HANDSHAKE_FAILED_NO_DETAIL, 32, "CURVE").unwrap();
+        assert!(m.contains("does not use CURVE"), "{m}");
         assert!(explain(EVENT_ACCEPTED, 3, "CURVE").is_none());
     }
 }

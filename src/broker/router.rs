@@ -160,6 +160,10 @@ impl Router {
             }
             match self.socket.poll(zmq::POLLIN, 100) {
                 Ok(n) if n > 0 => {
+                    // Rules sent while we waited apply to what woke us.
+                    while let Ok(acl) = acls.try_recv() {
+                        self.acl = acl;
+                    }
                     // Handle a batch, then look at timers and the stop flag.
                     for _ in 0..10_000 {
                         match self.receive() {

@@ -32,8 +32,10 @@ pub enum ClientError {
         /// The endpoint.
         endpoint: String,
     },
-    /// The transport handshake failed otherwise.
-    #[error("handshake with broker at {endpoint} failed")]
+    /// The transport handshake failed otherwise: the broker hung up
+    /// without a reason, as a broker that requires security we do not use
+    /// may.
+    #[error("handshake with broker at {endpoint} failed: the broker closed the connection (does it require CURVE or PLAIN?)")]
     Handshake {
         /// The endpoint.
         endpoint: String,
@@ -42,20 +44,27 @@ pub enum ClientError {
     /// PLAIN client and a CURVE broker, or the reverse).
     #[error(
         "broker at {endpoint} uses another security mechanism than ours ({ours}){}",
-        if *.ours == "CURVE" { ": it does not use CURVE" } else { ": it may require CURVE or PLAIN" }
+        match .theirs {
+            Some(t) => format!(": it uses {t}"),
+            None if *.ours == "CURVE" => ": it does not use CURVE".to_string(),
+            None => ": it may require CURVE or PLAIN".to_string(),
+        }
     )]
     MechanismMismatch {
         /// The endpoint.
         endpoint: String,
         /// Ours: "NULL", "PLAIN" or "CURVE".
         ours: &'static str,
+        /// The broker's, when it could be asked.
+        theirs: Option<String>,
     },
     /// Our CURVE handshake did not go through: the broker could not
     /// decrypt it, because the broker public key we were given is not that
     /// broker's.
     #[error(
-        "CURVE handshake with broker at {endpoint} failed: the broker cannot decrypt our \
-         hello; the broker public key we use ({server_key}) is not this broker's"
+        "CURVE handshake with broker at {endpoint} failed: the broker hangs up on our \
+         hello, which it cannot decrypt: the broker public key we use ({server_key}) is not \
+         this broker's"
     )]
     WrongServerKey {
         /// The endpoint.

@@ -21,9 +21,19 @@ use super::refusal::Refusal;
 use super::session::{Call, Event, HandshakeFailure, Registration, Reply, Session};
 use super::state::{ClientStats, ConnState};
 use super::transport::{
-    ms, MonitorEvent, Transport, PROTOCOL_ERROR_CRYPTOGRAPHIC, PROTOCOL_ERROR_MECHANISM_MISMATCH,
+    ms, probe_mechanism, MonitorEvent, Transport, PROTOCOL_ERROR_CRYPTOGRAPHIC,
+    PROTOCOL_ERROR_MECHANISM_MISMATCH,
 };
 use crate::mlm::codec::{Content, Message, Status};
+
+/// Bare hang-ups during the handshake (libzmq reconnects every 100 ms) to
+/// see before one is reported as the failure of the first open: a later
+/// attempt may name the cause (see [`Session::handshake_verdict`]).
+const HANGUPS_BEFORE_VERDICT: u32 = 2;
+
+/// How long the broker is given to say which security mechanism it uses,
+/// when a handshake failed on a bare hang-up.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A Malamute client. See the module documentation.
 pub struct Client {
@@ -61,7 +71,7 @@ impl Client {
     fn first_open(&mut self) -> Result<(), ClientError> {
         let deadline = Instant::now() + self.opts.timeout;
         loop {
-            if let Some(f) = self.session.handshake_failure() {
+            if let Some(f) = self.session.handshake_verdict(HANGUPS_BEFORE_VERDICT) {
                 return Err(self.handshake_error(f));
             }
             match self.session.take_reply(Call::Open) {
@@ -99,8 +109,25 @@ impl Client {
             (None, Some(_)) => "PLAIN",
             (None, None) => "NULL",
         };
-        if f == HandshakeFailure::MechanismMismatch {
-            return ClientError::MechanismMismatch { endpoint, ours };
+        // libzmq reports a mismatch only when we find it first; when the
+        // broker does, it hangs up (NoDetail). Asking the broker which
+        // mechanism it uses tells the two apart, and names it.
+        let theirs = match f {
+            HandshakeFailure::MechanismMismatch | HandshakeFailure::NoDetail => {
+                probe_mechanism(&endpoint, PROBE_TIMEOUT)
+            }
+            _ => None,
+        };
+        let mismatch = match &theirs {
+            Some(t) => t != ours,
+            None => f == HandshakeFailure::MechanismMismatch,
+        };
+        if mismatch {
+            return ClientError::MechanismMismatch {
+                endpoint,
+                ours,
+                theirs,
+            };
         }
         if let Some(keys) = &self.opts.curve {
             return match f {

@@ -192,6 +192,8 @@ pub struct Session {
     inbox: VecDeque<Delivery>,
     refusals: VecDeque<Refusal>,
     handshake_failure: Option<HandshakeFailure>,
+    /// Handshakes before the first open that ended in a bare hang-up.
+    hangups: u32,
     last_heard: Instant,
     last_ping: Instant,
     opening_since: Instant,
@@ -229,6 +231,7 @@ impl Session {
             inbox: VecDeque::new(),
             refusals: VecDeque::new(),
             handshake_failure: None,
+            hangups: 0,
             last_heard: now,
             last_ping: now,
             opening_since: now,
@@ -277,6 +280,20 @@ impl Session {
     /// How the handshake failed, while the first open is pending.
     pub fn handshake_failure(&self) -> Option<HandshakeFailure> {
         self.handshake_failure
+    }
+
+    /// The handshake failure to report before the first open, once it is
+    /// known well enough: at once when it has a cause, and after
+    /// `hangups` bare hang-ups ([`HandshakeFailure::NoDetail`]) otherwise.
+    /// A hang-up alone is ambiguous: both sides check the other's security
+    /// mechanism, and when the broker finds a mismatch first, all we see is
+    /// that it hung up; libzmq reconnects, and a later attempt may name the
+    /// cause.
+    pub fn handshake_verdict(&self, hangups: u32) -> Option<HandshakeFailure> {
+        match self.handshake_failure {
+            Some(HandshakeFailure::NoDetail) if self.hangups < hangups => None,
+            f => f,
+        }
     }
 
     /// The next delivery for the user.
@@ -460,7 +477,16 @@ impl Session {
     /// ones are logged (libzmq keeps retrying).
     pub fn on_handshake_failed(&mut self, f: HandshakeFailure) {
         if self.epoch == 0 {
-            self.handshake_failure = Some(f);
+            if f == HandshakeFailure::NoDetail {
+                self.hangups += 1;
+            }
+            // A failure with a cause is kept over a bare hang-up.
+            if self
+                .handshake_failure
+                .is_none_or(|old| old == HandshakeFailure::NoDetail)
+            {
+                self.handshake_failure = Some(f);
+            }
         } else {
             tracing::error!(
                 "security handshake with broker {} failed: {}",

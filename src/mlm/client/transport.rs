@@ -227,6 +227,52 @@ impl Drop for Transport {
     }
 }
 
+/// Asks the ZMTP 3 peer at a `tcp://` endpoint which security mechanism
+/// it uses ("NULL", "PLAIN", "CURVE"), over a plain TCP connection of its
+/// own. A ZMTP 3 greeting (RFC 23) is 64 bytes: signature (10), version
+/// (2), mechanism (20, NUL-padded), as-server (1), filler (31). We send
+/// only the signature and the major version, which makes a libzmq peer
+/// send its whole greeting, and hang up before saying our mechanism (had
+/// we, a peer that reads it before it writes finds the mismatch and hangs
+/// up without a word; that is why this probe is needed). Used only to
+/// explain a failed handshake: when the broker finds a mechanism mismatch
+/// first, libzmq tells us no more than that it hung up. `None` when the
+/// endpoint is not TCP or the peer does not answer with a greeting within
+/// `timeout`.
+pub(super) fn probe_mechanism(endpoint: &str, timeout: Duration) -> Option<String> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let host_port = endpoint.strip_prefix("tcp://")?;
+    // A connect endpoint may name a local interface first ("eth0;host:port").
+    let host_port = host_port.rsplit(';').next()?;
+    let addr = host_port.to_socket_addrs().ok()?.next()?;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    stream.set_write_timeout(Some(timeout)).ok()?;
+    let mut opening = [0u8; 11];
+    opening[0] = 0xFF;
+    opening[9] = 0x7F;
+    opening[10] = 3;
+    stream.write_all(&opening).ok()?;
+    let mut theirs = [0u8; 64];
+    let mut got = 0;
+    while got < theirs.len() {
+        match stream.read(&mut theirs[got..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    if got < 32 || theirs[0] != 0xFF || theirs[9] & 1 != 1 || theirs[10] < 3 {
+        return None;
+    }
+    let name: Vec<u8> = theirs[12..32]
+        .iter()
+        .copied()
+        .take_while(|&b| b != 0)
+        .collect();
+    String::from_utf8(name).ok().filter(|n| !n.is_empty())
+}
+
 /// A duration as `zmq::poll` milliseconds.
 pub(super) fn ms(d: Duration) -> i64 {
     // Round up so that a wait of 0.4 ms does not become a busy loop.
