@@ -4,6 +4,9 @@
 #
 #   tools/bench-curve.sh [-n REQUESTS] [-w WINDOW] [-b BYTES] [-r ROUNDS] [--no-build]
 #
+# (tools/bench.sh runs it with -n and maybe --compare ENDPOINT, which is
+# accepted and ignored: the real Malamute has no CURVE.)
+#
 # Makes key pairs with `alaska-broker --keygen` (broker, echo worker,
 # producer), starts two alaska-broker processes on free loopback ports, one
 # NULL and one CURVE (the two clients' keys allowed), and on each the no-Lua
@@ -29,7 +32,8 @@ while [ $# -gt 0 ]; do
     -b) BYTES="$2"; shift 2 ;;
     -r) ROUNDS="$2"; shift 2 ;;
     --no-build) BUILD=0; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    --compare) shift 2 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "bench-curve.sh: unknown argument $1" >&2; exit 1 ;;
   esac
 done
@@ -99,11 +103,11 @@ for _ in $(seq "$ROUNDS"); do
 done
 
 grep -q "CURVE security" "$TMP/curve.log" || { echo "bench-curve.sh: the CURVE broker did not start" >&2; cat "$TMP/curve.log" >&2; exit 1; }
-printf '%-42s %8s %8s %8s %6s\n' "run (best of $ROUNDS interleaved rounds)" "req/s" "p50 us" "p99 us" "lost"
+printf '%-66s %8s %8s %8s %6s\n' "run (best of $ROUNDS interleaved rounds)" "req/s" "p50 us" "p99 us" "lost"
 for row in "NULL (clear), w=$W, ${BYTES} B|$best_clear" "CURVE (encrypted), w=$W, ${BYTES} B|$best_curve"; do
   name=${row%%|*}
   j=${row#*|}
-  printf '%-42s %8s %8s %8s %6s\n' "echo worker via alaska-broker, $name" \
+  printf '%-66s %8s %8s %8s %6s\n' "echo worker via alaska-broker, $name" \
     "$(field rps "$j")" "$(field p50_us "$j")" "$(field p99_us "$j")" "$(field lost "$j")"
 done
 awk -v a="$(field rps "$best_curve")" -v b="$(field rps "$best_clear")" \
