@@ -13,7 +13,7 @@
 //!
 //! Security: NULL (anyone), PLAIN (user names and passwords) or CURVE
 //! (encryption, and client keys from an allowed list), decided by a ZAP
-//! handler ([`zap`]); then, with an ACL file, what each authenticated user
+//! handler (`zap.rs`); then, with an ACL file, what each authenticated user
 //! may do ([`acl`]), checked by the router before it applies a command.
 //!
 //! Threads: the router thread (`alaska-broker`) owns the ROUTER socket and
