@@ -202,6 +202,12 @@ fn embedded_broker(s: &Settings) -> Result<Option<BrokerHandle>, Box<dyn std::er
     if s.embedded == Embedded::Never {
         return Ok(None);
     }
+    if s.embedded == Embedded::Auto && s.curve.is_some() {
+        // The embedded broker has NULL security only: a CURVE worker could
+        // never talk to it, so "auto" means the broker is elsewhere.
+        tracing::info!("CURVE configured: not starting the embedded broker (NULL only)");
+        return Ok(None);
+    }
     let cfg = BrokerConfig {
         endpoint: s.endpoint.clone(),
         ..BrokerConfig::default()
