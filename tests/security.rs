@@ -437,6 +437,36 @@ fn wrong_broker_key_unknown_client_key_and_no_curve_each_fail_naming_the_cause()
     assert!(broker.log_count("does not use CURVE") >= 2);
 }
 
+#[test]
+fn sighup_reloads_the_allowed_client_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = curve_keys(tmp.path());
+    let broker = BrokerProc::start(&keys.dir, &curve_broker_cfg(""));
+    let connect = || {
+        let mut o = ClientOptions::new(&broker.endpoint, "");
+        o.timeout = Duration::from_secs(3);
+        o.curve = Some(CurveClientKeys::load(&secret(&keys.stranger), &keys.broker).unwrap());
+        Client::connect(o)
+    };
+    assert!(matches!(
+        connect(),
+        Err(ClientError::UnknownClientKey { .. })
+    ));
+    std::fs::copy(&keys.stranger, keys.dir.join("clients/stranger")).unwrap();
+    broker.hup();
+    broker.wait_log("allowed CURVE client keys reloaded", Duration::from_secs(5));
+    connect().expect("allowed after the reload");
+    // A broken key file on reload keeps the keys in use.
+    std::fs::write(
+        keys.dir.join("clients/broken"),
+        "curve\n    public-key = \"short\"\n",
+    )
+    .unwrap();
+    broker.hup();
+    broker.wait_log("client keys not reloaded", Duration::from_secs(5));
+    connect().expect("still allowed");
+}
+
 // ----- what crosses the wire ----------------------------------------------
 
 /// A TCP relay between a client and the broker that records every byte it

@@ -466,6 +466,28 @@ default
     }
 
     #[test]
+    fn the_readme_example_means_what_the_readme_says() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("# acl.cfg")
+            .expect("the README has an ACL example");
+        let block = &readme[start..];
+        let block = &block[..block.find("```").unwrap()];
+        let a = Acl::parse(block, Path::new("README.md")).unwrap();
+        assert!(a.check("app", &Action::Open("awerr")).is_err());
+        assert!(a.check("ops", &Action::Open("awerr")).is_ok());
+        assert!(a.check("app", &Action::Send("echo")).is_ok());
+        assert!(a.check("worker-1", &Action::Offer("default")).is_ok());
+        assert!(a.check("app", &Action::Offer("default")).is_err());
+        assert!(a
+            .check("worker-1", &Action::Open("AW::host::1-00AF"))
+            .is_ok());
+        assert!(a.check("ops", &Action::Read("aw.res")).is_ok());
+        assert!(a.check("app", &Action::Read("aw.res")).is_err());
+        assert!(a.check("", &Action::Send("default")).is_ok());
+    }
+
+    #[test]
     fn mistakes_are_errors_naming_the_line() {
         let cases = [
             ("user\n    app\n        opne = \"*\"\n", 3, "unknown right"),

@@ -157,11 +157,6 @@ fn serve(
     stop: &AtomicBool,
 ) {
     while !stop.load(Ordering::Relaxed) {
-        while let Ok(new) = keys.try_recv() {
-            if let Authenticator::Curve(current) = &mut auth {
-                *current = new;
-            }
-        }
         match socket.poll(zmq::POLLIN, 100) {
             Ok(n) if n > 0 => {}
             _ => continue,
@@ -169,6 +164,12 @@ fn serve(
         let Ok(req) = socket.recv_multipart(0) else {
             continue;
         };
+        // Keys sent while we waited apply to the handshake that woke us.
+        while let Ok(new) = keys.try_recv() {
+            if let Authenticator::Curve(current) = &mut auth {
+                *current = new;
+            }
+        }
         let d = auth.decide(&req);
         let reply: Vec<Vec<u8>> = vec![
             b"1.0".to_vec(),
