@@ -918,6 +918,15 @@ fn ids_after_switch(pid: u32) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
     let (mut u, mut g, mut gr) = (Vec::new(), Vec::new(), Vec::new());
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let s = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap_or_default();
+        // No capability left either: root cannot be had back.
+        for cap in ["CapEff:", "CapPrm:"] {
+            let v = s.lines().find_map(|l| l.strip_prefix(cap)).unwrap_or("?");
+            assert_eq!(
+                u64::from_str_radix(v.trim(), 16).ok(),
+                Some(0),
+                "{cap} {v}"
+            );
+        }
         u.extend(ids(&s, "Uid:"));
         g.extend(ids(&s, "Gid:"));
         gr.extend(ids(&s, "Groups:"));
