@@ -102,62 +102,121 @@ impl LockFile {
     }
 }
 
-/// Switches group, then user (the order that still has the right to).
+/// Drops root's privileges for good, as a daemon should: the group (the
+/// user's primary group when no group is given), the supplementary groups
+/// (the user's own, from the group database: `initgroups`; only the group
+/// when no user is given), then the user, real, effective and saved IDs
+/// alike. Then it checks that root cannot be had back. Without `user` and
+/// `group` nothing changes.
+///
+/// The order matters: once the user is no longer root, neither groups nor
+/// the group can be changed any more. glibc applies each change to every
+/// thread of the process, so threads started earlier (the embedded broker)
+/// lose root too.
 pub fn run_as(user: Option<&str>, group: Option<&str>) -> Result<(), DaemonError> {
-    if let Some(name) = group {
-        let gid = lookup_group(name)?;
-        // SAFETY: plain libc calls with values we looked up.
-        if unsafe { libc::setgid(gid) } != 0 {
-            return Err(DaemonError::RunAs {
-                what: "group",
-                name: name.into(),
-                reason: std::io::Error::last_os_error().to_string(),
-            });
+    let account = user.map(lookup_user).transpose()?;
+    let gid = match (group, &account) {
+        (Some(name), _) => lookup_group(name)?,
+        (None, Some(a)) => a.gid,
+        (None, None) => return Ok(()),
+    };
+    let failed = |what: &'static str, name: &str, step: &str| DaemonError::RunAs {
+        what,
+        name: name.into(),
+        reason: format!("{step}: {}", std::io::Error::last_os_error()),
+    };
+    let group_name = group.or(user).unwrap_or_default();
+    // SAFETY: plain libc calls with values we looked up; `a.name` is a
+    // NUL-terminated string we own.
+    unsafe {
+        let rc = match &account {
+            Some(a) => libc::initgroups(a.name.as_ptr(), gid),
+            None => libc::setgroups(1, &gid),
+        };
+        if rc != 0 {
+            return Err(failed("group", group_name, "setting supplementary groups"));
         }
-    }
-    if let Some(name) = user {
-        let uid = lookup_user(name)?;
-        // SAFETY: as above.
-        if unsafe { libc::setuid(uid) } != 0 {
-            return Err(DaemonError::RunAs {
-                what: "user",
-                name: name.into(),
-                reason: std::io::Error::last_os_error().to_string(),
-            });
+        if libc::setresgid(gid, gid, gid) != 0 {
+            return Err(failed("group", group_name, "setresgid"));
+        }
+        if let Some(a) = &account {
+            if libc::setresuid(a.uid, a.uid, a.uid) != 0 {
+                return Err(failed("user", user.unwrap_or_default(), "setresuid"));
+            }
+            if a.uid != 0 && (libc::setuid(0) == 0 || libc::seteuid(0) == 0) {
+                return Err(DaemonError::RunAs {
+                    what: "user",
+                    name: user.unwrap_or_default().into(),
+                    reason: "root could be regained after switching; refusing to run".into(),
+                });
+            }
         }
     }
     Ok(())
 }
 
-fn lookup_user(name: &str) -> Result<libc::uid_t, DaemonError> {
-    let missing = |reason: &str| DaemonError::RunAs {
+/// What `run_as` needs of an account.
+struct Account {
+    name: std::ffi::CString,
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+}
+
+/// Room for the strings of one passwd or group entry (grown on ERANGE).
+const ENTRY_BUF: usize = 16 * 1024;
+
+fn lookup_user(name: &str) -> Result<Account, DaemonError> {
+    let missing = |reason: String| DaemonError::RunAs {
         what: "user",
         name: name.into(),
-        reason: reason.into(),
+        reason,
     };
-    let c = std::ffi::CString::new(name).map_err(|_| missing("bad name"))?;
-    // SAFETY: getpwnam returns a pointer to static storage or null; we read
-    // one field before any other call can overwrite it.
-    let pw = unsafe { libc::getpwnam(c.as_ptr()) };
-    if pw.is_null() {
-        return Err(missing("no such user"));
+    let c = std::ffi::CString::new(name).map_err(|_| missing("bad name".into()))?;
+    let mut size = ENTRY_BUF;
+    loop {
+        let mut buf = vec![0 as libc::c_char; size];
+        // SAFETY: getpwnam_r fills `pw` and `buf` (of the size given) and
+        // sets `found` to &pw or null; nothing outlives this call but the
+        // two numbers we copy out.
+        let (rc, found, uid, gid) = unsafe {
+            let mut pw: libc::passwd = std::mem::zeroed();
+            let mut found: *mut libc::passwd = std::ptr::null_mut();
+            let rc = libc::getpwnam_r(c.as_ptr(), &mut pw, buf.as_mut_ptr(), size, &mut found);
+            (rc, !found.is_null(), pw.pw_uid, pw.pw_gid)
+        };
+        match rc {
+            0 if found => return Ok(Account { name: c, uid, gid }),
+            0 => return Err(missing("no such user".into())),
+            libc::ERANGE if size < 1 << 20 => size *= 2,
+            e => return Err(missing(std::io::Error::from_raw_os_error(e).to_string())),
+        }
     }
-    Ok(unsafe { (*pw).pw_uid })
 }
 
 fn lookup_group(name: &str) -> Result<libc::gid_t, DaemonError> {
-    let missing = |reason: &str| DaemonError::RunAs {
+    let missing = |reason: String| DaemonError::RunAs {
         what: "group",
         name: name.into(),
-        reason: reason.into(),
+        reason,
     };
-    let c = std::ffi::CString::new(name).map_err(|_| missing("bad name"))?;
-    // SAFETY: as in lookup_user.
-    let gr = unsafe { libc::getgrnam(c.as_ptr()) };
-    if gr.is_null() {
-        return Err(missing("no such group"));
+    let c = std::ffi::CString::new(name).map_err(|_| missing("bad name".into()))?;
+    let mut size = ENTRY_BUF;
+    loop {
+        let mut buf = vec![0 as libc::c_char; size];
+        // SAFETY: as in lookup_user, with getgrnam_r.
+        let (rc, found, gid) = unsafe {
+            let mut gr: libc::group = std::mem::zeroed();
+            let mut found: *mut libc::group = std::ptr::null_mut();
+            let rc = libc::getgrnam_r(c.as_ptr(), &mut gr, buf.as_mut_ptr(), size, &mut found);
+            (rc, !found.is_null(), gr.gr_gid)
+        };
+        match rc {
+            0 if found => return Ok(gid),
+            0 => return Err(missing("no such group".into())),
+            libc::ERANGE if size < 1 << 20 => size *= 2,
+            e => return Err(missing(std::io::Error::from_raw_os_error(e).to_string())),
+        }
     }
-    Ok(unsafe { (*gr).gr_gid })
 }
 
 /// A flag that SIGTERM and SIGINT set; the worker loop polls it.

@@ -4,6 +4,8 @@
 //! - [`mlm`]: the MLM protocol: a pure codec and a blocking client.
 //! - [`broker`]: a Malamute-compatible broker (`alaska-broker`, and the
 //!   worker's embedded broker).
+//! - [`curve`]: CURVE keys and their certificate files (ZeroMQ's
+//!   encryption between machines), and key generation.
 //! - [`config`]: the ZPL reader and the worker's typed settings.
 //! - [`daemon`]: background mode, lock file, user and group, stop signals.
 //! - [`logging`]: stderr or syslog.
@@ -16,6 +18,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod curve;
 pub mod daemon;
 pub mod gateway;
 pub mod logging;

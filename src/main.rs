@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use alaska::broker::{Broker, BrokerConfig, BrokerHandle};
 use alaska::config::{Embedded, Settings};
-use alaska::mlm::{ClientOptions, Credentials};
+use alaska::mlm::{ClientOptions, Credentials, CurveClientKeys};
 use alaska::ops::notify::Systemd;
 use alaska::worker::{DispatcherOptions, Policy, PoolConfig, WorkerOps};
 use alaska::{daemon, logging, worker};
@@ -63,6 +63,19 @@ fn main() -> ExitCode {
     } else if args.no_embedded_broker {
         s.embedded = Embedded::Never;
     }
+    // Keys are read now, before background mode and before privileges
+    // are dropped (a secret certificate may be readable by root only), and
+    // a missing or bad one is a configuration error.
+    let curve = match &s.curve {
+        Some((cert, server)) => match CurveClientKeys::load(cert, server) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                eprintln!("alaska: configuration: worker/auth/curve: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     if args.check {
         return check(&args, &s);
     }
@@ -100,7 +113,7 @@ fn main() -> ExitCode {
     } else {
         tracing::info!("configuration loaded from {}", args.config.display());
     }
-    match run(s) {
+    match run(s, curve) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -114,7 +127,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(s: Settings) -> Result<(), Box<dyn std::error::Error>> {
+fn run(s: Settings, curve: Option<CurveClientKeys>) -> Result<(), Box<dyn std::error::Error>> {
     let _lock = match &s.lockfile {
         Some(path) => Some(daemon::LockFile::acquire(path)?),
         None => None,
@@ -152,6 +165,7 @@ fn run(s: Settings) -> Result<(), Box<dyn std::error::Error>> {
         .plain
         .clone()
         .map(|(username, password)| Credentials { username, password });
+    client.curve = curve;
     let opts = DispatcherOptions {
         client,
         service: s.service.clone(),
@@ -232,6 +246,12 @@ fn stop_deadline(
 /// on the endpoint yet.
 fn embedded_broker(s: &Settings) -> Result<Option<BrokerHandle>, Box<dyn std::error::Error>> {
     if s.embedded == Embedded::Never {
+        return Ok(None);
+    }
+    if s.embedded == Embedded::Auto && s.curve.is_some() {
+        // The embedded broker has NULL security only: a CURVE worker could
+        // never talk to it, so "auto" means the broker is elsewhere.
+        tracing::info!("CURVE configured: not starting the embedded broker (NULL only)");
         return Ok(None);
     }
     let cfg = BrokerConfig {

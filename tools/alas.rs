@@ -6,7 +6,10 @@ use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use alaska::mlm::{Client, ClientError, ClientOptions, Credentials, DeliveryKind, Refusal, Wait};
+use alaska::mlm::{
+    Client, ClientError, ClientOptions, Credentials, CurveClientKeys, DeliveryKind, Refusal,
+    RefusalKind, Wait,
+};
 use alaska::worker::ERROR_REPLY_PREFIX;
 use clap::Parser;
 
@@ -21,6 +24,7 @@ mod exit {
     pub const REPLY_TIMEOUT: u8 = 6;
     pub const ERROR_REPLY: u8 = 7;
     pub const REFUSED_FULL: u8 = 8;
+    pub const DENIED: u8 = 9;
 }
 
 /// Command-line flags (the original's short flags kept).
@@ -30,8 +34,13 @@ mod exit {
     version,
     about = "Send stdin to an Alaska service as a request, and optionally wait for the reply",
     after_help = "Examples:\n  echo '{\"c\":1}' | alas                         # service 'default', subject 'dump'\n  reply=$(echo '{\"n\":1000}' | alas -s pi --wait)  # print the reply\n  alas --lines -s echo --wait < requests.jsonl     # one request per line\n\n\
-Exit status: 0 ok; 1 other error; 2 usage or bad endpoint; 3 empty input;\n4 broker unreachable; 5 authentication refused; 6 no reply in time; 7 error reply;\n\
-8 broker refused the request: service queue full (send again later)."
+Exit status: 0 ok; 1 other error; 2 usage or bad endpoint; 3 empty input;\n4 broker unreachable; 5 authentication or security handshake refused (the message\n\
+says why: credentials, CURVE key, broker key, mechanism); 6 no reply in time;\n\
+7 error reply; 8 broker refused the request: service queue full (send again later);\n\
+9 access denied by the broker's ACL.\n\n\
+CURVE: --curve-cert names our secret certificate (made by `alaska-broker --keygen NAME`:\n\
+the NAME_secret file), --curve-server the broker's public certificate. Keys are only\n\
+ever read from files."
 )]
 struct Args {
     /// Broker endpoint.
@@ -62,6 +71,22 @@ struct Args {
     /// PLAIN password.
     #[arg(short, long, env = "ALAS_PASSWORD", hide_env_values = true)]
     password: Option<String>,
+    /// CURVE: our secret certificate file (NAME_secret).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "ALAS_CURVE_CERT",
+        requires = "curve_server"
+    )]
+    curve_cert: Option<std::path::PathBuf>,
+    /// CURVE: the broker's public certificate file.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "ALAS_CURVE_SERVER",
+        requires = "curve_cert"
+    )]
+    curve_server: Option<std::path::PathBuf>,
     /// Do not warn when the content is not JSON.
     #[arg(long)]
     raw: bool,
@@ -132,6 +157,18 @@ fn run(args: &Args) -> Result<(), Failure> {
             username: user.clone(),
             password: args.password.clone().unwrap_or_default(),
         });
+    }
+    if let (Some(cert), Some(server)) = (&args.curve_cert, &args.curve_server) {
+        if opts.plain.is_some() {
+            return Err((
+                exit::USAGE,
+                "PLAIN (-u) and CURVE cannot both be used".into(),
+            ));
+        }
+        opts.curve = Some(
+            CurveClientKeys::load(cert, server)
+                .map_err(|e| (exit::USAGE, format!("CURVE: {e}")))?,
+        );
     }
     let mut client = Client::connect(opts).map_err(connect_failure)?;
     let mut pending: HashMap<String, usize> = HashMap::new();
@@ -252,12 +289,17 @@ fn seconds(v: &str) -> Result<Duration, String> {
 /// may send again later), 1 for any other refusal.
 fn refusal(refused: &[Refusal], sent: usize, and_then: Option<&str>) -> Failure {
     let full = refused.iter().find(|r| r.is_full());
+    let denied = refused
+        .iter()
+        .find(|r| matches!(r.kind, RefusalKind::AccessDenied { .. }));
     let code = if full.is_some() {
         exit::REFUSED_FULL
+    } else if denied.is_some() {
+        exit::DENIED
     } else {
         exit::OTHER
     };
-    let Some(reason) = full.or(refused.first()) else {
+    let Some(reason) = full.or(denied).or(refused.first()) else {
         return (exit::OTHER, "broker refused a request".into());
     };
     let what = if sent == 1 {
@@ -277,7 +319,10 @@ fn connect_failure(e: ClientError) -> Failure {
     let code = match &e {
         ClientError::Endpoint { .. } => exit::USAGE,
         ClientError::Unreachable { .. } | ClientError::Timeout { .. } => exit::UNREACHABLE,
-        ClientError::AuthFailed { .. } | ClientError::Handshake { .. } => exit::AUTH,
+        ClientError::Refused { status, .. } if status.reason.starts_with("access denied") => {
+            exit::DENIED
+        }
+        e if e.is_security() => exit::AUTH,
         _ => exit::OTHER,
     };
     (code, e.to_string())

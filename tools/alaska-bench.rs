@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use alaska::mlm::{Client, ClientOptions, DeliveryKind};
+use alaska::mlm::{Client, ClientOptions, CurveClientKeys, DeliveryKind};
 use clap::Parser;
 
 /// Command-line flags.
@@ -76,6 +76,22 @@ struct Args {
     /// `--requests` requests, and print the cost per request.
     #[arg(long)]
     vm_only: bool,
+    /// CURVE: our secret certificate file (NAME_secret).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "ALAS_CURVE_CERT",
+        requires = "curve_server"
+    )]
+    curve_cert: Option<std::path::PathBuf>,
+    /// CURVE: the broker's public certificate file.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "ALAS_CURVE_SERVER",
+        requires = "curve_cert"
+    )]
+    curve_server: Option<std::path::PathBuf>,
     /// With --vm-only: the script to time instead of the echo.
     #[arg(long, value_name = "FILE")]
     script: Option<std::path::PathBuf>,
@@ -120,6 +136,7 @@ fn echo_worker(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         format!("alaska-bench-echo-{}", std::process::id()),
     );
     opts.credit = args.ack_window;
+    opts.curve = curve(args)?;
     let mut client = Client::connect(opts)?;
     client.set_worker(&args.address, &args.filter)?;
     eprintln!(
@@ -145,6 +162,14 @@ fn echo_worker(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     eprintln!("echo worker served {served} requests");
     client.close()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The CURVE keys named by the flags, if any.
+fn curve(args: &Args) -> Result<Option<CurveClientKeys>, Box<dyn std::error::Error>> {
+    match (&args.curve_cert, &args.curve_server) {
+        (Some(cert), Some(server)) => Ok(Some(CurveClientKeys::load(cert, server)?)),
+        _ => Ok(None),
+    }
 }
 
 /// Times the Lua side alone: one VM, the same request again and again.
@@ -318,7 +343,9 @@ fn produce(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         std::process::id(),
         nanos_now() % 1_000_000
     );
-    let mut client = Client::connect(ClientOptions::new(&args.endpoint, address))?;
+    let mut opts = ClientOptions::new(&args.endpoint, address);
+    opts.curve = curve(args)?;
+    let mut client = Client::connect(opts)?;
     let start = Instant::now();
     let mut seen = vec![false; args.requests as usize];
     let mut latencies_us = Vec::with_capacity(args.requests as usize);

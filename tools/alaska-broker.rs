@@ -29,8 +29,9 @@ use clap::Parser;
     long_about = "A Malamute-compatible broker (MLM protocol): streams, mailboxes and services \
 for Alaska workers and any libmlm client. Reads a malamute.cfg-style ZPL file \
 (see alaska-broker.cfg). With mlm_server/storage/dir set, stored mail and queued \
-requests survive a crash. Stops cleanly on SIGINT or SIGTERM.",
-    after_help = format!("Examples:\n  alaska-broker                         # {DEFAULT_ENDPOINT}, NULL security, in memory\n  alaska-broker alaska-broker.cfg       # settings from a file, as with `malamute FILE`\n  alaska-broker -e tcp://0.0.0.0:9999 -v")
+requests survive a crash. Stops cleanly on SIGINT or SIGTERM; SIGHUP reads the ACL \
+file and the allowed CURVE client keys again.",
+    after_help = format!("Examples:\n  alaska-broker                         # {DEFAULT_ENDPOINT}, NULL security, in memory\n  alaska-broker alaska-broker.cfg       # settings from a file, as with `malamute FILE`\n  alaska-broker -e tcp://0.0.0.0:9999 -v\n  alaska-broker --keygen keys/broker    # CURVE key pair: keys/broker (public), keys/broker_secret")
 )]
 struct Args {
     /// Configuration file (ZPL, malamute.cfg keys).
@@ -45,6 +46,10 @@ struct Args {
     /// Log every command (server/verbose).
     #[arg(short, long)]
     verbose: bool,
+    /// Write a new CURVE key pair to PATH (public certificate) and
+    /// PATH_secret (secret, mode 0600), named after the file, and exit.
+    #[arg(long, value_name = "PATH")]
+    keygen: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -69,6 +74,20 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(path) = &args.keygen {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let pair = alaska::curve::write_new_pair(path, &name)?;
+        println!(
+            "public key {} written to {} (give it to peers); secret key to {} (keep it here)",
+            pair.public,
+            path.display(),
+            alaska::curve::secret_path(path).display()
+        );
+        return Ok(());
+    }
     let mut cfg = match args.config.or(args.file) {
         Some(path) => {
             tracing::info!("loading configuration from {}", path.display());
@@ -84,8 +103,20 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         cfg.endpoint = ep;
     }
     cfg.verbose |= args.verbose;
-    let security = if cfg.plain.is_some() { "PLAIN" } else { "NULL" };
+    let security = cfg.mechanism();
+    let authorization = match &cfg.acl_file {
+        Some(p) => format!("ACL {}", p.display()),
+        None => "no ACL: every client may do everything".into(),
+    };
+    if let Some(c) = &cfg.curve {
+        tracing::info!(
+            "CURVE: broker public key {}, {} allowed client key(s)",
+            c.keys.public,
+            c.clients.len()
+        );
+    }
     let stop = Arc::new(AtomicBool::new(false));
+    let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     // The probe logs in as the first user, by name, under PLAIN.
@@ -96,9 +127,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .map(|(u, p)| (u.clone(), p.clone()))
     });
     let systemd = Systemd::from_env();
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
     let broker = Broker::start(cfg)?;
     tracing::info!(
-        "alaska-broker ready on {} ({security} security)",
+        "alaska-broker ready on {} ({security} security, {authorization})",
         broker.endpoint()
     );
     systemd.ready(&format!(
@@ -112,6 +144,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         None => None,
     };
     while !stop.load(Ordering::Relaxed) && broker.is_running() {
+        if reload.swap(false, Ordering::Relaxed) {
+            tracing::info!("SIGHUP: reloading");
+            // Errors are logged by reload; the rules in use stay.
+            let _ = broker.reload();
+        }
         match probe.as_mut() {
             Some(p) => {
                 if p.turn(Duration::from_millis(100)) {

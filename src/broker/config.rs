@@ -6,8 +6,11 @@
 //! | `mlm_server/bind/endpoint` | where to bind | `tcp://127.0.0.1:9999` |
 //! | `server/timeout` | client expiry, ms | `10000` |
 //! | `server/verbose` | log every command (`0`/`1`) | `0` |
-//! | `mlm_server/security/mechanism` | `null` or `plain` | `null` |
-//! | `server/auth/plain` | passwords file, `user=password` lines | – |
+//! | `mlm_server/security/mechanism` | `null`, `plain` or `curve` | `null` |
+//! | `server/auth/plain` | passwords file, `user=password` lines (PLAIN) | – |
+//! | `mlm_server/security/curve/certificate` | the broker's secret certificate file (`NAME_secret`, from `alaska-broker --keygen NAME`) (CURVE) | – |
+//! | `mlm_server/security/curve/clients` | allowed client keys: a directory of public certificates, one certificate, or a file of `NAME = "KEY"` lines (CURVE) | – |
+//! | `mlm_server/security/acl` | authorization rules (see [`super::acl`]); none: everything allowed | – |
 //! | `mlm_server/service/queue/size-limit` | content bytes per service queue (as the reference), or `max` | `268435456` |
 //! | `mlm_server/service/queue/count-limit` | requests per service queue | `100000` |
 //! | `mlm_server/mailbox/size-limit` | content bytes per mailbox (as the reference), or `max` | `67108864` |
@@ -17,13 +20,17 @@
 //! | `mlm_server/storage/sync` | `always` (fsync before answering) or `batch` (fsync at most every 5 ms) | `batch` |
 //!
 //! An unknown key is a warning; a bad value is an error naming the key.
+//! Relative file names are taken from the configuration file's directory.
+//! Neither Malamute nor its configuration has CURVE or an ACL: those keys
+//! follow its `mlm_server/security/…` naming.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use super::{BrokerConfig, BrokerError, StorageConfig, SyncMode};
+use super::{Acl, BrokerConfig, BrokerError, CurveServer, StorageConfig, SyncMode};
 use crate::config::zpl;
+use crate::curve::{AllowedKeys, KeyPair};
 
 /// Keys of the reference broker that this broker accepts and ignores.
 const IGNORED: &[&str] = &[
@@ -55,6 +62,8 @@ pub fn parse_config(text: &str, base: &Path) -> Result<(BrokerConfig, Vec<String
     let mut warnings = Vec::new();
     let mut mechanism = "null".to_string();
     let mut passwords: Option<String> = None;
+    let mut certificate: Option<String> = None;
+    let mut clients: Option<String> = None;
     let mut storage_dir = String::new();
     let mut sync = SyncMode::Batch;
     for e in &entries {
@@ -77,11 +86,18 @@ pub fn parse_config(text: &str, base: &Path) -> Result<(BrokerConfig, Vec<String
             "server/verbose" => cfg.verbose = parse_bool(v).ok_or_else(|| bad("0 or 1"))?,
             "mlm_server/security/mechanism" => {
                 mechanism = v.to_lowercase();
-                if mechanism != "null" && mechanism != "plain" {
-                    return Err(bad("null or plain"));
+                if !["null", "plain", "curve"].contains(&mechanism.as_str()) {
+                    return Err(bad("null, plain or curve"));
                 }
             }
             "server/auth/plain" => passwords = Some(v.to_string()),
+            "mlm_server/security/curve/certificate" => certificate = Some(v.to_string()),
+            "mlm_server/security/curve/clients" => clients = Some(v.to_string()),
+            "mlm_server/security/acl" => {
+                let path = base.join(v);
+                cfg.acl = Some(Acl::load(&path)?);
+                cfg.acl_file = Some(path);
+            }
             "mlm_server/service/queue/size-limit" => cfg.service_queue_limit.bytes = limit()?,
             "mlm_server/service/queue/count-limit" => cfg.service_queue_limit.messages = limit()?,
             "mlm_server/mailbox/size-limit" => cfg.mailbox_limit.bytes = limit()?,
@@ -119,6 +135,26 @@ pub fn parse_config(text: &str, base: &Path) -> Result<(BrokerConfig, Vec<String
             BrokerError::Config(format!("server/auth/plain: {}: {e}", path.display()))
         })?;
         cfg.plain = Some(parse_passwords(&text));
+    }
+    if mechanism == "curve" {
+        let need = |what: Option<String>, key: &str| {
+            what.ok_or_else(|| {
+                BrokerError::Config(format!(
+                    "mlm_server/security/mechanism is curve but {key} is not set"
+                ))
+            })
+        };
+        let certificate = base.join(need(certificate, "mlm_server/security/curve/certificate")?);
+        let clients = base.join(need(clients, "mlm_server/security/curve/clients")?);
+        cfg.curve = Some(CurveServer {
+            keys: KeyPair::load(&certificate)?,
+            clients: AllowedKeys::load(&clients)?,
+            clients_path: Some(clients),
+        });
+    } else if certificate.is_some() || clients.is_some() {
+        warnings.push(format!(
+            "mlm_server/security/curve/* is set but the mechanism is {mechanism}; ignored"
+        ));
     }
     Ok((cfg, warnings))
 }
@@ -209,7 +245,7 @@ mod tests {
         let e = parse_config("server\n    timeout = soon\n", Path::new(".")).unwrap_err();
         assert!(e.to_string().contains("server/timeout"), "{e}");
         let e = parse_config(
-            "mlm_server\n    security\n        mechanism = curve\n",
+            "mlm_server\n    security\n        mechanism = gssapi\n",
             Path::new("."),
         )
         .unwrap_err();
@@ -235,5 +271,54 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("server/auth/plain"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod security_tests {
+    use super::*;
+    use crate::curve::write_new_pair;
+
+    #[test]
+    fn curve_reads_the_broker_key_and_the_allowed_clients() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = write_new_pair(&dir.path().join("broker"), "broker").unwrap();
+        std::fs::create_dir(dir.path().join("clients")).unwrap();
+        let app = write_new_pair(&dir.path().join("clients/app"), "app").unwrap();
+        let text = "mlm_server\n    security\n        mechanism = curve\n        curve\n            certificate = broker_secret\n            clients = clients\n";
+        let (cfg, warnings) = parse_config(text, dir.path()).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let curve = cfg.curve.unwrap();
+        assert_eq!(curve.keys, broker);
+        assert_eq!(curve.clients.name_of(&app.public), Some("app"));
+        assert_eq!(curve.clients.len(), 1);
+    }
+
+    #[test]
+    fn curve_without_its_files_is_an_error_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "mlm_server\n    security\n        mechanism = curve\n";
+        let e = parse_config(text, dir.path()).unwrap_err();
+        assert!(e.to_string().contains("curve/certificate"), "{e}");
+        let text = "mlm_server\n    security\n        mechanism = curve\n        curve\n            certificate = missing_secret\n            clients = clients\n";
+        let e = parse_config(text, dir.path()).unwrap_err();
+        assert!(e.to_string().contains("missing_secret"), "{e}");
+    }
+
+    #[test]
+    fn an_acl_with_a_syntax_error_is_a_start_up_error_naming_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("acl.cfg"),
+            "user\n    app\n        open = \"*\"\n        opne = \"x\"\n",
+        )
+        .unwrap();
+        let text = "mlm_server\n    security\n        acl = acl.cfg\n";
+        let e = parse_config(text, dir.path()).unwrap_err();
+        assert!(e.to_string().contains("acl.cfg: line 4"), "{e}");
+        std::fs::write(dir.path().join("acl.cfg"), "default\n    send = \"*\"\n").unwrap();
+        let (cfg, _) = parse_config(text, dir.path()).unwrap();
+        assert!(cfg.acl.is_some());
+        assert_eq!(cfg.acl_file, Some(dir.path().join("acl.cfg")));
     }
 }

@@ -14,23 +14,47 @@
 //! With `storage` configured, what it holds (stored mail, queued and
 //! unconfirmed requests) survives a crash: see [`storage`].
 //!
+//! Security: NULL (anyone), PLAIN (user names and passwords) or CURVE
+//! (encryption, and client keys from an allowed list), decided by a ZAP
+//! handler (`zap.rs`); then, with an ACL file, what each authenticated user
+//! may do ([`acl`]), checked by the core before it applies a command.
+//!
 //! Threads: the router thread (`alaska-broker`) owns the ROUTER socket and
-//! all state, kept in the socket-free [`core`]; with PLAIN security a ZAP
-//! thread (`alaska-broker-zap`) checks credentials. Stopping is a message on
-//! a channel, polled by the router.
+//! all state, kept in the socket-free [`core`]; with PLAIN or CURVE a ZAP
+//! thread (`alaska-broker-zap`) decides who may connect and a monitor
+//! thread (`alaska-broker-monitor`) logs failed handshakes. Stopping and
+//! new ACL rules are messages on channels, polled by the router.
 
+pub mod acl;
 mod config;
 pub mod core;
+mod monitor;
 mod router;
 pub mod storage;
 mod zap;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+pub use acl::{Acl, AclError};
 pub use config::{load_config, parse_config};
 pub use storage::{StorageConfig, StorageError, SyncMode};
+
+use crate::curve::{AllowedKeys, CurveError, KeyPair};
+
+/// CURVE settings of a broker: its own key pair, and the client keys it
+/// lets in (each with the name that becomes the connection's user).
+#[derive(Debug, Clone)]
+pub struct CurveServer {
+    /// The broker's key pair; clients need its public key.
+    pub keys: KeyPair,
+    /// The clients allowed in.
+    pub clients: AllowedKeys,
+    /// Where `clients` was read from, to read again on reload.
+    pub clients_path: Option<PathBuf>,
+}
 
 /// Limits of a queue or mailbox: whichever is reached first refuses more.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,8 +73,14 @@ pub struct BrokerConfig {
     pub endpoint: String,
     /// A client silent for this long is expired (reference: 10 s).
     pub client_timeout: Duration,
-    /// PLAIN users and passwords; `None` for NULL security.
+    /// PLAIN users and passwords; `None` for NULL security (or CURVE).
     pub plain: Option<HashMap<String, String>>,
+    /// CURVE keys; `None` for NULL security (or PLAIN). Not both.
+    pub curve: Option<CurveServer>,
+    /// Authorization rules; `None` allows every user everything.
+    pub acl: Option<Acl>,
+    /// Where `acl` was read from, to read again on reload (SIGHUP).
+    pub acl_file: Option<PathBuf>,
     /// Limits of each service's request queue.
     pub service_queue_limit: Limits,
     /// Limits of each mailbox.
@@ -70,6 +100,9 @@ impl Default for BrokerConfig {
             endpoint: crate::mlm::DEFAULT_ENDPOINT.into(),
             client_timeout: Duration::from_secs(10),
             plain: None,
+            curve: None,
+            acl: None,
+            acl_file: None,
             service_queue_limit: Limits {
                 messages: 100_000,
                 bytes: 256 << 20,
@@ -111,17 +144,50 @@ pub enum BrokerError {
     /// Durable storage failed, or refused what it found.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// A CURVE key file is wrong.
+    #[error(transparent)]
+    Curve(#[from] CurveError),
+    /// The ACL file is wrong.
+    #[error(transparent)]
+    Acl(#[from] AclError),
+}
+
+impl BrokerConfig {
+    /// The security mechanism, as logs and clients name it.
+    pub fn mechanism(&self) -> &'static str {
+        if self.curve.is_some() {
+            "CURVE"
+        } else if self.plain.is_some() {
+            "PLAIN"
+        } else {
+            "NULL"
+        }
+    }
 }
 
 /// The broker, as a namespace for [`Broker::start`].
 pub struct Broker;
 
 impl Broker {
-    /// Binds the endpoint and starts the router (and ZAP) threads.
+    /// Binds the endpoint and starts the router (and ZAP and monitor)
+    /// threads.
     pub fn start(cfg: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
+        if cfg.plain.is_some() && cfg.curve.is_some() {
+            return Err(BrokerError::Config(
+                "PLAIN and CURVE cannot both be on: a socket has one security mechanism".into(),
+            ));
+        }
+        if cfg.curve.is_some() && !crate::curve::has_curve() {
+            return Err(BrokerError::Curve(CurveError::Unsupported));
+        }
         let ctx = zmq::Context::new();
-        let zap = match &cfg.plain {
-            Some(users) => Some(zap::start(&ctx, users.clone())?),
+        let auth = match (&cfg.plain, &cfg.curve) {
+            (Some(users), _) => Some(zap::Authenticator::Plain(users.clone())),
+            (None, Some(c)) => Some(zap::Authenticator::Curve(c.clients.clone())),
+            (None, None) => None,
+        };
+        let zap = match auth {
+            Some(a) => Some(zap::start(&ctx, a)?),
             None => None,
         };
         let socket = ctx.socket(zmq::ROUTER)?;
@@ -138,6 +204,16 @@ impl Broker {
             socket.set_plain_server(true)?;
             socket.set_zap_domain("alaska")?;
         }
+        if let Some(c) = &cfg.curve {
+            socket.set_curve_server(true)?;
+            socket.set_curve_secretkey(&c.keys.secret.0)?;
+            socket.set_zap_domain("alaska")?;
+        }
+        let monitor = if zap.is_some() {
+            Some(monitor::start(&ctx, &socket, cfg.mechanism())?)
+        } else {
+            None
+        };
         socket
             .bind(&cfg.endpoint)
             .map_err(|source| BrokerError::Bind {
@@ -167,12 +243,15 @@ impl Broker {
             None => None,
         };
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
+        let (acl_tx, acl_rx) = crossbeam_channel::unbounded::<Option<Acl>>();
         let router_ctx = ctx.clone();
+        let acl_file = cfg.acl_file.clone();
+        let clients_path = cfg.curve.as_ref().and_then(|c| c.clients_path.clone());
         let thread = std::thread::Builder::new()
             .name("alaska-broker".into())
             .spawn(move || {
                 let _ctx = router_ctx;
-                let result = router::Router::new(socket, &cfg, storage).run(&stop_rx);
+                let result = router::Router::new(socket, &cfg, storage).run(&stop_rx, &acl_rx);
                 if let Err(e) = &result {
                     tracing::error!("broker stopped: {e}");
                 }
@@ -182,8 +261,12 @@ impl Broker {
         Ok(BrokerHandle {
             endpoint,
             stop: Some(stop_tx),
+            acl: acl_tx,
+            acl_file,
+            clients_path,
             thread: Some(thread),
             zap,
+            monitor,
             _ctx: ctx,
         })
     }
@@ -193,8 +276,12 @@ impl Broker {
 pub struct BrokerHandle {
     endpoint: String,
     stop: Option<crossbeam_channel::Sender<()>>,
+    acl: crossbeam_channel::Sender<Option<Acl>>,
+    acl_file: Option<PathBuf>,
+    clients_path: Option<PathBuf>,
     thread: Option<JoinHandle<Result<(), BrokerError>>>,
     zap: Option<zap::ZapHandle>,
+    monitor: Option<monitor::MonitorHandle>,
     _ctx: zmq::Context,
 }
 
@@ -207,6 +294,56 @@ impl BrokerHandle {
     /// Whether the router thread is still running.
     pub fn is_running(&self) -> bool {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Gives the router new authorization rules (`None`: allow
+    /// everything); they apply to the commands it reads after them.
+    pub fn set_acl(&self, acl: Option<Acl>) {
+        let _ = self.acl.send(acl);
+    }
+
+    /// Reads the ACL file and the allowed CURVE client keys again (what
+    /// SIGHUP does). Each that reads cleanly replaces the one in use; one
+    /// that does not is logged and the rules in use are kept. Returns the
+    /// first error.
+    pub fn reload(&self) -> Result<(), BrokerError> {
+        let mut result = Ok(());
+        if let Some(path) = &self.acl_file {
+            match Acl::load(path) {
+                Ok(acl) => {
+                    let users = acl.users();
+                    self.set_acl(Some(acl));
+                    tracing::info!(
+                        "ACL reloaded from {} ({users} user(s) named); it applies to \
+                         commands read from now on",
+                        path.display()
+                    );
+                }
+                Err(e) => {
+                    tracing::error!("ACL not reloaded, the previous rules stay: {e}");
+                    result = Err(e.into());
+                }
+            }
+        }
+        if let (Some(path), Some(zap)) = (&self.clients_path, &self.zap) {
+            match AllowedKeys::load(path) {
+                Ok(keys) => {
+                    let n = keys.len();
+                    zap.replace(keys);
+                    tracing::info!(
+                        "allowed CURVE client keys reloaded from {} ({n} key(s))",
+                        path.display()
+                    );
+                }
+                Err(e) => {
+                    tracing::error!("client keys not reloaded, the previous ones stay: {e}");
+                    if result.is_ok() {
+                        result = Err(e.into());
+                    }
+                }
+            }
+        }
+        result
     }
 
     /// Stops the broker and waits for its threads.
@@ -233,6 +370,9 @@ impl BrokerHandle {
         };
         if let Some(z) = self.zap.take() {
             z.stop();
+        }
+        if let Some(m) = self.monitor.take() {
+            m.stop();
         }
         result
     }

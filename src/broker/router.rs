@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::core::{ClientId, Core, Outgoing};
 use super::storage::{Pending, Recovered, Storage};
-use super::{BrokerConfig, BrokerError};
+use super::{Acl, BrokerConfig, BrokerError};
 use crate::mlm::Message;
 
 /// Most commands handled in one loop turn before sending: large enough to
@@ -33,7 +33,7 @@ pub struct Router {
     core: Core<Option<Pending>>,
     storage: Option<Storage>,
     out: Vec<Outgoing>,
-    /// Whether to read the ZAP user name (PLAIN) of each command.
+    /// Whether to read the ZAP user name (PLAIN, CURVE) of each command.
     with_user: bool,
 }
 
@@ -49,6 +49,7 @@ impl Router {
         let wall = SystemTime::now();
         let journal = storage.as_ref().map(|_| Pending::new(now, wall));
         let mut core = Core::with_journal(cfg.into(), now, journal);
+        core.set_acl(cfg.acl.clone());
         let storage = storage.map(|(store, recovered)| {
             recovered.restore_into(&mut core, now, wall);
             store
@@ -58,14 +59,19 @@ impl Router {
             core,
             storage,
             out: Vec::new(),
-            with_user: cfg.plain.is_some(),
+            with_user: cfg.plain.is_some() || cfg.curve.is_some(),
         }
     }
 
     /// Serves until `stop` receives (or its sender is dropped), then closes
     /// the store. Fails if storage fails: a broker that cannot store what
-    /// it promised to keep stops.
-    pub fn run(mut self, stop: &crossbeam_channel::Receiver<()>) -> Result<(), BrokerError> {
+    /// it promised to keep stops. New ACL rules arriving on `acls` apply to
+    /// the commands read after them.
+    pub fn run(
+        mut self,
+        stop: &crossbeam_channel::Receiver<()>,
+        acls: &crossbeam_channel::Receiver<Option<Acl>>,
+    ) -> Result<(), BrokerError> {
         // What expired while the broker was down goes before anyone asks.
         self.core.tick(Instant::now());
         self.send_all(Instant::now())?;
@@ -77,9 +83,18 @@ impl Router {
             if let Some(p) = self.core.journal_mut() {
                 p.set_clock(Instant::now(), SystemTime::now());
             }
+            while let Ok(acl) = acls.try_recv() {
+                self.core.set_acl(acl);
+            }
             let timeout = self.poll_timeout(Instant::now());
             match self.socket.poll(zmq::POLLIN, timeout) {
-                Ok(n) if n > 0 => self.read_turn(),
+                Ok(n) if n > 0 => {
+                    // Rules sent while we waited apply to what woke us.
+                    while let Ok(acl) = acls.try_recv() {
+                        self.core.set_acl(acl);
+                    }
+                    self.read_turn()
+                }
                 Ok(_) => {}
                 Err(zmq::Error::EINTR) => {}
                 Err(e) => {
@@ -134,7 +149,8 @@ impl Router {
         }
     }
 
-    /// One message: routing id, the ZAP user (with PLAIN), the frames.
+    /// One message: routing id, the ZAP user (with PLAIN or CURVE), the
+    /// frames.
     #[allow(clippy::type_complexity)]
     fn recv(&self) -> Result<Option<(Vec<u8>, Option<String>, Vec<Vec<u8>>)>, zmq::Error> {
         if !self.with_user {

@@ -73,6 +73,9 @@ pub struct Settings {
     pub errors_reply: bool,
     /// `worker/auth/plain/username` and `password`.
     pub plain: Option<(String, String)>,
+    /// `worker/auth/curve/certificate` (our secret certificate file) and
+    /// `worker/auth/curve/server` (the broker's public certificate file).
+    pub curve: Option<(PathBuf, PathBuf)>,
     /// `worker/lua/timeout`.
     pub lua_timeout: Duration,
     /// `worker/lua/memory`, bytes.
@@ -128,6 +131,7 @@ impl Default for Settings {
             errors_mailbox: "awerr".into(),
             errors_reply: false,
             plain: None,
+            curve: None,
             lua_timeout: Duration::from_secs(5),
             lua_memory: 64 << 20,
             lua_path: Vec::new(),
@@ -234,6 +238,35 @@ impl Settings {
         let runners = runners::parse(text, |k| c.get_string(k).ok(), &runner_names)?;
         let user = opt("worker/auth/plain/username");
         let password = get("worker/auth/plain/password");
+        let curve = match (
+            opt("worker/auth/curve/certificate"),
+            opt("worker/auth/curve/server"),
+        ) {
+            (None, None) => None,
+            (Some(c), Some(s)) => Some((PathBuf::from(c), PathBuf::from(s))),
+            (None, Some(_)) => {
+                return Err(ConfigError::Value {
+                    key: "worker/auth/curve/certificate",
+                    value: String::new(),
+                    expected: "set (our secret certificate) when worker/auth/curve/server is",
+                });
+            }
+            (Some(_), None) => {
+                return Err(ConfigError::Value {
+                    key: "worker/auth/curve/server",
+                    value: String::new(),
+                    expected: "set (the broker's public certificate) when \
+                               worker/auth/curve/certificate is",
+                });
+            }
+        };
+        if curve.is_some() && user.is_some() {
+            return Err(ConfigError::Value {
+                key: "worker/auth/plain/username",
+                value: user.unwrap_or_default(),
+                expected: "empty when CURVE is set (one security mechanism per connection)",
+            });
+        }
         Ok(Settings {
             background: boolean("worker/background", &get("worker/background"))?,
             workdir: PathBuf::from(get("worker/workdir")),
@@ -265,6 +298,7 @@ impl Settings {
             errors_mailbox: get("worker/errors/mailbox"),
             errors_reply: boolean("worker/errors/reply", &get("worker/errors/reply"))?,
             plain: user.map(|u| (u, password)),
+            curve,
             lua_timeout: duration("worker/lua/timeout", &get("worker/lua/timeout"))?,
             lua_memory: bytes("worker/lua/memory", &get("worker/lua/memory"))?,
             lua_path: get("worker/lua/path")

@@ -10,7 +10,7 @@ use super::GatewayOptions;
 use crate::config::{
     boolean, bytes, layered, nonzero_duration as duration, positive, required, ConfigError,
 };
-use crate::mlm::Credentials;
+use crate::mlm::{Credentials, CurveClientKeys};
 
 /// The shipped configuration, which is also the defaults.
 pub const DEFAULT_CONFIG: &str = include_str!("../../alaska-gateway.cfg");
@@ -38,6 +38,10 @@ pub struct GatewaySettings {
     pub max_waiting: usize,
     /// `gateway/auth/plain/username` and `password`.
     pub plain: Option<(String, String)>,
+    /// The keys in the files `gateway/auth/curve/certificate` (our secret
+    /// certificate) and `gateway/auth/curve/server` (the broker's public
+    /// certificate), read when the settings are.
+    pub curve: Option<CurveClientKeys>,
 }
 
 impl Default for GatewaySettings {
@@ -53,6 +57,7 @@ impl Default for GatewaySettings {
             max_timeout: Duration::from_secs(60),
             max_waiting: 1024,
             plain: None,
+            curve: None,
         }
     }
 }
@@ -100,7 +105,35 @@ impl GatewaySettings {
             )?,
             plain: opt("gateway/auth/plain/username")
                 .map(|u| (u, get("gateway/auth/plain/password"))),
+            curve: match (
+                opt("gateway/auth/curve/certificate"),
+                opt("gateway/auth/curve/server"),
+            ) {
+                (None, None) => None,
+                (Some(cert), Some(server)) => Some(
+                    CurveClientKeys::load(Path::new(&cert), Path::new(&server))
+                        .map_err(|e| ConfigError::Syntax(format!("gateway/auth/curve: {e}")))?,
+                ),
+                (cert, _) => {
+                    return Err(bad(
+                        if cert.is_none() {
+                            "gateway/auth/curve/certificate"
+                        } else {
+                            "gateway/auth/curve/server"
+                        },
+                        "",
+                        "set: CURVE needs both our secret certificate and the broker's public one",
+                    ))
+                }
+            },
         };
+        if s.curve.is_some() && s.plain.is_some() {
+            return Err(bad(
+                "gateway/auth/plain/username",
+                &get("gateway/auth/plain/username"),
+                "empty when CURVE is set (one security mechanism per connection)",
+            ));
+        }
         if s.address.as_ref().is_some_and(|a| a.len() > 255) {
             return Err(ConfigError::Value {
                 key: "gateway/broker/address",
@@ -122,12 +155,22 @@ impl GatewaySettings {
             username: u.clone(),
             password: p.clone(),
         });
+        o.curve = self.curve.clone();
         o.max_body = self.max_body;
         o.default_timeout = self.request_timeout.min(self.max_timeout);
         o.max_timeout = self.max_timeout;
         o.max_waiting = self.max_waiting;
         o.verbose = self.verbose;
         o
+    }
+}
+
+/// A value that is not what `key` must be.
+fn bad(key: &'static str, v: &str, expected: &'static str) -> ConfigError {
+    ConfigError::Value {
+        key,
+        value: v.into(),
+        expected,
     }
 }
 

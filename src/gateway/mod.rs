@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::mlm::Credentials;
+use crate::mlm::{Credentials, CurveClientKeys};
 use crate::ops::http::{HttpError, HttpOptions, HttpServer};
 use crate::ops::metrics::{Metrics, MetricsError};
 use crate::ops::notify::Liveness;
@@ -53,6 +53,8 @@ pub struct GatewayOptions {
     pub broker_timeout: Duration,
     /// PLAIN credentials, or NULL security.
     pub plain: Option<Credentials>,
+    /// CURVE keys, or NULL security.
+    pub curve: Option<CurveClientKeys>,
     /// `host:port` to serve HTTP on.
     pub listen: String,
     /// Largest request body (`413` beyond).
@@ -76,6 +78,7 @@ impl GatewayOptions {
             address: default_address(),
             broker_timeout: Duration::from_millis(1000),
             plain: None,
+            curve: None,
             listen: listen.into(),
             max_body: 1 << 20,
             default_timeout: Duration::from_secs(5),

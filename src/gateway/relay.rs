@@ -204,6 +204,7 @@ impl Relay {
         o.timeout = self.opts.broker_timeout;
         o.heartbeat = self.opts.broker_timeout.min(Duration::from_secs(1));
         o.plain = self.opts.plain.clone();
+        o.curve = self.opts.curve.clone();
         match Client::connect(o) {
             Ok(c) => {
                 tracing::info!(
@@ -390,6 +391,18 @@ impl Relay {
                 if let Some(answer) = self.pending.on_refused(service) {
                     answer.finish(HttpResponse::text(
                         429,
+                        &format!("broker refused the request: {r}"),
+                    ));
+                }
+            }
+            RefusalKind::AccessDenied {
+                target: "service",
+                name,
+            } => {
+                self.metrics().broker_refusals.inc();
+                if let Some(answer) = self.pending.on_refused(name) {
+                    answer.finish(HttpResponse::text(
+                        403,
                         &format!("broker refused the request: {r}"),
                     ));
                 }

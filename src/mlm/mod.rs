@@ -10,8 +10,8 @@ pub mod client;
 pub mod codec;
 
 pub use client::{
-    AckToken, Client, ClientError, ClientOptions, ClientStats, ConnState, Credentials, Delivery,
-    DeliveryKind, Refusal, RefusalKind, Wait,
+    AckToken, Client, ClientError, ClientOptions, ClientStats, ConnState, Credentials,
+    CurveClientKeys, Delivery, DeliveryKind, Refusal, RefusalKind, Wait,
 };
 pub use codec::{Content, DecodeError, EncodeError, Message, Status};
 

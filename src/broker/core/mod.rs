@@ -22,6 +22,7 @@
 //! SERVICE OFFER, CREDIT, CONFIRM), `mailboxes.rs` (MAILBOX SEND, storage,
 //! expiry, reclaim), `streams.rs` (STREAM WRITE, READ, CANCEL, SEND).
 
+mod authorize;
 mod clients;
 mod held;
 mod journal;
@@ -143,6 +144,8 @@ pub struct Core<J: Journal = NoJournal> {
     last_client_check: Instant,
     counters: Counters,
     journal: J,
+    /// Authorization rules; `None` allows everything.
+    acl: Option<crate::broker::acl::Acl>,
 }
 
 impl Core<NoJournal> {
@@ -171,6 +174,7 @@ impl<J: Journal> Core<J> {
             last_client_check: now,
             counters: Counters::default(),
             journal,
+            acl: None,
         }
     }
 
@@ -198,6 +202,10 @@ impl<J: Journal> Core<J> {
         };
         if self.cfg.verbose {
             tracing::info!("{} -> {msg}", self.name(&id));
+        }
+        let is_open = matches!(msg, Message::ConnectionOpen { .. });
+        if (known || is_open) && !self.authorized(&id, user, &msg) {
+            return;
         }
         match msg {
             Message::ConnectionOpen { address } => self.on_open(id, user, address, now),

@@ -32,11 +32,53 @@ pub enum ClientError {
         /// The endpoint.
         endpoint: String,
     },
-    /// The transport handshake failed otherwise (e.g. security mismatch).
-    #[error("handshake with broker at {endpoint} failed (security mechanism mismatch?)")]
+    /// The transport handshake failed otherwise: the broker hung up
+    /// without a reason, as a broker that requires security we do not use
+    /// may.
+    #[error("handshake with broker at {endpoint} failed: the broker closed the connection (does it require CURVE or PLAIN?)")]
     Handshake {
         /// The endpoint.
         endpoint: String,
+    },
+    /// The broker and we use different security mechanisms (e.g. a NULL or
+    /// PLAIN client and a CURVE broker, or the reverse).
+    #[error(
+        "broker at {endpoint} uses another security mechanism than ours ({ours}){}",
+        match .theirs {
+            Some(t) => format!(": it uses {t}"),
+            None if *.ours == "CURVE" => ": it does not use CURVE".to_string(),
+            None => ": it may require CURVE or PLAIN".to_string(),
+        }
+    )]
+    MechanismMismatch {
+        /// The endpoint.
+        endpoint: String,
+        /// Ours: "NULL", "PLAIN" or "CURVE".
+        ours: &'static str,
+        /// The broker's, when it could be asked.
+        theirs: Option<String>,
+    },
+    /// Our CURVE handshake did not go through: the broker could not
+    /// decrypt it, because the broker public key we were given is not that
+    /// broker's.
+    #[error(
+        "CURVE handshake with broker at {endpoint} failed: the broker hangs up on our \
+         hello, which it cannot decrypt: the broker public key we use ({server_key}) is not \
+         this broker's"
+    )]
+    WrongServerKey {
+        /// The endpoint.
+        endpoint: String,
+        /// The broker key we used (Z85).
+        server_key: String,
+    },
+    /// The broker does not allow our CURVE key.
+    #[error("broker at {endpoint} refused our CURVE key {client_key}: not among its allowed client keys")]
+    UnknownClientKey {
+        /// The endpoint.
+        endpoint: String,
+        /// Our public key (Z85), to add to the broker's allowed keys.
+        client_key: String,
     },
     /// The broker accepted the connection but did not answer in time.
     #[error("broker did not answer {what} within {waited:?}")]
@@ -67,6 +109,26 @@ pub enum ClientError {
     /// A ZeroMQ call failed.
     #[error("zeromq: {0}")]
     Zmq(#[from] zmq::Error),
+    /// CURVE keys were given but this libzmq has no CURVE, or PLAIN and
+    /// CURVE were both given.
+    #[error("security options: {0}")]
+    Security(String),
+}
+
+impl ClientError {
+    /// Whether the error is the broker, or the security handshake, refusing
+    /// who we are (credentials, keys, mechanism): retrying will not help.
+    pub fn is_security(&self) -> bool {
+        matches!(
+            self,
+            ClientError::AuthFailed { .. }
+                | ClientError::Handshake { .. }
+                | ClientError::MechanismMismatch { .. }
+                | ClientError::WrongServerKey { .. }
+                | ClientError::UnknownClientKey { .. }
+                | ClientError::Security(_)
+        )
+    }
 }
 
 fn describe(refusals: &[Refusal]) -> String {

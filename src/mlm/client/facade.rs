@@ -20,8 +20,20 @@ use super::options::ClientOptions;
 use super::refusal::Refusal;
 use super::session::{Call, Event, HandshakeFailure, Registration, Reply, Session};
 use super::state::{ClientStats, ConnState, Maintenance};
-use super::transport::{ms, MonitorEvent, Transport};
+use super::transport::{
+    ms, probe_mechanism, MonitorEvent, Transport, PROTOCOL_ERROR_CRYPTOGRAPHIC,
+    PROTOCOL_ERROR_MECHANISM_MISMATCH,
+};
 use crate::mlm::codec::{Content, Message, Status};
+
+/// Bare hang-ups during the handshake (libzmq reconnects every 100 ms) to
+/// see before one is reported as the failure of the first open: a later
+/// attempt may name the cause (see [`Session::handshake_verdict`]).
+const HANGUPS_BEFORE_VERDICT: u32 = 2;
+
+/// How long the broker is given to say which security mechanism it uses,
+/// when a handshake failed on a bare hang-up.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A Malamute client. See the module documentation.
 pub struct Client {
@@ -59,7 +71,7 @@ impl Client {
     fn first_open(&mut self) -> Result<(), ClientError> {
         let deadline = Instant::now() + self.opts.timeout;
         loop {
-            if let Some(f) = self.session.handshake_failure() {
+            if let Some(f) = self.session.handshake_verdict(HANGUPS_BEFORE_VERDICT) {
                 return Err(self.handshake_error(f));
             }
             match self.session.take_reply(Call::Open) {
@@ -92,6 +104,49 @@ impl Client {
 
     fn handshake_error(&self, f: HandshakeFailure) -> ClientError {
         let endpoint = self.opts.endpoint.clone();
+        let ours = match (&self.opts.curve, &self.opts.plain) {
+            (Some(_), _) => "CURVE",
+            (None, Some(_)) => "PLAIN",
+            (None, None) => "NULL",
+        };
+        // libzmq reports a mismatch only when we find it first; when the
+        // broker does, it hangs up (NoDetail). Asking the broker which
+        // mechanism it uses tells the two apart, and names it.
+        let theirs = match f {
+            HandshakeFailure::MechanismMismatch | HandshakeFailure::NoDetail => {
+                probe_mechanism(&endpoint, PROBE_TIMEOUT)
+            }
+            _ => None,
+        };
+        let mismatch = match &theirs {
+            Some(t) => t != ours,
+            None => f == HandshakeFailure::MechanismMismatch,
+        };
+        if mismatch {
+            return ClientError::MechanismMismatch {
+                endpoint,
+                ours,
+                theirs,
+            };
+        }
+        if let Some(keys) = &self.opts.curve {
+            return match f {
+                HandshakeFailure::Auth => ClientError::UnknownClientKey {
+                    endpoint,
+                    client_key: keys.client.public.to_z85(),
+                },
+                // The broker closes the connection without a word when our
+                // HELLO does not decrypt; a WELCOME that does not decrypt
+                // on our side means the same.
+                HandshakeFailure::NoDetail | HandshakeFailure::Cryptographic => {
+                    ClientError::WrongServerKey {
+                        endpoint,
+                        server_key: keys.server.to_z85(),
+                    }
+                }
+                _ => ClientError::Handshake { endpoint },
+            };
+        }
         match f {
             HandshakeFailure::Auth => ClientError::AuthFailed { endpoint },
             // A PLAIN client talking to a NULL broker (or the reverse) ends
@@ -101,9 +156,7 @@ impl Client {
             {
                 ClientError::AuthFailed { endpoint }
             }
-            HandshakeFailure::Protocol | HandshakeFailure::NoDetail => {
-                ClientError::Handshake { endpoint }
-            }
+            _ => ClientError::Handshake { endpoint },
         }
     }
 
@@ -518,8 +571,8 @@ impl Client {
     /// follows it is read.
     fn read(&mut self, socket: bool, monitor: bool, now: Instant) -> Result<(), ClientError> {
         if monitor {
-            while let Some(ev) = self.transport.next_event()? {
-                if let Some(ev) = session_event(ev) {
+            while let Some((ev, value)) = self.transport.next_event()? {
+                if let Some(ev) = session_event(ev, value) {
                     self.session.handle(ev, now, &mut self.transport)?;
                 }
             }
@@ -546,15 +599,18 @@ enum Input {
     Timeout,
 }
 
-/// The monitor events the session cares about.
-fn session_event(ev: MonitorEvent) -> Option<Event> {
+/// The monitor events the session cares about; `value` is the event's
+/// (for a protocol failure, which protocol error).
+fn session_event(ev: MonitorEvent, value: u32) -> Option<Event> {
     match ev {
         MonitorEvent::Disconnected => Some(Event::TransportDown),
         MonitorEvent::HandshakeSucceeded => Some(Event::TransportUp),
         MonitorEvent::HandshakeFailedAuth => Some(Event::HandshakeFailed(HandshakeFailure::Auth)),
-        MonitorEvent::HandshakeFailedProtocol => {
-            Some(Event::HandshakeFailed(HandshakeFailure::Protocol))
-        }
+        MonitorEvent::HandshakeFailedProtocol => Some(Event::HandshakeFailed(match value {
+            PROTOCOL_ERROR_MECHANISM_MISMATCH => HandshakeFailure::MechanismMismatch,
+            PROTOCOL_ERROR_CRYPTOGRAPHIC => HandshakeFailure::Cryptographic,
+            _ => HandshakeFailure::Protocol,
+        })),
         MonitorEvent::HandshakeFailedNoDetail => {
             Some(Event::HandshakeFailed(HandshakeFailure::NoDetail))
         }

@@ -59,7 +59,7 @@ mod wire;
 pub use delivery::{AckToken, Delivery, DeliveryKind, Wait};
 pub use error::ClientError;
 pub use facade::Client;
-pub use options::{ClientOptions, Credentials};
+pub use options::{ClientOptions, Credentials, CurveClientKeys};
 pub use refusal::{Refusal, RefusalKind};
 pub use state::{ClientStats, ConnState, Maintenance};
 pub use transport::MonitorEvent;

@@ -30,6 +30,15 @@ pub enum RefusalKind {
     },
     /// `ERROR 300 "no stream…"`: a STREAM SEND before any STREAM WRITE.
     NoStream,
+    /// `ERROR 300 "access denied: may not send to service <name>"` (or
+    /// `mail mailbox <name>`, `publish on stream <name>`): the broker's ACL
+    /// does not let our user send there; the message was not stored.
+    AccessDenied {
+        /// `"service"`, `"mailbox"` or `"stream"`.
+        target: &'static str,
+        /// Its name.
+        name: String,
+    },
     /// Any other ERROR nobody was waiting for.
     Other,
 }
@@ -103,6 +112,22 @@ fn classify(reason: &str) -> RefusalKind {
     if reason.starts_with("no stream") {
         return RefusalKind::NoStream;
     }
+    // Only the phrases of sends: the refusal of a registration (open,
+    // offer, read, write) is the answer it waits for.
+    if let Some(rest) = reason.strip_prefix("access denied: may not ") {
+        for (phrase, target) in [
+            ("send to service ", "service"),
+            ("mail mailbox ", "mailbox"),
+            ("publish on stream ", "stream"),
+        ] {
+            if let Some(name) = rest.strip_prefix(phrase) {
+                return RefusalKind::AccessDenied {
+                    target,
+                    name: name.to_string(),
+                };
+            }
+        }
+    }
     RefusalKind::Other
 }
 
@@ -137,6 +162,36 @@ mod tests {
             RefusalKind::Other
         );
         assert_eq!(kind(300, "invalid pattern"), RefusalKind::Other);
+        assert_eq!(
+            kind(300, "access denied: may not send to service admin"),
+            RefusalKind::AccessDenied {
+                target: "service",
+                name: "admin".into()
+            }
+        );
+        assert_eq!(
+            kind(300, "access denied: may not mail mailbox awerr"),
+            RefusalKind::AccessDenied {
+                target: "mailbox",
+                name: "awerr".into()
+            }
+        );
+        assert_eq!(
+            kind(300, "access denied: may not publish on stream s"),
+            RefusalKind::AccessDenied {
+                target: "stream",
+                name: "s".into()
+            }
+        );
+        // Registrations are answered, not refused sends.
+        assert_eq!(
+            kind(300, "access denied: may not offer service default"),
+            RefusalKind::Other
+        );
+        assert_eq!(
+            kind(300, "access denied: may not write stream s"),
+            RefusalKind::Other
+        );
     }
 
     #[test]

@@ -56,12 +56,36 @@ pub const REFUSALS_KEPT: usize = 1024;
 /// How a transport handshake failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HandshakeFailure {
-    /// The broker refused our credentials.
+    /// The broker refused our credentials (PLAIN) or our key (CURVE).
     Auth,
-    /// A protocol error, e.g. PLAIN against NULL security.
+    /// The broker and we use different security mechanisms.
+    MechanismMismatch,
+    /// A CURVE message did not decrypt.
+    Cryptographic,
+    /// Another protocol error.
     Protocol,
-    /// No reason given (some libzmq versions report ZAP refusals so).
+    /// No reason given: the broker closed the connection during the
+    /// handshake (with CURVE: it could not decrypt our HELLO, because we
+    /// use the wrong broker key; some libzmq versions report ZAP refusals
+    /// so too).
     NoDetail,
+}
+
+impl HandshakeFailure {
+    /// What it means, for a log line.
+    pub fn describe(self) -> &'static str {
+        match self {
+            HandshakeFailure::Auth => "the broker refused our credentials or key",
+            HandshakeFailure::MechanismMismatch => {
+                "the broker uses another security mechanism than ours"
+            }
+            HandshakeFailure::Cryptographic => "a CURVE message did not decrypt",
+            HandshakeFailure::Protocol => "a protocol error",
+            HandshakeFailure::NoDetail => {
+                "the broker closed the connection (with CURVE: wrong broker public key?)"
+            }
+        }
+    }
 }
 
 /// Something that happened to the session.
@@ -188,6 +212,8 @@ pub struct Session {
     arrived: u64,
     taken: u64,
     handshake_failure: Option<HandshakeFailure>,
+    /// Handshakes before the first open that ended in a bare hang-up.
+    hangups: u32,
     last_heard: Instant,
     last_ping: Instant,
     opening_since: Instant,
@@ -234,6 +260,7 @@ impl Session {
             arrived: 0,
             taken: 0,
             handshake_failure: None,
+            hangups: 0,
             last_heard: now,
             last_ping: now,
             opening_since: now,
@@ -294,6 +321,20 @@ impl Session {
     /// How the handshake failed, while the first open is pending.
     pub fn handshake_failure(&self) -> Option<HandshakeFailure> {
         self.handshake_failure
+    }
+
+    /// The handshake failure to report before the first open, once it is
+    /// known well enough: at once when it has a cause, and after
+    /// `hangups` bare hang-ups ([`HandshakeFailure::NoDetail`]) otherwise.
+    /// A hang-up alone is ambiguous: both sides check the other's security
+    /// mechanism, and when the broker finds a mismatch first, all we see is
+    /// that it hung up; libzmq reconnects, and a later attempt may name the
+    /// cause.
+    pub fn handshake_verdict(&self, hangups: u32) -> Option<HandshakeFailure> {
+        match self.handshake_failure {
+            Some(HandshakeFailure::NoDetail) if self.hangups < hangups => None,
+            f => f,
+        }
     }
 
     /// The next delivery for the user.
@@ -493,9 +534,22 @@ impl Session {
     /// ones are logged (libzmq keeps retrying).
     pub fn on_handshake_failed(&mut self, f: HandshakeFailure) {
         if self.epoch == 0 {
-            self.handshake_failure = Some(f);
-        } else if f == HandshakeFailure::Auth {
-            tracing::error!("broker {} refused our credentials", self.endpoint);
+            if f == HandshakeFailure::NoDetail {
+                self.hangups += 1;
+            }
+            // A failure with a cause is kept over a bare hang-up.
+            if self
+                .handshake_failure
+                .is_none_or(|old| old == HandshakeFailure::NoDetail)
+            {
+                self.handshake_failure = Some(f);
+            }
+        } else {
+            tracing::error!(
+                "security handshake with broker {} failed: {}",
+                self.endpoint,
+                f.describe()
+            );
         }
     }
 

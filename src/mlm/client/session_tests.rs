@@ -192,6 +192,42 @@ fn handshake_failure_before_the_first_open_is_reported() {
     );
 }
 
+#[test]
+fn a_bare_hang_up_is_reported_only_when_no_cause_comes_after_it() {
+    let t0 = Instant::now();
+    let mut s = Session::new(&options(None), t0);
+    let mut w = FakeWire::default();
+    let hang_up = |s: &mut Session, w: &mut FakeWire| {
+        s.handle(Event::HandshakeFailed(HandshakeFailure::NoDetail), t0, w)
+            .unwrap()
+    };
+    hang_up(&mut s, &mut w);
+    assert_eq!(s.handshake_verdict(3), None, "one hang-up says little");
+    hang_up(&mut s, &mut w);
+    s.handle(
+        Event::HandshakeFailed(HandshakeFailure::MechanismMismatch),
+        t0,
+        &mut w,
+    )
+    .unwrap();
+    assert_eq!(
+        s.handshake_verdict(3),
+        Some(HandshakeFailure::MechanismMismatch),
+        "a cause wins at once"
+    );
+    hang_up(&mut s, &mut w);
+    assert_eq!(
+        s.handshake_verdict(3),
+        Some(HandshakeFailure::MechanismMismatch),
+        "and is not overwritten by a later hang-up"
+    );
+    let mut s = Session::new(&options(None), t0);
+    for _ in 0..3 {
+        hang_up(&mut s, &mut w);
+    }
+    assert_eq!(s.handshake_verdict(3), Some(HandshakeFailure::NoDetail));
+}
+
 // ----- acknowledged mode -------------------------------------------------
 
 #[test]

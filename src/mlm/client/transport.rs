@@ -12,6 +12,12 @@ use crate::mlm::codec::{DecodeError, Message};
 
 static MONITOR_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// `ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC`: a CURVE message did not decrypt.
+pub(super) const PROTOCOL_ERROR_CRYPTOGRAPHIC: u32 = 0x1100_0001;
+/// `ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH`: the peers' security
+/// mechanisms differ.
+pub(super) const PROTOCOL_ERROR_MECHANISM_MISMATCH: u32 = 0x1100_0002;
+
 /// A socket monitor event, from the numbers in `zmq.h`. The zmq crate's
 /// own enum panics on numbers it does not know, so raw values are mapped
 /// here and unknown ones kept as they are.
@@ -80,9 +86,24 @@ impl Transport {
         let hb = opts.heartbeat.as_millis().clamp(100, 10_000) as i32;
         socket.set_heartbeat_ivl(hb)?;
         socket.set_heartbeat_timeout(hb * 3)?;
+        if opts.plain.is_some() && opts.curve.is_some() {
+            return Err(ClientError::Security(
+                "PLAIN and CURVE cannot both be used on one connection".into(),
+            ));
+        }
         if let Some(c) = &opts.plain {
             socket.set_plain_username(Some(&c.username))?;
             socket.set_plain_password(Some(&c.password))?;
+        }
+        if let Some(c) = &opts.curve {
+            if !crate::curve::has_curve() {
+                return Err(ClientError::Security(
+                    "CURVE keys given, but this libzmq has no CURVE".into(),
+                ));
+            }
+            socket.set_curve_serverkey(&c.server.0)?;
+            socket.set_curve_publickey(&c.client.public.0)?;
+            socket.set_curve_secretkey(&c.client.secret.0)?;
         }
         let mon_ep = format!(
             "inproc://alaska-client-monitor-{}-{}",
@@ -149,8 +170,9 @@ impl Transport {
         }
     }
 
-    /// The next monitor event, if one is waiting.
-    pub(super) fn next_event(&self) -> Result<Option<MonitorEvent>, ClientError> {
+    /// The next monitor event, if one is waiting, with its value (for a
+    /// failed handshake: the protocol error, the ZAP status or the errno).
+    pub(super) fn next_event(&self) -> Result<Option<(MonitorEvent, u32)>, ClientError> {
         let frames = match self.monitor.recv_multipart(zmq::DONTWAIT) {
             Ok(f) => f,
             Err(zmq::Error::EAGAIN) => return Ok(None),
@@ -159,9 +181,14 @@ impl Transport {
         Ok(Some(
             frames
                 .first()
-                .filter(|f| f.len() >= 2)
-                .map(|f| MonitorEvent::from_raw(u16::from_le_bytes([f[0], f[1]])))
-                .unwrap_or(MonitorEvent::Other(0)),
+                .filter(|f| f.len() >= 6)
+                .map(|f| {
+                    (
+                        MonitorEvent::from_raw(u16::from_le_bytes([f[0], f[1]])),
+                        u32::from_le_bytes([f[2], f[3], f[4], f[5]]),
+                    )
+                })
+                .unwrap_or((MonitorEvent::Other(0), 0)),
         ))
     }
 
@@ -198,6 +225,52 @@ impl Drop for Transport {
     fn drop(&mut self) {
         let _ = self.socket.disconnect(&self.endpoint);
     }
+}
+
+/// Asks the ZMTP 3 peer at a `tcp://` endpoint which security mechanism
+/// it uses ("NULL", "PLAIN", "CURVE"), over a plain TCP connection of its
+/// own. A ZMTP 3 greeting (RFC 23) is 64 bytes: signature (10), version
+/// (2), mechanism (20, NUL-padded), as-server (1), filler (31). We send
+/// only the signature and the major version, which makes a libzmq peer
+/// send its whole greeting, and hang up before saying our mechanism (had
+/// we, a peer that reads it before it writes finds the mismatch and hangs
+/// up without a word; that is why this probe is needed). Used only to
+/// explain a failed handshake: when the broker finds a mechanism mismatch
+/// first, libzmq tells us no more than that it hung up. `None` when the
+/// endpoint is not TCP or the peer does not answer with a greeting within
+/// `timeout`.
+pub(super) fn probe_mechanism(endpoint: &str, timeout: Duration) -> Option<String> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let host_port = endpoint.strip_prefix("tcp://")?;
+    // A connect endpoint may name a local interface first ("eth0;host:port").
+    let host_port = host_port.rsplit(';').next()?;
+    let addr = host_port.to_socket_addrs().ok()?.next()?;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    stream.set_write_timeout(Some(timeout)).ok()?;
+    let mut opening = [0u8; 11];
+    opening[0] = 0xFF;
+    opening[9] = 0x7F;
+    opening[10] = 3;
+    stream.write_all(&opening).ok()?;
+    let mut theirs = [0u8; 64];
+    let mut got = 0;
+    while got < theirs.len() {
+        match stream.read(&mut theirs[got..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    if got < 32 || theirs[0] != 0xFF || theirs[9] & 1 != 1 || theirs[10] < 3 {
+        return None;
+    }
+    let name: Vec<u8> = theirs[12..32]
+        .iter()
+        .copied()
+        .take_while(|&b| b != 0)
+        .collect();
+    String::from_utf8(name).ok().filter(|n| !n.is_empty())
 }
 
 /// A duration as `zmq::poll` milliseconds.
