@@ -16,20 +16,27 @@
 //!
 //! Threads: the router thread (`alaska-broker`) owns the ROUTER socket and
 //! all state, kept in the socket-free [`core`]; with PLAIN security a ZAP
-//! thread (`alaska-broker-zap`) checks credentials. Stopping is a message on
-//! a channel, polled by the router.
+//! thread (`alaska-broker-zap`) checks credentials; with
+//! `mlm_server/http/listen` an HTTP thread (`alaska-broker-http`) serves
+//! health, metrics and the admin API without touching either ([`ops`]).
+//! Stopping is a message on a channel, polled by the router.
 
 mod config;
 pub mod core;
+pub mod ops;
 mod router;
 pub mod storage;
 mod zap;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub use config::{load_config, parse_config};
+pub use ops::OpsError;
+
+use crate::ops::notify::Liveness;
 pub use storage::{StorageConfig, StorageError, SyncMode};
 
 /// Limits of a queue or mailbox: whichever is reached first refuses more.
@@ -62,6 +69,9 @@ pub struct BrokerConfig {
     pub verbose: bool,
     /// Durable storage; `None` keeps everything in memory.
     pub storage: Option<StorageConfig>,
+    /// `host:port` for `/health`, `/metrics` and the admin API; `None`:
+    /// not served.
+    pub http_listen: Option<String>,
 }
 
 impl Default for BrokerConfig {
@@ -81,6 +91,7 @@ impl Default for BrokerConfig {
             mailbox_expiry: Duration::from_secs(3600),
             verbose: false,
             storage: None,
+            http_listen: None,
         }
     }
 }
@@ -111,19 +122,25 @@ pub enum BrokerError {
     /// Durable storage failed, or refused what it found.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The HTTP endpoints could not be started.
+    #[error(transparent)]
+    Ops(#[from] OpsError),
 }
 
 /// The broker, as a namespace for [`Broker::start`].
 pub struct Broker;
 
 impl Broker {
-    /// Binds the endpoint and starts the router (and ZAP) threads.
+    /// Binds the endpoint (and the HTTP address, if any) and starts the
+    /// router (and ZAP, and HTTP) threads.
     pub fn start(cfg: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         let ctx = zmq::Context::new();
-        let zap = match &cfg.plain {
+        // Stopped again if anything below fails (a port taken, a store
+        // refused), so a failed start leaves no thread behind.
+        let mut zap = ZapGuard(match &cfg.plain {
             Some(users) => Some(zap::start(&ctx, users.clone())?),
             None => None,
-        };
+        });
         let socket = ctx.socket(zmq::ROUTER)?;
         socket.set_router_mandatory(true)?;
         socket.set_linger(0)?;
@@ -147,6 +164,12 @@ impl Broker {
         let endpoint = socket
             .get_last_endpoint()?
             .unwrap_or_else(|_| cfg.endpoint.clone());
+        // Before storage is opened: a taken HTTP port then leaves the store
+        // untouched.
+        let (ops, router_ops) = match &cfg.http_listen {
+            Some(listen) => ops::BrokerOps::serve(listen, cfg.storage.is_some())?,
+            None => ops::BrokerOps::without_http(),
+        };
         let storage = match &cfg.storage {
             Some(s) => {
                 let (store, recovered) = storage::Storage::open(s)?;
@@ -172,20 +195,38 @@ impl Broker {
             .name("alaska-broker".into())
             .spawn(move || {
                 let _ctx = router_ctx;
-                let result = router::Router::new(socket, &cfg, storage).run(&stop_rx);
+                let result = router::Router::new(socket, &cfg, storage, router_ops).run(&stop_rx);
                 if let Err(e) = &result {
                     tracing::error!("broker stopped: {e}");
                 }
                 result
             })?;
         tracing::info!("broker listening on {endpoint}");
+        if let Some(addr) = ops.http_addr() {
+            tracing::info!(
+                "broker serving http://{addr}: GET /health, /metrics, /v1/clients, /v1/services, \
+                 /v1/mailboxes, /v1/streams; POST /v1/clients/<address>/maintenance"
+            );
+        }
         Ok(BrokerHandle {
             endpoint,
             stop: Some(stop_tx),
             thread: Some(thread),
-            zap,
+            zap: zap.0.take(),
+            ops,
             _ctx: ctx,
         })
+    }
+}
+
+/// The ZAP thread while the broker starts: stopped if the start fails.
+struct ZapGuard(Option<zap::ZapHandle>);
+
+impl Drop for ZapGuard {
+    fn drop(&mut self) {
+        if let Some(z) = self.0.take() {
+            z.stop();
+        }
     }
 }
 
@@ -195,6 +236,7 @@ pub struct BrokerHandle {
     stop: Option<crossbeam_channel::Sender<()>>,
     thread: Option<JoinHandle<Result<(), BrokerError>>>,
     zap: Option<zap::ZapHandle>,
+    ops: ops::BrokerOps,
     _ctx: zmq::Context,
 }
 
@@ -207,6 +249,18 @@ impl BrokerHandle {
     /// Whether the router thread is still running.
     pub fn is_running(&self) -> bool {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Where `/health`, `/metrics` and the admin API are served (with the
+    /// real port), if `http_listen` was set.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.ops.http_addr()
+    }
+
+    /// A counter the router beats at every loop turn (at least every
+    /// 100 ms while it runs): what a systemd watchdog should watch.
+    pub fn liveness(&self) -> Liveness {
+        self.ops.liveness()
     }
 
     /// Stops the broker and waits for its threads.
@@ -223,6 +277,7 @@ impl BrokerHandle {
     }
 
     fn shutdown(&mut self) -> Result<(), BrokerError> {
+        self.ops.stopping();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -234,6 +289,8 @@ impl BrokerHandle {
         if let Some(z) = self.zap.take() {
             z.stop();
         }
+        // After the router: admin requests still queued are answered 503.
+        self.ops.stop();
         result
     }
 }
