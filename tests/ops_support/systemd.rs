@@ -88,7 +88,10 @@ impl Running {
             if let Some(s) = self.0.try_wait().expect("try_wait") {
                 return s;
             }
-            assert!(Instant::now() < deadline, "no exit within {WAIT:?} of SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "no exit within {WAIT:?} of SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
