@@ -162,7 +162,7 @@ struct AdminRequest {
 
 /// The router's side of operations: the liveness it beats and, with HTTP,
 /// the admin channel, the wake-up descriptor and the metrics it publishes.
-pub struct RouterOps {
+pub(crate) struct RouterOps {
     liveness: Liveness,
     http: Option<HttpSide>,
 }
@@ -264,7 +264,7 @@ impl RouterOps {
 }
 
 /// The handle's side: the HTTP server and what stops it.
-pub struct BrokerOps {
+pub(crate) struct BrokerOps {
     liveness: Liveness,
     http: Option<(HttpServer, Arc<Shared>)>,
 }
