@@ -436,8 +436,11 @@ fn a_worker_in_maintenance_through_its_own_endpoint_is_in_maintenance_in_the_bro
 
     let v = wa.maintenance(&a, true);
     assert_eq!(v["connections"][0]["maintenance"]["by_broker"], true, "{v}");
-    // The worker's CONFIRM maintenance:on reached the core.
-    assert_eq!(b.client(&a, &wa.address)["maintenance"], true);
+    // The worker's CONFIRM maintenance:on reached the core (the worker
+    // says "applied" once it sent it; the broker reads it a moment later).
+    wait_for("the flag in the broker", || {
+        b.client(&a, &wa.address)["maintenance"] == true
+    });
     assert_eq!(b.client(&a, &wb.address)["maintenance"], false);
     let svc = &b.admin(&a, "/v1/services")["services"][0];
     assert_eq!(
@@ -457,7 +460,9 @@ fn a_worker_in_maintenance_through_its_own_endpoint_is_in_maintenance_in_the_bro
     assert_eq!(burst(&mut c, 100, "m"), (0, 100));
 
     wa.maintenance(&a, false);
-    assert_eq!(b.client(&a, &wa.address)["maintenance"], false);
+    wait_for("the flag cleared in the broker", || {
+        b.client(&a, &wa.address)["maintenance"] == false
+    });
     wa.wait_health(&a, 200, "serving");
     spreads_again(&mut c);
 
@@ -514,7 +519,9 @@ fn the_admin_api_puts_a_worker_in_maintenance_without_telling_it() {
     assert_eq!(burst(&mut c, 50, "x"), (50, 0));
     wb.maintenance(&a, true);
     wb.maintenance(&a, false);
-    assert_eq!(b.client(&a, &wb.address)["maintenance"], false);
+    wait_for("the flag cleared by the worker", || {
+        b.client(&a, &wb.address)["maintenance"] == false
+    });
     spreads_again(&mut c);
     wa.stop().unwrap();
     wb.stop().unwrap();
