@@ -256,6 +256,7 @@ fn embedded_broker(s: &Settings) -> Result<Option<BrokerHandle>, Box<dyn std::er
     }
     let cfg = BrokerConfig {
         endpoint: s.endpoint.clone(),
+        http_listen: s.broker_http_listen.clone(),
         ..BrokerConfig::default()
     };
     match Broker::start(cfg) {
@@ -263,6 +264,9 @@ fn embedded_broker(s: &Settings) -> Result<Option<BrokerHandle>, Box<dyn std::er
             tracing::info!("embedded broker listening on {}", b.endpoint());
             Ok(Some(b))
         }
+        // A taken HTTP port is the operator's mistake, not a sign that
+        // another broker serves the endpoint.
+        Err(e @ alaska::broker::BrokerError::Ops(_)) => Err(e.into()),
         Err(e) if s.embedded == Embedded::Auto => {
             tracing::info!(
                 "not starting the embedded broker ({e}); using the broker at {}",

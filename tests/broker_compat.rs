@@ -124,7 +124,7 @@ fn open_ping_close() {
 }
 
 #[test]
-fn open_ok_advertises_acknowledged_delivery() {
+fn open_ok_advertises_acknowledged_delivery_and_maintenance() {
     let b = broker();
     let r = Raw::new(b.endpoint());
     r.send(&Message::ConnectionOpen {
@@ -133,7 +133,7 @@ fn open_ok_advertises_acknowledged_delivery() {
     assert_eq!(
         r.recv(),
         Message::Ok {
-            status: Status::new(200, "alaska-broker ack/1")
+            status: Status::new(200, "alaska-broker ack/1 maint/1")
         }
     );
 }

@@ -116,7 +116,7 @@ impl T {
             (
                 who.to_string(),
                 Message::Ok {
-                    status: Status::new(200, "alaska-broker ack/1")
+                    status: Status::new(200, "alaska-broker ack/1 maint/1")
                 }
             )
         );
@@ -632,6 +632,268 @@ fn maintenance_stops_new_dispatch_to_a_worker_until_cleared() {
     assert_eq!(bodies(&t.flush()), [pair("w1", "3")]);
 }
 
+// ----- maint/1 ---------------------------------------------------------
+
+fn maint(on: bool) -> Message {
+    confirm(if on {
+        "maintenance:on"
+    } else {
+        "maintenance:off"
+    })
+}
+
+fn maintenance_of(t: &T, address: &str) -> bool {
+    t.core
+        .clients()
+        .iter()
+        .find(|c| c.address == address)
+        .unwrap_or_else(|| panic!("no client {address}"))
+        .maintenance
+}
+
+#[test]
+fn maint1_commands_from_a_push_mode_worker_stop_and_resume_its_dispatch() {
+    let mut t = T::new();
+    t.open("w1", "w1");
+    t.open("w2", "w2");
+    t.offer("w1", "svc", ".*");
+    t.offer("w2", "svc", ".*");
+    // No CREDIT: maint/1 does not need acknowledged mode, and gets no answer.
+    assert!(t.cmd("w1", maint(true)).is_empty());
+    assert!(maintenance_of(&t, "w1"));
+    assert!(t.cmd("w1", maint(true)).is_empty(), "idempotent");
+    t.open("p", "p");
+    let sent = t.turn(
+        (0..4)
+            .map(|i| ("p", request("svc", "s", &i.to_string(), 0)))
+            .collect(),
+    );
+    assert_eq!(
+        bodies(&sent),
+        [
+            pair("w2", "0"),
+            pair("w2", "1"),
+            pair("w2", "2"),
+            pair("w2", "3")
+        ]
+    );
+    // Both in maintenance: requests wait in the queue.
+    t.cmd("w2", maint(true));
+    assert!(bodies(&t.cmd("p", request("svc", "s", "4", 0))).is_empty());
+    assert_eq!(t.core.stats().services[0].queued, 1);
+    assert_eq!(t.core.stats().clients_in_maintenance, 2);
+    // Off: what waits goes at once, to the one that came back.
+    assert_eq!(bodies(&t.cmd("w1", maint(false))), [pair("w1", "4")]);
+    assert!(t.cmd("w1", maint(false)).is_empty(), "idempotent");
+    assert!(!maintenance_of(&t, "w1"));
+    assert!(maintenance_of(&t, "w2"));
+    assert_eq!(t.core.stats().counters.maintenance_commands, 5);
+    assert!(t
+        .events()
+        .iter()
+        .all(|e| !matches!(e, Ev::Removed(_, _, Removal::Confirmed))));
+}
+
+#[test]
+fn an_unknown_maintenance_command_gets_error_300_and_changes_nothing() {
+    let mut t = T::new();
+    t.open("w", "w");
+    t.cmd("w", Message::Credit { amount: 4 });
+    for tracker in ["maintenance:maybe", "maintenance:", "maintenance:ON"] {
+        let sent = t.cmd("w", confirm(tracker));
+        match &sent[..] {
+            [(to, Message::Error { status })] => {
+                assert_eq!(to, "w");
+                assert_eq!(status.code, 300);
+                assert_eq!(
+                    status.reason,
+                    format!("unknown maintenance command {tracker}")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!maintenance_of(&t, "w"));
+    }
+    // Still connected, still in acknowledged mode with its window.
+    assert_eq!(
+        t.cmd("w", Message::ConnectionPing),
+        [("w".to_string(), Message::ConnectionPong)]
+    );
+    assert_eq!(t.core.clients()[0].credit, Some(4));
+    // Not a number either: never taken for an acknowledgement.
+    assert_eq!(t.core.stats().counters.requests_confirmed, 0);
+}
+
+#[test]
+fn maintenance_from_an_unknown_client_is_refused_and_anonymous_clients_may_use_it() {
+    let mut t = T::new();
+    let sent = t.cmd("x", maint(true));
+    assert_eq!(error_code(&sent[0].1), Some(500), "not opened");
+    t.open("anon", "");
+    t.offer("anon", "svc", ".*");
+    assert!(t.cmd("anon", maint(true)).is_empty());
+    assert!(t.core.clients()[0].maintenance);
+    t.open("p", "p");
+    assert!(bodies(&t.cmd("p", request("svc", "s", "0", 0))).is_empty());
+    assert_eq!(bodies(&t.cmd("anon", maint(false))), [pair("anon", "0")]);
+}
+
+#[test]
+fn an_acknowledging_worker_in_maintenance_keeps_its_window_and_confirms_as_usual() {
+    let mut t = T::new();
+    t.open("w", "w");
+    t.cmd("w", Message::Credit { amount: 3 });
+    t.offer("w", "svc", ".*");
+    t.open("p", "p");
+    let sent = t.turn(
+        (1..=2)
+            .map(|i| ("p", request("svc", "s", &i.to_string(), 0)))
+            .collect(),
+    );
+    assert_eq!(bodies(&sent).len(), 2);
+    t.cmd("w", maint(true));
+    // Confirming in maintenance frees slots but brings nothing new.
+    assert!(bodies(&t.cmd("w", confirm("1"))).is_empty());
+    assert!(bodies(&t.cmd("p", request("svc", "s", "3", 0))).is_empty());
+    let c = &t.core.clients()[1];
+    assert_eq!((c.credit, c.unconfirmed, c.maintenance), (Some(3), 1, true));
+    assert_eq!(t.core.stats().services[0].unconfirmed, 1);
+    assert_eq!(t.core.stats().services[0].workers_in_maintenance, 1);
+    // Numbering goes on across maintenance: the next delivery is 3.
+    assert_eq!(bodies(&t.cmd("w", maint(false))), [pair("w", "3")]);
+    t.cmd("w", confirm("2,3"));
+    assert_eq!(t.core.stats().counters.requests_confirmed, 3);
+    assert_eq!(t.core.clients()[1].unconfirmed, 0);
+}
+
+#[test]
+fn the_maintenance_flag_is_forgotten_with_the_session() {
+    let mut t = T::new();
+    t.open("w", "w");
+    t.cmd("w", maint(true));
+    // A second OPEN on the same connection: a new session, no flag.
+    t.open("w", "w");
+    assert!(!maintenance_of(&t, "w"));
+    t.cmd("w", maint(true));
+    // A takeover of the address by another connection.
+    t.open("w2", "w");
+    assert!(!maintenance_of(&t, "w"));
+    t.cmd("w2", maint(true));
+    // CLOSE, then a new OPEN.
+    t.cmd("w2", Message::ConnectionClose);
+    t.open("w2", "w");
+    assert!(!maintenance_of(&t, "w"));
+    // The admin API sets the same flag, and the client clears it.
+    assert!(t.core.set_maintenance("w", true));
+    assert!(maintenance_of(&t, "w"));
+    t.cmd("w2", maint(false));
+    assert!(!maintenance_of(&t, "w"));
+}
+
+// ----- snapshots for metrics and the admin API ---------------------------
+
+#[test]
+fn snapshots_list_services_mailboxes_streams_and_clients() {
+    let mut t = T::with(|c| c.mailbox_expiry = Duration::from_secs(60));
+    t.open("w1", "w1");
+    t.open("w2", "w2");
+    t.cmd("w1", Message::Credit { amount: 1 });
+    t.offer("w1", "svc", "^a");
+    t.offer("w1", "svc", "^b");
+    t.offer("w2", "svc", "^a");
+    t.cmd("w2", maint(true));
+    t.open("p", "p");
+    t.turn(vec![
+        ("p", request("svc", "a.1", "x", 0)),
+        ("p", request("svc", "a.2", "yy", 0)),
+        ("p", request("svc", "zzz", "zzz", 0)),
+        ("p", mail("away", "s", "hello", 0)),
+        ("p", mail("away", "s", "again", 0)),
+    ]);
+    let svc = t.core.services();
+    assert_eq!(svc.len(), 1);
+    let s = &svc[0];
+    assert_eq!(s.stats.name, "svc");
+    // a.1 went to w1 (window 1); a.2 waits (w2 in maintenance), zzz waits
+    // for an offer that matches it.
+    assert_eq!((s.stats.queued, s.stats.bytes), (2, 5));
+    assert_eq!((s.stats.offers, s.stats.workers), (3, 2));
+    assert_eq!(
+        (s.stats.unconfirmed, s.stats.workers_in_maintenance),
+        (1, 1)
+    );
+    assert_eq!(s.unmatched_subjects, ["zzz"]);
+    let offers: Vec<(&str, &str, bool)> = s
+        .offers
+        .iter()
+        .map(|o| (o.address.as_str(), o.pattern.as_str(), o.maintenance))
+        .collect();
+    // Round-robin order: the offer used last went to the end.
+    assert_eq!(
+        offers,
+        [("w1", "^b", false), ("w2", "^a", true), ("w1", "^a", false)]
+    );
+    assert_eq!(t.core.stats().services, vec![s.stats.clone()]);
+
+    t.now += Duration::from_secs(15);
+    let boxes = t.core.mailboxes(t.now);
+    assert_eq!(boxes.len(), 1);
+    assert_eq!(
+        (boxes[0].address.as_str(), boxes[0].messages, boxes[0].bytes),
+        ("away", 2, 10)
+    );
+    assert!(!boxes[0].connected);
+    assert_eq!(boxes[0].reclaim_in, Some(Duration::from_secs(45)));
+    let stats = t.core.stats();
+    assert_eq!(
+        (stats.mailboxes, stats.mail_held, stats.mail_bytes),
+        (1, 2, 10)
+    );
+
+    t.cmd(
+        "w1",
+        Message::StreamWrite {
+            stream: "news".into(),
+        },
+    );
+    t.cmd(
+        "p",
+        Message::StreamWrite {
+            stream: "quiet".into(),
+        },
+    );
+    t.cmd(
+        "w2",
+        Message::StreamRead {
+            stream: "news".into(),
+            pattern: "^x".into(),
+        },
+    );
+    let streams = t.core.streams();
+    assert_eq!(streams.len(), 2);
+    assert_eq!(streams[0].name, "news");
+    assert_eq!(streams[0].writers, ["w1"]);
+    assert_eq!(
+        (
+            streams[0].readers[0].address.as_str(),
+            streams[0].readers[0].pattern.as_str()
+        ),
+        ("w2", "^x")
+    );
+    assert_eq!(
+        (streams[1].name.as_str(), streams[1].readers.len()),
+        ("quiet", 0)
+    );
+    let stats = t.core.stats();
+    assert_eq!((stats.streams, stats.stream_readers), (1, 1));
+
+    let clients = t.core.clients();
+    let w1 = clients.iter().find(|c| c.address == "w1").unwrap();
+    assert_eq!(w1.writer.as_deref(), Some("news"));
+    assert_eq!(w1.offers, ["svc", "svc"]);
+    assert_eq!(t.core.counters(), &t.core.stats().counters);
+}
+
 // ----- mailboxes -------------------------------------------------------
 
 #[test]
@@ -726,8 +988,12 @@ fn mailboxes_of_owners_that_stay_away_are_reclaimed() {
     t.advance(Duration::from_secs(21));
     let stats = t.core.stats();
     assert_eq!(
-        (stats.mailboxes, stats.counters.mail_reclaimed),
-        (1, 1),
+        (
+            stats.mailboxes,
+            stats.counters.mail_reclaimed,
+            stats.counters.mailboxes_reclaimed
+        ),
+        (1, 1, 1),
         "ghost reclaimed at 60 s, back kept"
     );
     assert!(bodies(&t.open("g", "ghost")).is_empty());

@@ -3,21 +3,20 @@
 //!
 //! Under systemd (`Type=notify`) it says `READY=1` once the endpoint is
 //! bound, `STOPPING=1` when a stop begins, and, when asked for a watchdog,
-//! `WATCHDOG=1` only while the router answers: a probe socket of this
-//! process pings the broker's own endpoint (the router answers a stranger's
-//! PING with ERROR 500 and keeps nothing of it), and each answer is a sign
-//! of life. A wedged router answers nothing and the pings stop.
+//! `WATCHDOG=1` only while the router's loop turns: the router beats a
+//! liveness counter at every turn (at least every 100 ms when idle), and
+//! the watchdog thread pings only while it moves. A wedged router stops the
+//! pings.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use alaska::broker::{load_config, Broker, BrokerConfig};
-use alaska::mlm::Message;
 use alaska::mlm::DEFAULT_ENDPOINT;
-use alaska::ops::notify::{Liveness, Systemd};
+use alaska::ops::notify::Systemd;
 use clap::Parser;
 
 /// Command-line flags.
@@ -31,7 +30,7 @@ for Alaska workers and any libmlm client. Reads a malamute.cfg-style ZPL file \
 (see alaska-broker.cfg). With mlm_server/storage/dir set, stored mail and queued \
 requests survive a crash. Stops cleanly on SIGINT or SIGTERM; SIGHUP reads the ACL \
 file and the allowed CURVE client keys again.",
-    after_help = format!("Examples:\n  alaska-broker                         # {DEFAULT_ENDPOINT}, NULL security, in memory\n  alaska-broker alaska-broker.cfg       # settings from a file, as with `malamute FILE`\n  alaska-broker -e tcp://0.0.0.0:9999 -v\n  alaska-broker --keygen keys/broker    # CURVE key pair: keys/broker (public), keys/broker_secret")
+    after_help = format!("Examples:\n  alaska-broker                         # {DEFAULT_ENDPOINT}, NULL security, in memory\n  alaska-broker alaska-broker.cfg       # settings from a file, as with `malamute FILE`\n  alaska-broker -e tcp://0.0.0.0:9999 -v\n  alaska-broker --http 127.0.0.1:9292    # health, metrics, admin API\n  alaska-broker --keygen keys/broker    # CURVE key pair: keys/broker (public), keys/broker_secret")
 )]
 struct Args {
     /// Configuration file (ZPL, malamute.cfg keys).
@@ -43,6 +42,10 @@ struct Args {
     /// Endpoint to bind; overrides mlm_server/bind/endpoint.
     #[arg(short, long, value_name = "ENDPOINT")]
     endpoint: Option<String>,
+    /// Serve /health, /metrics and the admin API on HOST:PORT; overrides
+    /// mlm_server/http/listen.
+    #[arg(long, value_name = "HOST:PORT")]
+    http: Option<String>,
     /// Log every command (server/verbose).
     #[arg(short, long)]
     verbose: bool,
@@ -102,6 +105,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(ep) = args.endpoint {
         cfg.endpoint = ep;
     }
+    if let Some(listen) = args.http {
+        cfg.http_listen = Some(listen);
+    }
     cfg.verbose |= args.verbose;
     let security = cfg.mechanism();
     let authorization = match &cfg.acl_file {
@@ -119,115 +125,35 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
-    // The probe logs in as the first user, by name, under PLAIN.
-    let login = cfg.plain.as_ref().and_then(|users| {
-        users
-            .iter()
-            .min_by(|a, b| a.0.cmp(b.0))
-            .map(|(u, p)| (u.clone(), p.clone()))
-    });
     let systemd = Systemd::from_env();
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
     let broker = Broker::start(cfg)?;
+    let http = broker
+        .http_addr()
+        .map(|a| format!(", HTTP on {a}"))
+        .unwrap_or_default();
     tracing::info!(
-        "alaska-broker ready on {} ({security} security, {authorization})",
+        "alaska-broker ready on {} ({security} security, {authorization}{http})",
         broker.endpoint()
     );
     systemd.ready(&format!(
-        "listening on {} ({security} security)",
+        "listening on {} ({security} security{http})",
         broker.endpoint()
     ));
-    let liveness = Liveness::new();
-    let watchdog = systemd.start_watchdog(liveness.clone())?;
-    let mut probe = match systemd.watchdog_interval() {
-        Some(interval) => Some(Probe::new(broker.endpoint(), login, interval / 3)?),
-        None => None,
-    };
+    let watchdog = systemd.start_watchdog(broker.liveness())?;
     while !stop.load(Ordering::Relaxed) && broker.is_running() {
         if reload.swap(false, Ordering::Relaxed) {
             tracing::info!("SIGHUP: reloading");
             // Errors are logged by reload; the rules in use stay.
             let _ = broker.reload();
         }
-        match probe.as_mut() {
-            Some(p) => {
-                if p.turn(Duration::from_millis(100)) {
-                    liveness.beat();
-                }
-            }
-            None => std::thread::sleep(Duration::from_millis(100)),
-        }
+        std::thread::sleep(Duration::from_millis(100));
     }
     tracing::info!("stopping");
     systemd.stopping("stopping");
-    drop(probe);
     if let Some(w) = watchdog {
         w.stop();
     }
     broker.stop_checked()?;
     Ok(())
-}
-
-/// A DEALER socket on the broker's own endpoint that sends CONNECTION PING
-/// every `every` and counts any answer as a turn of the router's loop.
-struct Probe {
-    _ctx: zmq::Context,
-    socket: zmq::Socket,
-    ping: Vec<Vec<u8>>,
-    every: Duration,
-    next: Instant,
-}
-
-impl Probe {
-    fn new(
-        bound: &str,
-        login: Option<(String, String)>,
-        every: Duration,
-    ) -> Result<Probe, Box<dyn std::error::Error>> {
-        let ctx = zmq::Context::new();
-        let socket = ctx.socket(zmq::DEALER)?;
-        socket.set_linger(0)?;
-        if let Some((user, password)) = login {
-            socket.set_plain_username(Some(&user))?;
-            socket.set_plain_password(Some(&password))?;
-        }
-        socket.connect(&reachable(bound))?;
-        Ok(Probe {
-            _ctx: ctx,
-            socket,
-            ping: Message::ConnectionPing.encode()?,
-            every: every.max(Duration::from_millis(10)),
-            next: Instant::now(),
-        })
-    }
-
-    /// Pings when due, then waits at most `wait` for answers; whether one
-    /// came.
-    fn turn(&mut self, wait: Duration) -> bool {
-        let now = Instant::now();
-        if now >= self.next {
-            self.next = now + self.every;
-            // A full queue (the broker away) just skips this ping.
-            let _ = self.socket.send_multipart(&self.ping, zmq::DONTWAIT);
-        }
-        let wait = wait.min(self.next.saturating_duration_since(now));
-        let ms = wait.as_millis().max(1) as i64;
-        if !matches!(self.socket.poll(zmq::POLLIN, ms), Ok(n) if n > 0) {
-            return false;
-        }
-        let mut answered = false;
-        while self.socket.recv_multipart(zmq::DONTWAIT).is_ok() {
-            answered = true;
-        }
-        answered
-    }
-}
-
-/// Where a process on this machine reaches an endpoint bound on every
-/// interface.
-fn reachable(bound: &str) -> String {
-    bound
-        .replace("//0.0.0.0:", "//127.0.0.1:")
-        .replace("//*:", "//127.0.0.1:")
-        .replace("//[::]:", "//[::1]:")
 }

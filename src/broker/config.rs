@@ -18,6 +18,7 @@
 //! | `mlm_server/mailbox/expiry` | reclaim a mailbox whose address is away this long, ms | `3600000` |
 //! | `mlm_server/storage/dir` | keep mail and requests on disk there (relative: to the file's directory); empty: in memory | empty |
 //! | `mlm_server/storage/sync` | `always` (fsync before answering) or `batch` (fsync at most every 5 ms) | `batch` |
+//! | `mlm_server/http/listen` | `host:port` for `/health`, `/metrics` and the admin API; empty: not served | empty |
 //!
 //! An unknown key is a warning; a bad value is an error naming the key.
 //! Relative file names are taken from the configuration file's directory.
@@ -104,6 +105,13 @@ pub fn parse_config(text: &str, base: &Path) -> Result<(BrokerConfig, Vec<String
             "mlm_server/mailbox/count-limit" => cfg.mailbox_limit.messages = limit()?,
             "mlm_server/mailbox/expiry" => cfg.mailbox_expiry = Duration::from_millis(num()?),
             "mlm_server/storage/dir" => storage_dir = v.to_string(),
+            "mlm_server/http/listen" => {
+                cfg.http_listen = match v {
+                    "" => None,
+                    _ if valid_listen(v) => Some(v.to_string()),
+                    _ => return Err(bad("host:port (e.g. 127.0.0.1:9292), or empty")),
+                }
+            }
             "mlm_server/storage/sync" => {
                 sync = match v.to_lowercase().as_str() {
                     "always" => SyncMode::Always,
@@ -169,6 +177,12 @@ pub fn parse_passwords(text: &str) -> HashMap<String, String> {
         .collect()
 }
 
+/// `host:port` with a port number (the host is checked when binding).
+fn valid_listen(v: &str) -> bool {
+    v.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
 fn parse_bool(v: &str) -> Option<bool> {
     match v.to_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Some(true),
@@ -203,6 +217,21 @@ mod tests {
         assert_eq!(cfg.service_queue_limit.messages, 100_000);
         assert!(cfg.plain.is_none());
         assert_eq!(cfg.storage, None, "in memory by default");
+        assert_eq!(cfg.http_listen, None, "no HTTP by default");
+    }
+
+    #[test]
+    fn http_listen_is_a_host_and_port() {
+        let text = |v: &str| format!("mlm_server\n    http\n        listen = {v}\n");
+        let (cfg, warnings) = parse_config(&text("127.0.0.1:9292"), Path::new(".")).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(cfg.http_listen.as_deref(), Some("127.0.0.1:9292"));
+        let (cfg, _) = parse_config(&text("[::1]:0"), Path::new(".")).unwrap();
+        assert_eq!(cfg.http_listen.as_deref(), Some("[::1]:0"));
+        for bad in ["9292", "localhost", ":80", "host:port"] {
+            let e = parse_config(&text(bad), Path::new(".")).unwrap_err();
+            assert!(e.to_string().contains("mlm_server/http/listen"), "{e}");
+        }
     }
 
     #[test]

@@ -22,24 +22,32 @@
 //! Threads: the router thread (`alaska-broker`) owns the ROUTER socket and
 //! all state, kept in the socket-free [`core`]; with PLAIN or CURVE a ZAP
 //! thread (`alaska-broker-zap`) decides who may connect and a monitor
-//! thread (`alaska-broker-monitor`) logs failed handshakes. Stopping and
-//! new ACL rules are messages on channels, polled by the router.
+//! thread (`alaska-broker-monitor`) logs failed handshakes; with
+//! `mlm_server/http/listen` an HTTP thread (`alaska-broker-http`) serves
+//! health, metrics and the admin API without touching either ([`ops`]).
+//! Stopping and new ACL rules are messages on channels, polled by the
+//! router.
 
 pub mod acl;
 mod config;
 pub mod core;
 mod monitor;
+pub mod ops;
 mod router;
 pub mod storage;
 mod zap;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub use acl::{Acl, AclError};
 pub use config::{load_config, parse_config};
+pub use ops::OpsError;
+
+use crate::ops::notify::Liveness;
 pub use storage::{StorageConfig, StorageError, SyncMode};
 
 use crate::curve::{AllowedKeys, CurveError, KeyPair};
@@ -92,6 +100,9 @@ pub struct BrokerConfig {
     pub verbose: bool,
     /// Durable storage; `None` keeps everything in memory.
     pub storage: Option<StorageConfig>,
+    /// `host:port` for `/health`, `/metrics` and the admin API; `None`:
+    /// not served.
+    pub http_listen: Option<String>,
 }
 
 impl Default for BrokerConfig {
@@ -114,6 +125,7 @@ impl Default for BrokerConfig {
             mailbox_expiry: Duration::from_secs(3600),
             verbose: false,
             storage: None,
+            http_listen: None,
         }
     }
 }
@@ -150,6 +162,9 @@ pub enum BrokerError {
     /// The ACL file is wrong.
     #[error(transparent)]
     Acl(#[from] AclError),
+    /// The HTTP endpoints could not be started.
+    #[error(transparent)]
+    Ops(#[from] OpsError),
 }
 
 impl BrokerConfig {
@@ -169,8 +184,8 @@ impl BrokerConfig {
 pub struct Broker;
 
 impl Broker {
-    /// Binds the endpoint and starts the router (and ZAP and monitor)
-    /// threads.
+    /// Binds the endpoint (and the HTTP address, if any) and starts the
+    /// router (and ZAP, monitor and HTTP) threads.
     pub fn start(cfg: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         if cfg.plain.is_some() && cfg.curve.is_some() {
             return Err(BrokerError::Config(
@@ -186,10 +201,12 @@ impl Broker {
             (None, Some(c)) => Some(zap::Authenticator::Curve(c.clients.clone())),
             (None, None) => None,
         };
-        let zap = match auth {
+        // Stopped again if anything below fails (a port taken, a store
+        // refused), so a failed start leaves no thread behind.
+        let mut zap = ZapGuard(match auth {
             Some(a) => Some(zap::start(&ctx, a)?),
             None => None,
-        };
+        });
         let socket = ctx.socket(zmq::ROUTER)?;
         socket.set_router_mandatory(true)?;
         socket.set_linger(0)?;
@@ -209,7 +226,7 @@ impl Broker {
             socket.set_curve_secretkey(&c.keys.secret.0)?;
             socket.set_zap_domain("alaska")?;
         }
-        let monitor = if zap.is_some() {
+        let monitor = if zap.0.is_some() {
             Some(monitor::start(&ctx, &socket, cfg.mechanism())?)
         } else {
             None
@@ -223,6 +240,12 @@ impl Broker {
         let endpoint = socket
             .get_last_endpoint()?
             .unwrap_or_else(|_| cfg.endpoint.clone());
+        // Before storage is opened: a taken HTTP port then leaves the store
+        // untouched.
+        let (ops, router_ops) = match &cfg.http_listen {
+            Some(listen) => ops::BrokerOps::serve(listen, cfg.storage.is_some())?,
+            None => ops::BrokerOps::without_http(),
+        };
         let storage = match &cfg.storage {
             Some(s) => {
                 let (store, recovered) = storage::Storage::open(s)?;
@@ -251,13 +274,20 @@ impl Broker {
             .name("alaska-broker".into())
             .spawn(move || {
                 let _ctx = router_ctx;
-                let result = router::Router::new(socket, &cfg, storage).run(&stop_rx, &acl_rx);
+                let result =
+                    router::Router::new(socket, &cfg, storage, router_ops).run(&stop_rx, &acl_rx);
                 if let Err(e) = &result {
                     tracing::error!("broker stopped: {e}");
                 }
                 result
             })?;
         tracing::info!("broker listening on {endpoint}");
+        if let Some(addr) = ops.http_addr() {
+            tracing::info!(
+                "broker serving http://{addr}: GET /health, /metrics, /v1/clients, /v1/services, \
+                 /v1/mailboxes, /v1/streams; POST /v1/clients/<address>/maintenance"
+            );
+        }
         Ok(BrokerHandle {
             endpoint,
             stop: Some(stop_tx),
@@ -265,10 +295,22 @@ impl Broker {
             acl_file,
             clients_path,
             thread: Some(thread),
-            zap,
+            zap: zap.0.take(),
             monitor,
+            ops,
             _ctx: ctx,
         })
+    }
+}
+
+/// The ZAP thread while the broker starts: stopped if the start fails.
+struct ZapGuard(Option<zap::ZapHandle>);
+
+impl Drop for ZapGuard {
+    fn drop(&mut self) {
+        if let Some(z) = self.0.take() {
+            z.stop();
+        }
     }
 }
 
@@ -282,6 +324,7 @@ pub struct BrokerHandle {
     thread: Option<JoinHandle<Result<(), BrokerError>>>,
     zap: Option<zap::ZapHandle>,
     monitor: Option<monitor::MonitorHandle>,
+    ops: ops::BrokerOps,
     _ctx: zmq::Context,
 }
 
@@ -346,6 +389,18 @@ impl BrokerHandle {
         result
     }
 
+    /// Where `/health`, `/metrics` and the admin API are served (with the
+    /// real port), if `http_listen` was set.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.ops.http_addr()
+    }
+
+    /// A counter the router beats at every loop turn (at least every
+    /// 100 ms while it runs): what a systemd watchdog should watch.
+    pub fn liveness(&self) -> Liveness {
+        self.ops.liveness()
+    }
+
     /// Stops the broker and waits for its threads.
     pub fn stop(mut self) {
         let _ = self.shutdown();
@@ -360,6 +415,7 @@ impl BrokerHandle {
     }
 
     fn shutdown(&mut self) -> Result<(), BrokerError> {
+        self.ops.stopping();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -374,6 +430,8 @@ impl BrokerHandle {
         if let Some(m) = self.monitor.take() {
             m.stop();
         }
+        // After the router: admin requests still queued are answered 503.
+        self.ops.stop();
         result
     }
 }

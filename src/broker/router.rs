@@ -4,15 +4,22 @@
 //! that fails goes back to the core, which requeues or stores what it
 //! carried.
 //!
-//! One loop turn: read up to [`TURN`] commands, run the timers if due,
+//! One loop turn: beat the liveness counter, read up to [`TURN`]
+//! commands, run the timers if due, answer the admin requests waiting,
 //! flush the core (each touched service dispatched once), commit what
-//! changed to storage (if any), then send. Sends come after the commit, so
-//! whatever a client hears from the broker, what it sent before is stored.
+//! changed to storage (if any), send, then publish the counters. Sends come
+//! after the commit, so whatever a client hears from the broker, what it
+//! sent before is stored.
+//!
+//! With HTTP on, the router also polls a wake-up descriptor beside the
+//! ROUTER socket, so an admin request is answered at once even when no
+//! client talks; it never waits for the HTTP side (see [`super::ops`]).
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::core::{ClientId, Core, Outgoing};
+use super::ops::RouterOps;
 use super::storage::{Pending, Recovered, Storage};
 use super::{Acl, BrokerConfig, BrokerError};
 use crate::mlm::Message;
@@ -35,6 +42,8 @@ pub struct Router {
     out: Vec<Outgoing>,
     /// Whether to read the ZAP user name (PLAIN, CURVE) of each command.
     with_user: bool,
+    /// Liveness, metrics and admin requests.
+    ops: RouterOps,
 }
 
 impl Router {
@@ -44,6 +53,7 @@ impl Router {
         socket: zmq::Socket,
         cfg: &BrokerConfig,
         storage: Option<(Storage, Recovered)>,
+        ops: RouterOps,
     ) -> Self {
         let now = Instant::now();
         let wall = SystemTime::now();
@@ -60,6 +70,7 @@ impl Router {
             storage,
             out: Vec::new(),
             with_user: cfg.plain.is_some() || cfg.curve.is_some(),
+            ops,
         }
     }
 
@@ -72,6 +83,16 @@ impl Router {
         stop: &crossbeam_channel::Receiver<()>,
         acls: &crossbeam_channel::Receiver<Option<Acl>>,
     ) -> Result<(), BrokerError> {
+        let result = self.serve(stop, acls);
+        self.ops.stopped();
+        result
+    }
+
+    fn serve(
+        &mut self,
+        stop: &crossbeam_channel::Receiver<()>,
+        acls: &crossbeam_channel::Receiver<Option<Acl>>,
+    ) -> Result<(), BrokerError> {
         // What expired while the broker was down goes before anyone asks.
         self.core.tick(Instant::now());
         self.send_all(Instant::now())?;
@@ -80,33 +101,35 @@ impl Router {
                 Ok(()) | Err(crossbeam_channel::TryRecvError::Disconnected) => break,
                 Err(crossbeam_channel::TryRecvError::Empty) => {}
             }
+            let now = Instant::now();
+            self.ops.turn(now);
             if let Some(p) = self.core.journal_mut() {
-                p.set_clock(Instant::now(), SystemTime::now());
+                p.set_clock(now, SystemTime::now());
             }
             while let Ok(acl) = acls.try_recv() {
                 self.core.set_acl(acl);
             }
-            let timeout = self.poll_timeout(Instant::now());
-            match self.socket.poll(zmq::POLLIN, timeout) {
-                Ok(n) if n > 0 => {
-                    // Rules sent while we waited apply to what woke us.
-                    while let Ok(acl) = acls.try_recv() {
-                        self.core.set_acl(acl);
-                    }
-                    self.read_turn()
+            let timeout = if self.ops.arm() {
+                0
+            } else {
+                self.poll_timeout(now)
+            };
+            let (readable, woken) = self.poll(timeout);
+            self.ops.awake(woken);
+            if readable {
+                // Rules sent while we waited apply to what woke us.
+                while let Ok(acl) = acls.try_recv() {
+                    self.core.set_acl(acl);
                 }
-                Ok(_) => {}
-                Err(zmq::Error::EINTR) => {}
-                Err(e) => {
-                    tracing::error!("broker poll failed: {e}");
-                    std::thread::sleep(Duration::from_millis(10));
-                }
+                self.read_turn();
             }
             let now = Instant::now();
             if self.core.next_deadline().is_some_and(|t| t <= now) {
                 self.core.tick(now);
             }
+            self.ops.answer_admin(&mut self.core, now);
             self.send_all(now)?;
+            self.ops.publish(&self.core, now);
             if let Some(s) = &self.storage {
                 s.check()?;
             }
@@ -116,6 +139,34 @@ impl Router {
         }
         tracing::info!("broker stopped");
         Ok(())
+    }
+
+    /// Sleeps at most `timeout` ms for a command or (with HTTP) a wake-up;
+    /// says which came.
+    fn poll(&self, timeout: i64) -> (bool, bool) {
+        let result = match self.ops.wake_fd() {
+            None => self
+                .socket
+                .poll(zmq::POLLIN, timeout)
+                .map(|n| (n > 0, false)),
+            Some(fd) => {
+                let mut items = [
+                    self.socket.as_poll_item(zmq::POLLIN),
+                    zmq::PollItem::from_fd(fd, zmq::POLLIN),
+                ];
+                zmq::poll(&mut items, timeout)
+                    .map(|_| (items[0].is_readable(), items[1].is_readable()))
+            }
+        };
+        match result {
+            Ok(r) => r,
+            Err(zmq::Error::EINTR) => (false, false),
+            Err(e) => {
+                tracing::error!("broker poll failed: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+                (false, false)
+            }
+        }
     }
 
     /// Milliseconds until the core's next timer (at most [`IDLE`]).
@@ -187,7 +238,11 @@ impl Router {
         loop {
             self.core.flush(now, &mut self.out);
             if let (Some(s), Some(p)) = (&mut self.storage, self.core.journal_mut()) {
-                s.commit(p)?;
+                if !p.is_empty() {
+                    let started = Instant::now();
+                    let writes = s.commit(p)?;
+                    self.ops.committed(writes, started.elapsed());
+                }
             }
             if self.out.is_empty() {
                 return Ok(());

@@ -61,6 +61,9 @@ pub struct Settings {
     pub broker_timeout: Duration,
     /// `worker/broker/embedded`.
     pub embedded: Embedded,
+    /// `worker/broker/http/listen`: where the embedded broker serves its
+    /// health, metrics and admin API (`None`: nowhere).
+    pub broker_http_listen: Option<String>,
     /// `worker/service/address`.
     pub service: String,
     /// `worker/service/filter`.
@@ -125,6 +128,7 @@ impl Default for Settings {
             endpoint: crate::mlm::DEFAULT_ENDPOINT.into(),
             broker_timeout: Duration::from_millis(1000),
             embedded: Embedded::Auto,
+            broker_http_listen: None,
             service: "default".into(),
             filter: ".*".into(),
             errors_notify: true,
@@ -292,6 +296,10 @@ impl Settings {
                     })
                 }
             },
+            broker_http_listen: listen(
+                "worker/broker/http/listen",
+                &get("worker/broker/http/listen"),
+            )?,
             service: required("worker/service/address", get("worker/service/address"))?,
             filter: get("worker/service/filter"),
             errors_notify: boolean("worker/errors/notify", &get("worker/errors/notify"))?,
@@ -590,5 +598,20 @@ mod tests {
             let text = format!("worker\n    http\n        listen = \"{bad}\"\n");
             assert!(Settings::from_sources(&text, no_env()).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_embedded_brokers_http_listen_is_its_own_key() {
+        assert_eq!(Settings::default().broker_http_listen, None);
+        let text = "worker\n    broker\n        http\n            listen = \"127.0.0.1:9292\"\n";
+        let s = Settings::from_sources(text, no_env()).unwrap();
+        assert_eq!(s.broker_http_listen.as_deref(), Some("127.0.0.1:9292"));
+        assert_eq!(s.http_listen, None, "not the worker's");
+        let text = "worker\n    broker\n        http\n            listen = \"9292\"\n";
+        let e = Settings::from_sources(text, no_env()).unwrap_err();
+        assert!(
+            e.to_string().starts_with("worker/broker/http/listen"),
+            "{e}"
+        );
     }
 }

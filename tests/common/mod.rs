@@ -153,7 +153,7 @@ pub fn ready(c: &mut Client, dir: &Path) {
 /// Malamute (a child process) where installed.
 pub enum AnyBroker {
     /// `alaska::broker` on a free port.
-    Ours(BrokerHandle),
+    Ours(Box<BrokerHandle>),
     /// The real Malamute, and the folder of its configuration.
     Malamute(malamute::Malamute, tempfile::TempDir),
 }
@@ -179,7 +179,7 @@ impl AnyBroker {
 /// The project's broker, and the real Malamute when it is installed (a
 /// line says when it is not).
 pub fn all_brokers(test: &str) -> Vec<AnyBroker> {
-    let mut v = vec![AnyBroker::Ours(broker())];
+    let mut v = vec![AnyBroker::Ours(Box::new(broker()))];
     match malamute::malamute_binary() {
         Some(bin) => {
             let dir = tempfile::tempdir().unwrap();

@@ -4,16 +4,23 @@
 //!
 //! | command | fields | answer |
 //! |---|---|---|
-//! | CONNECTION OPEN | protocol, version, address | OK 200 `alaska-broker ack/1`, then stored mail |
+//! | CONNECTION OPEN | protocol, version, address | OK 200 `alaska-broker ack/1 maint/1`, then stored mail |
 //! | CONNECTION PING | – | CONNECTION PONG |
 //! | CONNECTION CLOSE | – | OK, then the client is forgotten |
+//! | CONFIRM | tracker `maintenance:on` or `maintenance:off`, status | none (maint/1; ERROR 300 for another `maintenance:` tracker) |
+//!
+//! Maintenance (maint/1, `docs/PROTOCOL-NOTES.md`) is a flag of the
+//! session: set by the client itself or by the admin API, it stops new
+//! dispatch to that client and is forgotten with the client.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::{ClientId, Core, Held, Journal};
 use crate::mlm::codec::status;
-use crate::mlm::{Message, Status, ACK_CAPABILITY};
+use crate::mlm::{
+    Message, Status, ACK_CAPABILITY, MAINTENANCE_OFF, MAINTENANCE_ON, MAINT_CAPABILITY,
+};
 
 /// A request given to an acknowledging worker, until it confirms.
 #[derive(Debug)]
@@ -107,7 +114,10 @@ impl<J: Journal> Core<J> {
         self.send(
             &id,
             Message::Ok {
-                status: Status::new(status::SUCCESS, format!("alaska-broker {ACK_CAPABILITY}")),
+                status: Status::new(
+                    status::SUCCESS,
+                    format!("alaska-broker {ACK_CAPABILITY} {MAINT_CAPABILITY}"),
+                ),
             },
         );
         if !address.is_empty() {
@@ -147,12 +157,50 @@ impl<J: Journal> Core<J> {
 
     /// Sets or clears maintenance on the client holding `address`: while
     /// set, nothing new is dispatched to it (what it holds stays its own).
-    /// Returns whether such a client is connected.
+    /// Returns whether such a client is connected. This is the admin API's
+    /// way in; the client is not told.
     pub fn set_maintenance(&mut self, address: &str, on: bool) -> bool {
         let Some(id) = self.addresses.get(address).cloned() else {
             return false;
         };
-        let Some(c) = self.clients.get_mut(&id) else {
+        self.set_client_maintenance(&id, on)
+    }
+
+    /// `CONFIRM tracker="maintenance:…"` (maint/1) from an opened client,
+    /// acknowledged mode or not. Accepted commands get no answer, as every
+    /// CONFIRM; an unknown one gets ERROR 300 and changes nothing.
+    pub(super) fn on_maintenance_command(&mut self, id: ClientId, tracker: &str) {
+        self.counters.maintenance_commands += 1;
+        let on = match tracker {
+            MAINTENANCE_ON => true,
+            MAINTENANCE_OFF => false,
+            _ => {
+                tracing::warn!(
+                    "{} sent an unknown maintenance command {tracker:?}",
+                    self.name(&id)
+                );
+                return self.reply_error(
+                    &id,
+                    status::FAILED,
+                    &format!("unknown maintenance command {tracker}"),
+                );
+            }
+        };
+        if self.clients.get(&id).is_some_and(|c| c.maintenance != on) {
+            tracing::info!(
+                "{} {} maintenance",
+                self.name(&id),
+                if on { "entered" } else { "left" }
+            );
+        }
+        self.set_client_maintenance(&id, on);
+    }
+
+    /// Sets or clears the maintenance flag of one client; clearing it
+    /// marks the services it offers, so that what waits there is
+    /// dispatched at the next flush.
+    fn set_client_maintenance(&mut self, id: &ClientId, on: bool) -> bool {
+        let Some(c) = self.clients.get_mut(id) else {
             return false;
         };
         c.maintenance = on;

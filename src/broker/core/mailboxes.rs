@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use super::{deadline, limits_hit, ClientId, Core, Custody, Held, HeldId, Journal};
+use super::{deadline, limits_hit, ClientId, Core, Custody, Held, HeldId, Journal, MailboxInfo};
 use super::{Kind, Outgoing, Removal};
 use crate::mlm::codec::status;
 use crate::mlm::{Content, Message};
@@ -218,6 +218,7 @@ impl<J: Journal> Core<J> {
                 "mailbox {address:?} reclaimed: address away for over {expiry:?}, {} mail(s) dropped",
                 mb.mail.len()
             );
+            self.counters.mailboxes_reclaimed += 1;
             for (id, mail) in mb.mail {
                 if let Some(t) = mail.expires {
                     self.mail_expiry.remove(&(t, id));
@@ -227,5 +228,28 @@ impl<J: Journal> Core<J> {
             }
             self.journal.mailbox_gone(&address);
         }
+    }
+
+    /// The mailboxes holding mail, sorted by address, with how long each
+    /// has left before it is reclaimed (as of `now`).
+    pub fn mailboxes(&self, now: Instant) -> Vec<MailboxInfo> {
+        let mut list: Vec<MailboxInfo> = self
+            .mailboxes
+            .iter()
+            .map(|(address, mb)| {
+                let connected = self.addresses.contains_key(address);
+                MailboxInfo {
+                    address: address.clone(),
+                    messages: mb.mail.len(),
+                    bytes: mb.bytes,
+                    connected,
+                    reclaim_in: (!connected).then(|| {
+                        (mb.touched + self.cfg.mailbox_expiry).saturating_duration_since(now)
+                    }),
+                }
+            })
+            .collect();
+        list.sort_by(|a, b| a.address.cmp(&b.address));
+        list
     }
 }

@@ -37,7 +37,10 @@ use std::time::{Duration, Instant};
 
 pub use held::{Held, HeldId};
 pub use journal::{Journal, Kind, NoJournal, Removal};
-pub use stats::{ClientInfo, Counters, ServiceStats, Stats};
+pub use stats::{
+    ClientInfo, Counters, MailboxInfo, OfferInfo, ReaderInfo, ServiceInfo, ServiceStats, Stats,
+    StreamInfo,
+};
 
 use self::clients::Client;
 use self::mailboxes::Mailbox;
@@ -405,32 +408,27 @@ impl<J: Journal> Core<J> {
         known && !self.clients.contains_key(&sent.to)
     }
 
-    /// Counters and the gauges of the moment.
+    /// The counters, as they are now: cheap (no gauge is computed), for
+    /// publishing once per loop turn.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Counters and the gauges of the moment. Costs a pass over clients,
+    /// services, mailboxes and streams: for metrics now and then and the
+    /// admin API, not for every loop turn.
     pub fn stats(&self) -> Stats {
-        let mut services: Vec<ServiceStats> = self
-            .services
-            .iter()
-            .filter(|(_, s)| !s.is_idle())
-            .map(|(name, s)| ServiceStats {
-                name: name.clone(),
-                queued: s.count,
-                bytes: s.bytes,
-                offers: s.offers.len(),
-                unconfirmed: self
-                    .clients
-                    .values()
-                    .flat_map(|c| c.unconfirmed.values())
-                    .filter(|u| u.service == *name)
-                    .count(),
-            })
-            .collect();
-        services.sort_by(|a, b| a.name.cmp(&b.name));
+        let (streams, stream_readers) = self.stream_counts();
         Stats {
             counters: self.counters.clone(),
             clients: self.clients.len(),
-            services,
+            clients_in_maintenance: self.clients.values().filter(|c| c.maintenance).count(),
+            services: self.service_stats(),
             mailboxes: self.mailboxes.len(),
             mail_held: self.mailboxes.values().map(|m| m.mail.len()).sum(),
+            mail_bytes: self.mailboxes.values().map(|m| m.bytes).sum(),
+            streams,
+            stream_readers,
         }
     }
 
@@ -447,6 +445,8 @@ impl<J: Journal> Core<J> {
                 credit: c.acked.then_some(c.credit),
                 unconfirmed: c.unconfirmed.len(),
                 maintenance: c.maintenance,
+                writer: c.writer.clone(),
+                last_seen: c.last_seen,
             })
             .collect();
         list.sort_by(|a, b| a.address.cmp(&b.address));

@@ -8,6 +8,9 @@
 //! | CREDIT | amount | none: acknowledged mode, window += amount |
 //! | CONFIRM | tracker (`"4"` or `"4,5,7"`), status | none (ERROR 300 without CREDIT first) |
 //!
+//! A CONFIRM whose tracker starts with `maintenance:` is a maint/1 command,
+//! handled in `clients.rs`.
+//!
 //! A request goes to the first offer, in list order, whose pattern matches
 //! its subject and whose client can take one more (window, maintenance);
 //! that offer then moves to the end of the list. Requests wait in arrival
@@ -23,9 +26,13 @@ use regex::Regex;
 
 use super::clients::{Client, Unconfirmed};
 use super::{compile, deadline, limits_hit, ClientId, Core, Custody, Held, HeldId, Journal};
-use super::{Kind, Outgoing, Removal};
+use super::{Kind, OfferInfo, Outgoing, Removal, ServiceInfo, ServiceStats};
 use crate::mlm::codec::status;
 use crate::mlm::{Content, Message};
+
+/// What every maint/1 command's tracker starts with (and no
+/// acknowledgement's does: those are digits and commas).
+const MAINTENANCE_PREFIX: &str = "maintenance:";
 
 /// One SERVICE OFFER.
 pub(super) struct Offer {
@@ -252,6 +259,10 @@ impl<J: Journal> Core<J> {
     /// CONFIRM: forgets the confirmed requests (one number, or several
     /// separated by commas) and frees their window slots.
     pub(super) fn on_confirm(&mut self, id: ClientId, tracker: &str) {
+        // maint/1: never an acknowledgement, and allowed without CREDIT.
+        if tracker.starts_with(MAINTENANCE_PREFIX) {
+            return self.on_maintenance_command(id, tracker);
+        }
         let Some(c) = self.clients.get_mut(&id) else {
             return;
         };
@@ -438,5 +449,74 @@ impl<J: Journal> Core<J> {
         for (service, n) in dropped {
             tracing::info!("{n} request(s) for {service:?} expired in the queue; dropped");
         }
+    }
+
+    /// The figures of every service that has offers or queued requests,
+    /// sorted by name. One pass over the clients for the unconfirmed
+    /// counts, so it costs O(services + offers + clients), not a product.
+    pub(super) fn service_stats(&self) -> Vec<ServiceStats> {
+        let mut unconfirmed: HashMap<&str, usize> = HashMap::new();
+        for c in self.clients.values() {
+            for u in c.unconfirmed.values() {
+                *unconfirmed.entry(u.service.as_str()).or_default() += 1;
+            }
+        }
+        let mut list: Vec<ServiceStats> = self
+            .services
+            .iter()
+            .filter(|(_, s)| !s.is_idle())
+            .map(|(name, s)| {
+                let mut workers: Vec<&ClientId> = s.offers.iter().map(|o| &o.client).collect();
+                workers.sort();
+                workers.dedup();
+                let in_maintenance = workers
+                    .iter()
+                    .filter(|id| self.clients.get(**id).is_some_and(|c| c.maintenance))
+                    .count();
+                ServiceStats {
+                    name: name.clone(),
+                    queued: s.count,
+                    bytes: s.bytes,
+                    offers: s.offers.len(),
+                    unconfirmed: unconfirmed.get(name.as_str()).copied().unwrap_or(0),
+                    workers: workers.len(),
+                    workers_in_maintenance: in_maintenance,
+                }
+            })
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
+    }
+
+    /// Every service with offers or queued requests, sorted by name, with
+    /// its offers in round-robin order and the subjects nobody matches.
+    pub fn services(&self) -> Vec<ServiceInfo> {
+        self.service_stats()
+            .into_iter()
+            .map(|stats| {
+                let svc = &self.services[&stats.name];
+                let offers = svc
+                    .offers
+                    .iter()
+                    .map(|o| OfferInfo {
+                        address: self.address_of(&o.client),
+                        pattern: o.pattern.as_str().to_string(),
+                        maintenance: self.clients.get(&o.client).is_some_and(|c| c.maintenance),
+                    })
+                    .collect();
+                let mut unmatched: Vec<String> = svc
+                    .groups
+                    .iter()
+                    .filter(|(subject, g)| g.parked || !svc.matched(subject))
+                    .map(|(subject, _)| subject.clone())
+                    .collect();
+                unmatched.sort();
+                ServiceInfo {
+                    stats,
+                    offers,
+                    unmatched_subjects: unmatched,
+                }
+            })
+            .collect()
     }
 }

@@ -36,10 +36,15 @@ pub struct Counters {
     pub mail_expired: u64,
     /// Mail dropped with a reclaimed mailbox.
     pub mail_reclaimed: u64,
+    /// Mailboxes reclaimed (their owner stayed away past the expiry).
+    pub mailboxes_reclaimed: u64,
     /// STREAM SENDs received.
     pub stream_messages: u64,
     /// STREAM DELIVERs made.
     pub stream_deliveries: u64,
+    /// maint/1 commands received (`CONFIRM tracker="maintenance:…"`),
+    /// unknown ones included.
+    pub maintenance_commands: u64,
 }
 
 /// One service as the core sees it now.
@@ -55,6 +60,10 @@ pub struct ServiceStats {
     pub offers: usize,
     /// Requests given to acknowledging workers and not yet confirmed.
     pub unconfirmed: usize,
+    /// Distinct clients offering it.
+    pub workers: usize,
+    /// Of those, the ones in maintenance.
+    pub workers_in_maintenance: usize,
 }
 
 /// Counters plus the gauges of the moment.
@@ -64,12 +73,78 @@ pub struct Stats {
     pub counters: Counters,
     /// Clients connected.
     pub clients: usize,
+    /// Clients in maintenance.
+    pub clients_in_maintenance: usize,
     /// Services with offers or queued requests, by name.
     pub services: Vec<ServiceStats>,
     /// Mailboxes holding mail.
     pub mailboxes: usize,
     /// Mail held in all mailboxes.
     pub mail_held: usize,
+    /// Content bytes of the mail held.
+    pub mail_bytes: usize,
+    /// Streams with at least one reader.
+    pub streams: usize,
+    /// STREAM READ subscriptions.
+    pub stream_readers: usize,
+}
+
+/// One service for the admin API: [`ServiceStats`] and who offers what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// The figures of the moment.
+    pub stats: ServiceStats,
+    /// Its offers in round-robin order (the next request tries the first).
+    pub offers: Vec<OfferInfo>,
+    /// Subjects waiting that no offer matches (parked).
+    pub unmatched_subjects: Vec<String>,
+}
+
+/// One SERVICE OFFER.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferInfo {
+    /// The offering client's address.
+    pub address: String,
+    /// Its subject pattern.
+    pub pattern: String,
+    /// Whether that client is in maintenance.
+    pub maintenance: bool,
+}
+
+/// One mailbox holding mail, for the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxInfo {
+    /// The address it holds mail for.
+    pub address: String,
+    /// Mails held.
+    pub messages: usize,
+    /// Their content bytes.
+    pub bytes: usize,
+    /// Whether its owner is connected now.
+    pub connected: bool,
+    /// How long until it is reclaimed if its owner stays away (`None`
+    /// while the owner is connected).
+    pub reclaim_in: Option<std::time::Duration>,
+}
+
+/// One stream, for the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamInfo {
+    /// Its name.
+    pub name: String,
+    /// Its subscriptions, in registration order.
+    pub readers: Vec<ReaderInfo>,
+    /// Addresses of the clients whose last STREAM WRITE named it.
+    pub writers: Vec<String>,
+}
+
+/// One STREAM READ.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReaderInfo {
+    /// The reading client's address.
+    pub address: String,
+    /// Its subject pattern.
+    pub pattern: String,
 }
 
 /// One connected client, for the admin API.
@@ -89,4 +164,8 @@ pub struct ClientInfo {
     pub unconfirmed: usize,
     /// Under maintenance: nothing new is dispatched to it.
     pub maintenance: bool,
+    /// The stream it publishes on (its last STREAM WRITE).
+    pub writer: Option<String>,
+    /// When it last sent a command.
+    pub last_seen: std::time::Instant,
 }

@@ -11,7 +11,9 @@
 
 use regex::Regex;
 
-use super::{compile, ClientId, Core, Journal};
+use std::collections::BTreeMap;
+
+use super::{compile, ClientId, Core, Journal, ReaderInfo, StreamInfo};
 use crate::mlm::codec::status;
 use crate::mlm::{Content, Message};
 
@@ -99,5 +101,52 @@ impl<J: Journal> Core<J> {
                 self.streams.remove(stream);
             }
         }
+    }
+
+    /// Every stream that has readers or a writer, sorted by name.
+    pub fn streams(&self) -> Vec<StreamInfo> {
+        let mut all: BTreeMap<&str, StreamInfo> = BTreeMap::new();
+        for (name, readers) in &self.streams {
+            all.insert(
+                name,
+                StreamInfo {
+                    name: name.clone(),
+                    readers: readers
+                        .iter()
+                        .map(|r| ReaderInfo {
+                            address: self.address_of(&r.client),
+                            pattern: r.pattern.as_str().to_string(),
+                        })
+                        .collect(),
+                    writers: Vec::new(),
+                },
+            );
+        }
+        for c in self.clients.values() {
+            if let Some(w) = &c.writer {
+                all.entry(w)
+                    .or_insert_with(|| StreamInfo {
+                        name: w.clone(),
+                        readers: Vec::new(),
+                        writers: Vec::new(),
+                    })
+                    .writers
+                    .push(c.address.clone());
+            }
+        }
+        all.into_values()
+            .map(|mut s| {
+                s.writers.sort();
+                s
+            })
+            .collect()
+    }
+
+    /// (streams with readers, subscriptions): cheap enough for metrics.
+    pub(super) fn stream_counts(&self) -> (usize, usize) {
+        (
+            self.streams.len(),
+            self.streams.values().map(Vec::len).sum(),
+        )
     }
 }

@@ -524,11 +524,13 @@ impl Storage {
     }
 
     /// Writes what the core changed in one atomic batch (to the OS; also
-    /// fsynced with `sync = always`, soon after with `batch`).
-    pub fn commit(&mut self, p: &mut Pending) -> Result<(), StorageError> {
+    /// fsynced with `sync = always`, soon after with `batch`). Returns how
+    /// many keys it wrote or deleted (0: nothing was pending, no commit).
+    pub fn commit(&mut self, p: &mut Pending) -> Result<usize, StorageError> {
         if p.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
+        let writes = p.held.len() + p.mailboxes.len();
         let mut batch = self.db.batch();
         for ((kind, id), op) in p.held.drain() {
             let ks = match kind {
@@ -557,7 +559,7 @@ impl Storage {
                 .persist(PersistMode::SyncData)
                 .map_err(|e| self.engine(e))?,
         }
-        Ok(())
+        Ok(writes)
     }
 
     /// Fails if the fsync thread failed: then nothing written since is
