@@ -225,6 +225,14 @@ pub struct Session {
     maint_wanted: bool,
     /// What the broker was last told (its flag, or our offers withdrawn).
     maint_applied: bool,
+    /// PINGs written and PONGs read on this connection: PONGs come back in
+    /// order, so the PONG of a PING written after a command means the
+    /// broker has handled that command.
+    pings: u64,
+    pongs: u64,
+    /// The PING whose PONG says the broker has taken the last maintenance
+    /// command (a CONFIRM, which is never answered).
+    maint_ping: Option<u64>,
 }
 
 impl Session {
@@ -269,6 +277,9 @@ impl Session {
             maint_capable: false,
             maint_wanted: false,
             maint_applied: false,
+            pings: 0,
+            pongs: 0,
+            maint_ping: None,
         }
     }
 
@@ -308,7 +319,9 @@ impl Session {
     pub fn maintenance(&self) -> Maintenance {
         Maintenance {
             wanted: self.maint_wanted,
-            applied: self.maint_applied == self.maint_wanted && self.state == ConnState::Connected,
+            applied: self.maint_applied == self.maint_wanted
+                && self.state == ConnState::Connected
+                && self.maint_ping.is_none_or(|n| self.pongs >= n),
             by_broker: self.maint_capable,
         }
     }
@@ -483,7 +496,7 @@ impl Session {
                     ack,
                 })
             }
-            Message::ConnectionPong => {}
+            Message::ConnectionPong => self.pongs += 1,
             Message::Ok { status } => self.on_ok(status, now, wire)?,
             Message::Error { status } => self.on_error(status, now, wire)?,
             other => tracing::warn!("ignoring unexpected {} from broker", other.name()),
@@ -574,7 +587,8 @@ impl Session {
             self.last_ping = now;
             if self.transport_up {
                 match self.write(&Message::ConnectionPing, None, now, wire) {
-                    Ok(()) | Err(WireError::WouldBlock) => {}
+                    Ok(()) => self.pings += 1,
+                    Err(WireError::WouldBlock) => {}
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -747,6 +761,7 @@ impl Session {
             return match self.write(&confirm, None, now, wire) {
                 Ok(()) => {
                     self.maint_applied = on;
+                    self.ping_after_maintenance(now, wire);
                     Ok(())
                 }
                 // Tried again at the next tick.
@@ -790,6 +805,19 @@ impl Session {
         }
         self.maint_applied = false;
         Ok(())
+    }
+
+    /// A PING after a maintenance command: its PONG tells that the broker
+    /// has taken the command, since a CONFIRM gets no answer of its own.
+    fn ping_after_maintenance(&mut self, now: Instant, wire: &mut impl Wire) {
+        match self.write(&Message::ConnectionPing, None, now, wire) {
+            Ok(()) => {
+                self.pings += 1;
+                self.maint_ping = Some(self.pings);
+            }
+            // Not said: reported applied as soon as it was written.
+            Err(_) => self.maint_ping = None,
+        }
     }
 
     fn post_confirm(
@@ -1058,6 +1086,9 @@ impl Session {
     fn send_open(&mut self, now: Instant, wire: &mut impl Wire) -> Result<(), ClientError> {
         // The broker forgets everything about us on OPEN.
         self.maint_applied = false;
+        self.pings = 0;
+        self.pongs = 0;
+        self.maint_ping = None;
         self.state = ConnState::Opening;
         self.opening = true;
         self.opening_since = now;
@@ -1113,7 +1144,10 @@ impl Session {
         // us in between; or the offers left out.
         if self.maint_wanted && self.maint_capable {
             match self.write(&maintenance_command(true), None, now, wire) {
-                Ok(()) => self.maint_applied = true,
+                Ok(()) => {
+                    self.maint_applied = true;
+                    self.ping_after_maintenance(now, wire);
+                }
                 Err(e) => tracing::warn!("maintenance:on after the open failed: {e}"),
             }
         }

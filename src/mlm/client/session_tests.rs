@@ -1035,7 +1035,17 @@ fn with_maint1_maintenance_is_one_confirm_each_way_and_the_connection_stays() {
     w.take();
     s.on_message(service_deliver("before"), t0, &mut w).unwrap();
     s.set_maintenance(true, t0, &mut w).unwrap();
+    assert_eq!(
+        w.pings(),
+        1,
+        "a PING after the CONFIRM, to learn it was taken"
+    );
     assert_eq!(w.take(), [maint(true)]);
+    assert!(
+        !s.maintenance().applied,
+        "a CONFIRM gets no answer: applied only when the PONG after it comes"
+    );
+    s.on_message(Message::ConnectionPong, t0, &mut w).unwrap();
     assert_eq!(
         s.maintenance(),
         Maintenance {
@@ -1089,6 +1099,8 @@ fn with_maint1_a_reopen_says_maintenance_before_the_offers() {
             offer("svc", ".*").message()
         ]
     );
+    assert!(!s.maintenance().applied, "until the PONG after it");
+    s.on_message(Message::ConnectionPong, t0, &mut w).unwrap();
     assert!(s.maintenance().applied);
 }
 
@@ -1182,6 +1194,23 @@ fn maintenance_asked_while_the_broker_is_away_is_applied_when_it_answers() {
 }
 
 #[test]
+fn a_heartbeat_pong_from_before_the_maintenance_command_does_not_say_applied() {
+    let (mut s, mut w, t0) = connected(Some(4), "ack/1 maint/1");
+    // A heartbeat PING goes out, then the command (and its PING); the
+    // first PONG answers the heartbeat, not the command.
+    s.on_tick(t0 + HEARTBEAT, &mut w).unwrap();
+    assert_eq!(w.pings(), 1);
+    s.set_maintenance(true, t0 + HEARTBEAT, &mut w).unwrap();
+    assert_eq!(w.pings(), 2);
+    s.on_message(Message::ConnectionPong, t0 + HEARTBEAT, &mut w)
+        .unwrap();
+    assert!(!s.maintenance().applied);
+    s.on_message(Message::ConnectionPong, t0 + HEARTBEAT, &mut w)
+        .unwrap();
+    assert!(s.maintenance().applied);
+}
+
+#[test]
 fn a_maintenance_command_the_socket_refused_goes_out_at_the_next_tick() {
     let (mut s, mut w, t0) = connected(Some(4), "ack/1 maint/1");
     w.take();
@@ -1191,6 +1220,8 @@ fn a_maintenance_command_the_socket_refused_goes_out_at_the_next_tick() {
     w.blocked = false;
     s.on_tick(t0 + ms(1), &mut w).unwrap();
     assert_eq!(w.take(), [maint(true)]);
+    s.on_message(Message::ConnectionPong, t0 + ms(1), &mut w)
+        .unwrap();
     assert!(s.maintenance().applied);
 
     let (mut s, mut w, t0) = connected(None, "");
