@@ -72,6 +72,9 @@ pub enum Event {
     TransportDown,
     /// The transport handshake failed.
     HandshakeFailed(HandshakeFailure),
+    /// A connection attempt failed (refused, unreachable) or a dropped
+    /// connection is being retried: the broker cannot be reached now.
+    ConnectRetried,
     /// Time passed: heartbeat, silence and re-open timers.
     Tick,
 }
@@ -168,6 +171,9 @@ pub struct Session {
     inbox: VecDeque<Delivery>,
     refusals: VecDeque<Refusal>,
     handshake_failure: Option<HandshakeFailure>,
+    /// An attempt to reach the broker failed since the transport was last
+    /// up (see [`Session::unreachable`]).
+    connect_failed: bool,
     last_heard: Instant,
     last_ping: Instant,
     opening_since: Instant,
@@ -205,12 +211,24 @@ impl Session {
             inbox: VecDeque::new(),
             refusals: VecDeque::new(),
             handshake_failure: None,
+            connect_failed: false,
             last_heard: now,
             last_ping: now,
             opening_since: now,
             last_error: None,
             stats: ClientStats::default(),
         }
+    }
+
+    /// A session that nobody waits on to open: the first CONNECTION OPEN is
+    /// written when the transport comes up (however late), registrations
+    /// made before then are replayed after its OK, and sends wait in the
+    /// outbox. This is how one broker that is down at start does not hold
+    /// up a program that talks to several.
+    pub fn new_lazy(opts: &ClientOptions, now: Instant) -> Session {
+        let mut s = Session::new(opts, now);
+        s.awaiting = None;
+        s
     }
 
     // ----- what the session reports -------------------------------------
@@ -253,6 +271,14 @@ impl Session {
     /// How the handshake failed, while the first open is pending.
     pub fn handshake_failure(&self) -> Option<HandshakeFailure> {
         self.handshake_failure
+    }
+
+    /// Whether the broker is known to be out of reach right now: an attempt
+    /// to connect failed (or the connection dropped and is being retried)
+    /// and the transport has not come up since. A broker that is merely
+    /// slow to accept is not reported here; its caller judges by time.
+    pub fn unreachable(&self) -> bool {
+        self.connect_failed && !self.transport_up
     }
 
     /// The next delivery for the user.
@@ -312,6 +338,7 @@ impl Session {
             Event::TransportUp => return self.on_transport_up(now, wire),
             Event::TransportDown => self.on_transport_down(),
             Event::HandshakeFailed(f) => self.on_handshake_failed(f),
+            Event::ConnectRetried => self.connect_failed = true,
             Event::Tick => return self.on_tick(now, wire),
         }
         Ok(())
@@ -411,6 +438,7 @@ impl Session {
     ) -> Result<(), ClientError> {
         let was_up = self.transport_up;
         self.transport_up = true;
+        self.connect_failed = false;
         if !was_up && !self.closing && self.state != ConnState::Connected {
             if self.epoch > 0 {
                 tracing::info!("reconnected to broker {}", self.endpoint);
@@ -437,7 +465,10 @@ impl Session {
     pub fn on_handshake_failed(&mut self, f: HandshakeFailure) {
         if self.epoch == 0 {
             self.handshake_failure = Some(f);
-        } else if f == HandshakeFailure::Auth {
+        }
+        // Nobody waits for the first open of a lazy session: say it here.
+        let reported = self.epoch == 0 && self.is_awaiting(Call::Open);
+        if !reported && f == HandshakeFailure::Auth {
             tracing::error!("broker {} refused our credentials", self.endpoint);
         }
     }
