@@ -8,6 +8,9 @@
 //! - [`daemon`]: background mode, lock file, user and group, stop signals.
 //! - [`logging`]: stderr or syslog.
 //! - [`worker`]: the dispatcher, the Lua VM pool and the scripting API.
+//! - [`failover`]: several independent brokers: the endpoint list, which
+//!   broker a producer uses (priority or round robin), client-side retries
+//!   with de-duplication, and a set of clients driven from one thread.
 //! - [`gateway`]: HTTP in front of services (`alaska-gateway`).
 //! - [`ops`]: what every binary shares for operations: HTTP health and
 //!   metrics serving, the metrics registry, systemd notifications.
@@ -15,6 +18,7 @@
 pub mod broker;
 pub mod config;
 pub mod daemon;
+pub mod failover;
 pub mod gateway;
 pub mod logging;
 pub mod mlm;

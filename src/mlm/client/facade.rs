@@ -132,6 +132,18 @@ impl Client {
         }
     }
 
+    /// Why the transport handshake was refused (credentials, security
+    /// mismatch) before the connection ever opened, if it was. For a lazy
+    /// client, which does not stop on it.
+    pub fn refused_handshake(&self) -> Option<ClientError> {
+        if self.session.state() == ConnState::Connected {
+            return None;
+        }
+        self.session
+            .handshake_failure()
+            .map(|f| self.handshake_error(f))
+    }
+
     /// Our address.
     pub fn address(&self) -> &str {
         &self.opts.address
