@@ -112,7 +112,7 @@ fn run(s: Settings) -> Result<(), Box<dyn std::error::Error>> {
     stop_deadline(shutdown.clone(), s.shutdown_timeout + STOP_MARGIN)?;
     let _broker = embedded_broker(&s)?;
     daemon::run_as(s.user.as_deref(), s.group.as_deref())?;
-    let mut client = ClientOptions::new(&s.endpoint, worker_address());
+    let mut client = ClientOptions::new(&s.endpoints[0], worker_address());
     // The original's broker/timeout (1 s) is a connect timeout; silence
     // from the broker is judged over at least three heartbeats.
     client.timeout = s.broker_timeout.max(Duration::from_secs(3));
@@ -122,6 +122,7 @@ fn run(s: Settings) -> Result<(), Box<dyn std::error::Error>> {
         .map(|(username, password)| Credentials { username, password });
     let opts = DispatcherOptions {
         client,
+        endpoints: s.endpoints.clone(),
         service: s.service.clone(),
         filter: s.filter.clone(),
         errors_notify: s.errors_notify,
@@ -183,13 +184,18 @@ fn stop_deadline(shutdown: Arc<AtomicBool>, within: Duration) -> std::io::Result
 }
 
 /// Starts the embedded broker when asked, or (auto) when nothing is bound
-/// on the endpoint yet.
+/// on the endpoint yet. It serves one endpoint: with a list of brokers
+/// (`auto`) none is started; asking for it with a list is refused when the
+/// configuration is read.
 fn embedded_broker(s: &Settings) -> Result<Option<BrokerHandle>, Box<dyn std::error::Error>> {
+    let [endpoint] = s.endpoints.as_slice() else {
+        return Ok(None);
+    };
     if s.embedded == Embedded::Never {
         return Ok(None);
     }
     let cfg = BrokerConfig {
-        endpoint: s.endpoint.clone(),
+        endpoint: endpoint.clone(),
         ..BrokerConfig::default()
     };
     match Broker::start(cfg) {
@@ -199,8 +205,7 @@ fn embedded_broker(s: &Settings) -> Result<Option<BrokerHandle>, Box<dyn std::er
         }
         Err(e) if s.embedded == Embedded::Auto => {
             tracing::info!(
-                "not starting the embedded broker ({e}); using the broker at {}",
-                s.endpoint
+                "not starting the embedded broker ({e}); using the broker at {endpoint}"
             );
             Ok(None)
         }

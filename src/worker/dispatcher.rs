@@ -51,6 +51,10 @@ pub const ERROR_REPLY_PREFIX: &str = "ERROR:";
 pub struct DispatcherOptions {
     /// Broker connection: endpoint, our address, timeout, credentials.
     pub client: ClientOptions,
+    /// Every broker to serve on, in order (`worker/broker/endpoint` as a
+    /// list); empty means just `client.endpoint`. Each gets a connection
+    /// of its own with `client`'s settings and the same address.
+    pub endpoints: Vec<String>,
     /// Service address we offer.
     pub service: String,
     /// Subject pattern of the offer.
@@ -77,6 +81,7 @@ impl DispatcherOptions {
     pub fn new(client: ClientOptions, service: impl Into<String>) -> DispatcherOptions {
         DispatcherOptions {
             client,
+            endpoints: Vec::new(),
             service: service.into(),
             filter: ".*".into(),
             errors_notify: true,
@@ -130,25 +135,38 @@ pub fn run(
     let pool = Pool::start_with(threaded, shared.clone(), done_tx, wake)?;
     let mut client_opts = opts.client.clone();
     client_opts.credit = Some(capacity.min(u16::MAX as usize) as u16);
-    let Some(mut client) = connect(client_opts, &shutdown)? else {
-        pool.shutdown(Duration::ZERO);
-        return Ok(());
+    let endpoints = if opts.endpoints.is_empty() {
+        vec![opts.client.endpoint.clone()]
+    } else {
+        opts.endpoints.clone()
     };
-    client.set_worker(&opts.service, &opts.filter)?;
+    // Every connection starts without waiting for its broker: one that is
+    // down holds nothing up, and its offer goes out when it comes.
+    let ctx = zmq::Context::new();
+    let mut conns = Vec::with_capacity(endpoints.len());
+    for endpoint in &endpoints {
+        let mut o = client_opts.clone();
+        o.endpoint = endpoint.clone();
+        let mut client = Client::connect_lazy_in(&ctx, o)?;
+        client.set_worker(&opts.service, &opts.filter)?;
+        conns.push(Conn::new(client));
+    }
     tracing::info!(
         service = %opts.service,
         filter = %opts.filter,
-        endpoint = %client.endpoint(),
-        acknowledged = client.acks_enabled(),
+        endpoints = %endpoints.join(","),
         "ready: {vms} Lua VMs"
     );
+    // Each broker may hand us up to `capacity` requests at once (its
+    // credit): the queue holds that much per connection.
+    let queue_limit = capacity * conns.len();
     let hub = Arc::new(Mutex::new(Hub::new(
         opts,
-        vec![Conn::new(client)],
+        conns,
         pool,
         done_rx,
         wake_rx,
-        capacity,
+        queue_limit,
     )));
     hub.lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -200,29 +218,6 @@ fn duty(hub: Arc<Mutex<Hub>>, shutdown: Arc<AtomicBool>) -> super::vm::Duty {
     })
 }
 
-/// Connects, retrying while the broker is merely absent; gives up on
-/// errors that retrying cannot fix (bad endpoint, refused credentials).
-fn connect(opts: ClientOptions, shutdown: &AtomicBool) -> Result<Option<Client>, WorkerError> {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match Client::connect(opts.clone()) {
-            Ok(c) => return Ok(Some(c)),
-            Err(e @ (ClientError::Unreachable { .. } | ClientError::Timeout { .. })) => {
-                tracing::warn!("{e}; retrying in {delay:?}");
-            }
-            Err(e) => return Err(e.into()),
-        }
-        let until = Instant::now() + delay;
-        while Instant::now() < until {
-            if shutdown.load(Ordering::Relaxed) {
-                return Ok(None);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
-}
-
 struct Dispatcher {
     hub: Arc<Mutex<Hub>>,
     vm: Vm,
@@ -248,7 +243,14 @@ impl Dispatcher {
                 h.take_inline()
             };
             let Some(job) = job else {
-                self.hub().turn(IDLE_WAIT)?;
+                let mut h = self.hub();
+                h.turn(IDLE_WAIT)?;
+                // Credentials refused by every broker will not get better
+                // by retrying: stop with the reason, as a single broker did.
+                if let Some(e) = h.refused_everywhere() {
+                    return Err(e.into());
+                }
+                drop(h);
                 last_turn = Instant::now();
                 continue;
             };

@@ -463,11 +463,13 @@ impl Session {
     /// The transport handshake failed: the first open reports it; later
     /// ones are logged (libzmq keeps retrying).
     pub fn on_handshake_failed(&mut self, f: HandshakeFailure) {
+        let again = self.handshake_failure == Some(f);
         if self.epoch == 0 {
             self.handshake_failure = Some(f);
         }
-        // Nobody waits for the first open of a lazy session: say it here.
-        let reported = self.epoch == 0 && self.is_awaiting(Call::Open);
+        // Nobody waits for the first open of a lazy session: say it here,
+        // once (libzmq retries every second).
+        let reported = self.epoch == 0 && (self.is_awaiting(Call::Open) || again);
         if !reported && f == HandshakeFailure::Auth {
             tracing::error!("broker {} refused our credentials", self.endpoint);
         }
