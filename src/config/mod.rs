@@ -152,10 +152,12 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// An endpoint list that cannot be used.
-    #[error("{key}: {source}")]
+    #[error("{key}: {value:?}: {source}")]
     Endpoints {
         /// The key, slash-separated.
         key: &'static str,
+        /// The value found.
+        value: String,
         /// What is wrong with the list.
         source: crate::failover::EndpointListError,
     },
@@ -342,7 +344,11 @@ fn positive(key: &'static str, v: &str) -> Result<usize, ConfigError> {
 
 /// `tcp://a:9999, tcp://b:9999`: see [`crate::failover::parse_endpoints`].
 pub fn endpoint_list(key: &'static str, v: &str) -> Result<Vec<String>, ConfigError> {
-    crate::failover::parse_endpoints(v).map_err(|source| ConfigError::Endpoints { key, source })
+    crate::failover::parse_endpoints(v).map_err(|source| ConfigError::Endpoints {
+        key,
+        value: v.into(),
+        source,
+    })
 }
 
 fn required(key: &'static str, v: String) -> Result<String, ConfigError> {
