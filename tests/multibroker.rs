@@ -5,7 +5,11 @@
 
 mod common;
 
+use std::io::Write;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use assert_cmd::cargo::CommandCargoExt;
 
 use alaska::mlm::{Client, ClientOptions, ConnState, DeliveryKind};
 use common::bin::free_endpoint;
@@ -196,4 +200,225 @@ fn a_lazy_client_returns_at_once_and_offers_when_the_broker_comes() {
     let m = expect(&mut somebody, DeliveryKind::Mailbox, Duration::from_secs(5));
     assert_eq!(m.content, vec![b"kept".to_vec()]);
     assert_eq!(m.sender, "lazy-worker");
+}
+
+// ----- alas with several brokers ------------------------------------------
+
+/// Runs `alas -e <endpoints> args` with `stdin`; waits at most a minute.
+fn alas(endpoints: &str, args: &[&str], stdin: &[u8]) -> (Option<i32>, String, String, Duration) {
+    let started = Instant::now();
+    let mut child = Command::cargo_bin("alas")
+        .unwrap()
+        .arg("-e")
+        .arg(endpoints)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let pid = child.id() as i32;
+    let watchdog = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(60));
+        // SAFETY: kill(2) on our child's pid; harmless if it has exited.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    });
+    let out = child.wait_with_output().unwrap();
+    drop(watchdog);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        started.elapsed(),
+    )
+}
+
+/// A worker on one broker whose script `who` answers `tag:<content>@<tracker>`
+/// after `sleep_ms` (and `slow_ms` more for the content `slow`).
+fn tagged_worker(
+    endpoint: &str,
+    dir: &std::path::Path,
+    tag: &str,
+    (sleep_ms, slow_ms): (u64, u64),
+    pool: usize,
+) -> Worker {
+    script(
+        dir,
+        "who",
+        &format!(
+            "if alaskaContext == 'slow' then alaska.sleep({slow_ms}) end\n\
+             alaska.sleep({sleep_ms})\n\
+             return '{tag}:' .. alaskaContext .. '@' .. alaska.tracker"
+        ),
+    );
+    script(dir, "ping", "return 'pong'");
+    Worker::start(endpoint, dir, move |o, p| {
+        o.service = "default".into();
+        p.size = pool;
+        p.timeout = Duration::from_secs(10);
+    })
+}
+
+/// Waits until `endpoint` serves `default` (a ping through alas).
+fn serving(endpoint: &str) {
+    let (code, out, err, _) = alas(endpoint, &["-s", "ping", "--wait", "10", "-q"], b"{}");
+    assert_eq!((code, out.as_str()), (Some(0), "pong\n"), "{err}");
+}
+
+#[test]
+fn alas_priority_uses_the_first_broker_and_round_robin_uses_both() {
+    let (b1, b2) = (broker(), broker());
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let _w1 = tagged_worker(b1.endpoint(), d1.path(), "one", (0, 0), 2);
+    let _w2 = tagged_worker(b2.endpoint(), d2.path(), "two", (0, 5000), 2);
+    serving(b1.endpoint());
+    serving(b2.endpoint());
+    let both = format!("{},{}", b1.endpoint(), b2.endpoint());
+    let args = [
+        "-s", "who", "--wait", "10", "--lines", "--raw", "--name", "pr",
+    ];
+    let (code, out, err, _) = alas(&both, &args, b"a\nb\nc\nd\n");
+    assert_eq!(code, Some(0), "{err}");
+    let mut lines: Vec<&str> = out.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(
+        lines,
+        ["one:a@pr-1", "one:b@pr-2", "one:c@pr-3", "one:d@pr-4"]
+    );
+    let rr = [&args[..], &["--balance", "rr"]].concat();
+    let (code, out, err, _) = alas(&both, &rr, b"a\nb\nc\nd\n");
+    assert_eq!(code, Some(0), "{err}");
+    let mut lines: Vec<&str> = out.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(
+        lines,
+        ["one:a@pr-1", "one:c@pr-3", "two:b@pr-2", "two:d@pr-4"]
+    );
+    // Listed the other way round, the other broker is preferred.
+    let rev = format!("{},{}", b2.endpoint(), b1.endpoint());
+    let (code, out, err, _) = alas(&rev, &args, b"x\n");
+    assert_eq!((code, out.as_str()), (Some(0), "two:x@pr-1\n"), "{err}");
+}
+
+#[test]
+fn alas_fails_over_to_the_next_broker_when_the_first_is_down_at_start() {
+    let down = free_endpoint();
+    let b2 = broker();
+    let d2 = tempfile::tempdir().unwrap();
+    let _w2 = tagged_worker(b2.endpoint(), d2.path(), "two", (0, 5000), 2);
+    serving(b2.endpoint());
+    let (code, out, err, took) = alas(
+        &format!("{down},{}", b2.endpoint()),
+        &["-s", "who", "--wait", "10", "--raw", "--name", "fo"],
+        b"x",
+    );
+    assert_eq!((code, out.as_str()), (Some(0), "two:x@fo-1\n"), "{err}");
+    // A refused connection is known at once: no waiting out the timeout.
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    // Every broker down: unreachable, exit 4, naming them.
+    let other = free_endpoint();
+    let (code, _, err, _) = alas(&format!("{down},{other}"), &["--timeout", "500"], b"{}");
+    assert_eq!(code, Some(4), "{err}");
+    assert!(err.contains(&down) && err.contains(&other), "{err}");
+    // A list with a mistake is a usage error.
+    let (code, _, err, _) = alas(&format!("{down},,{other}"), &[], b"{}");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("endpoint 2 of the list is empty"), "{err}");
+}
+
+#[test]
+fn alas_retries_with_the_same_tracker_on_the_next_broker_and_drops_the_duplicate() {
+    let (b1, b2) = (broker(), broker());
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Broker 1's worker is slow (2.5 s a request, one at a time); broker
+    // 2's is quick except for "slow" (5 s).
+    let _w1 = tagged_worker(b1.endpoint(), d1.path(), "one", (2500, 0), 1);
+    let _w2 = tagged_worker(b2.endpoint(), d2.path(), "two", (0, 5000), 2);
+    serving(b1.endpoint());
+    serving(b2.endpoint());
+    let both = format!("{},{}", b1.endpoint(), b2.endpoint());
+    // t=0: a and slow go to broker 1. t=2: no reply, both sent again to
+    // broker 2, which answers a at once. t=2.5: broker 1 answers a too:
+    // dropped. t=4: slow has no reply from broker 2: sent to broker 1 a
+    // third time. t=5: broker 1 answers slow (its first attempt).
+    let (code, out, err, _) = alas(
+        &both,
+        &[
+            "-s",
+            "who",
+            "--wait",
+            "2",
+            "--retries",
+            "2",
+            "--lines",
+            "--raw",
+            "-v",
+            "--name",
+            "rt",
+        ],
+        b"a\nslow\n",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let mut lines: Vec<&str> = out.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines, ["one:slow@rt-2", "two:a@rt-1"], "{err}");
+    assert!(err.contains("reply for rt-1 again"), "{err}");
+    assert!(
+        err.contains("3 request(s) sent again, 1 duplicate reply(ies) dropped"),
+        "{err}"
+    );
+}
+
+#[test]
+fn alas_sends_again_at_once_when_its_broker_goes_away() {
+    let (b1, b2) = (broker(), broker());
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let _w1 = tagged_worker(b1.endpoint(), d1.path(), "one", (8000, 0), 1);
+    let _w2 = tagged_worker(b2.endpoint(), d2.path(), "two", (0, 5000), 2);
+    serving(b2.endpoint());
+    let both = format!("{},{}", b1.endpoint(), b2.endpoint());
+    let run = std::thread::spawn(move || {
+        alas(
+            &both,
+            &[
+                "-s",
+                "who",
+                "--wait",
+                "20",
+                "--retries",
+                "1",
+                "--raw",
+                "-v",
+                "--name",
+                "gone",
+            ],
+            b"x",
+        )
+    });
+    // Broker 1 has the request (its worker sleeps on it); it dies.
+    std::thread::sleep(Duration::from_millis(1500));
+    b1.stop();
+    let (code, out, err, took) = run.join().unwrap();
+    assert_eq!((code, out.as_str()), (Some(0), "two:x@gone-1\n"), "{err}");
+    assert!(err.contains("went away"), "{err}");
+    assert!(
+        took < Duration::from_secs(8),
+        "waited for the wait: {took:?}"
+    );
+}
+
+#[test]
+fn alas_without_retries_waits_then_times_out_as_before() {
+    let (b1, b2) = (broker(), broker());
+    let d1 = tempfile::tempdir().unwrap();
+    let _w1 = tagged_worker(b1.endpoint(), d1.path(), "one", (3000, 0), 1);
+    serving(b1.endpoint());
+    let both = format!("{},{}", b1.endpoint(), b2.endpoint());
+    let (code, out, err, _) = alas(&both, &["-s", "who", "--wait", "1", "--raw"], b"x");
+    assert_eq!((code, out.as_str()), (Some(6), ""), "{err}");
+    assert!(err.contains("no reply within 1.0 s for 1 of 1"), "{err}");
+    // --retries needs --wait.
+    let (code, _, err, _) = alas(&both, &["--retries", "1"], b"{}");
+    assert_eq!(code, Some(2), "{err}");
 }

@@ -176,7 +176,9 @@ impl Brokers {
         let deadline = Instant::now() + timeout;
         loop {
             let now = Instant::now();
-            match self.pick(now) {
+            // Looking must not move the round-robin turn on.
+            let reach = self.links.reaches(now);
+            match self.selector.clone().pick(&reach) {
                 Pick::Use(i) => return Ok(Some(i)),
                 Pick::NoBroker => return Ok(None),
                 Pick::Wait if now >= deadline => return Ok(None),

@@ -12,7 +12,8 @@
 //! connected yet is [`Reach::Pending`] for a grace period (connecting
 //! takes a round trip or two); priority order waits for it rather than
 //! skipping ahead, so that with every broker up the first one is always
-//! the one used. A broker that refused the connection, or that was up and
+//! the one used; round robin waits for every broker to connect or fail
+//! before it starts rotating. A broker that refused the connection, or that was up and
 //! is not now, is [`Reach::Down`] at once: failover does not wait.
 
 use std::time::{Duration, Instant};
@@ -167,6 +168,11 @@ impl Selector {
                 Pick::NoBroker
             }
             Balance::RoundRobin => {
+                // At start, let every broker connect (or fail) before the
+                // rotation begins, or the first to connect would get all.
+                if reach.contains(&Reach::Pending) {
+                    return Pick::Wait;
+                }
                 let n = reach.len();
                 for k in 0..n {
                     let i = (self.next + k) % n;
@@ -260,6 +266,8 @@ mod tests {
         assert_eq!(picks, [0, 1, 2].map(Pick::Use));
         assert_eq!(s.pick(&[Down, Pending, Down]), Pick::Wait);
         assert_eq!(s.pick(&[Down, Down, Down]), Pick::NoBroker);
+        // At start, the rotation waits for brokers still connecting.
+        assert_eq!(s.pick(&[Up, Pending, Up]), Pick::Wait);
     }
 
     #[test]
