@@ -422,3 +422,51 @@ fn alas_without_retries_waits_then_times_out_as_before() {
     let (code, _, err, _) = alas(&both, &["--retries", "1"], b"{}");
     assert_eq!(code, Some(2), "{err}");
 }
+
+// ----- alaska-bench with several brokers ----------------------------------
+
+#[test]
+fn bench_round_robin_over_two_brokers_survives_one_stopping_mid_run() {
+    let (b1, b2) = (broker(), broker());
+    let dir = tempfile::tempdir().unwrap();
+    script(dir.path(), "echo", "return alaskaContext");
+    let _w = worker_on(&[b1.endpoint(), b2.endpoint()], dir.path());
+    {
+        let mut p1 = client(b1.endpoint(), "p1");
+        ready(&mut p1, dir.path());
+        let mut p2 = client(b2.endpoint(), "p2");
+        ready(&mut p2, dir.path());
+    }
+    // 600 requests at 200/s: three seconds, broker 1 stops after one.
+    let child = Command::cargo_bin("alaska-bench")
+        .unwrap()
+        .args(["-e", &format!("{},{}", b1.endpoint(), b2.endpoint())])
+        .args([
+            "-a", "svc", "-s", "echo", "-n", "600", "-w", "20", "--rate", "200",
+        ])
+        .args(["--balance", "rr", "--retries", "3", "--retry-after", "1000"])
+        .args(["--idle-timeout", "20", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    b1.stop();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{stderr}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(v["sent"], 600, "{v} {stderr}");
+    assert_eq!(v["received"], 600, "{v} {stderr}");
+    assert_eq!(v["lost"], 0, "{v} {stderr}");
+    let per: Vec<u64> = v["per_broker"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .collect();
+    // Round robin until broker 1 went, then broker 2 alone.
+    assert!(per[0] >= 100 && per[1] > per[0], "{v}");
+    assert_eq!(per[0] + per[1], 600, "{v}");
+    assert!(stderr.contains("went away"), "{stderr}");
+}
