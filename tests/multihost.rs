@@ -85,22 +85,28 @@ fn malamute(net: &mut Net, host: Host, name: &str, program: &std::path::Path) ->
     p
 }
 
-/// Scripts for a worker: `echo`, `ping`, and `who` answering `tag`.
+/// Scripts for a worker: `work` (100 ms, then the request back: so that
+/// requests are in flight when a fault strikes), `echo`, `ping`, and `who`
+/// answering `tag`.
 fn scripts(net: &Net, tag: &str) -> PathBuf {
+    net.write(
+        &format!("{tag}/work.lua"),
+        "alaska.sleep(100) return alaskaContext",
+    );
     net.write(&format!("{tag}/echo.lua"), "return alaskaContext");
     net.write(&format!("{tag}/ping.lua"), "return 'pong'");
     net.write(&format!("{tag}/who.lua"), &format!("return '{tag}'"));
     net.dir().join(tag)
 }
 
-/// An alaska worker on `host` serving `endpoints` (service `svc`, pool 2),
+/// An alaska worker on `host` serving `endpoints` (service `svc`, pool 16),
 /// started once it has connected to every one of them.
 fn worker(net: &mut Net, host: Host, name: &str, endpoints: &[String]) -> Proc {
     let dir = scripts(net, name);
     let cfg = net.write(
         &format!("{name}.cfg"),
         &format!(
-            "worker\n    scripts\n        dir = \"{}\"\n    pool\n        size = \"2\"\n    broker\n        endpoint = \"{}\"\n        embedded = \"0\"\n    service\n        address = \"svc\"\n",
+            "worker\n    scripts\n        dir = \"{}\"\n    pool\n        size = \"16\"\n    broker\n        endpoint = \"{}\"\n        embedded = \"0\"\n    service\n        address = \"svc\"\n",
             dir.display(),
             endpoints.join(",")
         ),
@@ -145,7 +151,7 @@ struct Figures {
     per_broker: Vec<u64>,
 }
 
-/// Starts alaska-bench on `host`: `REQUESTS` requests of the echo script,
+/// Starts alaska-bench on `host`: `REQUESTS` requests of the work script,
 /// window `WINDOW`, at `rate` per second, then `extra` flags.
 fn bench(
     net: &mut Net,
@@ -162,7 +168,7 @@ fn bench(
         "-a",
         "svc",
         "-s",
-        "echo",
+        "work",
         "-n",
         REQUESTS,
         "-w",
