@@ -455,3 +455,58 @@ fn s5_worker_partitioned_from_one_broker() {
         "through broker 1: {via1:?}"
     );
 }
+
+/// The harness itself: a test that panics leaves no namespace and no
+/// process behind, and namespaces a crashed run left are removed.
+#[test]
+fn harness_tears_down_on_panic_and_removes_leftovers() {
+    let Some(probe) = net_or_skip("td", 1) else {
+        return;
+    };
+    drop(probe);
+    let names = || {
+        String::from_utf8_lossy(
+            &std::process::Command::new("ip")
+                .args(["netns", "list"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .into_owned()
+    };
+    // A run that "crashed": a namespace of a pid that does not exist.
+    let dead = format!("amh{}-crashed0-sw", u32::MAX - 7);
+    assert!(std::process::Command::new("ip")
+        .args(["netns", "add", &dead])
+        .status()
+        .unwrap()
+        .success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let panicked = std::thread::spawn(move || {
+        let mut net = Net::new("td", 1).unwrap();
+        let h = net.host("broker", &[0]);
+        let b = alaska_broker(&mut net, h, "broker");
+        tx.send((net.dir().to_path_buf(), names(), net.pid(b)))
+            .unwrap();
+        panic!("on purpose: the harness must clean up");
+    })
+    .join();
+    assert!(panicked.is_err());
+    let (dir, during, pid) = rx.recv().unwrap();
+    assert!(!during.contains(&dead), "leftover not removed: {during}");
+    assert!(
+        during.contains("-td") && during.contains("-broker"),
+        "{during}"
+    );
+    let after = names();
+    let me = format!("amh{}-td", std::process::id());
+    assert!(
+        !after.lines().any(|l| l.starts_with(&me)),
+        "namespaces left: {after}"
+    );
+    assert!(!dir.exists(), "temporary folder left");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "broker process {pid} left running"
+    );
+}

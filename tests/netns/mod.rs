@@ -314,6 +314,11 @@ impl Net {
         Proc(self.procs.len() - 1)
     }
 
+    /// `p`'s process id.
+    pub fn pid(&self, p: Proc) -> u32 {
+        self.procs[p.0].child.id()
+    }
+
     /// Sends `sig` to `p`.
     pub fn signal(&self, p: Proc, sig: i32) {
         let info = &self.procs[p.0];
