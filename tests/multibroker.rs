@@ -470,3 +470,85 @@ fn bench_round_robin_over_two_brokers_survives_one_stopping_mid_run() {
     assert_eq!(per[0] + per[1], 600, "{v}");
     assert!(stderr.contains("went away"), "{stderr}");
 }
+
+// ----- alaska-gateway with several brokers --------------------------------
+
+fn http_post(url: &str, body: &[u8]) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .into();
+    let mut r = agent.post(url).send(body).expect("an HTTP answer");
+    let status = r.status().as_u16();
+    (status, r.body_mut().read_to_string().unwrap_or_default())
+}
+
+#[test]
+fn gateway_fails_over_to_the_next_broker_and_balances_round_robin() {
+    use alaska::failover::Balance;
+    use alaska::gateway::{Gateway, GatewayOptions};
+    let (b1, b2) = (broker(), broker());
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let _w1 = tagged_worker(b1.endpoint(), d1.path(), "one", (0, 0), 2);
+    let _w2 = tagged_worker(b2.endpoint(), d2.path(), "two", (0, 0), 2);
+    serving(b1.endpoint());
+    serving(b2.endpoint());
+    let start = |balance: Balance| {
+        let list = format!("{},{}", b1.endpoint(), b2.endpoint());
+        let mut o = GatewayOptions::new(list, "127.0.0.1:0");
+        o.address = format!("gw-{}", unique());
+        o.balance = balance;
+        let g = Gateway::start(o).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !g.is_connected() {
+            assert!(Instant::now() < deadline, "gateway never connected");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Both connections up before the round robin starts.
+        std::thread::sleep(Duration::from_millis(300));
+        let url = format!("http://{}/v1/request/default/who", g.local_addr().unwrap());
+        (g, url)
+    };
+    // Round robin: both brokers answer, in turn.
+    let (g, url) = start(Balance::RoundRobin);
+    let mut tags: Vec<String> = (0..4)
+        .map(|i| {
+            let (status, body) = http_post(&url, format!("r{i}").as_bytes());
+            assert_eq!(status, 200, "{body}");
+            body.split(':').next().unwrap().to_string()
+        })
+        .collect();
+    tags.sort();
+    assert_eq!(tags, ["one", "one", "two", "two"]);
+    drop(g);
+    // Priority: the first broker, until it goes away; then the second,
+    // with no request refused once the loss is seen.
+    let (g, url) = start(Balance::Priority);
+    let (status, body) = http_post(&url, b"a");
+    assert_eq!(
+        (status, body.split(':').next()),
+        (200, Some("one")),
+        "{body}"
+    );
+    b1.stop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut answered_by_two = 0;
+    while answered_by_two < 5 {
+        assert!(Instant::now() < deadline, "never failed over");
+        let (status, body) = http_post(&url, b"b");
+        if status == 200 {
+            assert!(body.starts_with("two:"), "{body}");
+            answered_by_two += 1;
+        } else {
+            // Only while the loss is not yet seen: a request sent to the
+            // dead broker times out, none is refused.
+            assert!(status == 504 || status == 503, "{status} {body}");
+        }
+    }
+    let health = ureq::get(&format!("http://{}/health", g.local_addr().unwrap()))
+        .call()
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0);
+    assert_eq!(health, 200, "one broker up is healthy");
+}

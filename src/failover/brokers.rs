@@ -121,6 +121,21 @@ impl Brokers {
         None
     }
 
+    /// The next delivery or refusal from any broker, each broker's in the
+    /// order they came (see [`Client::next_in_order`]), with the broker's
+    /// index.
+    pub fn next_in_order(&mut self) -> Option<(usize, crate::mlm::Wait)> {
+        let n = self.clients.len();
+        for k in 0..n {
+            let i = (self.turn + k) % n;
+            if let Some(w) = self.clients[i].next_in_order() {
+                self.turn = (i + 1) % n;
+                return Some((i, w));
+            }
+        }
+        None
+    }
+
     /// The next refusal of one of our sends, with the broker's index.
     pub fn next_refusal(&mut self) -> Option<(usize, Refusal)> {
         self.clients

@@ -374,7 +374,18 @@ impl Client {
         }
     }
 
+    /// The next delivery or refusal already received, in the order they
+    /// came ([`Wait::Delivery`] or [`Wait::Refused`]): a refusal is given
+    /// out after the deliveries that arrived before it and before those
+    /// that arrived after it.
+    pub fn next_in_order(&mut self) -> Option<Wait> {
+        self.next_wait()
+    }
+
     fn next_wait(&mut self) -> Option<Wait> {
+        if self.session.refusal_first() {
+            return self.session.next_refusal().map(Wait::Refused);
+        }
         if let Some(d) = self.session.next_delivery() {
             return Some(Wait::Delivery(d));
         }

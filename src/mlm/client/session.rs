@@ -169,7 +169,13 @@ pub struct Session {
     awaiting: Option<Awaiting>,
     reply: Option<(Call, Reply)>,
     inbox: VecDeque<Delivery>,
-    refusals: VecDeque<Refusal>,
+    /// Each refusal with the number of deliveries received before it, so
+    /// that the two can be handed out in the order they came
+    /// ([`Session::refusal_first`]).
+    refusals: VecDeque<(u64, Refusal)>,
+    /// Deliveries received, and taken, since the start.
+    received: u64,
+    taken: u64,
     handshake_failure: Option<HandshakeFailure>,
     /// An attempt to reach the broker failed since the transport was last
     /// up (see [`Session::unreachable`]).
@@ -210,6 +216,8 @@ impl Session {
             reply: None,
             inbox: VecDeque::new(),
             refusals: VecDeque::new(),
+            received: 0,
+            taken: 0,
             handshake_failure: None,
             connect_failed: false,
             last_heard: now,
@@ -283,17 +291,30 @@ impl Session {
 
     /// The next delivery for the user.
     pub fn next_delivery(&mut self) -> Option<Delivery> {
-        self.inbox.pop_front()
+        let d = self.inbox.pop_front()?;
+        self.taken += 1;
+        Some(d)
+    }
+
+    /// Whether the next refusal came before the next delivery: every
+    /// delivery received before it has been taken. A caller that matters
+    /// the order (a refusal is placed among the deliveries it came
+    /// between, as the gateway's barriers need) takes a refusal first when
+    /// this says so.
+    pub fn refusal_first(&self) -> bool {
+        self.refusals
+            .front()
+            .is_some_and(|(mark, _)| *mark <= self.taken)
     }
 
     /// The next refusal of one of our sends.
     pub fn next_refusal(&mut self) -> Option<Refusal> {
-        self.refusals.pop_front()
+        self.refusals.pop_front().map(|(_, r)| r)
     }
 
     /// All refusals not taken yet.
     pub fn take_refusals(&mut self) -> Vec<Refusal> {
-        self.refusals.drain(..).collect()
+        self.refusals.drain(..).map(|(_, r)| r).collect()
     }
 
     /// The answer to `call`, once it came.
@@ -363,7 +384,7 @@ impl Session {
                 sender,
                 subject,
                 content,
-            } => self.inbox.push_back(Delivery {
+            } => self.push_delivery(Delivery {
                 kind: DeliveryKind::Stream,
                 sender,
                 address,
@@ -378,7 +399,7 @@ impl Session {
                 subject,
                 tracker,
                 content,
-            } => self.inbox.push_back(Delivery {
+            } => self.push_delivery(Delivery {
                 kind: DeliveryKind::Mailbox,
                 sender,
                 address,
@@ -402,7 +423,7 @@ impl Session {
                         seq: self.seq,
                     }
                 });
-                self.inbox.push_back(Delivery {
+                self.push_delivery(Delivery {
                     kind: DeliveryKind::Service,
                     sender,
                     address,
@@ -841,6 +862,11 @@ impl Session {
         self.reply = Some((call, reply));
     }
 
+    fn push_delivery(&mut self, d: Delivery) {
+        self.received += 1;
+        self.inbox.push_back(d);
+    }
+
     fn refused(&mut self, refusal: Refusal) {
         self.stats.refused += 1;
         tracing::warn!(
@@ -850,7 +876,7 @@ impl Session {
         );
         self.last_error = Some(refusal.status.clone());
         if self.refusals.len() < REFUSALS_KEPT {
-            self.refusals.push_back(refusal);
+            self.refusals.push_back((self.received, refusal));
         }
     }
 

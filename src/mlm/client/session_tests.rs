@@ -1084,3 +1084,33 @@ fn unreachable_while_connects_fail_until_the_transport_comes_up() {
     s.handle(Event::TransportUp, t0 + ms(900), &mut w).unwrap();
     assert!(!s.unreachable());
 }
+
+#[test]
+fn a_refusal_is_placed_among_the_deliveries_it_came_between() {
+    let (mut s, mut w, t0) = connected(None, "");
+    s.on_message(mail_deliver("before"), t0, &mut w).unwrap();
+    s.on_message(error(300, "service svc queue full"), t0, &mut w)
+        .unwrap();
+    s.on_message(mail_deliver("after"), t0, &mut w).unwrap();
+    assert!(!s.refusal_first(), "a delivery came before it");
+    assert_eq!(s.next_delivery().unwrap().subject, "before");
+    assert!(s.refusal_first(), "now the refusal is next");
+    assert!(s.next_refusal().is_some());
+    assert!(!s.refusal_first());
+    assert_eq!(s.next_delivery().unwrap().subject, "after");
+    // A refusal with nothing before it comes first.
+    s.on_message(error(300, "service svc queue full"), t0, &mut w)
+        .unwrap();
+    s.on_message(mail_deliver("later"), t0, &mut w).unwrap();
+    assert!(s.refusal_first());
+}
+
+fn mail_deliver(subject: &str) -> Message {
+    Message::MailboxDeliver {
+        sender: "x".into(),
+        address: "me".into(),
+        subject: subject.into(),
+        tracker: String::new(),
+        content: vec![],
+    }
+}
