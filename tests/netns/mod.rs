@@ -15,7 +15,7 @@
 //!
 //! Everything is torn down by `Drop` (children killed and reaped, then
 //! every namespace deleted), also when the test panics; the logs of every
-//! program are printed then. Namespace names start with `amh<pid>-`, so a
+//! program are printed then (and always with `ALASKA_MULTIHOST_LOGS=1`). Namespace names start with `amh<pid>-`, so a
 //! later run finds and removes what a crashed run left (its pid is gone).
 //! Where namespaces cannot be made (not root, no `ip`), [`Net::new`] says
 //! why and the test skips.
@@ -429,7 +429,7 @@ impl Net {
                     continue;
                 }
                 let lines: Vec<&str> = text.lines().collect();
-                let tail = &lines[lines.len().saturating_sub(40)..];
+                let tail = &lines[lines.len().saturating_sub(60)..];
                 eprintln!("----- {} {kind} (last {} lines)", p.name, tail.len());
                 for l in tail {
                     eprintln!("{l}");
@@ -441,7 +441,8 @@ impl Net {
 
 impl Drop for Net {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        // Also on demand, to look at a run that passed.
+        if std::thread::panicking() || std::env::var_os("ALASKA_MULTIHOST_LOGS").is_some() {
             self.dump_logs();
         }
         for p in &mut self.procs {
