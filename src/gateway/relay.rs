@@ -152,8 +152,9 @@ impl Command {
 struct Link {
     pending: Pending<Answer>,
     reopens: u64,
-    /// A refused handshake was logged.
-    told_refused: bool,
+    /// When a refused handshake was last logged: once, then every 10 s
+    /// while it lasts, so it is seen but does not flood the log.
+    told_refused: Option<Instant>,
 }
 
 pub(crate) struct Relay {
@@ -251,7 +252,7 @@ impl Relay {
                     .map(|i| Link {
                         pending: Pending::new(format!("{}{i}.", self.run)),
                         reopens: 0,
-                        told_refused: false,
+                        told_refused: None,
                     })
                     .collect();
                 self.brokers = Some(b);
@@ -288,10 +289,13 @@ impl Relay {
                 link.reopens = reopens;
                 link.pending.settle_all();
             }
-            if !link.told_refused {
+            let due = link
+                .told_refused
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
+            if due {
                 if let Some(e) = c.refused_handshake() {
                     tracing::warn!("{e}; still trying");
-                    link.told_refused = true;
+                    link.told_refused = Some(Instant::now());
                 }
             }
         }

@@ -1,6 +1,11 @@
 //! The dispatcher: the one thread that owns the worker's broker
 //! connections, and one Lua VM of its own.
 //!
+//! It connects to every broker of [`DispatcherOptions::endpoints`] without
+//! waiting for any (a broker that is down at start is offered to when it
+//! comes), under one address, and offers the service on each; the hub
+//! serves them all from one queue and one pool.
+//!
 //! It offers the service, receives SERVICE DELIVERs and runs each on its
 //! own VM when that VM is idle: a short request then costs no hand-off to
 //! another thread and no wake-up, which is most of what a trivial script

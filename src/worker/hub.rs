@@ -106,7 +106,9 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// A hub over connected clients (offers already made) and a pool.
+    /// A hub over clients (connected, or connecting lazily with their offer
+    /// recorded for when they do) and a pool. `queue_limit` bounds the
+    /// requests waiting for a VM, over all connections.
     pub fn new(
         opts: DispatcherOptions,
         conns: Vec<Conn>,

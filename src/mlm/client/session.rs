@@ -460,6 +460,9 @@ impl Session {
         let was_up = self.transport_up;
         self.transport_up = true;
         self.connect_failed = false;
+        // A handshake that succeeded: credentials refused earlier are
+        // accepted now, and must not be reported later.
+        self.handshake_failure = None;
         if !was_up && !self.closing && self.state != ConnState::Connected {
             if self.epoch > 0 {
                 tracing::info!("reconnected to broker {}", self.endpoint);

@@ -1062,6 +1062,10 @@ fn lazy_start_with_refused_credentials_is_recorded_and_not_fatal() {
         .unwrap();
     assert_eq!(s.handshake_failure(), Some(HandshakeFailure::Auth));
     assert_eq!(s.state(), ConnState::Lost);
+    // The broker's password file is fixed: the next handshake succeeds and
+    // the old refusal is forgotten.
+    s.handle(Event::TransportUp, t0 + ms(1000), &mut w).unwrap();
+    assert_eq!(s.handshake_failure(), None);
 }
 
 #[test]
