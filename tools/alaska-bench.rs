@@ -266,11 +266,13 @@ fn produce(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
                         resend(&mut brokers, &mut retries, args, seq, b, bytes, start)?;
                     }
                 }
-                BrokerEvent::Up(b) => eprintln!(
+                // Worth a line only when there is a choice, or it came back.
+                BrokerEvent::Up(b) if brokers.len() > 1 || retries.stats().sent > 0 => eprintln!(
                     "alaska-bench: broker {} connected at {:.1} s",
                     brokers.endpoint(b),
                     start.elapsed().as_secs_f64()
                 ),
+                BrokerEvent::Up(_) => {}
             }
         }
         for (seq, from) in retries.due(now).resend {
