@@ -57,6 +57,12 @@ fn main() -> ExitCode {
     };
     let mut s = loaded.settings;
     if args.embedded_broker {
+        if s.endpoints.len() > 1 {
+            eprintln!(
+                "alaska: --embedded-broker: worker/broker/endpoint lists several brokers; the embedded broker serves one endpoint"
+            );
+            return ExitCode::from(2);
+        }
         s.embedded = Embedded::Always;
     } else if args.no_embedded_broker {
         s.embedded = Embedded::Never;

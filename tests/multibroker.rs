@@ -552,3 +552,74 @@ fn gateway_fails_over_to_the_next_broker_and_balances_round_robin() {
         .unwrap_or(0);
     assert_eq!(health, 200, "one broker up is healthy");
 }
+
+#[test]
+fn the_worker_binary_takes_a_list_says_which_brokers_are_unreachable_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let scripts = dir.path().join("services");
+    std::fs::create_dir_all(&scripts).unwrap();
+    script(&scripts, "echo", "return alaskaContext");
+    let (down, up) = (free_endpoint(), broker());
+    let list = format!("{down}, {}", up.endpoint());
+    // The embedded broker serves one endpoint: asked for with a list (in
+    // the file or by flag), exit 2 naming what is wrong.
+    let with_embedded = common::bin::config(&list, &scripts, "")
+        .replace("    service\n", "        embedded = \"1\"\n    service\n");
+    let plain = common::bin::config(&list, &scripts, "");
+    for (cfg, args, says) in [
+        (&with_embedded, &[][..], "worker/broker/embedded"),
+        (&plain, &["--embedded-broker"][..], "--embedded-broker"),
+    ] {
+        std::fs::write(dir.path().join("alaska.cfg"), cfg).unwrap();
+        let mut c = common::bin::Running(
+            common::bin::alaska(dir.path())
+                .args(args)
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let status = common::bin::wait_exit(&mut c.0, Duration::from_secs(10)).expect("exits");
+        assert_eq!(status.code(), Some(2), "{args:?}");
+        let mut err = String::new();
+        use std::io::Read;
+        c.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    std::fs::write(dir.path().join("alaska.cfg"), &plain).unwrap();
+    let mut child = common::bin::Running(
+        common::bin::alaska(dir.path())
+            .args(["--no-embedded-broker"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Served through the broker that is up.
+    let mut p = client(up.endpoint(), "p");
+    let r = request(&mut p, "echo", b"through the list", Duration::from_secs(10));
+    assert_eq!(r.content, vec![b"through the list".to_vec()]);
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let status = common::bin::wait_exit(&mut child.0, Duration::from_secs(15)).expect("exits");
+    assert_eq!(status.code(), Some(0));
+    let mut log = String::new();
+    use std::io::Read;
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(log.contains("ready: 4 Lua VMs"), "{log}");
+    let unreachable = log
+        .lines()
+        .filter(|l| l.contains("broker unreachable") && l.contains(&down))
+        .count();
+    assert_eq!(unreachable, 1, "said once:\n{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("broker connected") && l.contains(up.endpoint())),
+        "{log}"
+    );
+}

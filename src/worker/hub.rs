@@ -43,6 +43,8 @@ pub struct Conn {
     extra_credit: usize,
     /// The state last seen, to log each change once.
     seen: ConnState,
+    /// A failed connection attempt was logged (until it connects).
+    told_unreachable: bool,
 }
 
 impl Conn {
@@ -53,6 +55,7 @@ impl Conn {
             confirms: Vec::new(),
             extra_credit: 0,
             seen: ConnState::Lost,
+            told_unreachable: false,
         }
     }
 }
@@ -242,9 +245,17 @@ impl Hub {
     /// away; the others keep serving either way.
     fn log_state(&mut self, i: usize) {
         let c = &mut self.conns[i];
+        if c.client.unreachable() && !c.told_unreachable {
+            // Said once: libzmq retries every second, the log need not.
+            c.told_unreachable = true;
+            tracing::warn!(endpoint = %c.client.endpoint(), "broker unreachable (connection refused or dropped); still trying");
+        }
         let state = c.client.state();
         if state == c.seen || state == ConnState::Opening {
             return;
+        }
+        if state == ConnState::Connected {
+            c.told_unreachable = false;
         }
         c.seen = state;
         if state == ConnState::Connected {
