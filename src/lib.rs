@@ -12,6 +12,9 @@
 //! - [`worker`]: the dispatcher, the Lua VM pool, the scripting API, the
 //!   runners (HTTP applications and child processes as handlers), and what
 //!   the worker shows operators (metrics, health, status, maintenance).
+//! - [`failover`]: several independent brokers: the endpoint list, which
+//!   broker a producer uses (priority or round robin), client-side retries
+//!   with de-duplication, and a set of clients driven from one thread.
 //! - [`gateway`]: HTTP in front of services (`alaska-gateway`).
 //! - [`ops`]: what every binary shares for operations: HTTP health and
 //!   metrics serving, the metrics registry, systemd notifications.
@@ -20,6 +23,7 @@ pub mod broker;
 pub mod config;
 pub mod curve;
 pub mod daemon;
+pub mod failover;
 pub mod gateway;
 pub mod logging;
 pub mod mlm;

@@ -59,6 +59,12 @@ fn main() -> ExitCode {
     };
     let mut s = loaded.settings;
     if args.embedded_broker {
+        if s.endpoints.len() > 1 {
+            eprintln!(
+                "alaska: --embedded-broker: worker/broker/endpoint lists several brokers; the embedded broker serves one endpoint"
+            );
+            return ExitCode::from(2);
+        }
         s.embedded = Embedded::Always;
     } else if args.no_embedded_broker {
         s.embedded = Embedded::Never;
@@ -157,7 +163,7 @@ fn run(s: Settings, curve: Option<CurveClientKeys>) -> Result<(), Box<dyn std::e
     daemon::run_as(s.user.as_deref(), s.group.as_deref())?;
     // Pings only while the dispatcher's loop turns (see worker::status).
     let watchdog = ops.systemd.start_watchdog(ops.liveness.clone())?;
-    let mut client = ClientOptions::new(&s.endpoint, worker_address());
+    let mut client = ClientOptions::new(&s.endpoints[0], worker_address());
     // The original's broker/timeout (1 s) is a connect timeout; silence
     // from the broker is judged over at least three heartbeats.
     client.timeout = s.broker_timeout.max(Duration::from_secs(3));
@@ -168,6 +174,7 @@ fn run(s: Settings, curve: Option<CurveClientKeys>) -> Result<(), Box<dyn std::e
     client.curve = curve;
     let opts = DispatcherOptions {
         client,
+        endpoints: s.endpoints.clone(),
         service: s.service.clone(),
         filter: s.filter.clone(),
         errors_notify: s.errors_notify,
@@ -243,8 +250,13 @@ fn stop_deadline(
 }
 
 /// Starts the embedded broker when asked, or (auto) when nothing is bound
-/// on the endpoint yet.
+/// on the endpoint yet. It serves one endpoint: with a list of brokers
+/// (`auto`) none is started; asking for it with a list is refused when the
+/// configuration is read.
 fn embedded_broker(s: &Settings) -> Result<Option<BrokerHandle>, Box<dyn std::error::Error>> {
+    let [endpoint] = s.endpoints.as_slice() else {
+        return Ok(None);
+    };
     if s.embedded == Embedded::Never {
         return Ok(None);
     }
@@ -255,7 +267,7 @@ fn embedded_broker(s: &Settings) -> Result<Option<BrokerHandle>, Box<dyn std::er
         return Ok(None);
     }
     let cfg = BrokerConfig {
-        endpoint: s.endpoint.clone(),
+        endpoint: endpoint.clone(),
         http_listen: s.broker_http_listen.clone(),
         ..BrokerConfig::default()
     };
@@ -269,8 +281,7 @@ fn embedded_broker(s: &Settings) -> Result<Option<BrokerHandle>, Box<dyn std::er
         Err(e @ alaska::broker::BrokerError::Ops(_)) => Err(e.into()),
         Err(e) if s.embedded == Embedded::Auto => {
             tracing::info!(
-                "not starting the embedded broker ({e}); using the broker at {}",
-                s.endpoint
+                "not starting the embedded broker ({e}); using the broker at {endpoint}"
             );
             Ok(None)
         }

@@ -127,7 +127,7 @@ fn a_file_in_the_original_style_loads_as_it_is() {
     assert_eq!(std::fs::read_to_string(&path).unwrap(), SEED_STYLE);
     let s = loaded.settings;
     assert_eq!(s.pool_size, 4);
-    assert_eq!(s.endpoint, "tcp://127.0.0.1:9999");
+    assert_eq!(s.endpoints, ["tcp://127.0.0.1:9999"]);
     assert_eq!(s.broker_timeout, Duration::from_millis(1000));
     assert_eq!(s.service, "default");
     assert_eq!(s.filter, ".*");
@@ -152,7 +152,7 @@ fn environment_pairs_override_nested_keys() {
     .map(|(k, v)| (k.to_string(), v.to_string()));
     let s = Settings::from_sources(SEED_STYLE, env).unwrap();
     assert_eq!(s.plain, Some(("alice".into(), "secret".into())));
-    assert_eq!(s.endpoint, "tcp://10.0.0.5:9999");
+    assert_eq!(s.endpoints, ["tcp://10.0.0.5:9999"]);
     assert_eq!(
         s.lua_path,
         [

@@ -245,8 +245,8 @@ fn a_full_broker_queue_is_429_and_a_stop_answers_waiting_requests_503() {
         &url(&g, "/v1/request/svc/echo?timeout=20000"),
         b"second",
     );
-    assert_eq!(r.status, 429);
     let text = String::from_utf8_lossy(&r.body);
+    assert_eq!(r.status, 429, "{text}");
     assert!(text.contains("service svc queue full"), "{text}");
     let s = scrape(&a, &g);
     assert_eq!(s.value("alaska_gateway_broker_refusals_total", &[]), 1.0);
@@ -284,10 +284,8 @@ fn past_max_waiting_the_gateway_answers_429_at_once() {
         assert_eq!(w.join().unwrap().status, 504);
     }
     // Room again.
-    assert_eq!(
-        post(&a, &url(&g, "/v1/request/nobody/echo?timeout=50"), b"x").status,
-        504
-    );
+    let r = post(&a, &url(&g, "/v1/request/nobody/echo?timeout=50"), b"x");
+    assert_eq!(r.status, 504, "{}", String::from_utf8_lossy(&r.body));
     let s = scrape(&a, &g);
     assert_eq!(requests(&s, "request", "429"), 1.0);
     assert_eq!(requests(&s, "request", "504"), 3.0);
@@ -350,7 +348,12 @@ fn two_hundred_concurrent_requests_each_get_their_own_reply() {
         .collect();
     for t in threads {
         let (body, r) = t.join().unwrap();
-        assert_eq!(r.status, 200, "{body}");
+        assert_eq!(
+            r.status,
+            200,
+            "{body}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         assert_eq!(String::from_utf8_lossy(&r.body), body, "crossed reply");
     }
     let after = scrape(&a, &g);

@@ -1,14 +1,21 @@
 //! alas: the producer. Reads stdin and sends it to a service as a request
 //! (SERVICE SEND), optionally waiting for the reply in its own mailbox.
+//!
+//! With several brokers (`-e a,b`) it connects to all of them under one
+//! address, sends each request to the first usable one (or round robin,
+//! `--balance rr`), and with `--wait --retries N` sends a request that got
+//! no reply in time, or whose broker went away, again to the next broker
+//! with the same tracker; the first reply per tracker is the answer, later
+//! ones are dropped (see [`alaska::failover`]).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use alaska::failover::{parse_endpoints, Balance, BrokerEvent, Brokers, Pick, ReplyKind, Retries};
 use alaska::mlm::{
-    Client, ClientError, ClientOptions, Credentials, CurveClientKeys, DeliveryKind, Refusal,
-    RefusalKind, Wait,
+    ClientError, ClientOptions, Credentials, CurveClientKeys, DeliveryKind, Refusal, RefusalKind,
 };
 use alaska::worker::ERROR_REPLY_PREFIX;
 use clap::Parser;
@@ -33,7 +40,11 @@ mod exit {
     name = "alas",
     version,
     about = "Send stdin to an Alaska service as a request, and optionally wait for the reply",
-    after_help = "Examples:\n  echo '{\"c\":1}' | alas                         # service 'default', subject 'dump'\n  reply=$(echo '{\"n\":1000}' | alas -s pi --wait)  # print the reply\n  alas --lines -s echo --wait < requests.jsonl     # one request per line\n\n\
+    after_help = "Examples:\n  echo '{\"c\":1}' | alas                         # service 'default', subject 'dump'\n  reply=$(echo '{\"n\":1000}' | alas -s pi --wait)  # print the reply\n  alas --lines -s echo --wait < requests.jsonl     # one request per line\n  alas -e tcp://10.0.0.1:9999,tcp://10.0.0.2:9999 -s pi --wait 2 --retries 2\n                                                   # fail over to the second broker\n\n\
+Several brokers: requests go to the first one that is connected (or round robin with\n\
+--balance rr). With --wait and --retries N, a request with no reply within the wait\n\
+(or whose broker went away) is sent again to the next broker with the same tracker,\n\
+at most N times; the first reply counts, later ones are dropped (-v counts them).\n\n\
 Exit status: 0 ok; 1 other error; 2 usage or bad endpoint; 3 empty input;\n4 broker unreachable; 5 authentication or security handshake refused (the message\n\
 says why: credentials, CURVE key, broker key, mechanism); 6 no reply in time;\n\
 7 error reply; 8 broker refused the request: service queue full (send again later);\n\
@@ -43,9 +54,22 @@ the NAME_secret file), --curve-server the broker's public certificate. Keys are 
 ever read from files."
 )]
 struct Args {
-    /// Broker endpoint.
-    #[arg(short, long, default_value = alaska::mlm::DEFAULT_ENDPOINT)]
+    /// Broker endpoint, or several comma-separated in priority order.
+    #[arg(
+        short,
+        long,
+        value_name = "ENDPOINTS",
+        default_value = alaska::mlm::DEFAULT_ENDPOINT
+    )]
     endpoint: String,
+    /// With several brokers: `priority` (the first connected one) or `rr`
+    /// (round robin over the connected ones).
+    #[arg(long, value_name = "MODE", default_value = "priority")]
+    balance: Balance,
+    /// With --wait: send a request that got no reply in time (or whose
+    /// broker went away) again, to the next broker, at most N times.
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "wait")]
+    retries: u32,
     /// Service address.
     #[arg(short, long, default_value = "default")]
     address: String,
@@ -93,6 +117,10 @@ struct Args {
     /// Print nothing but replies.
     #[arg(short, long)]
     quiet: bool,
+    /// Report brokers going away, requests sent again and duplicate
+    /// replies dropped.
+    #[arg(short, long)]
+    verbose: bool,
 }
 
 fn main() -> ExitCode {
@@ -149,8 +177,10 @@ fn run(args: &Args) -> Result<(), Failure> {
             }
         }
     }
+    let endpoints =
+        parse_endpoints(&args.endpoint).map_err(|e| (exit::USAGE, format!("--endpoint: {e}")))?;
     let name = args.name.clone().unwrap_or_else(unique_name);
-    let mut opts = ClientOptions::new(&args.endpoint, &name);
+    let mut opts = ClientOptions::new(&endpoints[0], &name);
     opts.timeout = Duration::from_millis(args.timeout.max(1));
     if let Some(user) = &args.user {
         opts.plain = Some(Credentials {
@@ -170,9 +200,37 @@ fn run(args: &Args) -> Result<(), Failure> {
                 .map_err(|e| (exit::USAGE, format!("CURVE: {e}")))?,
         );
     }
-    let mut client = Client::connect(opts).map_err(connect_failure)?;
-    let mut pending: HashMap<String, usize> = HashMap::new();
+    let mut brokers = Brokers::connect(&endpoints, &opts, args.balance).map_err(connect_failure)?;
+    match brokers.wait_usable(opts.timeout) {
+        Ok(Some(_)) => {}
+        Ok(None) => return Err(connect_failure(brokers.connect_error(opts.timeout))),
+        Err(e) => return Err((exit::OTHER, format!("connecting: {e}"))),
+    }
+    let wait = args.wait.unwrap_or_default();
+    // Without --retries, --wait bounds the silence between replies (a long
+    // --lines run is not cut while replies keep coming); with them, each
+    // request's wait runs from its (re)send, which is what says when to
+    // send it again.
+    let per_request = args.retries > 0;
+    let mut retries: Retries<String> = Retries::new(
+        if per_request {
+            wait
+        } else {
+            Duration::from_secs_f64(2.0 * MAX_WAIT_SECONDS)
+        },
+        args.retries,
+    );
+    let mut trackers: HashMap<String, usize> = HashMap::new();
+    let mut used = vec![0usize; brokers.len()];
     for (i, body) in requests.iter().enumerate() {
+        let broker = match brokers.pick(Instant::now()) {
+            Pick::Use(b) => b,
+            // The broker went away since: the next one, or wait for one.
+            _ => match brokers.wait_usable(opts.timeout) {
+                Ok(Some(b)) => b,
+                _ => return Err(connect_failure(brokers.connect_error(opts.timeout))),
+            },
+        };
         // A tracker says "I wait for an answer": workers reply (and send
         // error replies) only to requests that carry one.
         let tracker = if args.wait.is_some() {
@@ -180,7 +238,8 @@ fn run(args: &Args) -> Result<(), Failure> {
         } else {
             String::new()
         };
-        client
+        brokers
+            .client(broker)
             .sendfor(
                 &args.address,
                 &args.subject,
@@ -189,72 +248,180 @@ fn run(args: &Args) -> Result<(), Failure> {
                 vec![body.clone()],
             )
             .map_err(|e| (exit::OTHER, format!("sending: {e}")))?;
-        pending.insert(tracker, i);
+        used[broker] += 1;
+        if args.wait.is_some() {
+            retries.sent(tracker.clone(), broker, Instant::now());
+            trackers.insert(tracker, i);
+        }
     }
     if !args.quiet {
+        let at: Vec<String> = used
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(b, n)| {
+                if endpoints.len() == 1 {
+                    brokers.endpoint(b).to_string()
+                } else {
+                    format!("{} ({n})", brokers.endpoint(b))
+                }
+            })
+            .collect();
         eprintln!(
             "alas: sent {} request(s) to service {:?} subject {:?} at {}",
             requests.len(),
             args.address,
             args.subject,
-            args.endpoint
+            at.join(", ")
         );
     }
     let Some(wait) = args.wait else {
         // CONNECTION CLOSE is answered after everything we sent before it
         // was handled, so a successful close means the requests are in,
         // and the broker's refusals (a full queue) have arrived.
-        return match client.close() {
-            Ok(()) => Ok(()),
-            Err(ClientError::Rejected(refused)) => Err(refusal(&refused, requests.len(), None)),
-            Err(e) => Err((exit::OTHER, format!("closing: {e}"))),
-        };
+        let mut refused = Vec::new();
+        for (_, r) in brokers.close() {
+            match r {
+                Ok(()) => {}
+                Err(ClientError::Rejected(more)) => refused.extend(more),
+                Err(e) => return Err((exit::OTHER, format!("closing: {e}"))),
+            }
+        }
+        if !refused.is_empty() {
+            return Err(refusal(&refused, requests.len(), None));
+        }
+        return Ok(());
     };
-    let mut deadline = Instant::now() + wait;
     let mut failed = 0usize;
+    let mut gave_up = 0usize;
     // The broker's ERROR names no tracker: refused requests are counted,
     // and each one means one reply fewer to wait for.
     let mut refused: Vec<Refusal> = Vec::new();
     let mut stdout = std::io::stdout().lock();
-    while pending.len() > refused.len() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            let late = format!(
-                "no reply within {:.1} s for {} of {} request(s)",
-                wait.as_secs_f64(),
-                pending.len() - refused.len(),
-                requests.len()
-            );
-            if !refused.is_empty() {
-                return Err(refusal(&refused, requests.len(), Some(&late)));
-            }
-            return Err((exit::REPLY_TIMEOUT, late));
+    let mut quiet_until = Instant::now() + wait;
+    while retries.outstanding() > refused.len() {
+        let now = Instant::now();
+        if !per_request && now >= quiet_until {
+            gave_up = retries.outstanding();
+            break;
         }
-        let d = match client.wait(None, left) {
-            Ok(Wait::Delivery(d)) => d,
-            Ok(Wait::Refused(r)) => {
-                refused.push(r);
+        // A broker that went away will not answer what it holds: send it
+        // to the next one now rather than after the wait.
+        while let Some(ev) = brokers.next_event() {
+            let BrokerEvent::Down(b) = ev else { continue };
+            let again = retries.broker_lost(b, now);
+            if args.verbose {
+                eprintln!(
+                    "alas: broker {} went away with {} request(s) waiting; sending {} again",
+                    brokers.endpoint(b),
+                    retries.outstanding(),
+                    again.len()
+                );
+            }
+            for t in again {
+                resend(
+                    &mut brokers,
+                    &mut retries,
+                    args,
+                    &requests,
+                    &trackers,
+                    &t,
+                    b,
+                )?;
+            }
+        }
+        let due = retries.due(now);
+        for (t, from) in due.resend {
+            if args.verbose {
+                eprintln!("alas: no reply in time for {t}: sending it again");
+            }
+            resend(
+                &mut brokers,
+                &mut retries,
+                args,
+                &requests,
+                &trackers,
+                &t,
+                from,
+            )?;
+        }
+        gave_up += due.gave_up.len();
+        if retries.outstanding() <= refused.len() {
+            break;
+        }
+        while let Some((b, d)) = brokers.next_delivery() {
+            if d.kind != DeliveryKind::Mailbox {
                 continue;
             }
-            Ok(Wait::Woken | Wait::Timeout) => continue,
-            Err(e) => return Err((exit::OTHER, format!("receiving: {e}"))),
-        };
-        if d.kind != DeliveryKind::Mailbox || pending.remove(&d.tracker).is_none() {
-            continue;
+            match retries.on_reply(&d.tracker, b, Instant::now()) {
+                ReplyKind::First { .. } => quiet_until = Instant::now() + wait,
+                ReplyKind::Duplicate | ReplyKind::Late => {
+                    if args.verbose {
+                        eprintln!(
+                            "alas: reply for {} again (from {}): dropped",
+                            d.tracker,
+                            brokers.endpoint(b)
+                        );
+                    }
+                    continue;
+                }
+                ReplyKind::Unknown => continue,
+            }
+            let body = d.content.first().map(Vec::as_slice).unwrap_or(b"");
+            if d.subject.starts_with(ERROR_REPLY_PREFIX) {
+                failed += 1;
+                eprintln!("alas: error reply: {}", String::from_utf8_lossy(body));
+                continue;
+            }
+            let _ = stdout.write_all(body);
+            let _ = stdout.write_all(b"\n");
+            let _ = stdout.flush();
         }
-        deadline = Instant::now() + wait;
-        let body = d.content.first().map(Vec::as_slice).unwrap_or(b"");
-        if d.subject.starts_with(ERROR_REPLY_PREFIX) {
-            failed += 1;
-            eprintln!("alas: error reply: {}", String::from_utf8_lossy(body));
-            continue;
+        while let Some((_, r)) = brokers.next_refusal() {
+            refused.push(r);
         }
-        let _ = stdout.write_all(body);
-        let _ = stdout.write_all(b"\n");
-        let _ = stdout.flush();
+        if retries.outstanding() <= refused.len() {
+            break;
+        }
+        let until = retries
+            .next_deadline()
+            .unwrap_or(quiet_until)
+            .min(if per_request { now + wait } else { quiet_until })
+            .max(now + Duration::from_millis(1));
+        let left = until.saturating_duration_since(Instant::now());
+        brokers
+            .poll(None, left)
+            .map_err(|e| (exit::OTHER, format!("receiving: {e}")))?;
     }
-    if let Err(ClientError::Rejected(more)) = client.close() {
-        refused.extend(more);
+    let stats = retries.stats();
+    for (_, r) in brokers.close() {
+        if let Err(ClientError::Rejected(more)) = r {
+            refused.extend(more);
+        }
+    }
+    if args.verbose {
+        eprintln!(
+            "alas: {} request(s) sent again, {} duplicate reply(ies) dropped",
+            stats.resent,
+            stats.duplicates + stats.late
+        );
+    }
+    let unanswered = gave_up.saturating_sub(refused.len());
+    if unanswered > 0 {
+        let attempts = if args.retries > 0 {
+            format!(" (each sent {} times)", args.retries + 1)
+        } else {
+            String::new()
+        };
+        let late = format!(
+            "no reply within {:.1} s for {unanswered} of {} request(s){attempts}",
+            wait.as_secs_f64(),
+            requests.len()
+        );
+        if !refused.is_empty() {
+            return Err(refusal(&refused, requests.len(), Some(&late)));
+        }
+        return Err((exit::REPLY_TIMEOUT, late));
     }
     if !refused.is_empty() {
         return Err(refusal(&refused, requests.len(), None));
@@ -265,6 +432,42 @@ fn run(args: &Args) -> Result<(), Failure> {
             format!("{failed} of {} request(s) failed", requests.len()),
         ));
     }
+    Ok(())
+}
+
+/// Sends request `tracker` again, to the next broker after `from` (or,
+/// when no other is usable, `from` itself: its client keeps it until the
+/// broker is back).
+fn resend(
+    brokers: &mut Brokers,
+    retries: &mut Retries<String>,
+    args: &Args,
+    requests: &[Vec<u8>],
+    trackers: &HashMap<String, usize>,
+    tracker: &str,
+    from: usize,
+) -> Result<(), Failure> {
+    let Some(&i) = trackers.get(tracker) else {
+        return Ok(());
+    };
+    let to = match brokers.after(from, Instant::now()) {
+        Pick::Use(b) => b,
+        Pick::Wait | Pick::NoBroker => from,
+    };
+    let sent = brokers.client(to).sendfor(
+        &args.address,
+        &args.subject,
+        tracker,
+        0,
+        vec![requests[i].clone()],
+    );
+    match sent {
+        Ok(()) => {}
+        // Kept by nobody: it times out like a lost one.
+        Err(ClientError::OutboxFull(_)) => {}
+        Err(e) => return Err((exit::OTHER, format!("sending again: {e}"))),
+    }
+    retries.resend_to(&tracker.to_string(), to);
     Ok(())
 }
 

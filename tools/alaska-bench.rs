@@ -19,12 +19,20 @@
 //! kept alive) and calls such an application directly (`--http-direct
 //! URL`), one request at a time with the HTTP runner's own client, so the
 //! runner's latency can be set beside the application's.
+//!
+//! With several brokers (`-e a,b`) the producer fails over (or balances,
+//! `--balance rr`) as `alas` does, and with `--retries N` sends a request
+//! that got no reply within `--retry-after` (or whose broker went away)
+//! again to the next broker; the summary then counts the requests sent
+//! again and the replies that came twice. `--rate` paces the load so a run
+//! lasts long enough to inject faults into (tests/multihost.rs).
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use alaska::failover::{parse_endpoints, Balance, BrokerEvent, Brokers, Pick, ReplyKind, Retries};
 use alaska::mlm::{Client, ClientOptions, CurveClientKeys, DeliveryKind};
 use clap::Parser;
 
@@ -35,12 +43,34 @@ use clap::Parser;
     version,
     about = "Load generator for Alaska services, and a no-Lua echo worker for comparison",
     after_help = "Producer:    alaska-bench -e tcp://127.0.0.1:9999 -a default -s echo -n 100000 -w 100 -b 64\n\
-                  Echo worker: alaska-bench --echo-worker -e tcp://127.0.0.1:9999 -a default"
+                  Failover:    alaska-bench -e tcp://10.0.0.1:9999,tcp://10.0.0.2:9999 --retries 3 --retry-after 2000 --rate 200\n\
+                  Echo worker: alaska-bench --echo-worker -e tcp://127.0.0.1:9999 -a default\n\n\
+                  Exit status: 0 every request answered once; 3 some lost or duplicated; 1 error."
 )]
 struct Args {
-    /// Broker endpoint.
-    #[arg(short, long, default_value = alaska::mlm::DEFAULT_ENDPOINT)]
+    /// Broker endpoint, or several comma-separated in priority order (the
+    /// echo worker takes one).
+    #[arg(
+        short,
+        long,
+        value_name = "ENDPOINTS",
+        default_value = alaska::mlm::DEFAULT_ENDPOINT
+    )]
     endpoint: String,
+    /// With several brokers: `priority` (the first connected) or `rr`.
+    #[arg(long, value_name = "MODE", default_value = "priority")]
+    balance: Balance,
+    /// Send a request that got no reply within --retry-after (or whose
+    /// broker went away) again to the next broker, at most N times.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    retries: u32,
+    /// Milliseconds a request waits for its reply before it is sent again
+    /// (with --retries).
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    retry_after: u64,
+    /// Requests per second at most (0: as fast as the window allows).
+    #[arg(long, value_name = "PER_SECOND", default_value_t = 0)]
+    rate: u64,
     /// Service address.
     #[arg(short, long, default_value = "default")]
     address: String,
@@ -128,6 +158,9 @@ fn main() -> ExitCode {
 }
 
 fn echo_worker(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    if parse_endpoints(&args.endpoint)?.len() != 1 {
+        return Err("the echo worker serves one broker: give one endpoint".into());
+    }
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
@@ -314,8 +347,11 @@ fn http_direct(args: &Args, url: &str) -> Result<ExitCode, Box<dyn std::error::E
         received,
         lost,
         duplicated: 0,
+        resent: 0,
         elapsed: start.elapsed(),
         latencies_us,
+        max_gap: Duration::ZERO,
+        per_broker: Vec::new(),
     };
     print_summary(&summary, args.json);
     Ok(if lost == 0 {
@@ -331,70 +367,161 @@ struct Summary {
     received: u64,
     lost: u64,
     duplicated: u64,
+    resent: u64,
     elapsed: Duration,
     latencies_us: Vec<u64>,
+    /// Longest time without a new answer while requests waited.
+    max_gap: Duration,
+    /// Requests first sent through each broker, in list order.
+    per_broker: Vec<u64>,
 }
 
 fn produce(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let bytes = args.bytes.max(32);
     let window = args.window.max(1);
+    let endpoints = parse_endpoints(&args.endpoint)?;
     let address = format!(
         "alaska-bench-{}-{}",
         std::process::id(),
         nanos_now() % 1_000_000
     );
-    let mut opts = ClientOptions::new(&args.endpoint, address);
-    opts.curve = curve(args)?;
-    let mut client = Client::connect(opts)?;
+    let mut template = ClientOptions::new(&endpoints[0], address);
+    template.curve = curve(args)?;
+    let mut brokers = Brokers::connect(&endpoints, &template, args.balance)?;
+    if brokers.wait_usable(template.timeout)?.is_none() {
+        return Err(brokers.connect_error(template.timeout).into());
+    }
+    let mut retries: Retries<u64> =
+        Retries::new(Duration::from_millis(args.retry_after.max(1)), args.retries);
     let start = Instant::now();
-    let mut seen = vec![false; args.requests as usize];
     let mut latencies_us = Vec::with_capacity(args.requests as usize);
+    let mut per_broker = vec![0u64; brokers.len()];
     let (mut sent, mut received, mut duplicated) = (0u64, 0u64, 0u64);
     let mut last_reply = Instant::now();
+    let mut max_gap = Duration::ZERO;
     let idle = Duration::from_secs(args.idle_timeout);
+    let pace = (args.rate > 0).then(|| Duration::from_secs_f64(1.0 / args.rate as f64));
     while received < args.requests {
-        while sent < args.requests && sent - received.min(sent) < window {
+        let now = Instant::now();
+        // A broker that went away answers nothing it holds: send it on.
+        while let Some(ev) = brokers.next_event() {
+            match ev {
+                BrokerEvent::Down(b) => {
+                    let again = retries.broker_lost(b, now);
+                    eprintln!(
+                        "alaska-bench: broker {} went away at {:.1} s; {} request(s) sent again",
+                        brokers.endpoint(b),
+                        start.elapsed().as_secs_f64(),
+                        again.len()
+                    );
+                    for seq in again {
+                        resend(&mut brokers, &mut retries, args, seq, b, bytes, start)?;
+                    }
+                }
+                // Worth a line only when there is a choice, or it came back.
+                BrokerEvent::Up(b) if brokers.len() > 1 || retries.stats().sent > 0 => eprintln!(
+                    "alaska-bench: broker {} connected at {:.1} s",
+                    brokers.endpoint(b),
+                    start.elapsed().as_secs_f64()
+                ),
+                BrokerEvent::Up(_) => {}
+            }
+        }
+        for (seq, from) in retries.due(now).resend {
+            resend(&mut brokers, &mut retries, args, seq, from, bytes, start)?;
+        }
+        // New requests, within the window and the pace.
+        let mut next_slot = None;
+        while sent < args.requests && (retries.outstanding() as u64) < window {
+            if let Some(p) = pace {
+                let slot = start + p * (sent as u32);
+                if slot > now {
+                    next_slot = Some(slot);
+                    break;
+                }
+            }
+            let Pick::Use(b) = brokers.pick(now) else {
+                break;
+            };
             let t = start.elapsed().as_nanos() as u64;
-            let payload = payload(sent, t, bytes);
             // A tracker asks for a reply (the worker's convention); the
             // payload carries what matching needs.
-            client.sendfor(&args.address, &args.subject, "b", 0, vec![payload])?;
+            brokers.client(b).sendfor(
+                &args.address,
+                &args.subject,
+                &format!("{sent:x}"),
+                0,
+                vec![payload(sent, t, bytes)],
+            )?;
+            retries.sent(sent, b, now);
+            per_broker[b] += 1;
             sent += 1;
         }
-        let Some(d) = client.recv(Duration::from_millis(100))? else {
-            if last_reply.elapsed() > idle {
-                break;
+        let mut got = false;
+        while let Some((b, d)) = brokers.next_delivery() {
+            if d.kind != DeliveryKind::Mailbox {
+                continue;
             }
-            continue;
-        };
-        if d.kind != DeliveryKind::Mailbox {
-            continue;
-        }
-        let Some((seq, t)) = d.content.first().and_then(|f| parse(f)) else {
-            eprintln!("alaska-bench: reply without a sequence number ignored");
-            continue;
-        };
-        last_reply = Instant::now();
-        match seen.get_mut(seq as usize) {
-            Some(s) if !*s => {
-                *s = true;
-                received += 1;
-                let now = start.elapsed().as_nanos() as u64;
-                latencies_us.push(now.saturating_sub(t) / 1000);
+            let Some((seq, t)) = d.content.first().and_then(|f| parse(f)) else {
+                eprintln!("alaska-bench: reply without a sequence number ignored");
+                continue;
+            };
+            let now = Instant::now();
+            match retries.on_reply(&seq, b, now) {
+                // A reply after every attempt timed out still answers it.
+                ReplyKind::First { .. } | ReplyKind::Late => {
+                    received += 1;
+                    got = true;
+                    max_gap = max_gap.max(now - last_reply);
+                    last_reply = now;
+                    let at = start.elapsed().as_nanos() as u64;
+                    latencies_us.push(at.saturating_sub(t) / 1000);
+                }
+                ReplyKind::Duplicate => duplicated += 1,
+                ReplyKind::Unknown => eprintln!("alaska-bench: reply with unknown sequence {seq}"),
             }
-            Some(_) => duplicated += 1,
-            None => eprintln!("alaska-bench: reply with unknown sequence {seq}"),
         }
+        while let Some((b, r)) = brokers.next_refusal() {
+            eprintln!(
+                "alaska-bench: broker {} refused a send: {r}",
+                brokers.endpoint(b)
+            );
+        }
+        if received >= args.requests {
+            break;
+        }
+        // Nothing answered for the idle timeout (also: no broker to send
+        // to): the rest is lost.
+        if !got && last_reply.elapsed() > idle {
+            break;
+        }
+        let mut until = Instant::now() + Duration::from_millis(100);
+        if let Some(d) = retries.next_deadline() {
+            until = until.min(d);
+        }
+        if let Some(s) = next_slot {
+            until = until.min(s);
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        brokers.poll(None, left)?;
     }
     let elapsed = start.elapsed();
-    client.close()?;
+    let resent = retries.stats().resent;
+    for (b, r) in brokers.close() {
+        if let Err(e) = r {
+            eprintln!("alaska-bench: closing {}: {e}", endpoints[b]);
+        }
+    }
     let summary = Summary {
         sent,
         received,
-        lost: sent - received,
+        lost: sent - received.min(sent),
         duplicated,
+        resent,
         elapsed,
         latencies_us,
+        max_gap,
+        per_broker,
     };
     print_summary(&summary, args.json);
     Ok(if summary.lost == 0 && summary.duplicated == 0 {
@@ -402,6 +529,38 @@ fn produce(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     } else {
         ExitCode::from(3)
     })
+}
+
+/// Sends request `seq` again to the broker after `from` (or `from` itself
+/// when no other is usable: its client keeps it until the broker is back).
+/// The payload keeps the request's sequence; its timestamp is the resend's,
+/// so latency counts from the last attempt.
+fn resend(
+    brokers: &mut Brokers,
+    retries: &mut Retries<u64>,
+    args: &Args,
+    seq: u64,
+    from: usize,
+    bytes: usize,
+    start: Instant,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let to = match brokers.after(from, Instant::now()) {
+        Pick::Use(b) => b,
+        Pick::Wait | Pick::NoBroker => from,
+    };
+    let t = start.elapsed().as_nanos() as u64;
+    match brokers.client(to).sendfor(
+        &args.address,
+        &args.subject,
+        &format!("{seq:x}"),
+        0,
+        vec![payload(seq, t, bytes)],
+    ) {
+        Ok(()) | Err(alaska::mlm::ClientError::OutboxFull(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    retries.resend_to(&seq, to);
+    Ok(())
 }
 
 /// Payload: 16 hex digits of sequence, 16 of send time (ns since start),
@@ -443,15 +602,22 @@ fn print_summary(s: &Summary, json: bool) {
         percentile(&l, 0.99),
         l.last().copied().unwrap_or(0),
     );
+    let gap_ms = s.max_gap.as_millis();
+    let per_broker = s
+        .per_broker
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     if json {
         println!(
-            "{{\"sent\":{},\"received\":{},\"lost\":{},\"duplicated\":{},\"rps\":{:.0},\"p50_us\":{},\"p99_us\":{},\"max_us\":{}}}",
-            s.sent, s.received, s.lost, s.duplicated, rps, p50, p99, max
+            "{{\"sent\":{},\"received\":{},\"lost\":{},\"duplicated\":{},\"resent\":{},\"rps\":{:.0},\"p50_us\":{},\"p99_us\":{},\"max_us\":{},\"max_gap_ms\":{},\"per_broker\":[{}]}}",
+            s.sent, s.received, s.lost, s.duplicated, s.resent, rps, p50, p99, max, gap_ms, per_broker
         );
     } else {
         println!(
-            "sent={} received={} lost={} duplicated={} rps={:.0} p50={}us p99={}us max={}us",
-            s.sent, s.received, s.lost, s.duplicated, rps, p50, p99, max
+            "sent={} received={} lost={} duplicated={} resent={} rps={:.0} p50={}us p99={}us max={}us max_gap={}ms per_broker={}",
+            s.sent, s.received, s.lost, s.duplicated, s.resent, rps, p50, p99, max, gap_ms, per_broker
         );
     }
 }

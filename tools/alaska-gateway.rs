@@ -24,6 +24,7 @@ sends the body as a service request and answers with the reply; POST /v1/mail/<a
 and POST /v1/stream/<stream>/<subject> send and answer 202; GET /health and GET /metrics \
 (Prometheus). Stops on SIGINT or SIGTERM (requests waiting get 503).",
     after_help = "Examples:\n  alaska-gateway -e tcp://127.0.0.1:9999 --listen 127.0.0.1:8080\n  \
+alaska-gateway -e tcp://10.0.0.1:9999,tcp://10.0.0.2:9999 --balance rr\n  \
 curl -d '{\"n\":100}' 'http://127.0.0.1:8080/v1/request/default/pi?timeout=2000'\n  \
 ALASKA_GATEWAY_USER=gw ALASKA_GATEWAY_PASSWORD=secret alaska-gateway -c /etc/alaska/alaska-gateway.cfg\n\n\
 Statuses of /v1/request: 200 reply; 400 bad name or timeout; 404 bad path; 413 body too large;\n\
@@ -35,9 +36,14 @@ struct Args {
     /// Configuration file (ZPL, keys under gateway/; see alaska-gateway.cfg).
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Broker endpoint; overrides gateway/broker/endpoint.
-    #[arg(short, long, value_name = "ENDPOINT")]
+    /// Broker endpoint, or several comma-separated in priority order;
+    /// overrides gateway/broker/endpoint.
+    #[arg(short, long, value_name = "ENDPOINTS")]
     endpoint: Option<String>,
+    /// With several brokers: priority (the first connected) or rr (round
+    /// robin); overrides gateway/broker/balance.
+    #[arg(long, value_name = "MODE")]
+    balance: Option<alaska::failover::Balance>,
     /// host:port to serve HTTP on; overrides gateway/http/listen.
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
@@ -86,7 +92,12 @@ fn settings(args: &Args) -> Result<GatewaySettings, Box<dyn std::error::Error>> 
         None => GatewaySettings::from_sources("", std::env::vars())?,
     };
     if let Some(e) = &args.endpoint {
-        s.endpoint = e.clone();
+        s.endpoint = alaska::failover::parse_endpoints(e)
+            .map_err(|err| format!("--endpoint: {err}"))?
+            .join(",");
+    }
+    if let Some(b) = args.balance {
+        s.balance = b;
     }
     if let Some(l) = &args.listen {
         s.listen = l.clone();

@@ -55,8 +55,9 @@ pub struct Settings {
     pub pool_size: usize,
     /// `worker/pool/backlog`.
     pub pool_backlog: usize,
-    /// `worker/broker/endpoint`.
-    pub endpoint: String,
+    /// `worker/broker/endpoint`: one or more brokers, comma-separated, in
+    /// order. The worker serves on every one.
+    pub endpoints: Vec<String>,
     /// `worker/broker/timeout`.
     pub broker_timeout: Duration,
     /// `worker/broker/embedded`.
@@ -125,7 +126,7 @@ impl Default for Settings {
             scripts_dir: PathBuf::from("services"),
             pool_size: 4,
             pool_backlog: 64,
-            endpoint: crate::mlm::DEFAULT_ENDPOINT.into(),
+            endpoints: vec![crate::mlm::DEFAULT_ENDPOINT.into()],
             broker_timeout: Duration::from_millis(1000),
             embedded: Embedded::Auto,
             broker_http_listen: None,
@@ -165,6 +166,16 @@ pub enum ConfigError {
         path: String,
         /// What went wrong.
         source: std::io::Error,
+    },
+    /// An endpoint list that cannot be used.
+    #[error("{key}: {value:?}: {source}")]
+    Endpoints {
+        /// The key, slash-separated.
+        key: &'static str,
+        /// The value found.
+        value: String,
+        /// What is wrong with the list.
+        source: crate::failover::EndpointListError,
     },
     /// The file is not valid ZPL, or a source failed.
     #[error("{0}")]
@@ -271,6 +282,29 @@ impl Settings {
                 expected: "empty when CURVE is set (one security mechanism per connection)",
             });
         }
+
+        let endpoints = endpoint_list("worker/broker/endpoint", &get("worker/broker/endpoint"))?;
+        let embedded = match get("worker/broker/embedded").trim().to_lowercase().as_str() {
+            "auto" | "" => Embedded::Auto,
+            "1" | "true" | "yes" | "on" => Embedded::Always,
+            "0" | "false" | "no" | "off" => Embedded::Never,
+            _ => {
+                return Err(ConfigError::Value {
+                    key: "worker/broker/embedded",
+                    value: get("worker/broker/embedded"),
+                    expected: "auto, 1 or 0",
+                })
+            }
+        };
+        // The embedded broker binds one endpoint; with several brokers it
+        // would be one of them, which is not what a list asks for.
+        if endpoints.len() > 1 && embedded == Embedded::Always {
+            return Err(ConfigError::Value {
+                key: "worker/broker/embedded",
+                value: get("worker/broker/embedded"),
+                expected: "0 or auto when worker/broker/endpoint lists several brokers (the embedded broker serves one endpoint)",
+            });
+        }
         Ok(Settings {
             background: boolean("worker/background", &get("worker/background"))?,
             workdir: PathBuf::from(get("worker/workdir")),
@@ -282,20 +316,9 @@ impl Settings {
             scripts_dir: PathBuf::from(get("worker/scripts/dir")),
             pool_size: positive("worker/pool/size", &get("worker/pool/size"))?,
             pool_backlog: number("worker/pool/backlog", &get("worker/pool/backlog"))? as usize,
-            endpoint: required("worker/broker/endpoint", get("worker/broker/endpoint"))?,
+            endpoints,
             broker_timeout: duration("worker/broker/timeout", &get("worker/broker/timeout"))?,
-            embedded: match get("worker/broker/embedded").trim().to_lowercase().as_str() {
-                "auto" | "" => Embedded::Auto,
-                "1" | "true" | "yes" | "on" => Embedded::Always,
-                "0" | "false" | "no" | "off" => Embedded::Never,
-                _ => {
-                    return Err(ConfigError::Value {
-                        key: "worker/broker/embedded",
-                        value: get("worker/broker/embedded"),
-                        expected: "auto, 1 or 0",
-                    })
-                }
-            },
+            embedded,
             broker_http_listen: listen(
                 "worker/broker/http/listen",
                 &get("worker/broker/http/listen"),
@@ -398,6 +421,15 @@ pub(crate) fn positive(key: &'static str, v: &str) -> Result<usize, ConfigError>
         }),
         n => Ok(n as usize),
     }
+}
+
+/// `tcp://a:9999, tcp://b:9999`: see [`crate::failover::parse_endpoints`].
+pub fn endpoint_list(key: &'static str, v: &str) -> Result<Vec<String>, ConfigError> {
+    crate::failover::parse_endpoints(v).map_err(|source| ConfigError::Endpoints {
+        key,
+        value: v.into(),
+        source,
+    })
 }
 
 pub(crate) fn required(key: &'static str, v: String) -> Result<String, ConfigError> {
@@ -511,7 +543,7 @@ mod tests {
     fn the_original_sample_works_as_it_is() {
         let s = Settings::from_sources(SEED_SAMPLE, no_env()).unwrap();
         assert_eq!(s.pool_size, 4);
-        assert_eq!(s.endpoint, "tcp://127.0.0.1:9999");
+        assert_eq!(s.endpoints, ["tcp://127.0.0.1:9999"]);
         assert_eq!(s.broker_timeout, Duration::from_millis(1000));
         assert_eq!((s.service.as_str(), s.filter.as_str()), ("default", ".*"));
         assert!(s.errors_notify);
@@ -613,5 +645,40 @@ mod tests {
             e.to_string().starts_with("worker/broker/http/listen"),
             "{e}"
         );
+    }
+
+    #[test]
+
+    fn the_endpoint_key_takes_a_list_in_order() {
+        let text = "worker\n    broker\n        endpoint = \"tcp://10.0.0.2:9999, tcp://10.0.0.1:9999\"\n        embedded = \"0\"\n";
+        let s = Settings::from_sources(text, no_env()).unwrap();
+        assert_eq!(s.endpoints, ["tcp://10.0.0.2:9999", "tcp://10.0.0.1:9999"]);
+        let env = vec![(
+            "ALASKA_WORKER__BROKER__ENDPOINT".to_string(),
+            "tcp://a:1,tcp://b:1,tcp://c:1".to_string(),
+        )];
+        let s = Settings::from_sources(text, env).unwrap();
+        assert_eq!(
+            s.endpoints.len(),
+            3,
+            "the environment overrides, as a list too"
+        );
+        for (list, says) in [
+            ("tcp://a:1,,tcp://b:1", "endpoint 2 of the list is empty"),
+            ("tcp://a:1,tcp://a:1", "listed twice"),
+            ("a:1", "is not an endpoint"),
+            ("", "no endpoint given"),
+        ] {
+            let text = format!("worker\n    broker\n        endpoint = \"{list}\"\n");
+            let e = Settings::from_sources(&text, no_env()).unwrap_err();
+            let e = e.to_string();
+            assert!(e.starts_with("worker/broker/endpoint: "), "{e}");
+            assert!(e.contains(says), "{list:?}: {e}");
+        }
+        // The embedded broker serves one endpoint: asked for with a list,
+        // it is a configuration error naming its key.
+        let text = "worker\n    broker\n        endpoint = \"tcp://a:1,tcp://b:1\"\n        embedded = \"1\"\n";
+        let e = Settings::from_sources(text, no_env()).unwrap_err();
+        assert!(e.to_string().starts_with("worker/broker/embedded"), "{e}");
     }
 }

@@ -24,8 +24,11 @@ pub struct GatewaySettings {
     pub listen: String,
     /// `gateway/http/max_body`, bytes.
     pub max_body: usize,
-    /// `gateway/broker/endpoint`.
+    /// `gateway/broker/endpoint`: one broker, or several comma-separated in
+    /// priority order.
     pub endpoint: String,
+    /// `gateway/broker/balance`: `priority` or `rr`.
+    pub balance: crate::failover::Balance,
     /// `gateway/broker/address`; `None` for the default.
     pub address: Option<String>,
     /// `gateway/broker/timeout`.
@@ -51,6 +54,7 @@ impl Default for GatewaySettings {
             listen: "127.0.0.1:8080".into(),
             max_body: 1 << 20,
             endpoint: crate::mlm::DEFAULT_ENDPOINT.into(),
+            balance: crate::failover::Balance::Priority,
             address: None,
             broker_timeout: Duration::from_millis(1000),
             request_timeout: Duration::from_secs(5),
@@ -91,7 +95,18 @@ impl GatewaySettings {
             verbose: boolean("gateway/verbose", &get("gateway/verbose"))?,
             listen: required("gateway/http/listen", get("gateway/http/listen"))?,
             max_body: bytes("gateway/http/max_body", &get("gateway/http/max_body"))?,
-            endpoint: required("gateway/broker/endpoint", get("gateway/broker/endpoint"))?,
+            endpoint: crate::config::endpoint_list(
+                "gateway/broker/endpoint",
+                &get("gateway/broker/endpoint"),
+            )?
+            .join(","),
+            balance: get("gateway/broker/balance").parse().map_err(|_| {
+                bad(
+                    "gateway/broker/balance",
+                    &get("gateway/broker/balance"),
+                    "priority or rr",
+                )
+            })?,
             address: opt("gateway/broker/address"),
             broker_timeout: duration("gateway/broker/timeout", &get("gateway/broker/timeout"))?,
             request_timeout: duration("gateway/request/timeout", &get("gateway/request/timeout"))?,
@@ -147,6 +162,7 @@ impl GatewaySettings {
     /// The options to start a gateway with.
     pub fn options(&self) -> GatewayOptions {
         let mut o = GatewayOptions::new(self.endpoint.clone(), self.listen.clone());
+        o.balance = self.balance;
         if let Some(a) = &self.address {
             o.address = a.clone();
         }
@@ -238,6 +254,17 @@ mod tests {
     }
 
     #[test]
+    fn an_endpoint_list_and_its_balance() {
+        let text = "gateway\n    broker\n        endpoint = \" tcp://10.0.0.1:9999 , tcp://10.0.0.2:9999\"\n        balance = \"rr\"\n";
+        let s = GatewaySettings::from_sources(text, none()).unwrap();
+        assert_eq!(s.endpoint, "tcp://10.0.0.1:9999,tcp://10.0.0.2:9999");
+        assert_eq!(s.balance, crate::failover::Balance::RoundRobin);
+        let o = s.options();
+        assert_eq!(o.balance, crate::failover::Balance::RoundRobin);
+        assert_eq!(o.endpoint, "tcp://10.0.0.1:9999,tcp://10.0.0.2:9999");
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         for (text, key) in [
             ("gateway\n    verbose = \"maybe\"\n", "gateway/verbose"),
@@ -264,6 +291,14 @@ mod tests {
             (
                 "gateway\n    broker\n        timeout = \"-1\"\n",
                 "gateway/broker/timeout",
+            ),
+            (
+                "gateway\n    broker\n        endpoint = \"tcp://a:1,,tcp://b:1\"\n",
+                "gateway/broker/endpoint",
+            ),
+            (
+                "gateway\n    broker\n        balance = \"random\"\n",
+                "gateway/broker/balance",
             ),
         ] {
             let e = GatewaySettings::from_sources(text, none()).unwrap_err();

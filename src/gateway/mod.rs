@@ -10,13 +10,13 @@
 //!   requests waiting here) is `429`.
 //! - `POST /v1/mail/<address>/<subject>` (MAILBOX SEND) and
 //!   `POST /v1/stream/<stream>/<subject>` (STREAM SEND): `202`.
-//! - `GET /health`: `200` while connected to the broker, else `503`.
+//! - `GET /health`: `200` while connected to a broker, else `503`.
 //! - `GET /metrics`: Prometheus text ([`metrics`]).
 //!
 //! Threads: the HTTP server thread (`alaska-http`, see [`crate::ops::http`])
 //! parses requests and hands them over a bounded channel to the relay
-//! thread (`alaska-gateway-relay`), which owns the one broker connection
-//! ([`crate::mlm::Client`]), keeps the requests waiting in a socket-free
+//! thread (`alaska-gateway-relay`), which owns the broker connections (one
+//! per endpoint of the list, [`crate::failover::Brokers`]), keeps the requests waiting in a socket-free
 //! [`pending::Pending`], and completes each HTTP answer through a one-shot
 //! responder. No thread but the relay touches the ZeroMQ socket.
 
@@ -43,8 +43,11 @@ pub use metrics::GatewayMetrics;
 /// What the gateway needs to run.
 #[derive(Debug, Clone)]
 pub struct GatewayOptions {
-    /// The broker.
+    /// The broker, or several comma-separated in priority order
+    /// (`gateway/broker/endpoint`, see [`crate::failover::parse_endpoints`]).
     pub endpoint: String,
+    /// With several brokers: the first connected one, or round robin.
+    pub balance: crate::failover::Balance,
     /// Our address on the broker (replies are mailed there); unique per
     /// gateway.
     pub address: String,
@@ -75,6 +78,7 @@ impl GatewayOptions {
     pub fn new(endpoint: impl Into<String>, listen: impl Into<String>) -> GatewayOptions {
         GatewayOptions {
             endpoint: endpoint.into(),
+            balance: crate::failover::Balance::Priority,
             address: default_address(),
             broker_timeout: Duration::from_millis(1000),
             plain: None,
@@ -147,6 +151,9 @@ impl Gateway {
     /// Starts the relay thread (which connects to the broker, and keeps
     /// trying while it cannot) and the HTTP server.
     pub fn start(opts: GatewayOptions) -> Result<Gateway, GatewayError> {
+        if let Err(e) = crate::failover::parse_endpoints(&opts.endpoint) {
+            return Err(GatewayError::Options(format!("broker endpoint: {e}")));
+        }
         if opts.max_waiting == 0 || opts.max_timeout.is_zero() || opts.default_timeout.is_zero() {
             return Err(GatewayError::Options(
                 "max_waiting, timeouts: must be above zero".into(),

@@ -1,6 +1,16 @@
-//! The relay thread: owns the broker connection, turns commands from the
+//! The relay thread: owns the broker connections, turns commands from the
 //! HTTP thread into MLM sends, matches replies to the requests waiting,
 //! times them out, and answers each through its responder.
+//!
+//! With several brokers (`gateway/broker/endpoint` as a list) it holds one
+//! connection per broker ([`Brokers`], all under the gateway's address) and
+//! sends each command to the broker the failover choice names: the first
+//! connected one, or round robin (`gateway/broker/balance`). Each broker has
+//! its own [`Pending`] (trackers of its own, barriers and refusals in its
+//! own order), so a reply, a barrier or a refusal is matched on the
+//! connection it came over. Requests waiting on a broker that goes away
+//! keep waiting (it may come back and still hold the reply) and get `504`
+//! in time; new ones go to the next broker at once.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -11,10 +21,8 @@ use crossbeam_channel::Receiver;
 use super::metrics::{Endpoint, GatewayMetrics};
 use super::pending::{run_id, Matched, Pending};
 use super::{GatewayOptions, Shared};
-use crate::mlm::{
-    Client, ClientError, ClientOptions, ConnState, Delivery, DeliveryKind, Refusal, RefusalKind,
-    Wait,
-};
+use crate::failover::{parse_endpoints, BrokerEvent, Brokers, Pick};
+use crate::mlm::{ClientError, ClientOptions, Delivery, DeliveryKind, Refusal, RefusalKind, Wait};
 use crate::ops::http::{HttpResponse, Responder};
 use crate::ops::wake::WakeReceiver;
 use crate::worker::ERROR_REPLY_PREFIX;
@@ -26,8 +34,10 @@ pub(crate) const BARRIER_SUBJECT: &str = "alaska-gateway-barrier";
 /// systemd watchdog) even when nothing happens.
 const MAX_SLEEP: Duration = Duration::from_millis(500);
 
-/// Wait between connection attempts while no broker answers.
-const RETRY: Duration = Duration::from_millis(500);
+/// Wait between attempts to set the connections up (only an endpoint
+/// ZeroMQ cannot use fails; brokers that do not answer are retried by the
+/// connections themselves).
+const RETRY: Duration = Duration::from_secs(10);
 
 /// Most commands taken per loop turn, so replies and timeouts are looked
 /// at between bursts.
@@ -138,16 +148,24 @@ impl Command {
     }
 }
 
+/// What the relay keeps per broker.
+struct Link {
+    pending: Pending<Answer>,
+    reopens: u64,
+    /// When a refused handshake was last logged: once, then every 10 s
+    /// while it lasts, so it is seen but does not flood the log.
+    told_refused: Option<Instant>,
+}
+
 pub(crate) struct Relay {
     opts: GatewayOptions,
     commands: Receiver<Command>,
     wake: WakeReceiver,
     shared: Arc<Shared>,
-    pending: Pending<Answer>,
-    client: Option<Client>,
-    reopens: u64,
+    brokers: Option<Brokers>,
+    links: Vec<Link>,
+    run: String,
     next_connect: Instant,
-    failed_connects: u32,
 }
 
 impl Relay {
@@ -166,11 +184,10 @@ impl Relay {
             commands,
             wake,
             shared,
-            pending: Pending::new(run_id(std::process::id(), nanos)),
-            client: None,
-            reopens: 0,
+            brokers: None,
+            links: Vec::new(),
+            run: run_id(std::process::id(), nanos),
             next_connect: Instant::now(),
-            failed_connects: 0,
         }
     }
 
@@ -181,13 +198,16 @@ impl Relay {
     pub(crate) fn run(mut self) {
         while !self.shared.stop.load(Ordering::SeqCst) {
             self.shared.liveness.beat();
-            if self.client.is_none() {
+            if self.brokers.is_none() {
                 self.try_connect();
             }
             self.take_commands();
-            self.send_barrier();
-            for answer in self.pending.expire(Instant::now()) {
-                answer.finish(HttpResponse::text(504, "no reply in time"));
+            self.send_barriers();
+            let now = Instant::now();
+            for i in 0..self.links.len() {
+                for answer in self.links[i].pending.expire(now) {
+                    answer.finish(HttpResponse::text(504, "no reply in time"));
+                }
             }
             self.observe_connection();
             self.sleep();
@@ -195,64 +215,98 @@ impl Relay {
         self.shutdown();
     }
 
+    /// Sets up one connection per broker. They connect in the background
+    /// (and reconnect by themselves), so this fails only on an endpoint
+    /// ZeroMQ cannot use.
     fn try_connect(&mut self) {
         let now = Instant::now();
         if now < self.next_connect {
             return;
         }
-        let mut o = ClientOptions::new(self.opts.endpoint.clone(), self.opts.address.clone());
+        let endpoints = match parse_endpoints(&self.opts.endpoint) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!("gateway/broker/endpoint: {e}");
+                self.next_connect = now + RETRY;
+                return;
+            }
+        };
+        let mut o = ClientOptions::new(endpoints[0].clone(), self.opts.address.clone());
         o.timeout = self.opts.broker_timeout;
-        o.heartbeat = self.opts.broker_timeout.min(Duration::from_secs(1));
+        // Three pings per timeout: with one, a pong a little later than
+        // the previous one made the broker "silent" for a moment, and
+        // requests arriving then got 503.
+        o.heartbeat =
+            (self.opts.broker_timeout / 3).clamp(Duration::from_millis(50), Duration::from_secs(1));
         o.plain = self.opts.plain.clone();
         o.curve = self.opts.curve.clone();
-        match Client::connect(o) {
-            Ok(c) => {
+        match Brokers::connect(&endpoints, &o, self.opts.balance) {
+            Ok(b) => {
                 tracing::info!(
-                    "connected to broker {} as {}",
-                    self.opts.endpoint,
+                    "connecting to {} as {}",
+                    endpoints.join(", "),
                     self.opts.address
                 );
-                self.reopens = c.stats().reopens;
-                self.client = Some(c);
-                if self.failed_connects > 0 {
-                    self.metrics().reconnects.inc();
-                }
-                self.failed_connects = 0;
+                // A tracker run per broker: `<run><i>.r<seq>`, so each
+                // connection's replies and barriers are told apart.
+                self.links = (0..b.len())
+                    .map(|i| Link {
+                        pending: Pending::new(format!("{}{i}.", self.run)),
+                        reopens: 0,
+                        told_refused: None,
+                    })
+                    .collect();
+                self.brokers = Some(b);
             }
             Err(e) => {
-                // Said once, then every 20 attempts (10 s): a broker that
-                // stays away must not flood the log.
-                if self.failed_connects.is_multiple_of(20) {
-                    tracing::warn!("{e}; retrying every {RETRY:?}");
-                } else {
-                    tracing::debug!("{e}");
-                }
-                self.failed_connects += 1;
-                self.next_connect = Instant::now() + RETRY;
+                tracing::error!("{e}; trying again in {RETRY:?}");
+                self.next_connect = now + RETRY;
             }
         }
     }
 
     fn observe_connection(&mut self) {
-        let (up, reopens) = match &self.client {
-            Some(c) => (c.state() == ConnState::Connected, c.stats().reopens),
-            None => (false, self.reopens),
+        let Some(brokers) = self.brokers.as_mut() else {
+            return;
         };
-        if reopens != self.reopens {
-            // The connection was opened again: barriers and refusals of
-            // the old one will never come.
-            self.metrics()
-                .reconnects
-                .inc_by(reopens.saturating_sub(self.reopens));
-            self.reopens = reopens;
-            self.pending.settle_all();
+        while let Some(ev) = brokers.next_event() {
+            match ev {
+                BrokerEvent::Up(i) => tracing::info!("broker {} connected", brokers.endpoint(i)),
+                BrokerEvent::Down(i) => {
+                    tracing::warn!("broker {} not connected", brokers.endpoint(i))
+                }
+            }
         }
+        let mut up = false;
+        let mut reconnects = 0;
+        for (i, link) in self.links.iter_mut().enumerate() {
+            let c = &brokers.clients()[i];
+            up |= c.state() == crate::mlm::ConnState::Connected;
+            let reopens = c.stats().reopens;
+            if reopens != link.reopens {
+                // The connection was opened again: barriers and refusals
+                // of the old one will never come.
+                reconnects += reopens.saturating_sub(link.reopens);
+                link.reopens = reopens;
+                link.pending.settle_all();
+            }
+            let due = link
+                .told_refused
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
+            if due {
+                if let Some(e) = c.refused_handshake() {
+                    tracing::warn!("{e}; still trying");
+                    link.told_refused = Some(Instant::now());
+                }
+            }
+        }
+        self.metrics().reconnects.inc_by(reconnects);
         if self.shared.connected.swap(up, Ordering::Relaxed) != up {
             self.metrics().connected.set(i64::from(up));
             if up {
-                tracing::info!("broker {} connected", self.opts.endpoint);
+                tracing::info!("serving: a broker is connected");
             } else {
-                tracing::warn!("broker {} not connected", self.opts.endpoint);
+                tracing::warn!("no broker connected");
             }
         }
     }
@@ -267,17 +321,21 @@ impl Relay {
     }
 
     fn command(&mut self, cmd: Command) {
-        // Not into the client's outbox while the broker is away: the HTTP
+        // Not into a client's outbox while its broker is away: the HTTP
         // client is told now rather than served after an unknown time.
-        let Some(client) = self
-            .client
+        let chosen = self
+            .brokers
             .as_mut()
-            .filter(|c| c.state() == ConnState::Connected)
-        else {
+            .and_then(|b| match b.pick(Instant::now()) {
+                Pick::Use(i) => Some(i),
+                Pick::Wait | Pick::NoBroker => None,
+            });
+        let (Some(i), Some(brokers)) = (chosen, self.brokers.as_mut()) else {
             cmd.into_answer()
                 .finish(HttpResponse::text(503, "broker not connected"));
             return;
         };
+        let client = brokers.client(i);
         match cmd {
             Command::Request {
                 service,
@@ -286,11 +344,12 @@ impl Relay {
                 timeout,
                 answer,
             } => {
+                let pending = &mut self.links[i].pending;
                 let deadline = Instant::now() + timeout;
-                let tracker = self.pending.add(&service, deadline, answer);
+                let tracker = pending.add(&service, deadline, answer);
                 let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
                 if let Err(e) = client.sendfor(&service, &subject, &tracker, ms, vec![body]) {
-                    if let Some(answer) = self.pending.cancel(&tracker) {
+                    if let Some(answer) = pending.cancel(&tracker) {
                         answer.finish(send_failed(&e));
                     }
                 }
@@ -324,13 +383,20 @@ impl Relay {
         }
     }
 
-    fn send_barrier(&mut self) {
-        let Some(tracker) = self.pending.barrier() else {
+    fn send_barriers(&mut self) {
+        let Some(brokers) = self.brokers.as_mut() else {
             return;
         };
         let address = self.opts.address.clone();
-        if let Some(c) = self.client.as_mut() {
-            if let Err(e) = c.sendto(&address, BARRIER_SUBJECT, &tracker, 0, vec![Vec::new()]) {
+        for (i, link) in self.links.iter_mut().enumerate() {
+            let Some(tracker) = link.pending.barrier() else {
+                continue;
+            };
+            let sent =
+                brokers
+                    .client(i)
+                    .sendto(&address, BARRIER_SUBJECT, &tracker, 0, vec![Vec::new()]);
+            if let Err(e) = sent {
                 // Without it the batch settles only at the next barrier,
                 // which is as good.
                 tracing::debug!("barrier not sent: {e}");
@@ -341,54 +407,58 @@ impl Relay {
     fn sleep(&mut self) {
         let now = Instant::now();
         let mut until = now + MAX_SLEEP;
-        if let Some(d) = self.pending.next_deadline() {
-            until = until.min(d);
+        for link in &self.links {
+            if let Some(d) = link.pending.next_deadline() {
+                until = until.min(d);
+            }
         }
-        if self.client.is_none() {
+        if self.brokers.is_none() {
             until = until.min(self.next_connect);
         }
         self.wake.arm();
         if !self.commands.is_empty() || self.shared.stop.load(Ordering::SeqCst) {
             self.wake.disarm();
-            // Still look at the socket, without waiting, so a flood of
+            // Still look at the sockets, without waiting, so a flood of
             // commands cannot starve replies.
             until = now;
         }
         let timeout = until.saturating_duration_since(now);
         let fd = self.wake.as_raw_fd();
-        let waited = match self.client.as_mut() {
-            Some(c) => c.wait(Some(fd), timeout),
+        let woken = match self.brokers.as_mut() {
+            Some(b) => b.poll(Some(fd), timeout),
             None => {
                 let mut items = [zmq::PollItem::from_fd(fd, zmq::POLLIN)];
                 let ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
                 let _ = zmq::poll(&mut items, ms);
-                Ok(if items[0].is_readable() {
-                    Wait::Woken
-                } else {
-                    Wait::Timeout
-                })
+                Ok(items[0].is_readable())
             }
         };
         self.wake.disarm();
-        // The client returns refusals in the order they came, between the
-        // deliveries: each is attributed to the oldest unsettled batch.
-        match waited {
-            Ok(Wait::Delivery(d)) => self.delivery(d),
-            Ok(Wait::Refused(r)) => self.refused(r),
-            Ok(Wait::Woken) => self.wake.drain(),
-            Ok(Wait::Timeout) => {}
+        match woken {
+            Ok(true) => self.wake.drain(),
+            Ok(false) => {}
             Err(e) => {
                 tracing::warn!("broker connection: {e}");
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
+        // Deliveries and refusals in the order each connection received
+        // them (a refusal belongs to the batch whose barrier had not come
+        // back yet), each matched on its own broker's Pending.
+        while let Some((i, w)) = self.brokers.as_mut().and_then(Brokers::next_in_order) {
+            match w {
+                Wait::Delivery(d) => self.delivery(i, d),
+                Wait::Refused(r) => self.refused(i, r),
+                Wait::Woken | Wait::Timeout => {}
+            }
+        }
     }
 
-    fn refused(&mut self, r: Refusal) {
+    fn refused(&mut self, i: usize, r: Refusal) {
         match &r.kind {
             RefusalKind::ServiceQueueFull { service } => {
                 self.metrics().broker_refusals.inc();
-                if let Some(answer) = self.pending.on_refused(service) {
+                if let Some(answer) = self.links[i].pending.on_refused(service) {
                     answer.finish(HttpResponse::text(
                         429,
                         &format!("broker refused the request: {r}"),
@@ -400,7 +470,7 @@ impl Relay {
                 name,
             } => {
                 self.metrics().broker_refusals.inc();
-                if let Some(answer) = self.pending.on_refused(name) {
+                if let Some(answer) = self.links[i].pending.on_refused(name) {
                     answer.finish(HttpResponse::text(
                         403,
                         &format!("broker refused the request: {r}"),
@@ -415,15 +485,16 @@ impl Relay {
         }
     }
 
-    fn delivery(&mut self, d: Delivery) {
+    fn delivery(&mut self, i: usize, d: Delivery) {
         if d.kind != DeliveryKind::Mailbox {
             return;
         }
-        if d.subject == BARRIER_SUBJECT && self.pending.is_barrier(&d.tracker) {
-            self.pending.on_barrier(&d.tracker);
+        let pending = &mut self.links[i].pending;
+        if d.subject == BARRIER_SUBJECT && pending.is_barrier(&d.tracker) {
+            pending.on_barrier(&d.tracker);
             return;
         }
-        match self.pending.on_reply(&d.tracker) {
+        match pending.on_reply(&d.tracker) {
             Matched::Waiting(answer) => {
                 let frames = d.content.len();
                 let mut content = d.content;
@@ -453,17 +524,21 @@ impl Relay {
     }
 
     fn shutdown(&mut self) {
-        for answer in self.pending.drain() {
-            answer.finish(HttpResponse::text(503, "gateway stopping"));
+        for link in &mut self.links {
+            for answer in link.pending.drain() {
+                answer.finish(HttpResponse::text(503, "gateway stopping"));
+            }
         }
         while let Ok(cmd) = self.commands.try_recv() {
             drop(cmd); // an Answer dropped unanswered says 503
         }
         self.shared.connected.store(false, Ordering::SeqCst);
         self.metrics().connected.set(0);
-        if let Some(c) = self.client.take() {
-            if let Err(e) = c.close() {
-                tracing::debug!("closing the broker connection: {e}");
+        if let Some(b) = self.brokers.take() {
+            for (i, r) in b.close() {
+                if let Err(e) = r {
+                    tracing::debug!("closing broker connection {i}: {e}");
+                }
             }
         }
     }

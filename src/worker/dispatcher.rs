@@ -1,6 +1,11 @@
 //! The dispatcher: the one thread that owns the worker's broker
 //! connections, and one Lua VM of its own.
 //!
+//! It connects to every broker of [`DispatcherOptions::endpoints`] without
+//! waiting for any (a broker that is down at start is offered to when it
+//! comes), under one address, and offers the service on each; the hub
+//! serves them all from one queue and one pool.
+//!
 //! It offers the service, receives SERVICE DELIVERs and runs each on its
 //! own VM when that VM is idle: a short request then costs no hand-off to
 //! another thread and no wake-up, which is most of what a trivial script
@@ -54,6 +59,10 @@ pub const ERROR_REPLY_PREFIX: &str = "ERROR:";
 pub struct DispatcherOptions {
     /// Broker connection: endpoint, our address, timeout, credentials.
     pub client: ClientOptions,
+    /// Every broker to serve on, in order (`worker/broker/endpoint` as a
+    /// list); empty means just `client.endpoint`. Each gets a connection
+    /// of its own with `client`'s settings and the same address.
+    pub endpoints: Vec<String>,
     /// Service address we offer.
     pub service: String,
     /// Subject pattern of the offer.
@@ -83,6 +92,7 @@ impl DispatcherOptions {
     pub fn new(client: ClientOptions, service: impl Into<String>) -> DispatcherOptions {
         DispatcherOptions {
             client,
+            endpoints: Vec::new(),
             service: service.into(),
             filter: ".*".into(),
             errors_notify: true,
@@ -130,7 +140,8 @@ pub fn run(
 
 /// [`run`], reporting to `ops`: metrics, health, status, maintenance
 /// asked over HTTP, liveness and systemd notifications (`READY=1` once the
-/// service is offered, `STOPPING=1` when the stop begins).
+/// offer is recorded on every connection, `STOPPING=1` when the stop
+/// begins).
 pub fn run_with(
     opts: DispatcherOptions,
     mut pool_cfg: PoolConfig,
@@ -158,7 +169,7 @@ pub fn run_with(
     // at most the whole credit waiting in the hub, so with
     // acknowledgements nothing is refused for lack of room.
     let slots: usize = opts.runners.iter().map(|r| r.slots()).sum();
-    let mut runners = Runners::start(
+    let runners = Runners::start(
         &opts.runners,
         &cfg.scripts_dir,
         &done_tx,
@@ -173,47 +184,59 @@ pub fn run_with(
     );
     let mut client_opts = opts.client.clone();
     client_opts.credit = Some((capacity + slots).min(u16::MAX as usize) as u16);
-    ops.systemd
-        .status(&format!("connecting to {}", client_opts.endpoint));
-    let Some(mut client) = connect(client_opts, &shutdown, &ops.liveness)? else {
-        pool.shutdown(Duration::ZERO);
-        runners.stop_taking(Instant::now());
-        runners.finish();
-        return Ok(());
+    let endpoints = if opts.endpoints.is_empty() {
+        vec![opts.client.endpoint.clone()]
+    } else {
+        opts.endpoints.clone()
     };
-    if ops.board.maintenance_wanted() {
-        // Asked before we were connected: in place before the offer.
-        client.set_maintenance(true)?;
+    ops.systemd
+        .status(&format!("connecting to {}", endpoints.join(",")));
+    // Every connection starts without waiting for its broker: one that is
+    // down holds nothing up, and its offer goes out when it comes.
+    let maintenance = ops.board.maintenance_wanted();
+    let ctx = zmq::Context::new();
+    let mut conns = Vec::with_capacity(endpoints.len());
+    for endpoint in &endpoints {
+        let mut o = client_opts.clone();
+        o.endpoint = endpoint.clone();
+        let mut client = Client::connect_lazy_in(&ctx, o)?;
+        if maintenance {
+            // Asked before we started: in place before the offer.
+            client.set_maintenance(true)?;
+        }
+        client.set_worker(&opts.service, &opts.filter)?;
+        conns.push(Conn::new(client));
     }
-    client.set_worker(&opts.service, &opts.filter)?;
     tracing::info!(
         service = %opts.service,
         filter = %opts.filter,
-        endpoint = %client.endpoint(),
-        acknowledged = client.acks_enabled(),
+        endpoints = %endpoints.join(","),
         "ready: {vms} Lua VMs"
     );
     for r in &opts.runners {
         tracing::info!(runner = %r.name, "runner for subjects matching {}", r.pattern.0.as_str());
     }
+    // Ready once the service is offered wherever a broker answers: a
+    // broker that is down is offered to when it comes, and /health says
+    // which are connected (a worker waiting for its broker is not a
+    // failed start).
     ops.systemd.ready(&format!(
         "serving {} ({}) on {}{}",
         opts.service,
         opts.filter,
-        client.endpoint(),
-        if client.maintenance().wanted {
-            ", in maintenance"
-        } else {
-            ""
-        }
+        endpoints.join(","),
+        if maintenance { ", in maintenance" } else { "" }
     ));
+    // Each broker may hand us up to `capacity` requests at once (its
+    // credit): the queue holds that much per connection.
+    let queue_limit = capacity * conns.len();
     let hub = Arc::new(Mutex::new(Hub::new(
         opts,
-        vec![Conn::new(client)],
+        conns,
         pool,
         done_rx,
         wake_rx,
-        capacity,
+        queue_limit,
     )));
     {
         let mut h = hub.lock().unwrap_or_else(|p| p.into_inner());
@@ -271,35 +294,6 @@ fn duty(hub: Arc<Mutex<Hub>>, shutdown: Arc<AtomicBool>, liveness: Liveness) -> 
     })
 }
 
-/// Connects, retrying while the broker is merely absent; gives up on
-/// errors that retrying cannot fix (bad endpoint, refused credentials).
-fn connect(
-    opts: ClientOptions,
-    shutdown: &AtomicBool,
-    liveness: &Liveness,
-) -> Result<Option<Client>, WorkerError> {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        liveness.beat();
-        match Client::connect(opts.clone()) {
-            Ok(c) => return Ok(Some(c)),
-            Err(e @ (ClientError::Unreachable { .. } | ClientError::Timeout { .. })) => {
-                tracing::warn!("{e}; retrying in {delay:?}");
-            }
-            Err(e) => return Err(e.into()),
-        }
-        let until = Instant::now() + delay;
-        while Instant::now() < until {
-            if shutdown.load(Ordering::Relaxed) {
-                return Ok(None);
-            }
-            liveness.beat();
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
-}
-
 struct Dispatcher {
     hub: Arc<Mutex<Hub>>,
     vm: Vm,
@@ -328,7 +322,14 @@ impl Dispatcher {
                 h.take_inline()
             };
             let Some(job) = job else {
-                self.hub().turn(IDLE_WAIT)?;
+                let mut h = self.hub();
+                h.turn(IDLE_WAIT)?;
+                // Credentials refused by every broker will not get better
+                // by retrying: stop with the reason, as a single broker did.
+                if let Some(e) = h.refused_everywhere() {
+                    return Err(e.into());
+                }
+                drop(h);
                 last_turn = Instant::now();
                 continue;
             };

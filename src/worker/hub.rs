@@ -31,7 +31,7 @@ use super::status::HubOps;
 use super::types::{Completion, ErrorKind, Job, Output, Request};
 use super::vm::Budget;
 use super::wake::WakeReceiver;
-use crate::mlm::{AckToken, Client, ClientError, Delivery, DeliveryKind, Message};
+use crate::mlm::{AckToken, Client, ClientError, ConnState, Delivery, DeliveryKind, Message};
 
 /// Confirmations sent at once at most; beyond, they go out at once.
 const CONFIRM_BATCH: usize = 64;
@@ -44,15 +44,21 @@ pub struct Conn {
     confirms: Vec<AckToken>,
     /// Credit granted beyond the pool's capacity for waiting retries.
     extra_credit: usize,
+    /// The state last seen, to log each change once.
+    seen: ConnState,
+    /// A failed connection attempt was logged (until it connects).
+    told_unreachable: bool,
 }
 
 impl Conn {
-    /// A connection around a connected client.
+    /// A connection around a client (connected, or connecting lazily).
     pub fn new(client: Client) -> Conn {
         Conn {
             client,
             confirms: Vec::new(),
             extra_credit: 0,
+            seen: ConnState::Lost,
+            told_unreachable: false,
         }
     }
 }
@@ -110,7 +116,9 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// A hub over connected clients (offers already made) and a pool.
+    /// A hub over clients (connected, or connecting lazily with their offer
+    /// recorded for when they do) and a pool. `queue_limit` bounds the
+    /// requests waiting for a VM, over all connections.
     pub fn new(
         opts: DispatcherOptions,
         conns: Vec<Conn>,
@@ -169,6 +177,19 @@ impl Hub {
         &self.conns
     }
 
+    /// The refusal, when every broker refused our credentials before any
+    /// connection opened: retrying cannot fix that.
+    pub fn refused_everywhere(&self) -> Option<ClientError> {
+        let mut first = None;
+        for c in &self.conns {
+            match c.client.refused_handshake() {
+                Some(e) => first = first.or(Some(e)),
+                None => return None,
+            }
+        }
+        first
+    }
+
     /// The next job for the dispatcher's VM: its queue first, then what
     /// waits for the pool.
     pub fn take_inline(&mut self) -> Option<Job> {
@@ -207,11 +228,21 @@ impl Hub {
         for (i, (sock, mon)) in ready.into_iter().enumerate() {
             let r = self.conns[i].client.process(sock, mon, now);
             self.outcome(r)?;
+            self.log_state(i);
+        }
+        // One delivery per connection in turn, so a burst read from one
+        // broker does not queue ahead of what another sent meanwhile.
+        let mut more = true;
+        while more {
+            more = false;
+            for i in 0..self.conns.len() {
+                if let Some(d) = self.conns[i].client.next_delivery() {
+                    self.accept(i, d)?;
+                    more = true;
+                }
+            }
         }
         for i in 0..self.conns.len() {
-            while let Some(d) = self.conns[i].client.next_delivery() {
-                self.accept(i, d)?;
-            }
             // What the broker refused of ours (a full mailbox for a reply,
             // a full queue for a forward): said once here, never fatal.
             while let Some(r) = self.conns[i].client.next_refusal() {
@@ -219,6 +250,35 @@ impl Hub {
             }
         }
         self.after_turn()
+    }
+
+    /// Says once when a connection comes up (offering again) or goes
+    /// away; the others keep serving either way.
+    fn log_state(&mut self, i: usize) {
+        let c = &mut self.conns[i];
+        if c.client.unreachable() && !c.told_unreachable {
+            // Said once: libzmq retries every second, the log need not.
+            c.told_unreachable = true;
+            tracing::warn!(endpoint = %c.client.endpoint(), "broker unreachable (connection refused or dropped); still trying");
+        }
+        let state = c.client.state();
+        if state == c.seen || state == ConnState::Opening {
+            return;
+        }
+        if state == ConnState::Connected {
+            c.told_unreachable = false;
+        }
+        c.seen = state;
+        if state == ConnState::Connected {
+            tracing::info!(
+                endpoint = %c.client.endpoint(),
+                acknowledged = c.client.acks_enabled(),
+                "broker connected: offering {}",
+                self.opts.service
+            );
+        } else {
+            tracing::warn!(endpoint = %c.client.endpoint(), "broker connection lost; reconnecting");
+        }
     }
 
     /// Polls every connection and the wake-up descriptor; returns what is

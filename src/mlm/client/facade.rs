@@ -64,6 +64,31 @@ impl Client {
         Ok(client)
     }
 
+    /// Connects with a context of its own. See [`Client::connect_lazy_in`].
+    pub fn connect_lazy(opts: ClientOptions) -> Result<Client, ClientError> {
+        Client::connect_lazy_in(&zmq::Context::new(), opts)
+    }
+
+    /// Sets the sockets up and returns at once, without waiting for the
+    /// broker: the state is [`ConnState::Lost`] until the transport comes
+    /// up, then CONNECTION OPEN goes out, and registrations made meanwhile
+    /// ([`Client::set_worker`] and the others return at once while the
+    /// broker is away) are replayed after its OK, sends kept in the outbox
+    /// are written after them. A broker that is down at start is retried
+    /// in the background like one that went away later, so a program with
+    /// several brokers is never held up by one of them. Only a bad
+    /// endpoint is an error here; refused credentials are logged.
+    pub fn connect_lazy_in(ctx: &zmq::Context, opts: ClientOptions) -> Result<Client, ClientError> {
+        let transport = Transport::open(ctx, &opts)?;
+        let session = Session::new_lazy(&opts, Instant::now());
+        Ok(Client {
+            transport,
+            session,
+            opts,
+            closed: false,
+        })
+    }
+
     /// Waits for the transport handshake, so that a refused connection, a
     /// failed authentication and a silent broker are told apart, and then
     /// for the OK to CONNECTION OPEN (written by the session when the
@@ -160,6 +185,18 @@ impl Client {
         }
     }
 
+    /// Why the transport handshake was refused (credentials, security
+    /// mismatch) before the connection ever opened, if it was. For a lazy
+    /// client, which does not stop on it.
+    pub fn refused_handshake(&self) -> Option<ClientError> {
+        if self.session.state() == ConnState::Connected {
+            return None;
+        }
+        self.session
+            .handshake_verdict(HANGUPS_BEFORE_VERDICT)
+            .map(|f| self.handshake_error(f))
+    }
+
     /// Our address.
     pub fn address(&self) -> &str {
         &self.opts.address
@@ -173,6 +210,14 @@ impl Client {
     /// The client's view of the broker right now.
     pub fn state(&self) -> ConnState {
         self.session.state()
+    }
+
+    /// Whether the broker is known to be out of reach now: the last attempt
+    /// to connect failed, or the connection dropped, and it has not come
+    /// back. (A broker that does not answer at all is only found out by
+    /// time: [`ConnState`] stays `Lost`.)
+    pub fn unreachable(&self) -> bool {
+        self.session.unreachable()
     }
 
     /// Whether service deliveries must be confirmed (the broker supports
@@ -400,6 +445,14 @@ impl Client {
         }
     }
 
+    /// The next delivery or refusal already received, in the order they
+    /// came ([`Wait::Delivery`] or [`Wait::Refused`]): a refusal is given
+    /// out after the deliveries that arrived before it and before those
+    /// that arrived after it.
+    pub fn next_in_order(&mut self) -> Option<Wait> {
+        self.next_wait()
+    }
+
     fn next_wait(&mut self) -> Option<Wait> {
         Some(match self.session.next_in_order()? {
             Ok(d) => Wait::Delivery(d),
@@ -605,6 +658,7 @@ fn session_event(ev: MonitorEvent, value: u32) -> Option<Event> {
     match ev {
         MonitorEvent::Disconnected => Some(Event::TransportDown),
         MonitorEvent::HandshakeSucceeded => Some(Event::TransportUp),
+        MonitorEvent::ConnectRetried => Some(Event::ConnectRetried),
         MonitorEvent::HandshakeFailedAuth => Some(Event::HandshakeFailed(HandshakeFailure::Auth)),
         MonitorEvent::HandshakeFailedProtocol => Some(Event::HandshakeFailed(match value {
             PROTOCOL_ERROR_MECHANISM_MISMATCH => HandshakeFailure::MechanismMismatch,

@@ -101,6 +101,9 @@ pub enum Event {
     TransportDown,
     /// The transport handshake failed.
     HandshakeFailed(HandshakeFailure),
+    /// A connection attempt failed (refused, unreachable) or a dropped
+    /// connection is being retried: the broker cannot be reached now.
+    ConnectRetried,
     /// Time passed: heartbeat, silence and re-open timers.
     Tick,
 }
@@ -214,6 +217,9 @@ pub struct Session {
     handshake_failure: Option<HandshakeFailure>,
     /// Handshakes before the first open that ended in a bare hang-up.
     hangups: u32,
+    /// An attempt to reach the broker failed since the transport was last
+    /// up (see [`Session::unreachable`]).
+    connect_failed: bool,
     last_heard: Instant,
     last_ping: Instant,
     opening_since: Instant,
@@ -269,6 +275,7 @@ impl Session {
             taken: 0,
             handshake_failure: None,
             hangups: 0,
+            connect_failed: false,
             last_heard: now,
             last_ping: now,
             opening_since: now,
@@ -281,6 +288,17 @@ impl Session {
             pongs: 0,
             maint_ping: None,
         }
+    }
+
+    /// A session that nobody waits on to open: the first CONNECTION OPEN is
+    /// written when the transport comes up (however late), registrations
+    /// made before then are replayed after its OK, and sends wait in the
+    /// outbox. This is how one broker that is down at start does not hold
+    /// up a program that talks to several.
+    pub fn new_lazy(opts: &ClientOptions, now: Instant) -> Session {
+        let mut s = Session::new(opts, now);
+        s.awaiting = None;
+        s
     }
 
     // ----- what the session reports -------------------------------------
@@ -348,6 +366,14 @@ impl Session {
             Some(HandshakeFailure::NoDetail) if self.hangups < hangups => None,
             f => f,
         }
+    }
+
+    /// Whether the broker is known to be out of reach right now: an attempt
+    /// to connect failed (or the connection dropped and is being retried)
+    /// and the transport has not come up since. A broker that is merely
+    /// slow to accept is not reported here; its caller judges by time.
+    pub fn unreachable(&self) -> bool {
+        self.connect_failed && !self.transport_up
     }
 
     /// The next delivery for the user.
@@ -423,6 +449,7 @@ impl Session {
             Event::TransportUp => return self.on_transport_up(now, wire),
             Event::TransportDown => self.on_transport_down(),
             Event::HandshakeFailed(f) => self.on_handshake_failed(f),
+            Event::ConnectRetried => self.connect_failed = true,
             Event::Tick => return self.on_tick(now, wire),
         }
         Ok(())
@@ -522,6 +549,10 @@ impl Session {
     ) -> Result<(), ClientError> {
         let was_up = self.transport_up;
         self.transport_up = true;
+        self.connect_failed = false;
+        // A handshake that succeeded: credentials refused earlier are
+        // accepted now, and must not be reported later.
+        self.handshake_failure = None;
         if !was_up && !self.closing && self.state != ConnState::Connected {
             if self.epoch > 0 {
                 tracing::info!("reconnected to broker {}", self.endpoint);
@@ -546,6 +577,7 @@ impl Session {
     /// The transport handshake failed: the first open reports it; later
     /// ones are logged (libzmq keeps retrying).
     pub fn on_handshake_failed(&mut self, f: HandshakeFailure) {
+        let again = self.handshake_failure == Some(f);
         if self.epoch == 0 {
             if f == HandshakeFailure::NoDetail {
                 self.hangups += 1;
@@ -557,7 +589,12 @@ impl Session {
             {
                 self.handshake_failure = Some(f);
             }
-        } else {
+        }
+        // Before the first open, a caller waiting for it reports the
+        // failure; nobody waits for the first open of a lazy session, so it
+        // is said here, once (libzmq retries every second).
+        let reported = self.epoch == 0 && (self.is_awaiting(Call::Open) || again);
+        if !reported {
             tracing::error!(
                 "security handshake with broker {} failed: {}",
                 self.endpoint,

@@ -1243,3 +1243,205 @@ fn no_maintenance_command_while_closing() {
     s.set_maintenance(true, t0, &mut w).unwrap();
     assert!(w.take().is_empty());
 }
+
+// ----- lazy start (a broker that may be down when we start) ------------
+
+fn lazy(credit: Option<u16>) -> (Session, FakeWire, Instant) {
+    let t0 = Instant::now();
+    (
+        Session::new_lazy(&options(credit), t0),
+        FakeWire::default(),
+        t0,
+    )
+}
+
+#[test]
+fn lazy_start_records_offers_and_sends_until_the_broker_is_there() {
+    let (mut s, mut w, t0) = lazy(None);
+    assert_eq!(s.state(), ConnState::Lost);
+    // Nothing can be written yet: the offer is recorded, the mail kept.
+    assert_eq!(s.register(offer("svc", ".*"), t0, &mut w).unwrap(), None);
+    s.post(mail(b"early"), t0, &mut w).unwrap();
+    // Time passes with the broker away: still nothing on the wire, and
+    // nothing retried before the transport is up.
+    s.handle(Event::Tick, t0 + ms(5_000), &mut w).unwrap();
+    assert!(w.sent.is_empty(), "{:?}", w.sent);
+    assert_eq!(s.outbox_len(), 1);
+    // The broker comes up ten seconds late: OPEN, then on its OK the offer
+    // replayed and the mail flushed behind it.
+    let t1 = t0 + ms(10_000);
+    s.handle(Event::TransportUp, t1, &mut w).unwrap();
+    assert_eq!(w.take(), [open_msg()]);
+    assert_eq!(s.state(), ConnState::Opening);
+    s.handle(Event::Message(ok("")), t1, &mut w).unwrap();
+    assert_eq!(s.state(), ConnState::Connected);
+    assert_eq!(
+        w.take(),
+        [
+            Message::ServiceOffer {
+                address: "svc".into(),
+                pattern: ".*".into(),
+            },
+            mail(b"early"),
+        ]
+    );
+    assert_eq!(s.outbox_len(), 0);
+    assert_eq!(s.stats().reopens, 0, "the first open, however late");
+    // Nobody waited for the OPEN: no answer is left lying around to be
+    // mistaken for a later call's.
+    assert_eq!(s.take_reply(Call::Open), None);
+    // The offer's OK is a replay's: it answers nobody, refuses nothing.
+    s.handle(Event::Message(ok("")), t1, &mut w).unwrap();
+    assert_eq!(s.next_refusal(), None);
+}
+
+#[test]
+fn lazy_start_against_an_ack_broker_credits_before_the_replayed_offer() {
+    let (mut s, mut w, t0) = lazy(Some(8));
+    s.register(offer("svc", ".*"), t0, &mut w).unwrap();
+    s.handle(Event::TransportUp, t0, &mut w).unwrap();
+    s.handle(Event::Message(ok("alaska-broker ack/1")), t0, &mut w)
+        .unwrap();
+    assert_eq!(
+        w.take(),
+        [
+            open_msg(),
+            Message::Credit { amount: 8 },
+            Message::ServiceOffer {
+                address: "svc".into(),
+                pattern: ".*".into(),
+            },
+        ]
+    );
+    assert!(s.acks_enabled());
+    s.handle(Event::Message(service_deliver("a")), t0, &mut w)
+        .unwrap();
+    let got = deliveries(&mut s);
+    assert_eq!(got[0].ack, Some(AckToken { epoch: 1, seq: 1 }));
+}
+
+#[test]
+fn lazy_start_whose_transport_drops_before_the_ok_opens_again() {
+    let (mut s, mut w, t0) = lazy(None);
+    s.register(offer("svc", ".*"), t0, &mut w).unwrap();
+    s.handle(Event::TransportUp, t0, &mut w).unwrap();
+    assert_eq!(w.take(), [open_msg()]);
+    s.handle(Event::TransportDown, t0 + ms(10), &mut w).unwrap();
+    assert_eq!(s.state(), ConnState::Lost);
+    s.handle(Event::TransportUp, t0 + ms(500), &mut w).unwrap();
+    assert_eq!(w.take(), [open_msg()], "a new connection: open again");
+    s.handle(Event::Message(ok("")), t0 + ms(510), &mut w)
+        .unwrap();
+    assert_eq!(s.state(), ConnState::Connected);
+    assert_eq!(
+        w.take(),
+        [Message::ServiceOffer {
+            address: "svc".into(),
+            pattern: ".*".into(),
+        }]
+    );
+}
+
+#[test]
+fn lazy_start_refused_open_keeps_trying_without_a_caller() {
+    let (mut s, mut w, t0) = lazy(None);
+    s.register(offer("svc", ".*"), t0, &mut w).unwrap();
+    s.handle(Event::TransportUp, t0, &mut w).unwrap();
+    w.take();
+    s.handle(Event::Message(error(300, "not now")), t0, &mut w)
+        .unwrap();
+    assert_eq!(s.state(), ConnState::Lost);
+    assert_eq!(s.take_reply(Call::Open), None, "nobody waits for it");
+    assert_eq!(s.next_refusal(), None, "an answer to OPEN, not a refusal");
+    // Pings go on; the broker does not know us and says 500: open again,
+    // and on the OK the offer is replayed.
+    s.handle(Event::Tick, t0 + HEARTBEAT, &mut w).unwrap();
+    assert_eq!(w.pings(), 1);
+    w.sent.clear();
+    s.handle(
+        Event::Message(error(500, "unknown")),
+        t0 + HEARTBEAT,
+        &mut w,
+    )
+    .unwrap();
+    assert_eq!(w.take(), [open_msg()]);
+    s.handle(Event::Message(ok("")), t0 + HEARTBEAT, &mut w)
+        .unwrap();
+    assert_eq!(s.state(), ConnState::Connected);
+    assert_eq!(
+        w.take(),
+        [Message::ServiceOffer {
+            address: "svc".into(),
+            pattern: ".*".into(),
+        }]
+    );
+}
+
+#[test]
+fn lazy_start_with_refused_credentials_is_recorded_and_not_fatal() {
+    let (mut s, mut w, t0) = lazy(None);
+    s.handle(Event::HandshakeFailed(HandshakeFailure::Auth), t0, &mut w)
+        .unwrap();
+    assert_eq!(s.handshake_failure(), Some(HandshakeFailure::Auth));
+    assert_eq!(s.state(), ConnState::Lost);
+    // The broker's password file is fixed: the next handshake succeeds and
+    // the old refusal is forgotten.
+    s.handle(Event::TransportUp, t0 + ms(1000), &mut w).unwrap();
+    assert_eq!(s.handshake_failure(), None);
+}
+
+#[test]
+fn unreachable_while_connects_fail_until_the_transport_comes_up() {
+    let (mut s, mut w, t0) = lazy(None);
+    assert!(!s.unreachable(), "not known yet: only time will tell");
+    s.handle(Event::ConnectRetried, t0, &mut w).unwrap();
+    assert!(s.unreachable());
+    s.handle(Event::TransportUp, t0 + ms(100), &mut w).unwrap();
+    assert!(!s.unreachable());
+    s.handle(Event::Message(ok("")), t0 + ms(100), &mut w)
+        .unwrap();
+    // The broker dies: the drop, then libzmq retrying.
+    s.handle(Event::TransportDown, t0 + ms(200), &mut w)
+        .unwrap();
+    s.handle(Event::ConnectRetried, t0 + ms(200), &mut w)
+        .unwrap();
+    assert!(s.unreachable());
+    assert_eq!(s.state(), ConnState::Lost);
+    s.handle(Event::TransportUp, t0 + ms(900), &mut w).unwrap();
+    assert!(!s.unreachable());
+}
+
+#[test]
+fn lazy_start_in_maintenance_says_so_before_the_offer_or_withholds_it() {
+    // A worker started in maintenance with its broker not there yet.
+    let (mut s, mut w, t0) = lazy(Some(8));
+    s.set_maintenance(true, t0, &mut w).unwrap();
+    s.register(offer("svc", ".*"), t0, &mut w).unwrap();
+    assert!(w.take().is_empty(), "nothing before the transport");
+    s.handle(Event::TransportUp, t0, &mut w).unwrap();
+    assert_eq!(w.take(), [open_msg()]);
+    s.handle(
+        Event::Message(ok("alaska-broker ack/1 maint/1")),
+        t0,
+        &mut w,
+    )
+    .unwrap();
+    assert_eq!(
+        w.take(),
+        [
+            Message::Credit { amount: 8 },
+            maint(true),
+            offer("svc", ".*").message()
+        ]
+    );
+    // A broker without maint/1 never sees the offer until the end.
+    let (mut s, mut w, t0) = lazy(None);
+    s.set_maintenance(true, t0, &mut w).unwrap();
+    s.register(offer("svc", ".*"), t0, &mut w).unwrap();
+    s.handle(Event::TransportUp, t0, &mut w).unwrap();
+    s.handle(Event::Message(ok("")), t0, &mut w).unwrap();
+    assert_eq!(w.take(), [open_msg()]);
+    assert!(s.maintenance().applied);
+    s.set_maintenance(false, t0, &mut w).unwrap();
+    assert_eq!(w.take(), [offer("svc", ".*").message()]);
+}

@@ -81,6 +81,13 @@ impl Transport {
         socket.set_linger(1000)?;
         socket.set_reconnect_ivl(100)?;
         socket.set_reconnect_ivl_max(1000)?;
+        // A connect that gets no answer at all (a link down, a host gone)
+        // is abandoned after the timeout and tried afresh, instead of
+        // waiting out the kernel's SYN retries (minutes, with gaps that
+        // grow to tens of seconds): a broker whose link comes back is
+        // reached within a reconnect interval of it.
+        let connect_ms = opts.timeout.as_millis().clamp(100, 60_000) as i32;
+        socket.set_connect_timeout(connect_ms)?;
         // Transport heartbeats make a dead TCP peer show up as a disconnect
         // even when no RST ever arrives.
         let hb = opts.heartbeat.as_millis().clamp(100, 10_000) as i32;
