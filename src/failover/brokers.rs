@@ -208,8 +208,22 @@ impl Brokers {
     /// Why no broker could be used, for a program's error message: the
     /// first refused handshake (credentials), else "unreachable" for the
     /// first broker.
-    pub fn connect_error(&self, waited: Duration) -> ClientError {
+    ///
+    /// A bare hang-up is ambiguous (both sides check the other's security
+    /// mechanism; when the broker finds a mismatch first, all we see is the
+    /// hang-up), so while one is unsettled this polls up to `waited` more
+    /// (at most 2 s) for libzmq's next attempt to name the cause.
+    pub fn connect_error(&mut self, waited: Duration) -> ClientError {
+        let until = Instant::now() + waited.min(Duration::from_secs(2));
+        while self.clients.iter().any(Client::handshake_unsettled) && Instant::now() < until {
+            if self.poll(None, Duration::from_millis(50)).is_err() {
+                break;
+            }
+        }
         if let Some(e) = self.clients.iter().find_map(Client::refused_handshake) {
+            return e;
+        }
+        if let Some(e) = self.clients.iter().find_map(Client::last_handshake_failure) {
             return e;
         }
         let endpoint = self

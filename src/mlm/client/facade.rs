@@ -197,6 +197,30 @@ impl Client {
             .map(|f| self.handshake_error(f))
     }
 
+    /// Whether a handshake ended in a bare hang-up whose cause a later
+    /// attempt may still name: [`Client::refused_handshake`] says nothing
+    /// yet, and waiting for libzmq's next attempt may tell more.
+    pub fn handshake_unsettled(&self) -> bool {
+        self.session.state() != ConnState::Connected
+            && self.session.handshake_failure().is_some()
+            && self
+                .session
+                .handshake_verdict(HANGUPS_BEFORE_VERDICT)
+                .is_none()
+    }
+
+    /// The last handshake failure seen before the connection opened,
+    /// settled or not: for an error message when giving up, where it says
+    /// more than "unreachable".
+    pub fn last_handshake_failure(&self) -> Option<ClientError> {
+        if self.session.state() == ConnState::Connected {
+            return None;
+        }
+        self.session
+            .handshake_failure()
+            .map(|f| self.handshake_error(f))
+    }
+
     /// Our address.
     pub fn address(&self) -> &str {
         &self.opts.address
