@@ -319,9 +319,22 @@ impl WorkerOps {
         let (b2, m2) = (self.board.clone(), self.metrics.clone());
         let b3 = self.board.clone();
         Router::new()
-            .health(move || match board.health() {
-                Health::Serving => HttpHealth::Up("serving".into()),
-                h => HttpHealth::Down(h.name().into()),
+            .health(move || {
+                // The state word first (what a checker matches); with
+                // several brokers, then each connection, so an operator
+                // sees which broker is away while the worker still serves.
+                let h = board.health();
+                let mut text = h.name().to_string();
+                let conns = board.connections();
+                if conns.len() > 1 {
+                    for c in &conns {
+                        text.push_str(&format!("\n{} {}", c.endpoint, c.state));
+                    }
+                }
+                match h {
+                    Health::Serving => HttpHealth::Up(text),
+                    _ => HttpHealth::Down(text),
+                }
             })
             .metrics(self.metrics.registry().clone())
             .route(Method::GET, "/v1/status", move |_| {
@@ -728,8 +741,11 @@ impl HubOps {
                     "applied": all_applied && connected > 0,
                     "connections": x.board.connections().iter().map(conn_json).collect::<Vec<_>>(),
                 });
+                // With no broker connected the change is only recorded: it
+                // is applied before the offer when one answers.
+                let status = if connected > 0 { 200 } else { 202 };
                 for (r, _) in x.waiting.drain(..) {
-                    r.send(HttpResponse::json(200, &body));
+                    r.send(HttpResponse::json(status, &body));
                 }
             }
         }
@@ -808,6 +824,43 @@ mod tests {
             let r = get("/health");
             assert_eq!((r.status, r.body.as_slice()), (status, text.as_bytes()));
         }
+    }
+
+    #[test]
+    fn health_lists_each_connection_when_there_are_several() {
+        use crate::ops::http::Handler;
+        let ops = WorkerOps::new(Systemd::default()).unwrap();
+        let router = ops.router();
+        let conn = |endpoint: &str, state| ConnInfo {
+            endpoint: endpoint.into(),
+            state,
+            acknowledged: true,
+            maintenance: Default::default(),
+            reconnects: 0,
+        };
+        ops.board.set_health(Health::Serving);
+        ops.board
+            .about
+            .lock()
+            .unwrap()
+            .connections
+            .push(conn("tcp://10.0.0.1:9999", "connected"));
+        let r = now(router.handle(HttpRequest::new(Method::GET, "/health", vec![])));
+        assert_eq!(r.body, b"serving\n", "one broker: the state word alone");
+        ops.board
+            .about
+            .lock()
+            .unwrap()
+            .connections
+            .push(conn("tcp://10.0.0.2:9999", "lost"));
+        let r = now(router.handle(HttpRequest::new(Method::GET, "/health", vec![])));
+        assert_eq!(
+            (r.status, String::from_utf8_lossy(&r.body).as_ref()),
+            (
+                200,
+                "serving\ntcp://10.0.0.1:9999 connected\ntcp://10.0.0.2:9999 lost\n"
+            )
+        );
     }
 
     #[test]
