@@ -495,6 +495,11 @@ fn produce(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         if !got && last_reply.elapsed() > idle {
             break;
         }
+        if got {
+            // Replies free window slots: fill them before waiting again
+            // (at window 1, waiting first cost up to 100 ms per request).
+            continue;
+        }
         let mut until = Instant::now() + Duration::from_millis(100);
         if let Some(d) = retries.next_deadline() {
             until = until.min(d);
