@@ -15,8 +15,10 @@
 # run. Also: a worker's CPU while idle; a CPU-heavy script (pi series,
 # 10^6 terms) at pool 1 and pool 2; alaska's resident memory idle, after
 # load and over a --soak of N requests; the Lua VM alone (alaska-bench
-# --vm-only); then the broker rows (tools/bench-broker.sh) and, with
-# --compare ENDPOINT (a running real Malamute), broker against broker.
+# --vm-only); then the broker rows (tools/bench-broker.sh; with --compare
+# ENDPOINT, a running real Malamute, broker against broker), the gateway
+# (tools/bench-gateway.sh), the runners (tools/bench-runners.sh) and CURVE
+# (tools/bench-curve.sh), each with the same -n and -r.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,7 +32,7 @@ while [ $# -gt 0 ]; do
     -r) ROUNDS="$2"; shift 2 ;;
     --soak) SOAK="$2"; shift 2 ;;
     --compare) COMPARE="$2"; shift 2 ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1" >&2; exit 1 ;;
   esac
 done
@@ -230,9 +232,15 @@ stop "$A4"
 stop "$ECHO"
 stop "$ECHOACK"
 stop "$BROKER"
-for extra in tools/bench-broker.sh tools/bench-gateway.sh tools/bench-runners.sh; do
+# The other benchmarks, each with the same request count and rounds; only
+# the broker's takes --compare. One failing does not hide the others.
+for extra in tools/bench-broker.sh tools/bench-gateway.sh tools/bench-runners.sh tools/bench-curve.sh; do
   if [ -x "$extra" ]; then
     echo
-    "$extra" -n "$N" ${COMPARE:+--compare "$COMPARE"}
+    args=(-n "$N" -r "$ROUNDS")
+    if [ "$extra" = tools/bench-broker.sh ] && [ -n "$COMPARE" ]; then
+      args+=(--compare "$COMPARE")
+    fi
+    "$extra" "${args[@]}" || echo "$extra failed (exit $?)"
   fi
 done
