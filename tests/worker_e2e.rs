@@ -370,10 +370,12 @@ fn long_scripts_keep_the_worker_alive_and_never_block_the_others() {
     script(
         dir.path(),
         "spin",
+        // Spins until the quick request has run (at least the nap's 2.5 s),
+        // so its reply cannot overtake the quick one; capped at 8 s.
         "alaska.shared:incr('spin', 1, 0)\n\
-         local t = os.time() + 3\n\
+         local t = os.time() + 8\n\
          local n = 0\n\
-         while os.time() < t do n = n + 1 end\n\
+         while not alaska.shared:get('quick') and os.time() < t do n = n + 1 end\n\
          return 'spun'",
     );
     script(
@@ -386,7 +388,11 @@ fn long_scripts_keep_the_worker_alive_and_never_block_the_others() {
         "runs",
         "return alaska.shared:get('spin') .. ',' .. alaska.shared:get('nap')",
     );
-    script(dir.path(), "quick", "return 'quick'");
+    script(
+        dir.path(),
+        "quick",
+        "alaska.shared:set('quick', 1)\nreturn 'quick'",
+    );
     let _w = Worker::start(b.endpoint(), dir.path(), |_, p| {
         p.size = 2;
         p.timeout = Duration::from_secs(10);
@@ -402,15 +408,26 @@ fn long_scripts_keep_the_worker_alive_and_never_block_the_others() {
     // one. So ask while only one is busy: the nap ends first.
     let started = Instant::now();
     let mut got = Vec::new();
-    while got.len() < 2 {
+    let mut quick = false;
+    while got.len() < 2 || !quick {
         let d = expect(&mut p, DeliveryKind::Mailbox, T);
         got.push(String::from_utf8_lossy(&d.content[0]).into_owned());
         if got.len() == 1 {
             // One VM is free again: a quick request is served at once even
-            // though the other still spins.
+            // though the other still spins (the spin ends only once the
+            // quick request has run, so its reply may come first or after).
             let asked = Instant::now();
-            let q = request(&mut p, "quick", b"", T);
-            assert_eq!(q.content, vec![b"quick".to_vec()]);
+            p.sendfor("svc", "quick", "q", 0, vec![b"".to_vec()])
+                .unwrap();
+            loop {
+                let d = expect(&mut p, DeliveryKind::Mailbox, T);
+                let text = String::from_utf8_lossy(&d.content[0]).into_owned();
+                if text == "quick" {
+                    break;
+                }
+                got.push(text);
+            }
+            quick = true;
             assert!(
                 asked.elapsed() < Duration::from_millis(500),
                 "{:?}",
