@@ -556,3 +556,37 @@ mod tests {
         assert!(matches!(e, CurveError::DuplicateName { .. }), "{e}");
     }
 }
+
+/// The CURVE flags the command-line clients (`alas`, `alaska-bench`) share:
+/// file names only, keys are never given on the command line.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CurveFlags {
+    /// CURVE: our secret certificate file (NAME_secret).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "ALAS_CURVE_CERT",
+        requires = "curve_server"
+    )]
+    pub curve_cert: Option<PathBuf>,
+    /// CURVE: the broker's public certificate file.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "ALAS_CURVE_SERVER",
+        requires = "curve_cert"
+    )]
+    pub curve_server: Option<PathBuf>,
+}
+
+impl CurveFlags {
+    /// The keys the flags name, or `None` when CURVE was not asked for.
+    pub fn keys(&self) -> Result<Option<crate::mlm::CurveClientKeys>, CurveError> {
+        match (&self.curve_cert, &self.curve_server) {
+            (Some(cert), Some(server)) => {
+                Ok(Some(crate::mlm::CurveClientKeys::load(cert, server)?))
+            }
+            _ => Ok(None),
+        }
+    }
+}

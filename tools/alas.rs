@@ -14,9 +14,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use alaska::failover::{parse_endpoints, Balance, BrokerEvent, Brokers, Pick, ReplyKind, Retries};
-use alaska::mlm::{
-    ClientError, ClientOptions, Credentials, CurveClientKeys, DeliveryKind, Refusal, RefusalKind,
-};
+use alaska::mlm::{ClientError, ClientOptions, Credentials, DeliveryKind, Refusal, RefusalKind};
 use alaska::worker::ERROR_REPLY_PREFIX;
 use clap::Parser;
 
@@ -95,22 +93,8 @@ struct Args {
     /// PLAIN password.
     #[arg(short, long, env = "ALAS_PASSWORD", hide_env_values = true)]
     password: Option<String>,
-    /// CURVE: our secret certificate file (NAME_secret).
-    #[arg(
-        long,
-        value_name = "FILE",
-        env = "ALAS_CURVE_CERT",
-        requires = "curve_server"
-    )]
-    curve_cert: Option<std::path::PathBuf>,
-    /// CURVE: the broker's public certificate file.
-    #[arg(
-        long,
-        value_name = "FILE",
-        env = "ALAS_CURVE_SERVER",
-        requires = "curve_cert"
-    )]
-    curve_server: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    curve: alaska::curve::CurveFlags,
     /// Do not warn when the content is not JSON.
     #[arg(long)]
     raw: bool,
@@ -188,17 +172,18 @@ fn run(args: &Args) -> Result<(), Failure> {
             password: args.password.clone().unwrap_or_default(),
         });
     }
-    if let (Some(cert), Some(server)) = (&args.curve_cert, &args.curve_server) {
+    if let Some(keys) = args
+        .curve
+        .keys()
+        .map_err(|e| (exit::USAGE, format!("CURVE: {e}")))?
+    {
         if opts.plain.is_some() {
             return Err((
                 exit::USAGE,
                 "PLAIN (-u) and CURVE cannot both be used".into(),
             ));
         }
-        opts.curve = Some(
-            CurveClientKeys::load(cert, server)
-                .map_err(|e| (exit::USAGE, format!("CURVE: {e}")))?,
-        );
+        opts.curve = Some(keys);
     }
     let mut brokers = Brokers::connect(&endpoints, &opts, args.balance).map_err(connect_failure)?;
     match brokers.wait_usable(opts.timeout) {

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use alaska::failover::{parse_endpoints, Balance, BrokerEvent, Brokers, Pick, ReplyKind, Retries};
-use alaska::mlm::{Client, ClientOptions, CurveClientKeys, DeliveryKind};
+use alaska::mlm::{Client, ClientOptions, DeliveryKind};
 use clap::Parser;
 
 /// Command-line flags.
@@ -106,22 +106,8 @@ struct Args {
     /// `--requests` requests, and print the cost per request.
     #[arg(long)]
     vm_only: bool,
-    /// CURVE: our secret certificate file (NAME_secret).
-    #[arg(
-        long,
-        value_name = "FILE",
-        env = "ALAS_CURVE_CERT",
-        requires = "curve_server"
-    )]
-    curve_cert: Option<std::path::PathBuf>,
-    /// CURVE: the broker's public certificate file.
-    #[arg(
-        long,
-        value_name = "FILE",
-        env = "ALAS_CURVE_SERVER",
-        requires = "curve_cert"
-    )]
-    curve_server: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    curve: alaska::curve::CurveFlags,
     /// With --vm-only: the script to time instead of the echo.
     #[arg(long, value_name = "FILE")]
     script: Option<std::path::PathBuf>,
@@ -169,7 +155,7 @@ fn echo_worker(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         format!("alaska-bench-echo-{}", std::process::id()),
     );
     opts.credit = args.ack_window;
-    opts.curve = curve(args)?;
+    opts.curve = args.curve.keys()?;
     let mut client = Client::connect(opts)?;
     client.set_worker(&args.address, &args.filter)?;
     eprintln!(
@@ -195,14 +181,6 @@ fn echo_worker(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     eprintln!("echo worker served {served} requests");
     client.close()?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// The CURVE keys named by the flags, if any.
-fn curve(args: &Args) -> Result<Option<CurveClientKeys>, Box<dyn std::error::Error>> {
-    match (&args.curve_cert, &args.curve_server) {
-        (Some(cert), Some(server)) => Ok(Some(CurveClientKeys::load(cert, server)?)),
-        _ => Ok(None),
-    }
 }
 
 /// Times the Lua side alone: one VM, the same request again and again.
@@ -386,7 +364,7 @@ fn produce(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         nanos_now() % 1_000_000
     );
     let mut template = ClientOptions::new(&endpoints[0], address);
-    template.curve = curve(args)?;
+    template.curve = args.curve.keys()?;
     let mut brokers = Brokers::connect(&endpoints, &template, args.balance)?;
     if brokers.wait_usable(template.timeout)?.is_none() {
         return Err(brokers.connect_error(template.timeout).into());
