@@ -47,19 +47,7 @@ if [ "$BUILD" = 1 ]; then
     { echo "bench-broker.sh: build failed (run cargo build --release)" >&2; exit 1; }
 fi
 BIN=target/release
-TMP=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-field() { sed -E "s/.*\"$1\":([0-9.]+).*/\1/" <<<"$2"; }
+. tools/bench-common.sh
 wait_port() { # port
   for _ in $(seq 100); do
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
@@ -167,21 +155,22 @@ for i in "${!NAMES[@]}"; do
   printf '%-52s %9s %8s %8s %8s %6s\n' "${LABELS[$i]}" "$(field rps "$r")" "$(field p50_us "$r")" \
     "$(field p99_us "$r")" "$(field max_us "$r")" "$(field lost "$r")"
 done
-ratio() { awk -v a="$(field rps "$1")" -v b="$(field rps "$2")" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+# rps_ratio JSON JSON: the ratio of two runs' throughputs.
+rps_ratio() { ratio "$(field rps "$1")" "$(field rps "$2")"; }
 echo
 echo "best of $ROUNDS round(s), $N requests each:"
-echo "batch / in memory:    $(ratio "${RESULT[batch]}" "${RESULT[memory]}")x   (target >= 0.5x)"
-echo "always / in memory:   $(ratio "${RESULT[always]}" "${RESULT[memory]}")x"
+echo "batch / in memory:    $(rps_ratio "${RESULT[batch]}" "${RESULT[memory]}")x   (target >= 0.5x)"
+echo "always / in memory:   $(rps_ratio "${RESULT[always]}" "${RESULT[memory]}")x"
 if [ -n "$BASELINE" ]; then
-  echo "in memory / baseline: $(ratio "${RESULT[memory]}" "${RESULT[baseline]}")x   (target >= 0.95x)"
+  echo "in memory / baseline: $(rps_ratio "${RESULT[memory]}" "${RESULT[baseline]}")x   (target >= 0.95x)"
 fi
 if [ "$STUCK" -gt 0 ]; then
-  echo "in memory with $STUCK unmatched queued / without: $(ratio "${RESULT[stuck-memory]}" "${RESULT[memory]}")x"
+  echo "in memory with $STUCK unmatched queued / without: $(rps_ratio "${RESULT[stuck-memory]}" "${RESULT[memory]}")x"
   if [ -n "$BASELINE" ]; then
-    echo "baseline with $STUCK unmatched queued / without:  $(ratio "${RESULT[stuck-baseline]}" "${RESULT[baseline]}")x"
+    echo "baseline with $STUCK unmatched queued / without:  $(rps_ratio "${RESULT[stuck-baseline]}" "${RESULT[baseline]}")x"
   fi
 fi
 if [ -n "$COMPARE" ]; then
-  echo "batch / $COMPARE:     $(ratio "${RESULT[batch]}" "${RESULT[compare]}")x   (target > 1x)"
-  echo "in memory / $COMPARE: $(ratio "${RESULT[memory]}" "${RESULT[compare]}")x"
+  echo "batch / $COMPARE:     $(rps_ratio "${RESULT[batch]}" "${RESULT[compare]}")x   (target > 1x)"
+  echo "in memory / $COMPARE: $(rps_ratio "${RESULT[memory]}" "${RESULT[compare]}")x"
 fi

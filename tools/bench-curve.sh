@@ -40,18 +40,7 @@ done
 
 [ "$BUILD" = 1 ] && ./build.sh >/dev/null
 BIN=target/release
-TMP=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+. tools/bench-common.sh
 
 mkdir -p "$TMP/keys" "$TMP/clients"
 for k in broker worker producer; do
@@ -88,7 +77,6 @@ PIDS+=($!)
 sleep 1
 
 # field NAME JSON -> value
-field() { sed -E "s/.*\"$1\":([0-9.]+).*/\1/" <<<"$2"; }
 
 best_clear=""
 best_curve=""

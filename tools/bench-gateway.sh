@@ -38,18 +38,7 @@ command -v wrk >/dev/null || { echo "bench-gateway.sh: wrk not found (apt-get in
 [ "$BUILD" = 1 ] && ./build.sh >/dev/null
 # build.sh builds every binary; alaska-gateway is taken from target/release.
 BIN=target/release
-TMP=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+. tools/bench-common.sh
 EP="tcp://127.0.0.1:$(free_port)"
 HTTP="127.0.0.1:$(free_port)"
 
@@ -95,7 +84,6 @@ function done(summary, latency, requests)
 end
 LUA
 
-field() { sed -E "s/.*\"$1\":([0-9.]+).*/\1/" <<<"$2"; }
 best() { # OLD NEW: the one with the higher rps
   if [ -z "$1" ]; then echo "$2"; return; fi
   awk -v a="$(field rps "$1")" -v b="$(field rps "$2")" 'BEGIN { exit !(b > a) }' && echo "$2" || echo "$1"

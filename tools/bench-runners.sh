@@ -35,18 +35,7 @@ done
 
 ./build.sh >/dev/null
 BIN=bin
-TMP=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+. tools/bench-common.sh
 EP="tcp://127.0.0.1:$(free_port)"
 "$BIN/alaska-broker" --endpoint "$EP" >"$TMP/broker.log" 2>&1 &
 PIDS+=($!)
@@ -92,7 +81,6 @@ ALASKA=$!; PIDS+=($ALASKA)
 for _ in $(seq 50); do grep -q ready "$TMP/alaska.log" && break; sleep 0.1; done
 sleep 0.5
 
-field() { sed -E "s/.*\"$1\":([0-9.]+).*/\1/" <<<"$2"; }
 load() { # service subject window requests
   "$BIN/alaska-bench" -e "$EP" -a "$1" -s "$2" -w "$3" -n "$4" -b 64 --json
 }
@@ -138,9 +126,6 @@ row "HTTP runner -> echo app, w=1" "${BEST[h1]}"
 row "exec runner, Python echo, w=1" "${BEST[e1]}"
 row "echo app called directly (same client), w=1" "${BEST[d1]}"
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
-diff_us() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+d", a - b }'; }
-verdict() { awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN { ok = (op == "<=") ? (v <= t) : (v >= t); print ok ? "met" : "MISSED" }'; }
 R_EXEC=$(ratio "$(field rps "${BEST[e100]}")" "$(field rps "${BEST[c100]}")")
 R_HTTP=$(ratio "$(field rps "${BEST[h100]}")" "$(field rps "${BEST[c100]}")")
 R_LUA=$(ratio "$(field rps "${BEST[l100]}")" "$(field rps "${BEST[c100]}")")

@@ -39,18 +39,7 @@ done
 
 ./build.sh >/dev/null
 BIN=bin
-TMP=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+. tools/bench-common.sh
 EP="tcp://127.0.0.1:$(free_port)"
 
 "$BIN/alaska-broker" --endpoint "$EP" >"$TMP/broker.log" 2>&1 &
@@ -73,7 +62,6 @@ return alaskaContext
 LUA
 
 # field NAME JSON -> value
-field() { sed -E "s/.*\"$1\":([0-9.]+).*/\1/" <<<"$2"; }
 
 load() { # service subject window requests
   "$BIN/alaska-bench" -e "$EP" -a "$1" -s "$2" -w "$3" -n "$4" -b 64 --json
@@ -199,9 +187,6 @@ VM=$("$BIN/alaska-bench" --vm-only -n 200000)
 echo "$VM"
 VM_US=$(sed -E 's/.*per_request=([0-9.]+)us.*/\1/' <<<"$VM")
 echo
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
-diff_us() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+d", a - b }'; }
-verdict() { awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN { ok = (op == "<=") ? (v <= t) : (v >= t); print ok ? "met" : "MISSED" }'; }
 R_CPU1=$(ratio "$(cpu p100)" "$(cpu k100)")
 R_CPU4=$(ratio "$(cpu q100)" "$(cpu k100)")
 R_T1=$(ratio "$(field rps "${BEST[p100]}")" "$(field rps "${BEST[c100]}")")
