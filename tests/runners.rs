@@ -881,3 +881,63 @@ fn x_alaska_forward_chains_into_a_lua_stage_and_nothing_blocks_lua_or_other_runn
         ("slow-1", "slow done")
     );
 }
+
+#[test]
+fn a_flood_of_lua_requests_beside_runners_is_answered_in_full() {
+    // A runner's slots add to the credit the worker gives its broker; the
+    // Lua queue must hold that whole credit too, or a burst of Lua
+    // requests overflows it while the runners sit idle (it did: a worker
+    // with 8 HTTP slots lost 8 requests of a burst, and their credit).
+    let b = broker();
+    let dir = tempfile::tempdir().unwrap();
+    let app = Server::start(0, |_| Reply::new(200, b"unused"));
+    // One VM: every Lua request waits in the worker's own queue.
+    let rs = runners(&http_runner("^app\\.", &app.url("/"), 8, "5s"));
+    let _w = Worker::start(
+        b.endpoint(),
+        dir.path(),
+        move |o: &mut DispatcherOptions, p: &mut PoolConfig| {
+            o.runners = rs;
+            p.size = 1;
+        },
+    );
+    script(dir.path(), "slow", "alaska.sleep(5)\nreturn alaskaContext");
+    let mut p = producer(b.endpoint(), dir.path());
+    let n = 150;
+    for i in 0..n {
+        p.sendfor(
+            "svc",
+            "slow",
+            &format!("t{i}"),
+            0,
+            vec![format!("b{i}").into_bytes()],
+        )
+        .unwrap();
+    }
+    let mut seen = std::collections::BTreeMap::new();
+    while seen.len() < n {
+        let d = expect(&mut p, DeliveryKind::Mailbox, T);
+        assert_eq!(
+            d.content,
+            vec![format!("b{}", &d.tracker[1..]).into_bytes()]
+        );
+        *seen.entry(d.tracker.clone()).or_insert(0) += 1;
+    }
+    assert!(seen.values().all(|&c| c == 1), "{seen:?}");
+    // And the credit is whole again: another burst goes through too.
+    for i in 0..n {
+        p.sendfor(
+            "svc",
+            "slow",
+            &format!("u{i}"),
+            0,
+            vec![format!("b{i}").into_bytes()],
+        )
+        .unwrap();
+    }
+    for _ in 0..n {
+        let d = expect(&mut p, DeliveryKind::Mailbox, T);
+        assert!(d.tracker.starts_with('u'), "{}", d.tracker);
+    }
+    expect_none(&mut p, DeliveryKind::Mailbox, Duration::from_millis(300));
+}

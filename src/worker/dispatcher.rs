@@ -227,9 +227,11 @@ pub fn run_with(
         endpoints.join(","),
         if maintenance { ", in maintenance" } else { "" }
     ));
-    // Each broker may hand us up to `capacity` requests at once (its
-    // credit): the queue holds that much per connection.
-    let queue_limit = capacity * conns.len();
+    // Each broker may hand us up to its whole credit at once, runner slots
+    // included, and all of it may be for Lua: the queue holds that much
+    // per connection (less, and a burst of Lua requests beside idle
+    // runners overflowed it).
+    let queue_limit = (capacity + slots) * conns.len();
     let hub = Arc::new(Mutex::new(Hub::new(
         opts,
         conns,

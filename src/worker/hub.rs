@@ -623,23 +623,33 @@ impl Hub {
         Ok(())
     }
 
-    /// A request that was received but will not run here. The broker
-    /// keeps an acknowledged one (it goes to another worker when we close);
-    /// at a stop, an unacknowledged one is handed back to its service;
-    /// otherwise it is a dead letter saying why.
+    /// A request that was received but will not run here. At a stop, an
+    /// acknowledged one is left to the broker (it goes to another worker
+    /// when we close) and an unacknowledged one is handed back to its
+    /// service. Otherwise an acknowledged one is handed back and confirmed
+    /// (the credit bounds what the broker sends, so this takes a broker
+    /// that gives more than it was allowed), and an unacknowledged one is a
+    /// dead letter saying why.
     fn unrun(&mut self, job: Job, text: &str, stopping: bool) -> Result<(), WorkerError> {
         self.ops.forget(job.id);
-        let conn = match self.in_flight.remove(&job.id) {
-            Some(InFlight {
-                held: Held::Acked(_),
-                ..
-            }) => {
-                tracing::warn!(subject = %job.request.subject, "{text}; returned to the broker");
-                return Ok(());
-            }
-            Some(f) => f.conn,
-            None => 0,
+        let (conn, acked) = match self.in_flight.get(&job.id) {
+            Some(f) => (f.conn, matches!(f.held, Held::Acked(_))),
+            None => (0, false),
         };
+        if acked && stopping {
+            // Unconfirmed: the broker gives it again when we are gone.
+            self.in_flight.remove(&job.id);
+            tracing::warn!(subject = %job.request.subject, "{text}; returned to the broker");
+            return Ok(());
+        }
+        if acked {
+            // Left unconfirmed while we run on, it would wait for our end
+            // and hold a credit until then: hand it to another worker of
+            // the service now, then confirm our copy.
+            self.send_back(conn, &job.request, text)?;
+            return self.confirm(job.id);
+        }
+        self.in_flight.remove(&job.id);
         if stopping {
             return self.send_back(conn, &job.request, text);
         }
