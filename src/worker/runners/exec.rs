@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::protocol::{decode_response, encode_request};
 use super::{ExecConfig, Executor, RunnerError, KILL_GRACE};
@@ -234,13 +234,7 @@ impl Executor for ExecRunner {
     }
 
     fn try_submit(&self, job: Job) -> Result<(), Job> {
-        match &self.tx {
-            Some(tx) => match tx.try_send(job) {
-                Ok(()) => Ok(()),
-                Err(TrySendError::Full(j)) | Err(TrySendError::Disconnected(j)) => Err(j),
-            },
-            None => Err(job),
-        }
+        super::submit(&self.tx, job)
     }
 
     fn slots(&self) -> usize {

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 
 use super::{Executor, HttpConfig, RunnerError};
 use crate::worker::types::{Completion, ErrorKind, Job, Outcome, Request, RunResult, ScriptError};
@@ -103,13 +103,7 @@ impl Executor for HttpRunner {
     }
 
     fn try_submit(&self, job: Job) -> Result<(), Job> {
-        match &self.tx {
-            Some(tx) => match tx.try_send(job) {
-                Ok(()) => Ok(()),
-                Err(TrySendError::Full(j)) | Err(TrySendError::Disconnected(j)) => Err(j),
-            },
-            None => Err(job),
-        }
+        super::submit(&self.tx, job)
     }
 
     fn slots(&self) -> usize {

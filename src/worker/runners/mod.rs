@@ -235,6 +235,16 @@ pub trait Executor: Send {
     fn finish(&mut self);
 }
 
+/// Queues a job on a runner's channel without blocking: gives it back when
+/// the channel is full, or gone (`None`: the runner stopped taking work).
+#[allow(clippy::result_large_err)]
+fn submit(tx: &Option<Sender<Job>>, job: Job) -> Result<(), Job> {
+    match tx {
+        Some(tx) => tx.try_send(job).map_err(|e| e.into_inner()),
+        None => Err(job),
+    }
+}
+
 /// Starts the executor of one runner.
 pub fn start(
     cfg: &RunnerConfig,
