@@ -191,6 +191,9 @@ fn run(s: Settings, curve: Option<CurveClientKeys>) -> Result<(), Box<dyn std::e
         },
         retry_pending: s.retry_pending,
         runners: s.runners.clone(),
+        acknowledge: true,
+        hold_max: s.pool_hold,
+        hold_bytes: s.pool_hold_bytes,
     };
     let pool = PoolConfig {
         size: s.pool_size,

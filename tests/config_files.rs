@@ -81,6 +81,8 @@ fn the_shipped_file_names_every_key_once_and_parses_to_the_defaults() {
         "worker/scripts/dir",
         "worker/pool/size",
         "worker/pool/backlog",
+        "worker/pool/hold",
+        "worker/pool/hold_bytes",
         "worker/broker/endpoint",
         "worker/broker/timeout",
         "worker/service/address",

@@ -55,6 +55,11 @@ pub struct Settings {
     pub pool_size: usize,
     /// `worker/pool/backlog`.
     pub pool_backlog: usize,
+    /// `worker/pool/hold`: requests held beyond the backlog from a broker
+    /// that pushes.
+    pub pool_hold: usize,
+    /// `worker/pool/hold_bytes`: their content bytes, at most.
+    pub pool_hold_bytes: usize,
     /// `worker/broker/endpoint`: one or more brokers, comma-separated, in
     /// order. The worker serves on every one.
     pub endpoints: Vec<String>,
@@ -126,6 +131,8 @@ impl Default for Settings {
             scripts_dir: PathBuf::from("services"),
             pool_size: 4,
             pool_backlog: 64,
+            pool_hold: 10_000,
+            pool_hold_bytes: 64 << 20,
             endpoints: vec![crate::mlm::DEFAULT_ENDPOINT.into()],
             broker_timeout: Duration::from_millis(1000),
             embedded: Embedded::Auto,
@@ -316,6 +323,8 @@ impl Settings {
             scripts_dir: PathBuf::from(get("worker/scripts/dir")),
             pool_size: positive("worker/pool/size", &get("worker/pool/size"))?,
             pool_backlog: number("worker/pool/backlog", &get("worker/pool/backlog"))? as usize,
+            pool_hold: number("worker/pool/hold", &get("worker/pool/hold"))? as usize,
+            pool_hold_bytes: bytes("worker/pool/hold_bytes", &get("worker/pool/hold_bytes"))?,
             endpoints,
             broker_timeout: duration("worker/broker/timeout", &get("worker/broker/timeout"))?,
             embedded,

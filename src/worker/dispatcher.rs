@@ -84,6 +84,16 @@ pub struct DispatcherOptions {
     /// Runners (HTTP applications, child processes), in match order: a
     /// subject one of them matches never goes to Lua.
     pub runners: Vec<super::runners::RunnerConfig>,
+    /// Ask each broker for acknowledged delivery (CREDIT), which the
+    /// project's broker grants and the reference ignores. `false` makes
+    /// every broker push, as the reference does (how the tests exercise
+    /// push mode on the project's broker).
+    pub acknowledge: bool,
+    /// Pushed requests held beyond the queue, at most (see
+    /// [`super::hub::HOLD_MAX`]).
+    pub hold_max: usize,
+    /// Content bytes of the held requests, at most.
+    pub hold_bytes: usize,
 }
 
 impl DispatcherOptions {
@@ -103,6 +113,9 @@ impl DispatcherOptions {
             policy: Policy::default(),
             retry_pending: 1000,
             runners: Vec::new(),
+            acknowledge: true,
+            hold_max: super::hub::HOLD_MAX,
+            hold_bytes: super::hub::HOLD_BYTES,
         }
     }
 }
@@ -183,7 +196,9 @@ pub fn run_with(
             .collect(),
     );
     let mut client_opts = opts.client.clone();
-    client_opts.credit = Some((capacity + slots).min(u16::MAX as usize) as u16);
+    client_opts.credit = opts
+        .acknowledge
+        .then(|| (capacity + slots).min(u16::MAX as usize) as u16);
     let endpoints = if opts.endpoints.is_empty() {
         vec![opts.client.endpoint.clone()]
     } else {

@@ -36,6 +36,15 @@ use crate::mlm::{AckToken, Client, ClientError, ConnState, Delivery, DeliveryKin
 /// Confirmations sent at once at most; beyond, they go out at once.
 const CONFIRM_BATCH: usize = 64;
 
+/// Requests from a broker that pushes (no CREDIT: the real Malamute) held
+/// beyond the queue, at most: that broker sends whatever it has at once,
+/// so a producer's window larger than the backlog must not turn into dead
+/// letters. About what a libmlm worker absorbs in its pipes before its
+/// broker drops silently; beyond it, requests are reported (dead letter).
+pub const HOLD_MAX: usize = 10_000;
+/// The content bytes those held requests may take, at most.
+pub const HOLD_BYTES: usize = 64 << 20;
+
 /// One broker connection and what is owed to it.
 pub struct Conn {
     /// The client.
@@ -97,6 +106,10 @@ pub struct Hub {
     /// Jobs for the dispatcher's VM (and, when it is busy, for the pool).
     queue: VecDeque<Job>,
     queue_limit: usize,
+    /// Pushed requests that found the queue (or their runner) full, in
+    /// arrival order, and their content bytes: placed as room frees.
+    held: VecDeque<Job>,
+    held_bytes: usize,
     in_flight: HashMap<u64, InFlight>,
     retries: RetryQueue<Job>,
     next_id: u64,
@@ -137,6 +150,8 @@ impl Hub {
             wake,
             queue: VecDeque::new(),
             queue_limit,
+            held: VecDeque::new(),
+            held_bytes: 0,
             in_flight: HashMap::new(),
             next_id: 0,
             rng: seed(),
@@ -193,12 +208,15 @@ impl Hub {
     /// The next job for the dispatcher's VM: its queue first, then what
     /// waits for the pool.
     pub fn take_inline(&mut self) -> Option<Job> {
+        if self.queue.is_empty() {
+            self.release_held();
+        }
         self.queue.pop_front().or_else(|| self.jobs.try_recv().ok())
     }
 
     /// Whether jobs wait for the dispatcher's VM.
     pub fn has_queued(&self) -> bool {
-        !self.queue.is_empty()
+        !self.queue.is_empty() || !self.held.is_empty()
     }
 
     /// One round of I/O: waits at most `wait` (less when a timer is due),
@@ -316,6 +334,7 @@ impl Hub {
             self.complete(c)?;
         }
         self.runners.feed();
+        self.release_held();
         let now = Instant::now();
         while let Some(job) = self.retries.pop_due(now) {
             self.place(job)?;
@@ -324,7 +343,8 @@ impl Hub {
         if self.inline_busy {
             self.feed_pool();
         }
-        let queued = self.queue.len() + self.pool.as_ref().map_or(0, Pool::waiting);
+        let queued =
+            self.queue.len() + self.held.len() + self.pool.as_ref().map_or(0, Pool::waiting);
         let (in_flight, retries) = (self.in_flight.len(), self.retries.len());
         let r = self
             .ops
@@ -409,27 +429,47 @@ impl Hub {
 
     /// Puts a job where it will run soonest: the dispatcher's queue when
     /// its VM is free (or will be, before the pool could start it), the
-    /// pool when the dispatcher's VM is busy. Beyond the bound, the job is
-    /// not run.
+    /// pool when the dispatcher's VM is busy. Beyond the bound, a job from
+    /// a broker that pushes is held (behind those held before it), any
+    /// other is not run.
     fn place(&mut self, job: Job) -> Result<(), WorkerError> {
+        let pushed = matches!(
+            self.in_flight.get(&job.id),
+            Some(InFlight {
+                held: Held::Unacked(_),
+                ..
+            })
+        );
+        if pushed && !self.held.is_empty() {
+            // First come, first run.
+            return self.hold(job);
+        }
+        match self.try_place(job) {
+            Ok(()) => Ok(()),
+            Err((job, _)) if pushed => self.hold(job),
+            Err((job, text)) => {
+                tracing::warn!(subject = %job.request.subject, "{text}");
+                self.unrun(job, &text, false)
+            }
+        }
+    }
+
+    /// Queues a job for a VM or hands it to its runner; gives it back, with
+    /// why, when that is full.
+    #[allow(clippy::result_large_err)]
+    fn try_place(&mut self, job: Job) -> Result<(), (Job, String)> {
         let extra: usize = self.conns.iter().map(|c| c.extra_credit).sum();
         if let Some(i) = self.runners.route(&job.request.subject) {
-            return match self.runners.place(i, job, extra) {
-                Ok(()) => Ok(()),
-                Err((job, runner)) => {
-                    let text = format!("runner {runner} overloaded; request not run");
-                    tracing::warn!(subject = %job.request.subject, "{text}");
-                    self.unrun(job, &text, false)
-                }
-            };
+            return self.runners.place(i, job, extra).map_err(|(job, runner)| {
+                (job, format!("runner {runner} overloaded; request not run"))
+            });
         }
         if self.queue.len() >= self.queue_limit + extra {
             let text = format!(
                 "worker overloaded: {} requests waiting; request not run",
                 self.queue.len()
             );
-            tracing::warn!(subject = %job.request.subject, "{text}");
-            return self.unrun(job, &text, false);
+            return Err((job, text));
         }
         self.ops.placed(job.id);
         self.queue.push_back(job);
@@ -437,6 +477,43 @@ impl Hub {
             self.feed_pool();
         }
         Ok(())
+    }
+
+    /// Holds a pushed job until there is room; beyond `hold_max` jobs or
+    /// `hold_bytes` (by default [`HOLD_MAX`], [`HOLD_BYTES`]), it is not
+    /// run.
+    fn hold(&mut self, job: Job) -> Result<(), WorkerError> {
+        let size = content_bytes(&job.request);
+        if self.held.len() >= self.opts.hold_max || self.held_bytes + size > self.opts.hold_bytes {
+            let text = format!(
+                "worker overloaded: {} requests waiting and {} more requests ({} bytes) held; \
+                 request not run",
+                self.queue.len(),
+                self.held.len(),
+                self.held_bytes
+            );
+            tracing::warn!(subject = %job.request.subject, "{text}");
+            return self.unrun(job, &text, false);
+        }
+        if self.held.is_empty() {
+            tracing::debug!("queue full: holding what the broker pushes until there is room");
+        }
+        self.held_bytes += size;
+        self.held.push_back(job);
+        Ok(())
+    }
+
+    /// Places held jobs, oldest first, while there is room.
+    fn release_held(&mut self) {
+        while let Some(job) = self.held.pop_front() {
+            let size = content_bytes(&job.request);
+            self.held_bytes -= size;
+            if let Err((job, _)) = self.try_place(job) {
+                self.held_bytes += size;
+                self.held.push_front(job);
+                break;
+            }
+        }
     }
 
     /// Carries out what a finished request decided.
@@ -762,7 +839,12 @@ impl Hub {
         for job in waiting {
             self.hand_back(job)?;
         }
-        let leftovers: Vec<Job> = unstarted.into_iter().chain(self.queue.drain(..)).collect();
+        let leftovers: Vec<Job> = unstarted
+            .into_iter()
+            .chain(self.queue.drain(..))
+            .chain(self.held.drain(..))
+            .collect();
+        self.held_bytes = 0;
         for job in leftovers {
             self.unrun(job, "worker stopping: request received but not run", true)?;
         }
@@ -839,4 +921,9 @@ fn clip(s: &str) -> String {
 fn ms(d: Duration) -> i64 {
     let m = d.as_micros().div_ceil(1000);
     m.min(i64::MAX as u128) as i64
+}
+
+/// The bytes of a request's content frames.
+fn content_bytes(r: &Request) -> usize {
+    r.content.iter().map(Vec::len).sum()
 }
