@@ -433,25 +433,29 @@ impl Hub {
     /// a broker that pushes is held (behind those held before it), any
     /// other is not run.
     fn place(&mut self, job: Job) -> Result<(), WorkerError> {
-        let pushed = matches!(
-            self.in_flight.get(&job.id),
-            Some(InFlight {
-                held: Held::Unacked(_),
-                ..
-            })
-        );
-        if pushed && !self.held.is_empty() {
+        if !self.held.is_empty() && self.pushed(job.id) {
             // First come, first run.
             return self.hold(job);
         }
         match self.try_place(job) {
             Ok(()) => Ok(()),
-            Err((job, _)) if pushed => self.hold(job),
+            Err((job, _)) if self.pushed(job.id) => self.hold(job),
             Err((job, text)) => {
                 tracing::warn!(subject = %job.request.subject, "{text}");
                 self.unrun(job, &text, false)
             }
         }
+    }
+
+    /// Whether a broker that pushes (no acknowledgements) sent this job.
+    fn pushed(&self, id: u64) -> bool {
+        matches!(
+            self.in_flight.get(&id),
+            Some(InFlight {
+                held: Held::Unacked(_),
+                ..
+            })
+        )
     }
 
     /// Queues a job for a VM or hands it to its runner; gives it back, with
