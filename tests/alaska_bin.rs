@@ -244,15 +244,7 @@ fn verbose_logs_each_request_and_syslog_mode_runs() {
     unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
     let status = wait_exit(&mut child.0, Duration::from_secs(10)).expect("exits");
     assert_eq!(status.code(), Some(0));
-    let mut log = String::new();
-    use std::io::Read;
-    child
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
+    let log = child.stderr_text();
     let line = log
         .lines()
         .find(|l| l.contains("request") && l.contains("subject=echo"))
@@ -282,14 +274,7 @@ fn verbose_logs_each_request_and_syslog_mode_runs() {
     unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
     let status = wait_exit(&mut child.0, Duration::from_secs(10)).expect("exits");
     assert_eq!(status.code(), Some(0));
-    let mut log = String::new();
-    child
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
+    let log = child.stderr_text();
     assert!(
         !log.contains("ready"),
         "logged to stderr despite syslog: {log}"

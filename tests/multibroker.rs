@@ -580,9 +580,7 @@ fn the_worker_binary_takes_a_list_says_which_brokers_are_unreachable_and_stops_c
         );
         let status = common::bin::wait_exit(&mut c.0, Duration::from_secs(10)).expect("exits");
         assert_eq!(status.code(), Some(2), "{args:?}");
-        let mut err = String::new();
-        use std::io::Read;
-        c.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        let err = c.stderr_text();
         assert!(err.contains(says), "{args:?}: {err}");
     }
     std::fs::write(dir.path().join("alaska.cfg"), &plain).unwrap();
@@ -602,15 +600,7 @@ fn the_worker_binary_takes_a_list_says_which_brokers_are_unreachable_and_stops_c
     unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
     let status = common::bin::wait_exit(&mut child.0, Duration::from_secs(15)).expect("exits");
     assert_eq!(status.code(), Some(0));
-    let mut log = String::new();
-    use std::io::Read;
-    child
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
+    let log = child.stderr_text();
     assert!(log.contains("ready: 4 Lua VMs"), "{log}");
     let unreachable = log
         .lines()

@@ -232,6 +232,23 @@ fn sleep_s(s: f64) {
     std::thread::sleep(Duration::from_secs_f64(s));
 }
 
+/// The hosts of scenarios 1 and 2: `alaska-broker` on one, a worker on
+/// each of two others, a host for the producer. Returns the broker's
+/// endpoint, the first worker's host and process, the producer's host.
+fn one_broker_two_workers(net: &mut Net) -> (String, Host, Proc, Host) {
+    let b = net.host("broker", &[0]);
+    let (h1, h2, hp) = (
+        net.host("w1", &[0]),
+        net.host("w2", &[0]),
+        net.host("prod", &[0]),
+    );
+    alaska_broker(net, b, "broker");
+    let ep = endpoint(net, b, 0);
+    let w1 = worker(net, h1, "worker1", std::slice::from_ref(&ep));
+    worker(net, h2, "worker2", std::slice::from_ref(&ep));
+    (ep, h1, w1, hp)
+}
+
 /// 1. One broker, two workers on two other hosts, a producer on a fourth:
 ///    one worker's link goes down for 10 s under load. The broker gives
 ///    the cut worker's unconfirmed requests to the other one when it
@@ -242,16 +259,7 @@ fn s1_worker_link_down_for_10_s() {
     let Some(mut net) = net_or_skip("s1", 1) else {
         return;
     };
-    let b = net.host("broker", &[0]);
-    let (h1, h2, hp) = (
-        net.host("w1", &[0]),
-        net.host("w2", &[0]),
-        net.host("prod", &[0]),
-    );
-    alaska_broker(&mut net, b, "broker");
-    let ep = endpoint(&net, b, 0);
-    let w1 = worker(&mut net, h1, "worker1", std::slice::from_ref(&ep));
-    worker(&mut net, h2, "worker2", std::slice::from_ref(&ep));
+    let (ep, h1, w1, hp) = one_broker_two_workers(&mut net);
     let load = bench(&mut net, hp, "bench", &ep, 100, &[]);
     sleep_s(4.0);
     net.link(h1, 0, false);
@@ -272,16 +280,7 @@ fn s2_worker_paused_for_15_s() {
     let Some(mut net) = net_or_skip("s2", 1) else {
         return;
     };
-    let b = net.host("broker", &[0]);
-    let (h1, h2, hp) = (
-        net.host("w1", &[0]),
-        net.host("w2", &[0]),
-        net.host("prod", &[0]),
-    );
-    alaska_broker(&mut net, b, "broker");
-    let ep = endpoint(&net, b, 0);
-    let w1 = worker(&mut net, h1, "worker1", std::slice::from_ref(&ep));
-    worker(&mut net, h2, "worker2", std::slice::from_ref(&ep));
+    let (ep, _, w1, hp) = one_broker_two_workers(&mut net);
     let load = bench(&mut net, hp, "bench", &ep, 80, &[]);
     sleep_s(4.0);
     net.signal(w1, libc::SIGSTOP);

@@ -35,6 +35,22 @@ pub fn free_endpoint() -> String {
 /// A child process killed (and reaped) on drop.
 pub struct Running(pub Child);
 
+impl Running {
+    /// Everything the child wrote to its piped stderr (read to the end:
+    /// call it once the child has exited).
+    pub fn stderr_text(&mut self) -> String {
+        use std::io::Read;
+        let mut text = String::new();
+        self.0
+            .stderr
+            .take()
+            .expect("stderr piped")
+            .read_to_string(&mut text)
+            .unwrap();
+        text
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.0.kill();
