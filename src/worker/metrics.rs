@@ -237,7 +237,10 @@ impl WorkerMetrics {
                 "requests_in_flight",
                 "Requests received and not finished: queued, running, or waiting for a retry.",
             )?,
-            queued: m.gauge("requests_queued", "Requests waiting for a free VM.")?,
+            queued: m.gauge(
+                "requests_queued",
+                "Requests waiting for a free VM, or held beyond the backlog from a broker that pushes.",
+            )?,
             retry_waiting: m.gauge(
                 "requests_retry_waiting",
                 "Requests waiting for their next attempt.",
