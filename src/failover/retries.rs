@@ -129,11 +129,6 @@ impl<K: Clone + Eq + Hash> Retries<K> {
         self.live.len()
     }
 
-    /// Whether `key` waits for a reply.
-    pub fn is_waiting(&self, key: &K) -> bool {
-        self.live.contains_key(key)
-    }
-
     /// The broker `key` last went to, while it waits.
     pub fn broker_of(&self, key: &K) -> Option<usize> {
         self.live.get(key).map(|e| e.broker)

@@ -327,19 +327,6 @@ impl Message {
         }
     }
 
-    /// Takes the content frames out of the message, leaving it empty.
-    pub fn take_content(&mut self) -> Content {
-        match self {
-            Message::StreamSend { content, .. }
-            | Message::StreamDeliver { content, .. }
-            | Message::MailboxSend { content, .. }
-            | Message::MailboxDeliver { content, .. }
-            | Message::ServiceSend { content, .. }
-            | Message::ServiceDeliver { content, .. } => std::mem::take(content),
-            _ => Vec::new(),
-        }
-    }
-
     /// Encodes the header frame only; content frames go after it as they
     /// are (see [`Message::content`]). Lets a sender avoid copying content.
     pub fn encode_header(&self) -> Result<Vec<u8>, EncodeError> {

@@ -141,13 +141,6 @@ impl Pool {
         }
     }
 
-    /// How many more jobs the backlog takes now.
-    pub fn idle_capacity(&self) -> usize {
-        self.tx
-            .capacity()
-            .unwrap_or(0)
-            .saturating_sub(self.tx.len())
-    }
 
     /// Number of VMs.
     pub fn size(&self) -> usize {
