@@ -8,6 +8,7 @@
 //!   encryption between machines), and key generation.
 //! - [`config`]: the ZPL reader and the worker's typed settings.
 //! - [`daemon`]: background mode, lock file, user and group, stop signals.
+//! - [`docgen`]: man pages and shell completions from the clap definitions.
 //! - [`logging`]: stderr or syslog.
 //! - [`worker`]: the dispatcher, the Lua VM pool, the scripting API, the
 //!   runners (HTTP applications and child processes as handlers), and what
@@ -23,6 +24,7 @@ pub mod broker;
 pub mod config;
 pub mod curve;
 pub mod daemon;
+pub mod docgen;
 pub mod failover;
 pub mod gateway;
 pub mod logging;

@@ -49,7 +49,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = alaska::docgen::parse();
     let loaded = match Settings::load(&args.config) {
         Ok(l) => l,
         Err(e) => {

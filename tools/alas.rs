@@ -108,7 +108,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = alaska::docgen::parse();
     match run(&args) {
         Ok(()) => ExitCode::from(exit::OK),
         Err((code, msg)) => {

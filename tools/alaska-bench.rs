@@ -122,7 +122,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = alaska::docgen::parse();
     let r = if let Some(addr) = &args.http_echo {
         http_echo(addr)
     } else if let Some(url) = &args.http_direct {

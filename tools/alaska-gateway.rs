@@ -59,7 +59,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = alaska::docgen::parse();
     // Stderr cannot fail to open; syslog is not asked for.
     let _ = alaska::logging::init(&alaska::logging::LogOptions {
         syslog: false,

@@ -141,7 +141,6 @@ impl Pool {
         }
     }
 
-
     /// Number of VMs.
     pub fn size(&self) -> usize {
         self.size
