@@ -9,6 +9,7 @@
 //! - [`config`]: the ZPL reader and the worker's typed settings.
 //! - [`daemon`]: background mode, lock file, user and group, stop signals.
 //! - [`docgen`]: man pages and shell completions from the clap definitions.
+//! - [`progress`]: a progress line on a terminal for long runs.
 //! - [`logging`]: stderr or syslog.
 //! - [`worker`]: the dispatcher, the Lua VM pool, the scripting API, the
 //!   runners (HTTP applications and child processes as handlers), and what
@@ -30,4 +31,5 @@ pub mod gateway;
 pub mod logging;
 pub mod mlm;
 pub mod ops;
+pub mod progress;
 pub mod worker;

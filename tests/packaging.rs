@@ -2,12 +2,14 @@
 //! binaries themselves: every long flag `--help` shows is in the man page
 //! and the bash completion written by `ALASKA_GENERATE_DOCS` (so they
 //! cannot drift from `--help`); and the package metadata names every asset
-//! that exists in the tree.
+//! that exists in the tree; and long runs show progress on a terminal only.
 
 use std::collections::BTreeSet;
 use std::process::Command;
 
 use assert_cmd::cargo::CommandCargoExt;
+
+mod common;
 
 const BINARIES: [&str; 5] = [
     "alaska",
@@ -143,4 +145,63 @@ fn package_assets_exist_in_the_tree() {
             "{p}: cargo-deb needs the #DEBHELPER# token"
         );
     }
+}
+
+/// `alaska-bench` on a terminal (a pseudo-terminal made by `script(1)`)
+/// says how far a paced run is; with stderr a pipe it prints exactly what
+/// it printed before (no progress line).
+#[test]
+fn bench_shows_progress_on_a_terminal_only() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: script(1) is not installed (util-linux)");
+        return;
+    }
+    let broker = common::broker();
+    let ep = broker.endpoint().to_string();
+    let bench = assert_cmd::cargo::cargo_bin("alaska-bench");
+    let worker = Command::new(&bench)
+        .args(["--echo-worker", "-e", &ep, "-a", "prog"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _worker = common::bin::Running(worker);
+    let run = format!(
+        "{} -e {ep} -a prog -n 30 -w 1 --rate 20 --idle-timeout 10",
+        bench.display()
+    );
+    let tty = Command::new("script")
+        .args(["-qefc", &run, "/dev/null"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{shown}");
+    assert!(
+        shown.contains("\ranswered: "),
+        "no progress line on a terminal: {shown:?}"
+    );
+    assert!(shown.contains("/30 ("), "{shown:?}");
+
+    let piped = Command::new(&bench)
+        .args([
+            "-e",
+            &ep,
+            "-a",
+            "prog",
+            "-n",
+            "30",
+            "-w",
+            "1",
+            "--rate",
+            "20",
+            "--idle-timeout",
+            "10",
+        ])
+        .output()
+        .unwrap();
+    assert!(piped.status.success());
+    let err = String::from_utf8_lossy(&piped.stderr);
+    assert!(
+        !err.contains("answered: "),
+        "progress written to a pipe: {err:?}"
+    );
 }

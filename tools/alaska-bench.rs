@@ -379,8 +379,12 @@ fn produce(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let mut max_gap = Duration::ZERO;
     let idle = Duration::from_secs(args.idle_timeout);
     let pace = (args.rate > 0).then(|| Duration::from_secs_f64(1.0 / args.rate as f64));
+    // On a terminal, a line that says how far the run is (a paced run of
+    // thousands of requests otherwise says nothing for minutes).
+    let mut progress = alaska::progress::Progress::stderr("answered", Some(args.requests), start);
     while received < args.requests {
         let now = Instant::now();
+        progress.update(received, now);
         // A broker that went away answers nothing it holds: send it on.
         while let Some(ev) = brokers.next_event() {
             match ev {
@@ -488,6 +492,7 @@ fn produce(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         let left = until.saturating_duration_since(Instant::now());
         brokers.poll(None, left)?;
     }
+    progress.finish();
     let elapsed = start.elapsed();
     let resent = retries.stats().resent;
     for (b, r) in brokers.close() {
