@@ -342,6 +342,20 @@ impl Net {
         info.exited = true;
     }
 
+    /// Whether `p` has ended, and how (`exit status: N` or
+    /// `signal: N (SIGSEGV)`, as std says it), without waiting. Unlike
+    /// [`Net::wait`], also tells an end by a signal.
+    pub fn exited(&mut self, p: Proc) -> Option<String> {
+        let info = &mut self.procs[p.0];
+        match info.child.try_wait() {
+            Ok(Some(s)) => {
+                info.exited = true;
+                Some(s.to_string())
+            }
+            _ => None,
+        }
+    }
+
     /// Waits at most `within` for `p` to exit; its exit code.
     pub fn wait(&mut self, p: Proc, within: Duration) -> Option<i32> {
         let deadline = Instant::now() + within;
