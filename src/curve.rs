@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::config::zpl;
@@ -276,6 +276,20 @@ pub fn write_new_pair(path: &Path, name: &str) -> Result<KeyPair, CurveError> {
         pair.public,
         pair.secret.to_z85()
     );
+    // `--keygen keys/broker` in a fresh folder: make `keys/` (private to
+    // its owner, as it will hold a secret) rather than fail.
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(|source| CurveError::Io {
+                    path: parent.to_path_buf(),
+                    source,
+                })?;
+        }
+    }
     // The secret first: a public file without its secret is useless, the
     // other way round a retry would refuse to overwrite.
     create_new(&secret, 0o600, &secret_text)?;

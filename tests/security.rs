@@ -990,3 +990,29 @@ fn a_worker_started_as_root_keeps_no_root_uid_gid_or_group() {
         assert!(!groups.contains(&0), "groups {groups:?}");
     }
 }
+
+/// `alaska-broker --keygen keys/broker` as the README shows it, in a folder
+/// without `keys/`: the folder is made (owner only), both files written.
+#[test]
+fn keygen_makes_the_missing_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::cargo_bin("alaska-broker")
+        .unwrap()
+        .current_dir(dir.path())
+        .args(["--keygen", "keys/broker"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("keys/broker").is_file());
+    assert!(dir.path().join("keys/broker_secret").is_file());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("keys"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "keys/ open to others: {mode:o}");
+}
