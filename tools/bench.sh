@@ -17,8 +17,9 @@
 # load and over a --soak of N requests; the Lua VM alone (alaska-bench
 # --vm-only); then the broker rows (tools/bench-broker.sh; with --compare
 # ENDPOINT, a running real Malamute, broker against broker), the gateway
-# (tools/bench-gateway.sh), the runners (tools/bench-runners.sh) and CURVE
-# (tools/bench-curve.sh), each with the same -n and -r.
+# (tools/bench-gateway.sh), the runners (tools/bench-runners.sh), CURVE
+# (tools/bench-curve.sh) and NATS beside the broker and alaska (tools/bench-nats.sh),
+# each with the same -n and -r.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,7 +33,7 @@ while [ $# -gt 0 ]; do
     -r) ROUNDS="$2"; shift 2 ;;
     --soak) SOAK="$2"; shift 2 ;;
     --compare) COMPARE="$2"; shift 2 ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1" >&2; exit 1 ;;
   esac
 done
@@ -219,7 +220,7 @@ stop "$ECHOACK"
 stop "$BROKER"
 # The other benchmarks, each with the same request count and rounds; only
 # the broker's takes --compare. One failing does not hide the others.
-for extra in tools/bench-broker.sh tools/bench-gateway.sh tools/bench-runners.sh tools/bench-curve.sh; do
+for extra in tools/bench-broker.sh tools/bench-gateway.sh tools/bench-runners.sh tools/bench-curve.sh tools/bench-nats.sh; do
   if [ -x "$extra" ]; then
     echo
     args=(-n "$N" -r "$ROUNDS")
