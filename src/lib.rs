@@ -10,6 +10,7 @@
 //! - [`daemon`]: background mode, lock file, user and group, stop signals.
 //! - [`docgen`]: man pages and shell completions from the clap definitions.
 //! - [`progress`]: a progress line on a terminal for long runs.
+//! - [`time`]: deadlines and durations that cannot panic.
 //! - [`logging`]: stderr or syslog.
 //! - [`worker`]: the dispatcher, the Lua VM pool, the scripting API, the
 //!   runners (HTTP applications and child processes as handlers), and what
@@ -32,4 +33,5 @@ pub mod logging;
 pub mod mlm;
 pub mod ops;
 pub mod progress;
+pub mod time;
 pub mod worker;

@@ -364,3 +364,107 @@ fn sethook_in_a_script_cannot_wedge_a_worker() {
         "{log}"
     );
 }
+
+/// Durations that pass a parse but no clock can hold (or that make no
+/// sense) are refused where they are read, naming the key: `--check` exits
+/// 2 instead of a worker that panics at its first stop or retry.
+#[test]
+fn huge_or_zero_durations_fail_check_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("services")).unwrap();
+    script(&dir.path().join("services"), "echo", "return 1");
+    for (section, key, value) in [
+        ("shutdown", "timeout", "1.8e19s"),
+        ("retry", "backoff", "1e15s"),
+        ("retry", "backoff_max", "1e15s"),
+        ("lua", "timeout", "0"),
+        ("lua", "timeout", "400000000m"),
+        ("broker", "timeout", "0"),
+    ] {
+        std::fs::write(
+            dir.path().join("alaska.cfg"),
+            format!("worker\n    {section}\n        {key} = \"{value}\"\n"),
+        )
+        .unwrap();
+        let out = alaska(dir.path()).arg("--check").output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{section}/{key} = {value}: {err}"
+        );
+        assert!(
+            err.contains(&format!("worker/{section}/{key}")),
+            "{section}/{key} = {value}: {err}"
+        );
+    }
+}
+
+/// The broker and the gateway refuse such durations at start too.
+#[test]
+fn broker_and_gateway_refuse_durations_beyond_a_year() {
+    let dir = tempfile::tempdir().unwrap();
+    for (key, text) in [
+        (
+            "server/timeout",
+            "server\n    timeout = 99999999999999999\n",
+        ),
+        (
+            "mlm_server/mailbox/expiry",
+            "mlm_server\n    mailbox\n        expiry = 18446744073709551615\n",
+        ),
+    ] {
+        let cfg = dir.path().join("broker.cfg");
+        std::fs::write(&cfg, text).unwrap();
+        let out = Command::cargo_bin("alaska-broker")
+            .unwrap()
+            .arg("-c")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{key}: {err}");
+        assert!(
+            err.contains(key) && err.contains("one year"),
+            "{key}: {err}"
+        );
+    }
+    let cfg = dir.path().join("gateway.cfg");
+    std::fs::write(
+        &cfg,
+        "gateway\n    request\n        timeout = \"1.8e19s\"\n",
+    )
+    .unwrap();
+    let out = Command::cargo_bin("alaska-gateway")
+        .unwrap()
+        .arg("-c")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("gateway/request/timeout"), "{err}");
+}
+
+/// A subject filter the broker would refuse is an error at start and in
+/// `--check` (exit 2 naming the key), not a worker that says "ready" and
+/// serves nothing.
+#[test]
+fn an_invalid_filter_exits_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("services")).unwrap();
+    script(&dir.path().join("services"), "echo", "return 1");
+    std::fs::write(
+        dir.path().join("alaska.cfg"),
+        "worker\n    service\n        filter = \"(\"\n",
+    )
+    .unwrap();
+    for args in [vec!["--check"], vec!["-f", "--no-embedded-broker"]] {
+        let mut c = alaska(dir.path());
+        c.args(&args);
+        let out = c.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("worker/service/filter"), "{args:?}: {err}");
+    }
+}

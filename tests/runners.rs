@@ -941,3 +941,47 @@ fn a_flood_of_lua_requests_beside_runners_is_answered_in_full() {
     }
     expect_none(&mut p, DeliveryKind::Mailbox, Duration::from_millis(300));
 }
+
+/// Retry delays no clock can hold, from every source: a Lua script's
+/// `alaska.retry(math.huge)`, an exec child's `"after_ms": 1e22`, an HTTP
+/// application's `Retry-After` of u64::MAX seconds. Each used to panic the
+/// worker (an `Instant` overflow); now each is cut to a day, held, and the
+/// worker and its broker go on serving at once.
+#[test]
+fn huge_retry_delays_from_any_handler_neither_panic_nor_stall_the_worker() {
+    let b = broker();
+    let dir = tempfile::tempdir().unwrap();
+    let app = Server::start(0, |_| {
+        Reply::new(503, b"later").header("Retry-After", "18446744073709551615")
+    });
+    let zpl = format!(
+        "{}{}",
+        python_runner("^huge$", 1, "10s", dir.path()),
+        http_runner("^app$", &app.url("/"), 1, "5s")
+    );
+    let _w = worker(b.endpoint(), dir.path(), runners(&zpl), 3);
+    script(dir.path(), "luahuge", "return alaska.retry(math.huge)");
+    let mut p = producer(b.endpoint(), dir.path());
+    for subject in ["luahuge", "huge", "app"] {
+        p.sendfor(
+            "svc",
+            subject,
+            &format!("t-{subject}"),
+            0,
+            vec![b"x".to_vec()],
+        )
+        .unwrap();
+    }
+    // The HTTP application was called once (no retry came back soon).
+    let deadline = Instant::now() + T;
+    while app.seen().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20)); // bounded poll: no event to await in the app
+    }
+    assert_eq!(app.seen().len(), 1);
+    // Every one of them is held; the next request is answered at once.
+    for _ in 0..3 {
+        let d = ask(&mut p, "ping", &[b""]);
+        assert_eq!(d.content, vec![b"pong".to_vec()]);
+    }
+    assert_eq!(app.seen().len(), 1, "the 503 was retried early");
+}

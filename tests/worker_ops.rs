@@ -776,3 +776,26 @@ fn no_watchdog_pings_while_the_dispatcher_is_wedged_in_a_c_call() {
     drop(child.0.kill());
     let _ = child.0.wait();
 }
+
+/// A broker that refuses the worker's offer (here its ACL: the anonymous
+/// worker may open but not offer) leaves a worker that serves nothing:
+/// `/health` says so with 503 and the broker's reason, never "serving".
+#[test]
+fn health_is_503_while_the_broker_refuses_our_offer() {
+    let acl = alaska::broker::acl::Acl::parse(
+        "default\n    open = \"*\"\n    send = \"*\"\n    mail = \"*\"\n",
+        std::path::Path::new("acl.cfg"),
+    )
+    .unwrap();
+    let b = broker_with(move |c| c.acl = Some(acl));
+    let dir = tempfile::tempdir().unwrap();
+    script(dir.path(), "echo", "return alaskaContext");
+    let w = OpsWorker::start(b.endpoint(), dir.path(), |_, _| {});
+    let a = agent();
+    wait_for("/health says the offer is refused", || {
+        let (status, text) = w.health(&a);
+        status == 503 && text.starts_with("offer refused\n")
+    });
+    let (_, text) = w.health(&a);
+    assert!(text.contains("may not offer"), "{text}");
+}

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use alaska::failover::{parse_endpoints, Balance, BrokerEvent, Brokers, Pick, ReplyKind, Retries};
 use alaska::mlm::{ClientError, ClientOptions, Credentials, DeliveryKind, Refusal, RefusalKind};
+use alaska::time::after;
 use alaska::worker::ERROR_REPLY_PREFIX;
 use clap::Parser;
 
@@ -201,7 +202,7 @@ fn run(args: &Args) -> Result<(), Failure> {
         if per_request {
             wait
         } else {
-            Duration::from_secs_f64(2.0 * MAX_WAIT_SECONDS)
+            Duration::from_secs((2.0 * MAX_WAIT_SECONDS) as u64)
         },
         args.retries,
     );
@@ -283,7 +284,7 @@ fn run(args: &Args) -> Result<(), Failure> {
     // and each one means one reply fewer to wait for.
     let mut refused: Vec<Refusal> = Vec::new();
     let mut stdout = std::io::stdout().lock();
-    let mut quiet_until = Instant::now() + wait;
+    let mut quiet_until = after(Instant::now(), wait);
     while retries.outstanding() > refused.len() {
         let now = Instant::now();
         if !per_request && now >= quiet_until {
@@ -339,7 +340,7 @@ fn run(args: &Args) -> Result<(), Failure> {
                 continue;
             }
             match retries.on_reply(&d.tracker, b, Instant::now()) {
-                ReplyKind::First { .. } => quiet_until = Instant::now() + wait,
+                ReplyKind::First { .. } => quiet_until = after(Instant::now(), wait),
                 ReplyKind::Duplicate | ReplyKind::Late => {
                     if args.verbose {
                         eprintln!(
@@ -371,8 +372,12 @@ fn run(args: &Args) -> Result<(), Failure> {
         let until = retries
             .next_deadline()
             .unwrap_or(quiet_until)
-            .min(if per_request { now + wait } else { quiet_until })
-            .max(now + Duration::from_millis(1));
+            .min(if per_request {
+                after(now, wait)
+            } else {
+                quiet_until
+            })
+            .max(after(now, Duration::from_millis(1)));
         let left = until.saturating_duration_since(Instant::now());
         brokers
             .poll(None, left)
@@ -470,7 +475,7 @@ fn seconds(v: &str) -> Result<Duration, String> {
             "{v:?} is out of range: wait between 0 and {MAX_WAIT_SECONDS} seconds"
         ));
     }
-    Ok(Duration::from_secs_f64(n))
+    Duration::try_from_secs_f64(n).map_err(|_| format!("{v:?} is out of range"))
 }
 
 /// Requests the broker refused: exit 8 when a queue was full (the caller

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use alaska::failover::{parse_endpoints, Balance, BrokerEvent, Brokers, Pick, ReplyKind, Retries};
 use alaska::mlm::{Client, ClientOptions, DeliveryKind};
+use alaska::time::after;
 use clap::Parser;
 
 /// Command-line flags.
@@ -378,7 +379,7 @@ fn produce(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let mut last_reply = Instant::now();
     let mut max_gap = Duration::ZERO;
     let idle = Duration::from_secs(args.idle_timeout);
-    let pace = (args.rate > 0).then(|| Duration::from_secs_f64(1.0 / args.rate as f64));
+    let pace = (args.rate > 0).then(|| Duration::from_nanos(1_000_000_000 / args.rate));
     // On a terminal, a line that says how far the run is (a paced run of
     // thousands of requests otherwise says nothing for minutes).
     let mut progress = alaska::progress::Progress::stderr("answered", Some(args.requests), start);
@@ -416,7 +417,10 @@ fn produce(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         let mut next_slot = None;
         while sent < args.requests && (retries.outstanding() as u64) < window {
             if let Some(p) = pace {
-                let slot = start + p * (sent as u32);
+                let slot = after(
+                    start,
+                    p.saturating_mul(u32::try_from(sent).unwrap_or(u32::MAX)),
+                );
                 if slot > now {
                     next_slot = Some(slot);
                     break;
@@ -454,7 +458,7 @@ fn produce(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 ReplyKind::First { .. } | ReplyKind::Late => {
                     received += 1;
                     got = true;
-                    max_gap = max_gap.max(now - last_reply);
+                    max_gap = max_gap.max(now.saturating_duration_since(last_reply));
                     last_reply = now;
                     let at = start.elapsed().as_nanos() as u64;
                     latencies_us.push(at.saturating_sub(t) / 1000);
@@ -482,7 +486,7 @@ fn produce(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             // (at window 1, waiting first cost up to 100 ms per request).
             continue;
         }
-        let mut until = Instant::now() + Duration::from_millis(100);
+        let mut until = after(Instant::now(), Duration::from_millis(100));
         if let Some(d) = retries.next_deadline() {
             until = until.min(d);
         }

@@ -73,6 +73,18 @@ pub fn parse_config(text: &str, base: &Path) -> Result<(BrokerConfig, Vec<String
             BrokerError::Config(format!("line {}: {}: {v:?} is not {what}", e.line, e.path))
         };
         let num = || v.parse::<u64>().map_err(|_| bad("a whole number"));
+        // Milliseconds, at most a year (every deadline made from it must
+        // fit: see `crate::time`).
+        let ms = || {
+            num().and_then(|n| {
+                let d = Duration::from_millis(n);
+                if d <= crate::time::MAX_DURATION {
+                    Ok(d)
+                } else {
+                    Err(bad("a number of milliseconds up to one year"))
+                }
+            })
+        };
         // The reference accepts "max" for its size limits.
         let limit = || {
             if v.eq_ignore_ascii_case("max") {
@@ -83,7 +95,7 @@ pub fn parse_config(text: &str, base: &Path) -> Result<(BrokerConfig, Vec<String
         };
         match e.path.as_str() {
             "mlm_server/bind/endpoint" => cfg.endpoint = v.to_string(),
-            "server/timeout" => cfg.client_timeout = Duration::from_millis(num()?.max(1)),
+            "server/timeout" => cfg.client_timeout = ms()?.max(Duration::from_millis(1)),
             "server/verbose" => cfg.verbose = parse_bool(v).ok_or_else(|| bad("0 or 1"))?,
             "mlm_server/security/mechanism" => {
                 mechanism = v.to_lowercase();
@@ -103,7 +115,7 @@ pub fn parse_config(text: &str, base: &Path) -> Result<(BrokerConfig, Vec<String
             "mlm_server/service/queue/count-limit" => cfg.service_queue_limit.messages = limit()?,
             "mlm_server/mailbox/size-limit" => cfg.mailbox_limit.bytes = limit()?,
             "mlm_server/mailbox/count-limit" => cfg.mailbox_limit.messages = limit()?,
-            "mlm_server/mailbox/expiry" => cfg.mailbox_expiry = Duration::from_millis(num()?),
+            "mlm_server/mailbox/expiry" => cfg.mailbox_expiry = ms()?,
             "mlm_server/storage/dir" => storage_dir = v.to_string(),
             "mlm_server/http/listen" => {
                 cfg.http_listen = match v {

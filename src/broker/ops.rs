@@ -46,6 +46,7 @@ use crate::ops::metrics::{
 };
 use crate::ops::notify::Liveness;
 use crate::ops::wake::{self, WakeReceiver, Waker};
+use crate::time::after;
 
 /// How often the router refreshes the gauges: they cost a pass over the
 /// core's tables, and a scrape every few seconds needs no fresher figure.
@@ -117,8 +118,10 @@ impl Shared {
             State::Stopping => Health::Down("stopping".into()),
             State::Stopped => Health::Down("stopped".into()),
             State::Serving => {
-                let last =
-                    self.started + Duration::from_millis(self.last_turn.load(Ordering::Relaxed));
+                let last = after(
+                    self.started,
+                    Duration::from_millis(self.last_turn.load(Ordering::Relaxed)),
+                );
                 let idle = now.saturating_duration_since(last);
                 if idle > STALLED {
                     Health::Down(format!(
@@ -241,7 +244,7 @@ impl RouterOps {
         };
         h.metrics.counters(core.counters());
         if now >= h.next_gauges {
-            h.next_gauges = now + GAUGE_EVERY;
+            h.next_gauges = after(now, GAUGE_EVERY);
             h.metrics.gauges(&core.stats());
         }
     }

@@ -326,20 +326,23 @@ impl Settings {
             pool_hold: number("worker/pool/hold", &get("worker/pool/hold"))? as usize,
             pool_hold_bytes: bytes("worker/pool/hold_bytes", &get("worker/pool/hold_bytes"))?,
             endpoints,
-            broker_timeout: duration("worker/broker/timeout", &get("worker/broker/timeout"))?,
+            broker_timeout: nonzero_duration(
+                "worker/broker/timeout",
+                &get("worker/broker/timeout"),
+            )?,
             embedded,
             broker_http_listen: listen(
                 "worker/broker/http/listen",
                 &get("worker/broker/http/listen"),
             )?,
             service: required("worker/service/address", get("worker/service/address"))?,
-            filter: get("worker/service/filter"),
+            filter: pattern("worker/service/filter", get("worker/service/filter"))?,
             errors_notify: boolean("worker/errors/notify", &get("worker/errors/notify"))?,
             errors_mailbox: get("worker/errors/mailbox"),
             errors_reply: boolean("worker/errors/reply", &get("worker/errors/reply"))?,
             plain: user.map(|u| (u, password)),
             curve,
-            lua_timeout: duration("worker/lua/timeout", &get("worker/lua/timeout"))?,
+            lua_timeout: nonzero_duration("worker/lua/timeout", &get("worker/lua/timeout"))?,
             lua_memory: bytes("worker/lua/memory", &get("worker/lua/memory"))?,
             lua_path: get("worker/lua/path")
                 .split(';')
@@ -472,13 +475,28 @@ fn listen(key: &'static str, v: &str) -> Result<Option<String>, ConfigError> {
     Ok(Some(t.to_string()))
 }
 
+/// A subject pattern the broker will accept: a regular expression that
+/// compiles (the project's broker uses the same `regex` rules; the real
+/// Malamute's zrex accepts less, never more). A worker whose offer the
+/// broker refuses serves nothing, so this is an error at start.
+pub(crate) fn pattern(key: &'static str, v: String) -> Result<String, ConfigError> {
+    match regex::Regex::new(&v) {
+        Ok(_) => Ok(v),
+        Err(_) => Err(ConfigError::Value {
+            key,
+            value: v,
+            expected: "a regular expression that compiles (e.g. \".*\" or \"^orders\\.\")",
+        }),
+    }
+}
+
 /// `1500` (ms), `1500ms`, `2s`, `1.5s`, `1m`.
 pub(crate) fn duration(key: &'static str, v: &str) -> Result<Duration, ConfigError> {
     let t = v.trim();
     let bad = || ConfigError::Value {
         key,
         value: v.into(),
-        expected: "a duration (milliseconds, or a number with ms, s or m)",
+        expected: "a duration up to one year (milliseconds, or a number with ms, s or m)",
     };
     let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
         (n, 0.001)
@@ -490,8 +508,13 @@ pub(crate) fn duration(key: &'static str, v: &str) -> Result<Duration, ConfigErr
         (t, 0.001)
     };
     let n: f64 = num.trim().parse().map_err(|_| bad())?;
-    // `try_` because `from_secs_f64` panics on values too large to hold.
-    Duration::try_from_secs_f64(n * scale).map_err(|_| bad())
+    // `try_` because `from_secs_f64` panics on values too large to hold;
+    // beyond a year is refused too: every deadline computed from it must
+    // fit (see `crate::time`), and no wait in this project is that long.
+    match Duration::try_from_secs_f64(n * scale) {
+        Ok(d) if d <= crate::time::MAX_DURATION => Ok(d),
+        _ => Err(bad()),
+    }
 }
 
 /// A duration above zero (see [`duration`]).

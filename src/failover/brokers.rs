@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::select::{Balance, Links, Pick, Reach, Selector};
 use crate::mlm::{Client, ClientError, ClientOptions, ConnState, Delivery, Refusal};
+use crate::time::after;
 
 /// A broker came or went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,7 +155,7 @@ impl Brokers {
             .clients
             .iter()
             .map(Client::next_deadline)
-            .fold(now + timeout, Instant::min);
+            .fold(after(now, timeout), Instant::min);
         let wait = until.saturating_duration_since(now);
         let (ready, woken) = {
             let mut items: Vec<zmq::PollItem<'_>> = Vec::with_capacity(self.clients.len() * 2 + 1);
@@ -188,7 +189,7 @@ impl Brokers {
     /// Polls until a broker is usable for new work, every broker is known
     /// down, or `timeout` passes. Returns the broker to use, if any.
     pub fn wait_usable(&mut self, timeout: Duration) -> Result<Option<usize>, ClientError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = after(Instant::now(), timeout);
         loop {
             let now = Instant::now();
             // Looking must not move the round-robin turn on.
@@ -214,7 +215,7 @@ impl Brokers {
     /// hang-up), so while one is unsettled this polls up to `waited` more
     /// (at most 2 s) for libzmq's next attempt to name the cause.
     pub fn connect_error(&mut self, waited: Duration) -> ClientError {
-        let until = Instant::now() + waited.min(Duration::from_secs(2));
+        let until = after(Instant::now(), waited.min(Duration::from_secs(2)));
         while self.clients.iter().any(Client::handshake_unsettled) && Instant::now() < until {
             if self.poll(None, Duration::from_millis(50)).is_err() {
                 break;

@@ -17,6 +17,7 @@
 //! silent gets no such credit. With one request at a time this is simply
 //! `wait` after the send.
 
+use crate::time::after;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::time::{Duration, Instant};
@@ -146,7 +147,7 @@ impl<K: Clone + Eq + Hash> Retries<K> {
             self.deadlines.remove(&old.slot);
         }
         self.closed.remove(&key);
-        let slot = self.slot(now + self.wait, key.clone());
+        let slot = self.slot(after(now, self.wait), key.clone());
         self.live.insert(
             key,
             Entry {
@@ -223,8 +224,8 @@ impl<K: Clone + Eq + Hash> Retries<K> {
             };
             // Its broker answered something lately: it is busy, not gone.
             if let Some(heard) = self.heard.get(e.broker).copied().flatten() {
-                if heard + self.wait > now {
-                    let slot = self.slot(heard + self.wait, key.clone());
+                if after(heard, self.wait) > now {
+                    let slot = self.slot(after(heard, self.wait), key.clone());
                     if let Some(live) = self.live.get_mut(&key) {
                         live.slot = slot;
                     }
@@ -252,7 +253,7 @@ impl<K: Clone + Eq + Hash> Retries<K> {
     }
 
     fn again(&mut self, key: &K, now: Instant) {
-        let slot = self.slot(now + self.wait, key.clone());
+        let slot = self.slot(after(now, self.wait), key.clone());
         if let Some(e) = self.live.get_mut(key) {
             self.deadlines.remove(&e.slot);
             e.slot = slot;

@@ -16,6 +16,7 @@
 //! before it starts rotating. A broker that refused the connection, or that was up and
 //! is not now, is [`Reach::Down`] at once: failover does not wait.
 
+use crate::time::after;
 use std::time::{Duration, Instant};
 
 /// How requests are spread over the brokers.
@@ -120,7 +121,7 @@ impl Links {
         };
         if l.up {
             Reach::Up
-        } else if l.unreachable || l.ever_up || now >= self.started + self.grace {
+        } else if l.unreachable || l.ever_up || now >= after(self.started, self.grace) {
             Reach::Down
         } else {
             Reach::Pending
@@ -175,7 +176,7 @@ impl Selector {
                 }
                 let n = reach.len();
                 for k in 0..n {
-                    let i = (self.next + k) % n;
+                    let i = (k + self.next) % n;
                     if reach[i] == Reach::Up {
                         self.next = (i + 1) % n;
                         return Pick::Use(i);

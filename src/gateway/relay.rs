@@ -25,6 +25,7 @@ use crate::failover::{parse_endpoints, BrokerEvent, Brokers, Pick};
 use crate::mlm::{ClientError, ClientOptions, Delivery, DeliveryKind, Refusal, RefusalKind, Wait};
 use crate::ops::http::{HttpResponse, Responder};
 use crate::ops::wake::WakeReceiver;
+use crate::time::after;
 use crate::worker::ERROR_REPLY_PREFIX;
 
 /// The subject of barrier mail (see [`super::pending`]).
@@ -227,7 +228,7 @@ impl Relay {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!("gateway/broker/endpoint: {e}");
-                self.next_connect = now + RETRY;
+                self.next_connect = after(now, RETRY);
                 return;
             }
         };
@@ -260,7 +261,7 @@ impl Relay {
             }
             Err(e) => {
                 tracing::error!("{e}; trying again in {RETRY:?}");
-                self.next_connect = now + RETRY;
+                self.next_connect = after(now, RETRY);
             }
         }
     }
@@ -345,7 +346,7 @@ impl Relay {
                 answer,
             } => {
                 let pending = &mut self.links[i].pending;
-                let deadline = Instant::now() + timeout;
+                let deadline = after(Instant::now(), timeout);
                 let tracker = pending.add(&service, deadline, answer);
                 let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
                 if let Err(e) = client.sendfor(&service, &subject, &tracker, ms, vec![body]) {
@@ -406,7 +407,7 @@ impl Relay {
 
     fn sleep(&mut self) {
         let now = Instant::now();
-        let mut until = now + MAX_SLEEP;
+        let mut until = after(now, MAX_SLEEP);
         for link in &self.links {
             if let Some(d) = link.pending.next_deadline() {
                 until = until.min(d);

@@ -14,6 +14,7 @@
 //! that takes the time and the counter as arguments; the thread that runs
 //! it ([`Systemd::start_watchdog`]) only sleeps, reads, and sends.
 
+use crate::time::after;
 use std::io;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -119,7 +120,7 @@ impl WatchdogClock {
     pub fn new(interval: Duration, now: Instant, beat: u64) -> Self {
         WatchdogClock {
             interval,
-            next: now + interval,
+            next: after(now, interval),
             last_beat: beat,
         }
     }
@@ -134,7 +135,7 @@ impl WatchdogClock {
         if now < self.next {
             return Tick::Wait;
         }
-        self.next = now + self.interval;
+        self.next = after(now, self.interval);
         if beat == self.last_beat {
             return Tick::Stalled;
         }

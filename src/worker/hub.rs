@@ -32,6 +32,7 @@ use super::types::{Completion, ErrorKind, Job, Output, Request};
 use super::vm::Budget;
 use super::wake::WakeReceiver;
 use crate::mlm::{AckToken, Client, ClientError, ConnState, Delivery, DeliveryKind, Message};
+use crate::time::after;
 
 /// Confirmations sent at once at most; beyond, they go out at once.
 const CONFIRM_BATCH: usize = 64;
@@ -224,7 +225,7 @@ impl Hub {
     /// what is owed. Errors that end the worker are returned.
     pub fn turn(&mut self, wait: Duration) -> Result<(), WorkerError> {
         let now = Instant::now();
-        let mut until = now + wait;
+        let mut until = after(now, wait);
         for c in &self.conns {
             until = until.min(c.client.next_deadline());
         }
@@ -646,7 +647,7 @@ impl Hub {
         delay: Duration,
     ) -> Result<(), WorkerError> {
         request.attempt += 1;
-        let at = Instant::now() + delay;
+        let at = after(Instant::now(), delay);
         if let Err(job) = self.retries.push(at, Job { id, request }) {
             let text = format!(
                 "dead letter: retry asked, but {} retries already wait (worker/retry/pending)",
@@ -820,7 +821,7 @@ impl Hub {
         );
         // Runners wait for their running requests alongside the pool, up
         // to the same deadline.
-        let deadline = Instant::now() + self.opts.shutdown_timeout;
+        let deadline = after(Instant::now(), self.opts.shutdown_timeout);
         let runners_unstarted = self.runners.stop_taking(deadline);
         let mut unstarted = match self.pool.take() {
             Some(pool) => pool.shutdown(self.opts.shutdown_timeout),
@@ -872,7 +873,7 @@ impl Hub {
         }
         // Deliveries that arrived during the stop are not run either.
         for i in 0..self.conns.len() {
-            let deadline = Instant::now() + Duration::from_millis(50);
+            let deadline = after(Instant::now(), Duration::from_millis(50));
             while let Some(d) = self.conns[i]
                 .client
                 .recv(deadline.saturating_duration_since(Instant::now()))?

@@ -127,7 +127,14 @@ impl Policy {
                         kind: None,
                     };
                 }
-                let delay = after.unwrap_or_else(|| self.backoff(req.attempt, jitter));
+                // An asked delay (a script's, a child's `after_ms`, an HTTP
+                // `Retry-After`) is honoured up to a day: a worker never
+                // holds a request longer, however large the number it was
+                // given (`math.huge`, `1e22`).
+                let delay = match after {
+                    Some(d) => d.min(MAX_ASKED_DELAY),
+                    None => self.backoff(req.attempt, jitter),
+                };
                 Decision::Retry { delay }
             }
             Ok(Outcome::Forward {
@@ -199,6 +206,10 @@ impl Policy {
         full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
     }
 }
+
+/// The longest retry delay a handler may ask for (`alaska.retry(ms)`,
+/// `after_ms`, `Retry-After`): longer ones are cut to it.
+pub const MAX_ASKED_DELAY: Duration = Duration::from_secs(24 * 3600);
 
 /// What travels in the tracker of a request a worker sends on itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -428,6 +439,23 @@ mod tests {
                 assert!(text.contains("busy"), "{text}");
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_huge_asked_delay_is_cut_to_a_day() {
+        let p = policy();
+        for asked in [Duration::MAX, Duration::from_secs(10_000_000_000)] {
+            let out = Ok(Outcome::Retry {
+                after: Some(asked),
+                reason: "huge".into(),
+            });
+            assert_eq!(
+                p.decide(&req(1), out, 0.5),
+                Decision::Retry {
+                    delay: MAX_ASKED_DELAY
+                }
+            );
         }
     }
 

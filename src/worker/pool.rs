@@ -21,6 +21,7 @@ use super::shared::SharedDict;
 use super::types::{Completion, ErrorKind, Job, PoolConfig, Request, RunResult};
 use super::vm::Vm;
 use super::wake::Waker;
+use crate::time::after;
 
 /// Why the pool could not start.
 #[derive(Debug, thiserror::Error)]
@@ -157,7 +158,7 @@ impl Pool {
             unstarted.push(job);
         }
         drop(self.tx);
-        let until = Instant::now() + deadline;
+        let until = after(Instant::now(), deadline);
         let mut threads = self.threads;
         while !threads.is_empty() && Instant::now() < until {
             threads.retain(|t| !t.is_finished());

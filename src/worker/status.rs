@@ -63,6 +63,9 @@ pub enum Health {
     Maintenance = 3,
     /// Stopping: finishing what runs.
     Draining = 4,
+    /// Connected, but every broker that answers refused our service offer
+    /// (an invalid pattern, an ACL): nothing will come.
+    Refused = 5,
 }
 
 impl Health {
@@ -74,6 +77,7 @@ impl Health {
             Health::Reconnecting => "reconnecting",
             Health::Maintenance => "maintenance",
             Health::Draining => "draining",
+            Health::Refused => "offer refused",
         }
     }
 
@@ -83,6 +87,7 @@ impl Health {
             2 => Health::Reconnecting,
             3 => Health::Maintenance,
             4 => Health::Draining,
+            5 => Health::Refused,
             _ => Health::Starting,
         }
     }
@@ -167,6 +172,8 @@ pub struct ConnInfo {
     pub maintenance: crate::mlm::client::Maintenance,
     /// Times it was opened again.
     pub reconnects: u64,
+    /// Why the broker refused our service offer, while it does.
+    pub offer_refused: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -329,6 +336,11 @@ impl WorkerOps {
                 if conns.len() > 1 {
                     for c in &conns {
                         text.push_str(&format!("\n{} {}", c.endpoint, c.state));
+                    }
+                }
+                if h == Health::Refused {
+                    for c in conns.iter().filter_map(|c| c.offer_refused.as_ref()) {
+                        text.push_str(&format!("\n{c}"));
                     }
                 }
                 match h {
@@ -548,7 +560,7 @@ struct Inner {
     health: Health,
     draining: bool,
     /// Each connection's state as last published, to publish on change.
-    last: Vec<(ConnState, bool, crate::mlm::client::Maintenance, u64)>,
+    last: Vec<(ConnState, bool, crate::mlm::client::Maintenance, u64, bool)>,
 }
 
 /// The hub's side of the worker's operations: counting, health, systemd
@@ -671,6 +683,8 @@ impl HubOps {
             x.waiting.push((r, now));
         }
         let mut connected = 0;
+        // Connected and not refused its offer.
+        let mut serving = 0;
         // Every connection either took the change, or is away (it takes
         // it when back); one that is opening (a withdrawal) is waited for.
         let mut all_applied = true;
@@ -684,6 +698,9 @@ impl HubOps {
             match state {
                 ConnState::Connected => {
                     connected += 1;
+                    if c.client.offer_refused().is_none() {
+                        serving += 1;
+                    }
                     all_applied &= maint.applied;
                     settled &= maint.applied;
                 }
@@ -693,7 +710,13 @@ impl HubOps {
             totals.0 += stats.reopens;
             totals.1 += stats.refused;
             totals.2 += stats.dropped;
-            let now_is = (state, c.client.acks_enabled(), maint, stats.reopens);
+            let now_is = (
+                state,
+                c.client.acks_enabled(),
+                maint,
+                stats.reopens,
+                c.client.offer_refused().is_some(),
+            );
             if x.last.get(i) != Some(&now_is) {
                 changed = true;
             }
@@ -707,6 +730,7 @@ impl HubOps {
                         c.client.acks_enabled(),
                         c.client.maintenance(),
                         c.client.stats().reopens,
+                        c.client.offer_refused().is_some(),
                     )
                 })
                 .collect();
@@ -715,6 +739,9 @@ impl HubOps {
                 .map(|c| ConnInfo {
                     endpoint: c.client.endpoint().to_string(),
                     state: match c.client.state() {
+                        ConnState::Connected if c.client.offer_refused().is_some() => {
+                            "offer refused"
+                        }
                         ConnState::Connected => "connected",
                         ConnState::Opening => "opening",
                         ConnState::Lost => "lost",
@@ -722,6 +749,7 @@ impl HubOps {
                     acknowledged: c.client.acks_enabled(),
                     maintenance: c.client.maintenance(),
                     reconnects: c.client.stats().reopens,
+                    offer_refused: c.client.offer_refused().map(str::to_string),
                 })
                 .collect();
             x.board
@@ -753,8 +781,10 @@ impl HubOps {
             Health::Draining
         } else if x.wish {
             Health::Maintenance
-        } else if connected > 0 {
+        } else if serving > 0 {
             Health::Serving
+        } else if connected > 0 {
+            Health::Refused
         } else {
             Health::Reconnecting
         };
@@ -791,6 +821,7 @@ fn status_line(health: Health, board: &Board) -> String {
             format!("maintenance: {service} on {endpoints}, taking no new requests")
         }
         Health::Draining => "stopping: finishing requests already received".into(),
+        Health::Refused => format!("{endpoints} refused our offer of {service} ({filter})"),
     }
 }
 
@@ -837,6 +868,7 @@ mod tests {
             acknowledged: true,
             maintenance: Default::default(),
             reconnects: 0,
+            offer_refused: None,
         };
         ops.board.set_health(Health::Serving);
         ops.board

@@ -89,8 +89,14 @@ def drop(req):
     return alaska.drop()
 
 
+def huge(req):
+    # A retry delay no clock can hold (1e22 ms): clamped by the worker.
+    return alaska.retry(1e22, "in a very long while")
+
+
 HANDLERS = {f.__name__: f for f in [hello, flaky, boom, pid, crash, quit, slow,
-                                     stubborn, talk, sends, binary, forward, drop]}
+                                     stubborn, talk, sends, binary, forward, drop,
+                                     huge]}
 
 
 def handle(req):

@@ -49,6 +49,7 @@ use self::streams::Reader;
 use super::{BrokerConfig, Limits};
 use crate::mlm::codec::{status, MAX_STRING};
 use crate::mlm::{DecodeError, Message, Status};
+use crate::time::after;
 
 /// A client's ZeroMQ routing id, shared between the tables that name it.
 pub type ClientId = Arc<[u8]>;
@@ -300,7 +301,7 @@ impl<J: Journal> Core<J> {
             .reclaim
             .iter()
             .next()
-            .map(|(t, _)| *t + self.cfg.mailbox_expiry);
+            .map(|(t, _)| after(*t, self.cfg.mailbox_expiry));
         [clients, requests, mail, reclaim]
             .into_iter()
             .flatten()
@@ -563,7 +564,7 @@ fn compile(pattern: &str) -> Result<regex::Regex, String> {
 
 /// A timeout in ms (0: none) as a deadline.
 fn deadline(now: Instant, timeout_ms: u32) -> Option<Instant> {
-    (timeout_ms > 0).then(|| now + Duration::from_millis(u64::from(timeout_ms)))
+    (timeout_ms > 0).then(|| after(now, Duration::from_millis(u64::from(timeout_ms))))
 }
 
 fn limits_hit(l: &Limits, count: usize, bytes: usize, add: usize) -> bool {

@@ -32,6 +32,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use self::record::{decode_held, encode_held, from_wall_ms, wall_ms, HeldRecord};
 use super::core::{Core, Held, HeldId, Journal, Kind, Removal};
+use crate::time::after;
 
 /// The store layout written by this broker. A store with a higher number
 /// was written by a newer broker and is refused.
@@ -326,7 +327,7 @@ impl Recovered {
     /// down is dropped by the core's first tick.
     pub fn restore_into<J: Journal>(self, core: &mut Core<J>, now: Instant, wall: SystemTime) {
         let instant = |t: SystemTime| match t.duration_since(wall) {
-            Ok(ahead) => now + ahead,
+            Ok(ahead) => after(now, ahead),
             Err(e) => now.checked_sub(e.duration()).unwrap_or(now),
         };
         let held = |id: HeldId, r: HeldRecord| {

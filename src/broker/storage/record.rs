@@ -62,7 +62,9 @@ pub fn wall_ms(t: SystemTime) -> u64 {
 
 /// The time `ms` after the Unix epoch.
 pub fn from_wall_ms(ms: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms)
+    UNIX_EPOCH
+        .checked_add(Duration::from_millis(ms))
+        .unwrap_or(UNIX_EPOCH)
 }
 
 /// Encodes a held message.

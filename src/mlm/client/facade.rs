@@ -25,6 +25,7 @@ use super::transport::{
     PROTOCOL_ERROR_MECHANISM_MISMATCH,
 };
 use crate::mlm::codec::{Content, Message, Status};
+use crate::time::after;
 
 /// Bare hang-ups during the handshake (libzmq reconnects every 100 ms) to
 /// see before one is reported as the failure of the first open: a later
@@ -94,7 +95,7 @@ impl Client {
     /// for the OK to CONNECTION OPEN (written by the session when the
     /// transport comes up).
     fn first_open(&mut self) -> Result<(), ClientError> {
-        let deadline = Instant::now() + self.opts.timeout;
+        let deadline = after(Instant::now(), self.opts.timeout);
         loop {
             if let Some(f) = self.session.handshake_verdict(HANGUPS_BEFORE_VERDICT) {
                 return Err(self.handshake_error(f));
@@ -123,7 +124,7 @@ impl Client {
                     }
                 });
             }
-            self.poll_and_read(deadline - now)?;
+            self.poll_and_read(deadline.saturating_duration_since(now))?;
         }
     }
 
@@ -414,6 +415,12 @@ impl Client {
         self.session.next_delivery()
     }
 
+    /// Why the broker refused our last service offer, until one is
+    /// accepted (see [`Session::offer_refused`]).
+    pub fn offer_refused(&self) -> Option<&str> {
+        self.session.offer_refused()
+    }
+
     /// The next refusal of one of our sends already received, if any
     /// (e.g. `service default queue full`).
     pub fn next_refusal(&mut self) -> Option<Refusal> {
@@ -437,7 +444,7 @@ impl Client {
     /// here: they stay for [`Client::next_refusal`], [`Client::wait`] and
     /// [`Client::close`].
     pub fn recv(&mut self, timeout: Duration) -> Result<Option<Delivery>, ClientError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = after(Instant::now(), timeout);
         loop {
             if let Some(d) = self.session.next_delivery() {
                 return Ok(Some(d));
@@ -455,7 +462,7 @@ impl Client {
     /// keeping the connection alive meanwhile. This is how a thread that
     /// owns the client also listens to other threads.
     pub fn wait(&mut self, wake_fd: Option<RawFd>, timeout: Duration) -> Result<Wait, ClientError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = after(Instant::now(), timeout);
         loop {
             if let Some(w) = self.next_wait() {
                 return Ok(w);
@@ -493,7 +500,7 @@ impl Client {
     ) -> Result<Input, ClientError> {
         let now = Instant::now();
         self.session.on_tick(now, &mut self.transport)?;
-        let deadline = now + left;
+        let deadline = after(now, left);
         let until = deadline.min(self.session.next_deadline());
         let [sock, mon] = self.transport.poll_items();
         let mut items = [
@@ -555,7 +562,7 @@ impl Client {
         }
         // Whatever is still queued goes out before the goodbye; a full
         // socket (high-water mark) is waited on, within the timeout.
-        let deadline = Instant::now() + self.opts.timeout;
+        let deadline = after(Instant::now(), self.opts.timeout);
         self.flush_until(deadline)?;
         if self.session.outbox_len() > 0 {
             tracing::warn!(
@@ -565,7 +572,7 @@ impl Client {
         }
         self.session.queue_close();
         self.flush_until(deadline)?;
-        let wait = deadline.min(Instant::now() + Duration::from_secs(1));
+        let wait = deadline.min(after(Instant::now(), Duration::from_secs(1)));
         let _ = self.await_reply(Call::Close, wait);
         Ok(())
     }
@@ -586,7 +593,7 @@ impl Client {
 
     /// Sends a registration and waits for its OK.
     fn register(&mut self, reg: Registration) -> Result<(), ClientError> {
-        let deadline = Instant::now() + self.opts.timeout;
+        let deadline = after(Instant::now(), self.opts.timeout);
         // Sends still waiting in the outbox (a full socket) go first: the
         // registration must not overtake them, so that its OK also means
         // they reached the broker.
@@ -628,7 +635,7 @@ impl Client {
                     waited: self.opts.timeout,
                 });
             }
-            self.poll_and_read(deadline - now)?;
+            self.poll_and_read(deadline.saturating_duration_since(now))?;
         }
     }
 

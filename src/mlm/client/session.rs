@@ -47,6 +47,7 @@ use super::refusal::Refusal;
 use super::state::{ClientStats, ConnState, Maintenance};
 use super::{ACK_CAPABILITY, MAINTENANCE_OFF, MAINTENANCE_ON, MAINT_CAPABILITY};
 use crate::mlm::codec::{status, DecodeError, Message, Status, MAX_STRING};
+use crate::time::after;
 
 /// Refusals kept for the user before older ones are only counted
 /// ([`ClientStats::refused`]): a caller that never looks must not make the
@@ -113,8 +114,9 @@ pub enum Event {
 enum Expect {
     /// The answer to the CONNECTION OPEN that counts (the last one sent).
     Open,
-    /// The answer to a replayed registration.
-    Replay,
+    /// The answer to a replayed registration (`offer`: a SERVICE OFFER,
+    /// whose refusal leaves the worker serving nothing).
+    Replay { offer: bool },
     /// The answer a synchronous call may be waiting for.
     Answer(Call),
     /// An answer nobody waits for (a posted STREAM WRITE, an OPEN that a
@@ -208,6 +210,8 @@ pub struct Session {
     reply: Option<(Call, Reply)>,
     inbox: VecDeque<Delivery>,
     refusals: VecDeque<Refusal>,
+    /// Why the last SERVICE OFFER was refused, until one is accepted.
+    offer_refused: Option<String>,
     /// For each refusal kept, how many deliveries had arrived before it:
     /// with `taken`, this keeps deliveries and refusals in arrival order.
     refusals_after: VecDeque<u64>,
@@ -270,6 +274,7 @@ impl Session {
             reply: None,
             inbox: VecDeque::new(),
             refusals: VecDeque::new(),
+            offer_refused: None,
             refusals_after: VecDeque::new(),
             arrived: 0,
             taken: 0,
@@ -383,6 +388,22 @@ impl Session {
         Some(d)
     }
 
+    /// Why the broker refused our last SERVICE OFFER (`ERROR 300 invalid
+    /// pattern ...`, `access denied: may not offer ...`), until an offer is
+    /// accepted: while set, this connection serves nothing.
+    pub fn offer_refused(&self) -> Option<&str> {
+        self.offer_refused.as_deref()
+    }
+
+    fn offer_was_refused(&mut self, status: &Status) {
+        let why = format!("{} {}", status.code, status.reason);
+        tracing::error!(
+            "broker {} refused our service offer: {why}; this connection serves nothing",
+            self.endpoint
+        );
+        self.offer_refused = Some(why);
+    }
+
     /// The next refusal of one of our sends.
     pub fn next_refusal(&mut self) -> Option<Refusal> {
         self.refusals_after.pop_front();
@@ -424,8 +445,8 @@ impl Session {
     /// When the session next needs a [`Event::Tick`].
     pub fn next_deadline(&self) -> Instant {
         let ping = self.last_ping + self.heartbeat;
-        let silence = self.last_heard + self.timeout;
-        let reopen = self.opening_since + self.timeout;
+        let silence = after(self.last_heard, self.timeout);
+        let reopen = after(self.opening_since, self.timeout);
         match self.state {
             ConnState::Lost if self.opening => ping.min(reopen),
             ConnState::Lost => ping,
@@ -606,7 +627,7 @@ impl Session {
     /// Heartbeat, silence detection, re-open of a lost OPEN, and a flush
     /// of what waits in the outbox.
     pub fn on_tick(&mut self, now: Instant, wire: &mut impl Wire) -> Result<(), ClientError> {
-        if self.state != ConnState::Lost && now >= self.last_heard + self.timeout {
+        if self.state != ConnState::Lost && now >= after(self.last_heard, self.timeout) {
             tracing::warn!(
                 "broker {} silent for {:?}: reporting it gone, still trying",
                 self.endpoint,
@@ -614,7 +635,7 @@ impl Session {
             );
             self.state = ConnState::Lost;
         }
-        if self.opening && !self.closing && now >= self.opening_since + self.timeout {
+        if self.opening && !self.closing && now >= after(self.opening_since, self.timeout) {
             // Our OPEN was lost (with a dying connection, say): start over.
             // Not sooner: a second OPEN resets the broker's delivery count.
             // (Also when the broker went silent meanwhile: ERROR 500s are
@@ -833,7 +854,7 @@ impl Session {
         }
         let offers: Vec<Message> = self.registrations.offer_messages().collect();
         for (i, m) in offers.iter().enumerate() {
-            match self.write(m, Some(Expect::Replay), now, wire) {
+            match self.write(m, Some(Expect::Replay { offer: true }), now, wire) {
                 Ok(()) => {}
                 // Nothing written yet: all of them at the next tick.
                 Err(WireError::WouldBlock) if i == 0 => return Ok(()),
@@ -960,7 +981,8 @@ impl Session {
             if withheld && matches!(reg, Registration::Offer { .. }) {
                 continue;
             }
-            if let Err(e) = self.write(&reg.message(), Some(Expect::Replay), now, wire) {
+            let offer = matches!(reg, Registration::Offer { .. });
+            if let Err(e) = self.write(&reg.message(), Some(Expect::Replay { offer }), now, wire) {
                 tracing::warn!("registering {reg:?} failed: {e}");
             }
         }
@@ -980,8 +1002,18 @@ impl Session {
                 self.answer(Call::Open, Reply::Ok(status.clone()));
                 self.opened(&status, now, wire);
             }
-            Some(Expect::Answer(call)) => self.answer(call, Reply::Ok(status)),
-            Some(Expect::Replay) | Some(Expect::Unclaimed) => {}
+            Some(Expect::Answer(call)) => {
+                if call == Call::Offer {
+                    self.offer_refused = None;
+                }
+                self.answer(call, Reply::Ok(status))
+            }
+            Some(Expect::Replay { offer }) => {
+                if offer {
+                    self.offer_refused = None;
+                }
+            }
+            Some(Expect::Unclaimed) => {}
             None => tracing::debug!("ignoring an OK nothing was waiting for"),
         }
         Ok(())
@@ -1018,12 +1050,18 @@ impl Session {
                 // opens again.
                 self.state = ConnState::Lost;
             }
-            Some(Expect::Replay) => tracing::warn!(
+            Some(Expect::Replay { offer: true }) => self.offer_was_refused(&status),
+            Some(Expect::Replay { offer: false }) => tracing::warn!(
                 "broker refused a replayed registration: {} {}",
                 status.code,
                 status.reason
             ),
-            Some(Expect::Answer(call)) => self.answer(call, Reply::Refused(status)),
+            Some(Expect::Answer(call)) => {
+                if call == Call::Offer {
+                    self.offer_was_refused(&status);
+                }
+                self.answer(call, Reply::Refused(status))
+            }
             Some(Expect::Unclaimed) | None => self.refused(Refusal::from_status(status)),
         }
         Ok(())
@@ -1193,7 +1231,8 @@ impl Session {
             self.maint_applied = true;
         }
         for m in self.registrations.messages(!withheld) {
-            if let Err(e) = self.write(&m, Some(Expect::Replay), now, wire) {
+            let offer = matches!(m, Message::ServiceOffer { .. });
+            if let Err(e) = self.write(&m, Some(Expect::Replay { offer }), now, wire) {
                 tracing::warn!("replaying {m} failed: {e}");
             }
         }

@@ -37,6 +37,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::protocol::{decode_response, encode_request};
 use super::{ExecConfig, Executor, RunnerError, KILL_GRACE};
+use crate::time::after;
 use crate::worker::types::{Completion, ErrorKind, Job, RunResult};
 use crate::worker::wake::Waker;
 
@@ -107,7 +108,7 @@ impl Restarts {
             .saturating_mul(1u32 << self.crashes.min(16))
             .min(RESTART_MAX);
         self.crashes = self.crashes.saturating_add(1);
-        self.not_before = Some(now + delay);
+        self.not_before = Some(after(now, delay));
         delay
     }
 
@@ -344,7 +345,7 @@ impl Slot {
                 .shared
                 .deadline()
                 .unwrap_or_else(Instant::now)
-                .max(Instant::now() + Duration::from_millis(50));
+                .max(after(Instant::now(), Duration::from_millis(50)));
             self.end(p, kill_at);
         }
     }
@@ -413,7 +414,7 @@ impl Slot {
         };
         // A process closes its files before it becomes a zombie: give an
         // exiting one a moment to finish.
-        let until = Instant::now() + Duration::from_millis(200);
+        let until = after(Instant::now(), Duration::from_millis(200));
         while !exited(p.pid) && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -439,7 +440,8 @@ impl Slot {
     fn serve(&mut self, job: Job) {
         let Job { id, request } = job;
         let started = Instant::now();
-        let run = match self.exchange(&encode_request(&request), started + self.spec.timeout) {
+        let run = match self.exchange(&encode_request(&request), after(started, self.spec.timeout))
+        {
             Ok(run) => run,
             Err(lost) => self.lost(lost),
         };
@@ -470,7 +472,7 @@ impl Slot {
         let mut written = 0;
         while written < line.len() {
             let (at, stopping) = limit();
-            let step = at.min(Instant::now() + Duration::from_millis(100));
+            let step = at.min(after(Instant::now(), Duration::from_millis(100)));
             match write_some(stdin_fd, &line[written..], step) {
                 Ok(n) => written += n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -487,7 +489,7 @@ impl Slot {
         }
         let answer = loop {
             let (at, stopping) = limit();
-            let step = at.min(Instant::now() + Duration::from_millis(100));
+            let step = at.min(after(Instant::now(), Duration::from_millis(100)));
             match p.stdout.read_line(step) {
                 Ok(answer) => break answer,
                 Err(ReadError::Timeout) => {
@@ -560,7 +562,7 @@ impl Slot {
                 )
             }
             Lost::Stopped => {
-                self.end(p, Instant::now() + KILL_GRACE);
+                self.end(p, after(Instant::now(), KILL_GRACE));
                 RunResult::failed(
                     ErrorKind::Stopped,
                     format!(
@@ -570,7 +572,7 @@ impl Slot {
                 )
             }
             Lost::Died(how) => {
-                let status = self.end(p, Instant::now() + Duration::from_millis(200));
+                let status = self.end(p, after(Instant::now(), Duration::from_millis(200)));
                 let delay = self.restarts.crashed(Instant::now());
                 tracing::warn!(runner = %runner, pid, "process died ({how}; {status}); restarting in {delay:?}");
                 RunResult::failed(

@@ -13,7 +13,6 @@
 //! compact JSON text).
 
 use std::borrow::Cow;
-use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -130,8 +129,7 @@ fn decode_object(obj: &Map<String, Value>) -> Result<RunResult, String> {
                 None | Some(Value::Null) => None,
                 Some(v) => Some(
                     v.as_f64()
-                        .filter(|ms| ms.is_finite() && *ms >= 0.0)
-                        .and_then(|ms| Duration::try_from_secs_f64(ms / 1000.0).ok())
+                        .and_then(crate::time::from_ms_f64)
                         .ok_or_else(|| format!("after_ms: {v} is not a number of milliseconds"))?,
                 ),
             },
@@ -299,7 +297,7 @@ mod tests {
         assert_eq!(
             out(r#"{"outcome":"retry","after_ms":250,"reason":"busy"}"#),
             Ok(Outcome::Retry {
-                after: Some(Duration::from_millis(250)),
+                after: Some(std::time::Duration::from_millis(250)),
                 reason: "busy".into()
             })
         );

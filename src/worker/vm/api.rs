@@ -9,6 +9,7 @@ use mlua::{Function, Lua, MultiValue, Table, Value};
 
 use super::convert::{bytes_arg, from_shared, opt_string, to_shared};
 use super::{Budget, RequestState, BUDGET_MESSAGE};
+use crate::time::after;
 use crate::worker::shared::{SharedDict, SharedValue};
 use crate::worker::types::Output;
 
@@ -133,7 +134,7 @@ pub fn sleep_function(lua: &Lua, budget: Arc<Budget>) -> mlua::Result<Function> 
         // A VM run by its owner's thread lends the sleep to the owner's
         // duty (which returns early when it has done something); others
         // simply sleep.
-        let until = Instant::now() + want.min(left);
+        let until = after(Instant::now(), want.min(left));
         loop {
             let rest = until.saturating_duration_since(Instant::now());
             if rest.is_zero() {

@@ -110,7 +110,7 @@ impl Budget {
         self.out_of_memory.store(false, Ordering::Relaxed);
         self.cut.store(false, Ordering::Relaxed);
         self.next_duty
-            .store(nanos(now + DUTY_EVERY), Ordering::Relaxed);
+            .store(nanos(now.saturating_add(DUTY_EVERY)), Ordering::Relaxed);
         let at = nanos(now.saturating_add(timeout)).max(1);
         self.deadline.store(at, Ordering::Relaxed);
     }
@@ -486,9 +486,9 @@ impl Vm {
             "retry" => Outcome::Retry {
                 after: match a {
                     Value::Integer(ms) => Some(Duration::from_millis(ms.max(0) as u64)),
-                    Value::Number(ms) => {
-                        Some(Duration::try_from_secs_f64(ms / 1000.0).unwrap_or(Duration::MAX))
-                    }
+                    // NaN and negatives were refused by `alaska.retry`; a
+                    // huge value (`math.huge`) is clamped, never a panic.
+                    Value::Number(ms) => crate::time::from_ms_f64(ms),
                     _ => None,
                 },
                 reason: text(&b).unwrap_or_else(|| "the script asked to retry".into()),
