@@ -468,3 +468,74 @@ fn an_invalid_filter_exits_2_naming_the_key() {
         assert!(err.contains("worker/service/filter"), "{args:?}: {err}");
     }
 }
+
+/// `print` goes to the worker's log (stderr here; syslog in the
+/// background) tagged with the script, and a script written for the
+/// original (Penlight's pretty-printer, from Debian's lua-penlight, found
+/// on the system's Lua path with no configuration) runs as it is.
+#[test]
+fn print_reaches_the_log_and_penlight_loads_from_the_system() {
+    if !std::path::Path::new("/usr/share/lua/5.4/pl/pretty.lua").exists() {
+        println!("skipped: Debian's lua-penlight is not installed (apt install lua-penlight)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let scripts = dir.path().join("services");
+    std::fs::create_dir_all(&scripts).unwrap();
+    // The original's dump service, in its shape: a ruler, the decoded
+    // context through Penlight, a ruler.
+    script(
+        &scripts,
+        "pldump",
+        "local ruler = string.rep('-', 80)\n\
+         print(ruler .. '\\nContext dump from Lua:')\n\
+         local ctx = require 'cjson'.decode(alaskaContext)\n\
+         require 'pl.pretty'.dump(ctx)\n\
+         print(ruler)\n\
+         return 'dumped'",
+    );
+    let endpoint = free_endpoint();
+    std::fs::write(
+        dir.path().join("alaska.cfg"),
+        config(
+            &endpoint,
+            &scripts,
+            "    broker\n        embedded = \"1\"\n",
+        ),
+    )
+    .unwrap();
+    let mut worker = Running(
+        alaska(dir.path())
+            .arg("-f")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // The embedded broker binds as the worker starts: connect once it does.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut p = loop {
+        let mut o = alaska::mlm::ClientOptions::new(&endpoint, "producer");
+        o.timeout = Duration::from_secs(2);
+        match alaska::mlm::Client::connect(o) {
+            Ok(c) => break c,
+            Err(e) => assert!(Instant::now() < deadline, "no broker: {e}"),
+        }
+    };
+    let d = request(
+        &mut p,
+        "pldump",
+        b"{\"answer\":42,\"list\":[1,2]}",
+        Duration::from_secs(10),
+    );
+    assert_eq!(d.content, vec![b"dumped".to_vec()]);
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(worker.0.id() as i32, libc::SIGTERM) };
+    assert!(wait_exit(&mut worker.0, Duration::from_secs(15)).is_some());
+    let log = worker.stderr_text();
+    assert!(log.contains("Context dump from Lua:"), "{log}");
+    assert!(
+        log.contains("answer = 42") && log.contains("script=pldump"),
+        "{log}"
+    );
+}

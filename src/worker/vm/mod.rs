@@ -149,7 +149,7 @@ impl Budget {
     /// Whether Lua code must stop now: the request is out of time, or no
     /// request runs at all (code running then, a finalizer say, belongs to
     /// no request and has no budget).
-    fn expired(&self) -> bool {
+    pub(crate) fn expired(&self) -> bool {
         if self.timed_out.load(Ordering::Relaxed) {
             return true;
         }
@@ -174,6 +174,8 @@ pub struct RequestState {
     active: bool,
     outputs: Vec<Output>,
     output_bytes: usize,
+    /// Bytes printed by the running request.
+    printed: usize,
     /// The request being run: its metadata is read from here when a
     /// script first asks for it.
     current: Option<Request>,
@@ -209,6 +211,58 @@ fn metadata(lua: &Lua, key: mlua::LuaString) -> mlua::Result<Value> {
         }
         _ => Value::Nil,
     })
+}
+
+/// The most a request may `print` before its output is cut (a log is not
+/// a place for a script's bulk data).
+pub const PRINT_LIMIT: usize = 64 * 1024;
+
+/// `print` of a script: one log line, tagged with the request's subject,
+/// at most [`PRINT_LIMIT`] bytes a request (then one line saying the rest
+/// was cut).
+fn log_print(lua: &Lua, line: mlua::LuaString) -> mlua::Result<()> {
+    let Some(mut state) = lua.app_data_mut::<RequestState>() else {
+        return Ok(());
+    };
+    let subject = state
+        .current
+        .as_ref()
+        .map(|r| r.subject.clone())
+        .unwrap_or_default();
+    let bytes = line.as_bytes();
+    if state.printed >= PRINT_LIMIT {
+        return Ok(());
+    }
+    state.printed = state.printed.saturating_add(bytes.len());
+    if state.printed > PRINT_LIMIT {
+        tracing::info!(script = %subject, "print: output cut at {PRINT_LIMIT} bytes for this request");
+        return Ok(());
+    }
+    tracing::info!(script = %subject, "print: {}", String::from_utf8_lossy(&bytes));
+    Ok(())
+}
+
+/// `package.path`: see where it is set in [`Vm::with_shared`].
+fn lua_path(cfg: &PoolConfig) -> String {
+    let mut dirs: Vec<String> = cfg
+        .lua_path
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect();
+    let scripts =
+        std::fs::canonicalize(&cfg.scripts_dir).unwrap_or_else(|_| cfg.scripts_dir.clone());
+    dirs.push(scripts.join("lib").display().to_string());
+    for d in [
+        "/usr/local/share/lua/5.4",
+        "/usr/local/lib/lua/5.4",
+        "/usr/share/lua/5.4",
+    ] {
+        dirs.push(d.to_string());
+    }
+    dirs.iter()
+        .map(|d| format!("{d}/?.lua;{d}/?/init.lua"))
+        .collect::<Vec<_>>()
+        .join(";")
 }
 
 /// A compiled script and the file it came from, as it was then.
@@ -282,18 +336,24 @@ impl Vm {
             &cfg.default_mailbox,
             cfg.memory,
         )?;
-        let cjson = convert::cjson_module(&lua)?;
+        let cjson = convert::cjson_module(
+            &lua,
+            convert::Bounds {
+                max_bytes: cfg.memory,
+                budget: Some(budget.clone()),
+            },
+        )?;
         let preload: mlua::Table = globals.get::<mlua::Table>("package")?.get("preload")?;
         let cj = cjson.clone();
         preload.set("cjson", lua.create_function(move |_, ()| Ok(cj.clone()))?)?;
-        if !cfg.lua_path.is_empty() {
+        // Where `require` looks: the operator's folders, the scripts
+        // folder's `lib/` (helpers, never subjects), then where Lua
+        // libraries live on a system (as the stock lua5.4 looks, so
+        // Debian's lua-penlight and LuaRocks' trees work). Never `./`: the
+        // process's current folder is nobody's library.
+        {
             let package: mlua::Table = globals.get("package")?;
-            let mut path: String = package.get("path")?;
-            for dir in &cfg.lua_path {
-                let d = dir.display();
-                path = format!("{d}/?.lua;{d}/?/init.lua;{path}");
-            }
-            package.set("path", path)?;
+            package.set("path", lua_path(&cfg))?;
         }
         let b = budget.clone();
         let breached = lua.create_function(move |_, e: Value| {
@@ -330,6 +390,7 @@ impl Vm {
             options,
             arm_memory,
             lua.create_function(metadata)?,
+            lua.create_function(log_print)?,
         ))?;
         budget.disarm();
         lua.set_app_data(RequestState::default());
@@ -392,6 +453,7 @@ impl Vm {
             Some(mut state) => {
                 state.active = false;
                 state.output_bytes = 0;
+                state.printed = 0;
                 (std::mem::take(&mut state.outputs), state.current.take())
             }
             None => (Vec::new(), None),
@@ -469,13 +531,17 @@ impl Vm {
         let kind = match kind {
             Some(k) => k.to_string_lossy(),
             None => {
-                return match convert::reply(&self.lua, value) {
+                let bounds = convert::Bounds {
+                    max_bytes: self.cfg.memory,
+                    budget: Some(self.budget.clone()),
+                };
+                return match convert::reply(&self.lua, value, &bounds) {
                     Ok(reply) => Ok(Outcome::Done { reply }),
                     Err(e) => Err(ScriptError {
                         kind: ErrorKind::Protocol,
                         message: format!("reply: {e}"),
                     }),
-                }
+                };
             }
         };
         let text = |v: &Value| match v {

@@ -14,15 +14,15 @@
 --    whose metatable is protected; the standard library tables are
 --    read-only views; the string metatable is protected; package.loaded
 --    does not hand out the real global table.
-local breached, encode, sleep, shared_fns, options, arm_memory, meta = ...
+local breached, encode, sleep, shared_fns, options, arm_memory, meta, log_print = ...
 
 local G = _G
 local setmetatable, getmetatable, rawset, rawget = setmetatable, getmetatable, rawset, rawget
 local select, type, tostring, error, assert, next, pairs = select, type, tostring, error, assert, next, pairs
-local raw_pcall, raw_xpcall, co_resume = pcall, xpcall, coroutine.resume
+local raw_pcall, raw_xpcall, co_resume, co_close = pcall, xpcall, coroutine.resume, coroutine.close
 local raw_load, raw_loadfile, raw_collect = load, loadfile, collectgarbage
 local traceback, raw_getinfo = debug.traceback, debug.getinfo
-local string_gsub, table_unpack = string.gsub, table.unpack
+local string_gsub, string_find, table_unpack, table_concat = string.gsub, string.find, table.unpack, table.concat
 
 local function refuse(what, why)
   return function()
@@ -43,17 +43,47 @@ G.xpcall = function(f, h, ...)
   end, ...))
 end
 local co_wrapped = function(co, ...) return pass(co_resume(co, ...)) end
+-- coroutine.close runs the coroutine's pending __close handlers and
+-- returns their error instead of raising it.
+local co_closed = function(co) return pass(co_close(co)) end
 
 -- Text chunks only ------------------------------------------------------
+-- A binary chunk is refused by every route (load, loadfile, dofile,
+-- require): the VM does not verify bytecode, and a patched chunk crashes
+-- the process. `load` with a reader function runs the reader inside the
+-- load, which catches its errors: a budget breach there is raised again.
+local BYTECODE = 'bytecode is not allowed in an alaska worker: load text chunks only '
+  .. '(a binary chunk is not verified and can crash the worker)'
+local function text_only(f, msg)
+  if f == nil and breached(msg) then error(msg, 0) end
+  if f == nil and type(msg) == 'string' and string_find(msg, 'attempt to load a binary chunk', 1, true) then
+    return nil, BYTECODE
+  end
+  return f, msg
+end
+-- The environment of a chunk loaded without one: the running request's
+-- own (never the shared globals, which would carry what it sets into
+-- every later request).
+local cur_env
+local function default_env() return cur_env or setmetatable({}, { __index = G }) end
 G.load = function(chunk, name, mode, ...)
-  if select('#', ...) > 0 then return raw_load(chunk, name, 't', ...) end
-  return raw_load(chunk, name, 't')
+  if select('#', ...) > 0 then return text_only(raw_load(chunk, name, 't', ...)) end
+  return text_only(raw_load(chunk, name, 't', default_env()))
 end
 G.loadfile = function(name, mode, ...)
-  if select('#', ...) > 0 then return raw_loadfile(name, 't', ...) end
-  return raw_loadfile(name, 't')
+  if select('#', ...) > 0 then return text_only(raw_loadfile(name, 't', ...)) end
+  return text_only(raw_loadfile(name, 't', default_env()))
 end
 G.dofile = function(name) local f = assert(G.loadfile(name)); return f() end
+
+-- print goes to the worker's log, tagged with the script, bounded per
+-- request (stdout is /dev/null for a daemon).
+G.print = function(...)
+  local n = select('#', ...)
+  local parts = {}
+  for i = 1, n do parts[i] = tostring((select(i, ...))) end
+  log_print(table_concat(parts, '\t'))
+end
 
 -- No finalizers: they would run outside any request, or inside another's.
 G.setmetatable = function(t, mt)
@@ -121,6 +151,7 @@ for k, v in pairs(G.os) do os_fns[k] = v end
 for k, v in pairs(G.coroutine) do co_fns[k] = v end
 os_fns.exit = refuse('os.exit', 'it would stop the worker')
 co_fns.resume = co_wrapped
+co_fns.close = co_closed
 libs.os, libs.coroutine = os_fns, co_fns
 libs.debug = { traceback = traceback, getinfo = safe_getinfo }
 if not options.processes then
@@ -133,23 +164,67 @@ if not options.processes then
   libs.io = io_fns
 end
 
+-- Every file handle shares one metatable: out of reach, or a script could
+-- replace a method for later requests or set a finalizer there.
+local file_meta = getmetatable(G.io.stdout)
+if type(file_meta) == 'table' then file_meta.__metatable = false end
+
 local package, loaded = G.package, G.package.loaded
 -- No C modules: native code runs outside the budget hook.
 package.loadlib = refuse('package.loadlib', 'native code ignores the time budget')
+local searchers = package.searchers
 if options.cpath then
   package.cpath = options.cpath
 else
   package.cpath = ''
-  local searchers = package.searchers
   for i = #searchers, 3, -1 do searchers[i] = nil end
 end
+-- Lua files through our own searcher: text only, and each module in an
+-- environment of its own over the shared globals (what it sets as a
+-- global stays in it instead of reaching every request).
+local searchpath = package.searchpath
+searchers[2] = function(name)
+  local file, err = searchpath(name, package.path)
+  if not file then return err end
+  local f, msg = raw_loadfile(file, 't', setmetatable({}, { __index = G }))
+  if not f then
+    if string_find(msg, 'attempt to load a binary chunk', 1, true) then msg = BYTECODE end
+    error("error loading module '" .. name .. "' from file '" .. file .. "':\n\t" .. msg, 0)
+  end
+  return f, file
+end
+-- What each request starts from, whatever the one before set.
+local base_path, base_cpath = package.path, package.cpath
 for name, t in pairs(libs) do
   local view = readonly(name, t)
   G[name] = view
   loaded[name] = view
 end
 loaded._G = nil
-G.package = readonly('package', package, { path = true, cpath = options.cpath ~= nil })
+-- package: path (and cpath when C modules are allowed) may be set for
+-- the request; searchers and preload are read-only views; loaded is the
+-- one deliberately shared table (modules stay loaded).
+local package_fields = {
+  searchers = readonly('package.searchers', searchers),
+  preload = readonly('package.preload', package.preload),
+}
+local package_writable = { path = true, cpath = options.cpath ~= nil }
+local package_view = setmetatable({}, {
+  __index = function(_, k)
+    local v = package_fields[k]
+    if v ~= nil then return v end
+    return package[k]
+  end,
+  __newindex = function(_, k, v)
+    if package_writable[k] then package[k] = v; return end
+    error("attempt to change field '" .. tostring(k) .. "' of the shared 'package' table: "
+      .. 'it is shared by every request of this VM', 2)
+  end,
+  __pairs = function() return next, package, nil end,
+  __metatable = false,
+})
+protected[package_view] = true
+G.package = package_view
 loaded.package = G.package
 -- Method calls on strings go through this metatable; nobody may see it.
 getmetatable('').__metatable = false
@@ -246,8 +321,16 @@ local function describe(e)
   end
   return tostring(e)
 end
+-- The traceback shows the script's frames only: the sandbox's own (this
+-- chunk, named "alaska", and the C functions that call into it) say
+-- nothing to the script's author.
 local function handler(e)
-  return traceback(describe(e), 2)
+  local t = traceback(describe(e), 2)
+  t = string_gsub(t, '\n\t[^\n]*alaska:%d+:[^\n]*', '')
+  t = string_gsub(t, "\n\t%[C%]: in [%w ]*'raw_[%w_]*'", '')
+  t = string_gsub(t, "\n\t%[C%]: in %?$", '')
+  t = string_gsub(t, "\n\t%[C%]: in function 'xpcall'", '')
+  return t
 end
 -- Only the first value a script returns counts, as before outcomes existed.
 local function finish(ok, v)
@@ -264,11 +347,13 @@ end
 return function(f, ctx)
   arm_memory()
   cur_ctx = ctx
+  package.path, package.cpath = base_path, base_cpath
   local env = setmetatable({
     alaskaContext = ctx,
     alaska = setmetatable({}, api_meta),
     _G = false,
   }, env_meta)
   env._G = env
+  cur_env = env
   return finish(raw_xpcall(f, handler, env))
 end
