@@ -150,7 +150,7 @@ fn run(s: Settings, curve: Option<CurveClientKeys>) -> Result<(), Box<dyn std::e
     let http = match &s.http_listen {
         Some(listen) => {
             let server = ops
-                .serve(listen)
+                .serve(listen, s.http_token.clone())
                 .map_err(|e| format!("worker/http/listen: {e}"))?;
             tracing::info!(
                 "serving http://{}: GET /health, /metrics, /v1/status; POST /v1/maintenance",
@@ -272,6 +272,7 @@ fn embedded_broker(s: &Settings) -> Result<Option<BrokerHandle>, Box<dyn std::er
     let cfg = BrokerConfig {
         endpoint: endpoint.clone(),
         http_listen: s.broker_http_listen.clone(),
+        http_token: s.broker_http_token.clone(),
         ..BrokerConfig::default()
     };
     match Broker::start(cfg) {

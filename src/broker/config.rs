@@ -66,6 +66,7 @@ pub fn parse_config(text: &str, base: &Path) -> Result<(BrokerConfig, Vec<String
     let mut certificate: Option<String> = None;
     let mut clients: Option<String> = None;
     let mut storage_dir = String::new();
+    let (mut http_token, mut http_token_file) = (String::new(), String::new());
     let mut sync = SyncMode::Batch;
     for e in &entries {
         let v = e.value.trim();
@@ -117,6 +118,14 @@ pub fn parse_config(text: &str, base: &Path) -> Result<(BrokerConfig, Vec<String
             "mlm_server/mailbox/count-limit" => cfg.mailbox_limit.messages = limit()?,
             "mlm_server/mailbox/expiry" => cfg.mailbox_expiry = ms()?,
             "mlm_server/storage/dir" => storage_dir = v.to_string(),
+            "mlm_server/http/token" => http_token = v.to_string(),
+            "mlm_server/http/token_file" => {
+                http_token_file = if v.is_empty() {
+                    String::new()
+                } else {
+                    base.join(v).display().to_string()
+                }
+            }
             "mlm_server/http/listen" => {
                 cfg.http_listen = match v {
                     "" => None,
@@ -138,6 +147,13 @@ pub fn parse_config(text: &str, base: &Path) -> Result<(BrokerConfig, Vec<String
             p => warnings.push(format!("line {}: unknown key {p}; ignored", e.line)),
         }
     }
+    cfg.http_token = crate::config::http_token(
+        "mlm_server/http/token",
+        &http_token,
+        "mlm_server/http/token_file",
+        &http_token_file,
+    )
+    .map_err(|e| BrokerError::Config(e.to_string()))?;
     if !storage_dir.is_empty() {
         cfg.storage = Some(StorageConfig {
             dir: base.join(storage_dir),

@@ -103,6 +103,8 @@ pub struct BrokerConfig {
     /// `host:port` for `/health`, `/metrics` and the admin API; `None`:
     /// not served.
     pub http_listen: Option<String>,
+    /// The bearer token the HTTP listener requires (all but `/health`).
+    pub http_token: Option<String>,
 }
 
 impl Default for BrokerConfig {
@@ -126,6 +128,7 @@ impl Default for BrokerConfig {
             verbose: false,
             storage: None,
             http_listen: None,
+            http_token: None,
         }
     }
 }
@@ -243,7 +246,9 @@ impl Broker {
         // Before storage is opened: a taken HTTP port then leaves the store
         // untouched.
         let (ops, router_ops) = match &cfg.http_listen {
-            Some(listen) => ops::BrokerOps::serve(listen, cfg.storage.is_some())?,
+            Some(listen) => {
+                ops::BrokerOps::serve(listen, cfg.storage.is_some(), cfg.http_token.clone())?
+            }
             None => ops::BrokerOps::without_http(),
         };
         let storage = match &cfg.storage {

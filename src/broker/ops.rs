@@ -290,7 +290,11 @@ impl BrokerOps {
 
     /// Binds `listen` and starts the HTTP server; `durable` registers the
     /// storage metrics too.
-    pub fn serve(listen: &str, durable: bool) -> Result<(BrokerOps, RouterOps), OpsError> {
+    pub fn serve(
+        listen: &str,
+        durable: bool,
+        token: Option<String>,
+    ) -> Result<(BrokerOps, RouterOps), OpsError> {
         let now = Instant::now();
         let shared = Arc::new(Shared {
             started: now,
@@ -303,6 +307,7 @@ impl BrokerOps {
         let (tx, rx) = crossbeam_channel::bounded(ADMIN_QUEUE);
         let mut opts = HttpOptions::new(listen);
         opts.thread_name = "alaska-broker-http".into();
+        opts.token = token;
         let server = HttpServer::start(opts, Arc::new(http_router(&shared, metrics, tx, waker)))?;
         let liveness = Liveness::new();
         Ok((

@@ -116,6 +116,11 @@ pub struct Settings {
     /// `worker/http/listen`: where health, metrics, status and maintenance
     /// are served (`None`: nowhere).
     pub http_listen: Option<String>,
+    /// `worker/http/token` (or `token_file`): the bearer token of the
+    /// worker's HTTP listener.
+    pub http_token: Option<String>,
+    /// `worker/broker/http/token` (or `token_file`): the embedded broker's.
+    pub broker_http_token: Option<String>,
 }
 
 impl Default for Settings {
@@ -159,6 +164,8 @@ impl Default for Settings {
             shutdown_timeout: Duration::from_secs(10),
             runners: Vec::new(),
             http_listen: None,
+            http_token: None,
+            broker_http_token: None,
         }
     }
 }
@@ -367,6 +374,18 @@ impl Settings {
             shutdown_timeout: duration("worker/shutdown/timeout", &get("worker/shutdown/timeout"))?,
             runners,
             http_listen: listen("worker/http/listen", &get("worker/http/listen"))?,
+            http_token: http_token(
+                "worker/http/token",
+                &get("worker/http/token"),
+                "worker/http/token_file",
+                &get("worker/http/token_file"),
+            )?,
+            broker_http_token: http_token(
+                "worker/broker/http/token",
+                &get("worker/broker/http/token"),
+                "worker/broker/http/token_file",
+                &get("worker/broker/http/token_file"),
+            )?,
         })
     }
 }
@@ -473,6 +492,35 @@ fn listen(key: &'static str, v: &str) -> Result<Option<String>, ConfigError> {
         });
     }
     Ok(Some(t.to_string()))
+}
+
+/// The bearer token of an HTTP listener: `token` as given, or read from
+/// `token_file` (trimmed), or none; both set is an error, as is an empty or
+/// unreadable file.
+pub(crate) fn http_token(
+    token_key: &'static str,
+    token: &str,
+    file_key: &'static str,
+    file: &str,
+) -> Result<Option<String>, ConfigError> {
+    let (token, file) = (token.trim(), file.trim());
+    match (token.is_empty(), file.is_empty()) {
+        (true, true) => Ok(None),
+        (false, true) => Ok(Some(token.to_string())),
+        (false, false) => Err(ConfigError::Value {
+            key: token_key,
+            value: token.into(),
+            expected: "empty when the token file is set (one or the other)",
+        }),
+        (true, false) => match std::fs::read_to_string(file) {
+            Ok(t) if !t.trim().is_empty() => Ok(Some(t.trim().to_string())),
+            _ => Err(ConfigError::Value {
+                key: file_key,
+                value: file.into(),
+                expected: "a readable file holding the token",
+            }),
+        },
+    }
 }
 
 /// A subject pattern the broker will accept: a regular expression that

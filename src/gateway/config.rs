@@ -24,6 +24,8 @@ pub struct GatewaySettings {
     pub listen: String,
     /// `gateway/http/max_body`, bytes.
     pub max_body: usize,
+    /// `gateway/http/token` (or `token_file`): the bearer token callers need.
+    pub token: Option<String>,
     /// `gateway/broker/endpoint`: one broker, or several comma-separated in
     /// priority order.
     pub endpoint: String,
@@ -53,6 +55,7 @@ impl Default for GatewaySettings {
             verbose: false,
             listen: "127.0.0.1:8080".into(),
             max_body: 1 << 20,
+            token: None,
             endpoint: crate::mlm::DEFAULT_ENDPOINT.into(),
             balance: crate::failover::Balance::Priority,
             address: None,
@@ -95,6 +98,12 @@ impl GatewaySettings {
             verbose: boolean("gateway/verbose", &get("gateway/verbose"))?,
             listen: required("gateway/http/listen", get("gateway/http/listen"))?,
             max_body: bytes("gateway/http/max_body", &get("gateway/http/max_body"))?,
+            token: crate::config::http_token(
+                "gateway/http/token",
+                &get("gateway/http/token"),
+                "gateway/http/token_file",
+                &get("gateway/http/token_file"),
+            )?,
             endpoint: crate::config::endpoint_list(
                 "gateway/broker/endpoint",
                 &get("gateway/broker/endpoint"),
@@ -173,6 +182,7 @@ impl GatewaySettings {
         });
         o.curve = self.curve.clone();
         o.max_body = self.max_body;
+        o.token = self.token.clone();
         o.default_timeout = self.request_timeout.min(self.max_timeout);
         o.max_timeout = self.max_timeout;
         o.max_waiting = self.max_waiting;

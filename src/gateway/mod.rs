@@ -62,6 +62,9 @@ pub struct GatewayOptions {
     pub listen: String,
     /// Largest request body (`413` beyond).
     pub max_body: usize,
+    /// The bearer token callers need (all but `/health`); `None`: anyone
+    /// who reaches the listener may call every service.
+    pub token: Option<String>,
     /// Wait for a reply when the request gives no `?timeout=`.
     pub default_timeout: Duration,
     /// Longest wait a request may ask for (larger ones are cut to this).
@@ -85,6 +88,7 @@ impl GatewayOptions {
             curve: None,
             listen: listen.into(),
             max_body: 1 << 20,
+            token: None,
             default_timeout: Duration::from_secs(5),
             max_timeout: Duration::from_secs(60),
             max_waiting: 1024,
@@ -178,6 +182,10 @@ impl Gateway {
         let api = api::Api::new(&opts, tx, waker.clone(), shared.clone());
         let mut http_opts = HttpOptions::new(opts.listen.clone());
         http_opts.max_body = opts.max_body;
+        http_opts.token = opts.token.clone();
+        // Request bodies are any bytes (the service's content): the
+        // Origin check alone keeps web pages out.
+        http_opts.json_writes = false;
         let http = match HttpServer::start(http_opts, Arc::new(api.router())) {
             Ok(h) => h,
             Err(e) => {

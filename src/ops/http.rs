@@ -15,6 +15,26 @@
 //! [`HttpServer::stop`] always ends: it stops accepting, lets requests in
 //! progress finish for at most [`HttpOptions::grace`], then drops the rest
 //! and joins the thread.
+//!
+//! What every listener of the project (worker, broker, gateway) gets from
+//! here, whatever routes it adds:
+//! - bounded memory per request: a declared `Content-Length` over
+//!   [`HttpOptions::max_body`] is answered `413` before any of the body is
+//!   read; a body is copied into one buffer as it comes (hyper's own read
+//!   buffers are released at once, so a body sent a byte per TCP segment
+//!   costs its size, not a buffer per segment); headers must arrive within
+//!   [`HttpOptions::header_timeout`] and the body within
+//!   [`HttpOptions::body_timeout`] (`408`, connection closed);
+//! - a bearer token when [`HttpOptions::token`] is set: every request but
+//!   `GET`/`HEAD /health` needs `Authorization: Bearer <token>` (compared
+//!   in constant time), `401` otherwise;
+//! - requests a web page cannot forge: a state change (any method but
+//!   `GET`/`HEAD`) with an `Origin` that is not the listener's own host is
+//!   `403`; with [`HttpOptions::json_writes`] it must also be
+//!   `application/json` (`415`), which no form or no-preflight `fetch` can
+//!   send; on a loopback listener the `Host` must be a loopback name (a
+//!   page that rebinds its DNS name to 127.0.0.1 is `403`);
+//! - `HEAD` answered as `GET`, without the body.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -22,7 +42,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -283,6 +303,15 @@ pub struct HttpOptions {
     pub listen: String,
     /// Largest request body accepted (`413` beyond).
     pub max_body: usize,
+    /// How long a client may take to send a request's headers.
+    pub header_timeout: Duration,
+    /// How long a client may take to send a request's body.
+    pub body_timeout: Duration,
+    /// The bearer token every request but `/health` needs (`None`: none).
+    pub token: Option<String>,
+    /// State changes must be `application/json` (admin APIs; the gateway,
+    /// whose bodies are any bytes, relies on the `Origin` check alone).
+    pub json_writes: bool,
     /// How long a stop lets requests in progress finish.
     pub grace: Duration,
     /// The server thread's name.
@@ -290,12 +319,17 @@ pub struct HttpOptions {
 }
 
 impl HttpOptions {
-    /// Options with the defaults: 1 MiB bodies, 1 s grace, thread
+    /// Options with the defaults: 1 MiB bodies, headers within 10 s and
+    /// bodies within 30 s, no token, JSON state changes, 1 s grace, thread
     /// `alaska-http`.
     pub fn new(listen: impl Into<String>) -> HttpOptions {
         HttpOptions {
             listen: listen.into(),
             max_body: 1 << 20,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            token: None,
+            json_writes: true,
             grace: Duration::from_secs(1),
             thread_name: "alaska-http".into(),
         }
@@ -317,10 +351,6 @@ impl std::fmt::Debug for HttpServer {
     }
 }
 
-/// How long a client may take to send a request's headers: a connection
-/// that dribbles them (or sends nothing) is closed, not kept forever.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-
 impl HttpServer {
     /// Binds `opts.listen` (so a taken port is an error here, not later)
     /// and starts the server thread.
@@ -332,6 +362,12 @@ impl HttpServer {
         let listener = std::net::TcpListener::bind(&opts.listen).map_err(bind_err)?;
         listener.set_nonblocking(true).map_err(bind_err)?;
         let addr = listener.local_addr().map_err(bind_err)?;
+        if !addr.ip().is_loopback() && opts.token.is_none() {
+            tracing::warn!(
+                "HTTP on {addr} without a token: anyone who reaches this address can read \
+                 and change what it serves (set the listener's http/token)"
+            );
+        }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
@@ -395,8 +431,17 @@ async fn serve(
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(opts.header_timeout)
+        .max_buf_size(64 * 1024)
         .keep_alive(true);
+    let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+    let guard = Arc::new(Guard {
+        token: opts.token.clone(),
+        json_writes: opts.json_writes,
+        loopback,
+        max_body: opts.max_body,
+        body_timeout: opts.body_timeout,
+    });
     loop {
         let stream = tokio::select! {
             _ = &mut stop => break,
@@ -412,10 +457,11 @@ async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let max_body = opts.max_body;
+        let guard = guard.clone();
         let service = service_fn(move |req| {
             let handler = handler.clone();
-            async move { Ok::<_, Infallible>(answer(handler, req, max_body).await) }
+            let guard = guard.clone();
+            async move { Ok::<_, Infallible>(answer(handler, req, &guard).await) }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
@@ -437,25 +483,180 @@ async fn serve(
     }
 }
 
+/// What every request is checked against before its route sees it.
+struct Guard {
+    token: Option<String>,
+    json_writes: bool,
+    loopback: bool,
+    max_body: usize,
+    body_timeout: Duration,
+}
+
+/// Compares without stopping at the first difference, so the time taken
+/// does not tell how much of a guess was right.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+/// The host part of a `Host` header or an origin's authority.
+fn host_of(authority: &str) -> &str {
+    let a = authority.trim();
+    if let Some(rest) = a.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or("");
+    }
+    a.rsplit_once(':').map_or(a, |(h, p)| {
+        if p.chars().all(|c| c.is_ascii_digit()) {
+            h
+        } else {
+            a
+        }
+    })
+}
+
+impl Guard {
+    /// `Some(refusal)` when the request must not reach its route.
+    fn refuse(&self, parts: &hyper::http::request::Parts) -> Option<HttpResponse> {
+        let header = |n: hyper::header::HeaderName| {
+            parts
+                .headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+        };
+        let host = header(hyper::header::HOST).unwrap_or("");
+        if self.loopback {
+            let h = host_of(host).to_ascii_lowercase();
+            let local = h.is_empty()
+                || h == "localhost"
+                || h.ends_with(".localhost")
+                || h.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if !local {
+                return Some(HttpResponse::text(
+                    403,
+                    "this listener is on loopback: Host must be localhost or a loopback address",
+                ));
+            }
+        }
+        let reads = parts.method == Method::GET || parts.method == Method::HEAD;
+        if !(reads && parts.uri.path() == "/health") {
+            if let Some(token) = &self.token {
+                let given = header(hyper::header::AUTHORIZATION)
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(str::trim);
+                if !given.is_some_and(|g| same_secret(g.as_bytes(), token.as_bytes())) {
+                    return Some(
+                        HttpResponse::text(401, "a bearer token is required")
+                            .with_header("www-authenticate", "Bearer"),
+                    );
+                }
+            }
+        }
+        if reads {
+            return None;
+        }
+        if let Some(origin) = header(hyper::header::ORIGIN) {
+            let same = origin
+                .split_once("://")
+                .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host));
+            if !same {
+                return Some(HttpResponse::text(
+                    403,
+                    &format!("cross-origin request refused (Origin {origin}, Host {host})"),
+                ));
+            }
+        }
+        if header(hyper::header::HeaderName::from_static("sec-fetch-site"))
+            .is_some_and(|s| s == "cross-site")
+        {
+            return Some(HttpResponse::text(403, "cross-site request refused"));
+        }
+        if self.json_writes {
+            let json = header(hyper::header::CONTENT_TYPE).is_some_and(|t| {
+                t.split(';')
+                    .next()
+                    .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+            });
+            if !json {
+                return Some(HttpResponse::text(
+                    415,
+                    "a change must be sent as Content-Type: application/json",
+                ));
+            }
+        }
+        None
+    }
+
+    /// Reads the body into one buffer, within the size and the time
+    /// allowed.
+    async fn body(
+        &self,
+        parts: &hyper::http::request::Parts,
+        mut body: Incoming,
+    ) -> Result<Vec<u8>, HttpResponse> {
+        let declared = parts
+            .headers
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body as u64) {
+            return Err(HttpResponse::text(
+                413,
+                &format!("request body: over the limit of {} bytes", self.max_body),
+            ));
+        }
+        let mut buf = Vec::with_capacity(declared.map_or(0, |n| n as usize).min(self.max_body));
+        let read = async {
+            while let Some(frame) = body.frame().await {
+                let frame =
+                    frame.map_err(|e| HttpResponse::text(400, &format!("request body: {e}")))?;
+                if let Some(data) = frame.data_ref() {
+                    if buf.len() + data.len() > self.max_body {
+                        return Err(HttpResponse::text(
+                            413,
+                            &format!("request body: over the limit of {} bytes", self.max_body),
+                        ));
+                    }
+                    buf.extend_from_slice(data);
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(self.body_timeout, read).await {
+            Ok(Ok(())) => Ok(buf),
+            Ok(Err(r)) => Err(r),
+            Err(_) => Err(HttpResponse::text(
+                408,
+                &format!("request body: not received within {:?}", self.body_timeout),
+            )
+            .with_header("connection", "close")),
+        }
+    }
+}
+
 async fn answer(
     handler: Arc<dyn Handler>,
     req: hyper::Request<Incoming>,
-    max_body: usize,
+    guard: &Guard,
 ) -> hyper::Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, max_body).collect().await {
-        Ok(b) => b.to_bytes().to_vec(),
-        Err(e) => {
-            let status = if e.is::<http_body_util::LengthLimitError>() {
-                413
-            } else {
-                400
-            };
-            return to_hyper(HttpResponse::text(status, &format!("request body: {e}")));
-        }
+    if let Some(r) = guard.refuse(&parts) {
+        return to_hyper(r.with_header("connection", "close"));
+    }
+    let body = match guard.body(&parts, body).await {
+        Ok(b) => b,
+        Err(r) => return to_hyper(r.with_header("connection", "close")),
     };
     let request = HttpRequest {
-        method: parts.method,
+        method: if parts.method == Method::HEAD {
+            Method::GET
+        } else {
+            parts.method
+        },
         path: parts.uri.path().to_string(),
         query: parts.uri.query().unwrap_or("").to_string(),
         content_type: parts
@@ -473,6 +674,8 @@ async fn answer(
             Err(_) => HttpResponse::text(503, "service stopping"),
         },
     };
+    // HEAD: the status and headers a GET gets; hyper sends no body for a
+    // HEAD request (its Content-Length stays that of the GET).
     to_hyper(response)
 }
 

@@ -359,8 +359,12 @@ impl WorkerOps {
 
     /// Serves [`WorkerOps::router`] on `listen` (`host:port`), on a thread
     /// of its own (`alaska-http`).
-    pub fn serve(&self, listen: &str) -> Result<HttpServer, HttpError> {
-        HttpServer::start(HttpOptions::new(listen), Arc::new(self.router()))
+    /// Serves the worker's endpoints on `listen`, requiring `token` (as a
+    /// bearer token) for all but `/health` when one is given.
+    pub fn serve(&self, listen: &str, token: Option<String>) -> Result<HttpServer, HttpError> {
+        let mut opts = HttpOptions::new(listen);
+        opts.token = token;
+        HttpServer::start(opts, Arc::new(self.router()))
     }
 
     /// The hub's side of these operations.

@@ -25,7 +25,13 @@ pub fn get(a: &ureq::Agent, url: &str) -> (u16, String) {
 
 /// POST `body`: status and body.
 pub fn post(a: &ureq::Agent, url: &str, body: &str) -> (u16, String) {
-    let mut r = a.post(url).send(body.as_bytes()).expect("HTTP POST");
+    // JSON, as the admin APIs require of a change (a web page cannot send
+    // it without a preflight).
+    let mut r = a
+        .post(url)
+        .header("content-type", "application/json")
+        .send(body.as_bytes())
+        .expect("HTTP POST");
     (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
 }
 

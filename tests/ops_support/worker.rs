@@ -42,6 +42,16 @@ impl OpsWorker {
         dir: &Path,
         tweak: impl FnOnce(&mut DispatcherOptions, &mut PoolConfig),
     ) -> OpsWorker {
+        OpsWorker::start_with_token(endpoint, dir, None, tweak)
+    }
+
+    /// As [`OpsWorker::start`], its HTTP listener requiring `token`.
+    pub fn start_with_token(
+        endpoint: &str,
+        dir: &Path,
+        token: Option<String>,
+        tweak: impl FnOnce(&mut DispatcherOptions, &mut PoolConfig),
+    ) -> OpsWorker {
         let address = unique_address();
         let mut client = ClientOptions::new(endpoint, address.clone());
         client.timeout = Duration::from_secs(3);
@@ -57,7 +67,7 @@ impl OpsWorker {
         };
         tweak(&mut opts, &mut pool);
         let ops = WorkerOps::new(Systemd::default()).unwrap();
-        let http = ops.serve("127.0.0.1:0").expect("HTTP server starts");
+        let http = ops.serve("127.0.0.1:0", token).expect("HTTP server starts");
         let base = format!("http://{}", http.local_addr());
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
