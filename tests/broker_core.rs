@@ -1191,10 +1191,17 @@ fn the_journal_hears_every_change_to_what_is_held() {
         ]
     );
     // An acknowledging worker takes r1; a push worker would end custody.
+    // The delivery count is stored with it (it must survive a crash).
     t.open("w", "w");
     t.cmd("w", Message::Credit { amount: 1 });
     t.offer("w", "svc", ".*");
-    assert_eq!(t.events(), [Ev::Unconfirmed(1)]);
+    assert_eq!(
+        t.events(),
+        [
+            Ev::Stored(Kind::Request, "svc".into(), 1, false),
+            Ev::Unconfirmed(1)
+        ]
+    );
     t.advance(Duration::from_millis(500));
     assert_eq!(
         t.events(),
@@ -1258,6 +1265,7 @@ fn restored_requests_and_mail_come_back_in_order_with_their_clocks() {
         tracker: String::new(),
         content: vec![body.as_bytes().to_vec()],
         expires,
+        deliveries: 0,
     };
     t.core.restore_request("svc", held(7, "seven", None));
     t.core.restore_request("svc", held(3, "three", None));
@@ -1287,4 +1295,101 @@ fn restored_requests_and_mail_come_back_in_order_with_their_clocks() {
         t.events(),
         [Ev::Stored(Kind::Request, "x".into(), 10, true)]
     );
+}
+
+/// The ERROR:<subject> reply and the dead letter a poison request leaves.
+fn poison_mail(sent: &Sent, to: &str) -> Option<(String, String, Vec<Vec<u8>>)> {
+    sent.iter().find_map(|(who, m)| match m {
+        Message::MailboxDeliver {
+            subject,
+            tracker,
+            content,
+            ..
+        } if who == to => Some((subject.clone(), tracker.clone(), content.clone())),
+        _ => None,
+    })
+}
+
+/// A request whose workers all go away holding it (they crash on it) is
+/// delivered at most `max_deliveries` times: then it is a dead letter in
+/// the error mailbox, with the count, and its waiting requester gets an
+/// error reply; other requests go on being served.
+#[test]
+fn a_poison_request_is_dead_lettered_after_max_deliveries() {
+    let mut t = T::with(|c| c.max_deliveries = 3);
+    t.open("p", "p");
+    t.open("ops", "awerr");
+    t.cmd(
+        "p",
+        Message::ServiceSend {
+            address: "svc".into(),
+            subject: "poison".into(),
+            tracker: "trk-9".into(),
+            timeout: 0,
+            content: vec![b"kills workers".to_vec()],
+        },
+    );
+    for n in 1..=3u32 {
+        let w = format!("w{n}");
+        t.open(&w, &w);
+        t.cmd(&w, Message::Credit { amount: 1 });
+        let got = bodies(&t.offer(&w, "svc", ".*"));
+        assert_eq!(got, [pair(&w, "kills workers")], "delivery {n}");
+        // The worker goes away holding it (a close here; a crash is seen
+        // as an expiry, the next test).
+        let sent = t.cmd(&w, Message::ConnectionClose);
+        if n < 3 {
+            assert!(poison_mail(&sent, "p").is_none(), "too early at {n}");
+            assert_eq!(t.core.stats().services[0].queued, 1, "requeued after {n}");
+        } else {
+            let (subject, tracker, content) = poison_mail(&sent, "p").expect("error reply");
+            assert_eq!(
+                (subject.as_str(), tracker.as_str()),
+                ("ERROR:poison", "trk-9")
+            );
+            let text = String::from_utf8_lossy(&content[0]).to_string();
+            assert!(
+                text.contains("delivered 3 times") && text.contains("poison"),
+                "{text}"
+            );
+            let (subject, _, content) = poison_mail(&sent, "ops").expect("dead letter");
+            assert_eq!(subject, "poison");
+            assert!(String::from_utf8_lossy(&content[0]).starts_with("dead letter: poison request"));
+            assert_eq!(content[1], b"kills workers");
+        }
+    }
+    assert_eq!(t.core.stats().counters.requests_poisoned, 1);
+    assert!(
+        t.core.stats().services.iter().all(|s| s.queued == 0),
+        "not queued again"
+    );
+    // A fourth worker is not given it; a good request is served.
+    t.open("w4", "w4");
+    t.cmd("w4", Message::Credit { amount: 2 });
+    assert!(bodies(&t.offer("w4", "svc", ".*")).is_empty());
+    assert_eq!(
+        bodies(&t.cmd("p", request("svc", "s", "fine", 0))),
+        [pair("w4", "fine")]
+    );
+}
+
+/// Expiry counts as a worker going away; a confirmation ends it; 0 means
+/// no limit.
+#[test]
+fn deliveries_count_across_expiry_and_zero_is_unlimited() {
+    let mut t = T::with(|c| {
+        c.max_deliveries = 0;
+        c.client_timeout = Duration::from_secs(1);
+    });
+    t.open("p", "p");
+    t.cmd("p", request("svc", "s", "again and again", 0));
+    for n in 0..8 {
+        let w = format!("w{n}");
+        t.open(&w, &w);
+        t.cmd(&w, Message::Credit { amount: 1 });
+        assert_eq!(bodies(&t.offer(&w, "svc", ".*")).len(), 1, "delivery {n}");
+        t.advance(Duration::from_secs(2)); // silent: expired
+    }
+    assert_eq!(t.core.stats().counters.requests_poisoned, 0);
+    assert_eq!(t.core.stats().services[0].queued, 1);
 }

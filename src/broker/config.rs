@@ -117,6 +117,12 @@ pub fn parse_config(text: &str, base: &Path) -> Result<(BrokerConfig, Vec<String
             "mlm_server/mailbox/size-limit" => cfg.mailbox_limit.bytes = limit()?,
             "mlm_server/mailbox/count-limit" => cfg.mailbox_limit.messages = limit()?,
             "mlm_server/mailbox/expiry" => cfg.mailbox_expiry = ms()?,
+            "mlm_server/service/max_deliveries" => {
+                cfg.max_deliveries = v
+                    .parse::<u32>()
+                    .map_err(|_| bad("a whole number (0: no limit)"))?
+            }
+            "mlm_server/service/dead_letters" => cfg.dead_letters = v.to_string(),
             "mlm_server/storage/dir" => storage_dir = v.to_string(),
             "mlm_server/http/token" => http_token = v.to_string(),
             "mlm_server/http/token_file" => {

@@ -105,6 +105,13 @@ pub struct BrokerConfig {
     pub http_listen: Option<String>,
     /// The bearer token the HTTP listener requires (all but `/health`).
     pub http_token: Option<String>,
+    /// `mlm_server/service/max_deliveries`: deliveries of a request to
+    /// workers that went away unconfirmed before it is dead-lettered as a
+    /// poison request (0: no limit).
+    pub max_deliveries: u32,
+    /// `mlm_server/service/dead_letters`: the mailbox poison requests are
+    /// reported to (the workers' error mailbox by default).
+    pub dead_letters: String,
 }
 
 impl Default for BrokerConfig {
@@ -129,6 +136,8 @@ impl Default for BrokerConfig {
             storage: None,
             http_listen: None,
             http_token: None,
+            max_deliveries: 5,
+            dead_letters: "awerr".into(),
         }
     }
 }

@@ -591,7 +591,7 @@ const COMMIT_BUCKETS: &[f64] = &[
 
 impl BrokerMetrics {
     fn new(m: &Metrics, durable: bool) -> Result<BrokerMetrics, MetricsError> {
-        let fields: [(&str, &str, Field); 19] = [
+        let fields: [(&str, &str, Field); 20] = [
             ("commands_total", "MLM commands received (malformed ones included).", |c| c.commands),
             ("malformed_commands_total", "Commands that could not be decoded, or that only a broker sends; each dropped its sender.", |c| c.malformed),
             ("clients_opened_total", "CONNECTION OPENs accepted.", |c| c.clients_opened),
@@ -600,6 +600,7 @@ impl BrokerMetrics {
             ("requests_refused_total", "Service requests refused because the queue was full.", |c| c.requests_refused),
             ("requests_dispatched_total", "SERVICE DELIVERs made, redeliveries included.", |c| c.requests_dispatched),
             ("requests_redelivered_total", "Requests back in their queue: the worker went away unconfirmed, or the delivery could not be sent.", |c| c.requests_redelivered),
+            ("requests_poisoned_total", "Requests dead-lettered after mlm_server/service/max_deliveries deliveries whose workers went away unconfirmed.", |c| c.requests_poisoned),
             ("requests_confirmed_total", "Requests confirmed by acknowledging workers.", |c| c.requests_confirmed),
             ("requests_expired_total", "Requests whose timeout passed before a worker took them.", |c| c.requests_expired),
             ("mail_stored_total", "Mail stored for an absent (or unreachable) owner.", |c| c.mail_stored),

@@ -235,7 +235,7 @@ impl<J: Journal> Core<J> {
         }
         let requeued = c.unconfirmed.len();
         for (_, u) in c.unconfirmed {
-            self.requeue(&u.service, u.req);
+            self.requeue(&u.service, u.req, now);
         }
         if requeued > 0 {
             tracing::warn!(

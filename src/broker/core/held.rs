@@ -29,6 +29,10 @@ pub struct Held {
     pub content: Content,
     /// When it stops being worth delivering (the sender's timeout), if ever.
     pub expires: Option<Instant>,
+    /// Times it was given to an acknowledging worker (kept across worker
+    /// deaths and broker restarts): past the service's delivery limit it is
+    /// a poison request and goes to the dead letters instead.
+    pub deliveries: u32,
 }
 
 impl Held {

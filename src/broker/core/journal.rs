@@ -33,6 +33,8 @@ pub enum Removal {
     Expired,
     /// Its mailbox was reclaimed: the owner stayed away too long.
     Reclaimed,
+    /// A poison request: past the delivery limit, dead-lettered.
+    Poisoned,
 }
 
 /// Receives the core's changes to what it holds.

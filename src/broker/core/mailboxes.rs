@@ -47,10 +47,20 @@ impl<J: Journal> Core<J> {
             tracker,
             content,
             expires: deadline(now, timeout),
+            deliveries: 0,
         };
         match self.addresses.get(&address).cloned() {
             Some(to) => self.deliver_mail(&to, address, mail, Some(id)),
             None => self.store_mail(Some(&id), address, mail, true, now),
+        }
+    }
+
+    /// Mail the broker itself sends (a dead letter, an error reply):
+    /// delivered if the owner is connected, else stored.
+    pub(super) fn post_mail(&mut self, address: String, mail: Held, now: Instant) {
+        match self.addresses.get(&address).cloned() {
+            Some(to) => self.deliver_mail(&to, address, mail, None),
+            None => self.store_mail(None, address, mail, true, now),
         }
     }
 

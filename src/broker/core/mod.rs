@@ -71,11 +71,19 @@ pub struct CoreConfig {
     pub mailbox_expiry: Duration,
     /// Log every command.
     pub verbose: bool,
+    /// Deliveries of one request to acknowledging workers that went away
+    /// without confirming it, before it is a poison request: not delivered
+    /// again but dead-lettered (0: no limit).
+    pub max_deliveries: u32,
+    /// Where poison requests are reported (the error mailbox convention).
+    pub dead_letters: String,
 }
 
 impl From<&BrokerConfig> for CoreConfig {
     fn from(c: &BrokerConfig) -> Self {
         CoreConfig {
+            max_deliveries: c.max_deliveries,
+            dead_letters: c.dead_letters.clone(),
             client_timeout: c.client_timeout,
             service_queue_limit: c.service_queue_limit,
             mailbox_limit: c.mailbox_limit,
@@ -358,8 +366,10 @@ impl<J: Journal> Core<J> {
                         tracker,
                         content,
                         expires: c.expires,
+                        // Push mode: it never counted (the worker never had it).
+                        deliveries: 0,
                     };
-                    self.requeue(&address, req);
+                    self.requeue(&address, req, now);
                 }
                 // An acknowledging worker's unconfirmed requests come back
                 // when it is dropped.
@@ -384,6 +394,7 @@ impl<J: Journal> Core<J> {
                     tracker,
                     content,
                     expires: c.expires,
+                    deliveries: 0,
                 };
                 self.store_mail(c.from.as_ref(), address, mail, false, now);
             }

@@ -34,6 +34,10 @@ use crate::mlm::{Content, Message};
 /// acknowledgement's does: those are digits and commas).
 const MAINTENANCE_PREFIX: &str = "maintenance:";
 
+/// The sender of what the broker mails itself (dead letters, error
+/// replies to requesters of poison requests).
+pub(super) const BROKER_SENDER: &str = "alaska-broker";
+
 /// One SERVICE OFFER.
 pub(super) struct Offer {
     pub(super) client: ClientId,
@@ -199,6 +203,7 @@ impl<J: Journal> Core<J> {
             tracker,
             content,
             expires: deadline(now, timeout),
+            deliveries: 0,
         };
         let limit = self.cfg.service_queue_limit;
         let (count, bytes) = self
@@ -314,8 +319,13 @@ impl<J: Journal> Core<J> {
     }
 
     /// A request that was out comes back (its worker went away, or the
-    /// delivery failed): queued again in its place by age.
-    pub(super) fn requeue(&mut self, service: &str, req: Held) {
+    /// delivery failed): queued again in its place by age; or, when that
+    /// many workers already went away holding it, dead-lettered.
+    pub(super) fn requeue(&mut self, service: &str, req: Held, now: Instant) {
+        let max = self.cfg.max_deliveries;
+        if max > 0 && req.deliveries >= max {
+            return self.poisoned(service, req, now);
+        }
         self.journal.stored(Kind::Request, service, &req, false);
         self.counters.requests_redelivered += 1;
         self.enqueue(service, req);
@@ -358,7 +368,7 @@ impl<J: Journal> Core<J> {
             let Some((head, pos)) = pick else {
                 break;
             };
-            let Some(req) = svc.pop(head) else {
+            let Some(mut req) = svc.pop(head) else {
                 break;
             };
             if let Some(t) = req.expires {
@@ -388,7 +398,11 @@ impl<J: Journal> Core<J> {
                 from: None,
             };
             let msg = if c.acked {
-                // Kept until confirmed: the delivery carries a copy.
+                // Kept until confirmed: the delivery carries a copy. The
+                // count is kept with it (stored, so a crash of the broker
+                // with the worker, an embedded one say, still counts).
+                req.deliveries = req.deliveries.saturating_add(1);
+                self.journal.stored(Kind::Request, name, &req, false);
                 let msg = Message::ServiceDeliver {
                     sender: req.sender.clone(),
                     address: name.to_string(),
@@ -423,6 +437,58 @@ impl<J: Journal> Core<J> {
                 msg,
                 custody: Some(custody),
             });
+        }
+    }
+
+    /// A poison request: every one of `deliveries` workers it was given to
+    /// went away without confirming it (died, was killed, stopped
+    /// answering). It is not delivered again: a dead letter goes to the
+    /// error mailbox (the worker's format: the report, then the request's
+    /// first frame) and a requester that waits (a tracker) gets an error
+    /// reply, so one request cannot take every worker down in turn.
+    fn poisoned(&mut self, service: &str, req: Held, now: Instant) {
+        self.counters.requests_poisoned += 1;
+        self.journal
+            .removed(Kind::Request, req.id, Removal::Poisoned);
+        let text = format!(
+            "dead letter: poison request {:?} for service {service:?} from {:?} (tracker {:?}): \
+             delivered {} times, and each time its worker went away without confirming it \
+             (it died, was killed or stopped answering); not delivered again \
+             (mlm_server/service/max_deliveries = {})",
+            req.subject, req.sender, req.tracker, req.deliveries, self.cfg.max_deliveries
+        );
+        tracing::error!("{text}");
+        let first = req.content.first().cloned().unwrap_or_default();
+        let report = Held {
+            id: self.take_id(),
+            sender: BROKER_SENDER.into(),
+            subject: req.subject.clone(),
+            tracker: String::new(),
+            content: vec![text.clone().into_bytes(), first],
+            expires: None,
+            deliveries: 0,
+        };
+        let mailbox = self.cfg.dead_letters.clone();
+        if !mailbox.is_empty() {
+            self.post_mail(mailbox, report, now);
+        }
+        // The requester, if it waits: the original one inside an alaska
+        // envelope (a request a worker sent back for a retry).
+        let (to, tracker) = match crate::worker::outcomes::Envelope::decode(&req.tracker) {
+            Some(env) => (env.sender, env.tracker),
+            None => (req.sender.clone(), req.tracker.clone()),
+        };
+        if !to.is_empty() && !tracker.is_empty() {
+            let reply = Held {
+                id: self.take_id(),
+                sender: BROKER_SENDER.into(),
+                subject: format!("ERROR:{}", req.subject),
+                tracker,
+                content: vec![text.into_bytes()],
+                expires: None,
+                deliveries: 0,
+            };
+            self.post_mail(to, reply, now);
         }
     }
 

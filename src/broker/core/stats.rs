@@ -22,6 +22,9 @@ pub struct Counters {
     /// Requests that came back to their queue: the worker went away
     /// unconfirmed, or the delivery could not be sent.
     pub requests_redelivered: u64,
+    /// Requests past the delivery limit, dead-lettered instead of
+    /// delivered again (poison requests).
+    pub requests_poisoned: u64,
     /// Requests confirmed by acknowledging workers.
     pub requests_confirmed: u64,
     /// Requests whose timeout passed in the queue.

@@ -179,6 +179,7 @@ impl Journal for Pending {
             &held.tracker,
             &held.content,
             held.expires.map(|t| self.wall(t)),
+            held.deliveries,
         );
         let fresh = match self.held.get(&(kind, held.id)) {
             None => new,
@@ -340,6 +341,7 @@ impl Recovered {
                     tracker: r.tracker,
                     content: r.content,
                     expires: r.expires.map(instant),
+                    deliveries: r.deliveries,
                 },
             )
         };

@@ -8,6 +8,9 @@
 //! | expires | u64 big-endian, ms since the Unix epoch, 0 for none |
 //! | holder (service or mailbox), sender, subject, tracker | u16 big-endian length, then UTF-8 bytes |
 //! | content | u32 big-endian frame count, then per frame a u32 length and the bytes |
+//! | deliveries (version 2) | u32 big-endian: times given to an acknowledging worker |
+//!
+//! Version 1 records (no deliveries field) are read as never delivered.
 //!
 //! Keys are the held message's number as u64 big-endian, so the store
 //! iterates in arrival order. Times are wall-clock: the monotonic clock of
@@ -18,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::mlm::Content;
 
 /// The record layout written by this version.
-const RECORD_VERSION: u8 = 1;
+const RECORD_VERSION: u8 = 2;
 
 /// A held message as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +38,8 @@ pub struct HeldRecord {
     pub content: Content,
     /// Absolute expiry, if any.
     pub expires: Option<SystemTime>,
+    /// Times it was given to an acknowledging worker.
+    pub deliveries: u32,
 }
 
 /// Why a record could not be read.
@@ -75,6 +80,7 @@ pub fn encode_held(
     tracker: &str,
     content: &Content,
     expires: Option<SystemTime>,
+    deliveries: u32,
 ) -> Vec<u8> {
     let size = 1 + 8 + 8 + 4 + holder.len() + sender.len() + subject.len() + tracker.len();
     let mut b = Vec::with_capacity(size + content.iter().map(|f| 4 + f.len()).sum::<usize>());
@@ -92,6 +98,7 @@ pub fn encode_held(
         b.extend_from_slice(&(f.len() as u32).to_be_bytes());
         b.extend_from_slice(f);
     }
+    b.extend_from_slice(&deliveries.to_be_bytes());
     b
 }
 
@@ -99,7 +106,7 @@ pub fn encode_held(
 pub fn decode_held(bytes: &[u8]) -> Result<HeldRecord, RecordError> {
     let mut r = Reader { b: bytes };
     let version = r.take(1)?[0];
-    if version != RECORD_VERSION {
+    if version == 0 || version > RECORD_VERSION {
         return Err(RecordError::Version(version));
     }
     let expires = r.u64()?;
@@ -115,6 +122,7 @@ pub fn decode_held(bytes: &[u8]) -> Result<HeldRecord, RecordError> {
         let len = r.u32()? as usize;
         content.push(r.take(len)?.to_vec());
     }
+    let deliveries = if version >= 2 { r.u32()? } else { 0 };
     if !r.b.is_empty() {
         return Err(RecordError::Trailing(r.b.len()));
     }
@@ -125,6 +133,7 @@ pub fn decode_held(bytes: &[u8]) -> Result<HeldRecord, RecordError> {
         tracker,
         content,
         expires: (expires > 0).then(|| from_wall_ms(expires)),
+        deliveries,
     })
 }
 
@@ -170,7 +179,7 @@ mod tests {
     fn a_record_round_trips_and_damage_is_an_error() {
         let expires = Some(from_wall_ms(1_700_000_000_123));
         let content = vec![b"one".to_vec(), Vec::new(), vec![0, 255]];
-        let b = encode_held("svc", "p", "s", "t", &content, expires);
+        let b = encode_held("svc", "p", "s", "t", &content, expires, 3);
         let r = decode_held(&b).unwrap();
         assert_eq!(
             r,
@@ -179,8 +188,9 @@ mod tests {
                 sender: "p".into(),
                 subject: "s".into(),
                 tracker: "t".into(),
-                content,
+                content: content.clone(),
                 expires,
+                deliveries: 3,
             }
         );
         for cut in 0..b.len() {
@@ -189,10 +199,16 @@ mod tests {
         let mut longer = b.clone();
         longer.push(0);
         assert_eq!(decode_held(&longer), Err(RecordError::Trailing(1)));
+        // A version 1 record (no deliveries field) reads as never delivered.
+        let mut v1 = b.clone();
+        v1.truncate(b.len() - 4);
+        v1[0] = 1;
+        let old = decode_held(&v1).unwrap();
+        assert_eq!((old.deliveries, old.content), (0, content));
         let mut newer = b;
-        newer[0] = 2;
-        assert_eq!(decode_held(&newer), Err(RecordError::Version(2)));
-        let none = encode_held("", "", "", "", &Vec::new(), None);
+        newer[0] = 3;
+        assert_eq!(decode_held(&newer), Err(RecordError::Version(3)));
+        let none = encode_held("", "", "", "", &Vec::new(), None, 0);
         assert_eq!(decode_held(&none).unwrap().expires, None);
     }
 }
