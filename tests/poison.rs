@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use alaska::mlm::DeliveryKind;
 use assert_cmd::cargo::CommandCargoExt;
 use common::bin::{free_endpoint, Running};
-use common::{client, expect};
+use common::client;
 
 const MAX: u32 = 3;
 

@@ -985,3 +985,89 @@ fn huge_retry_delays_from_any_handler_neither_panic_nor_stall_the_worker() {
     }
     assert_eq!(app.seen().len(), 1, "the 503 was retried early");
 }
+
+/// Exec handlers' grandchildren: one in the handler's group, one that left
+/// it with setsid. SIGTERM of the worker ends both (the setsid one is
+/// re-parented to the worker, a child subreaper, and ended with the
+/// runners). Each survived a stop before.
+#[test]
+fn a_setsid_grandchild_is_gone_after_the_workers_sigterm() {
+    let b = broker();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("w.log");
+    let extra = format!(
+        "    shutdown\n        timeout = \"1s\"\n    runners\n{}",
+        python_runner("^escape$", 1, "10s", dir.path())
+    );
+    let mut child = alaska_bin(dir.path(), b.endpoint(), &extra, &log);
+    let mut p = producer(b.endpoint(), dir.path());
+    assert_eq!(text(&ask(&mut p, "escape", &[b""])), "escaped");
+    let pids = pids_from(&dir.path().join("escape.pids"));
+    assert!(pids.iter().all(|&p| !gone(p)), "{pids:?}");
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let status = wait_exit(&mut child.0, T).expect("the worker exits");
+    assert_eq!(status.code(), Some(0), "{}", read(&log));
+    assert!(
+        all_gone(&pids, Duration::from_secs(3)),
+        "survivors among {pids:?} (handler, grouped, setsid):\n{}",
+        read(&log)
+    );
+}
+
+/// SIGKILL of the worker itself, seen from a subreaper above it (this test,
+/// standing for systemd): the handler dies with the worker
+/// (PR_SET_PDEATHSIG), but what it started (in its group or out of it)
+/// survives, re-parented to the subreaper above: nothing of the worker
+/// runs any more to end them. Only a cgroup does (the shipped unit's
+/// KillMode=control-group); this asserts exactly that and then ends them,
+/// as systemd would.
+#[test]
+fn after_a_sigkill_of_the_worker_its_grandchildren_are_left_to_the_supervisor() {
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER only sets a flag of this
+    // (test) process.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let b = broker();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("w.log");
+    let extra = format!(
+        "    runners\n{}",
+        python_runner("^escape$", 1, "10s", dir.path())
+    );
+    let mut child = alaska_bin(dir.path(), b.endpoint(), &extra, &log);
+    let mut p = producer(b.endpoint(), dir.path());
+    assert_eq!(text(&ask(&mut p, "escape", &[b""])), "escaped");
+    let pids = pids_from(&dir.path().join("escape.pids"));
+    let handler = pids[0];
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    assert!(
+        all_gone(&[handler], Duration::from_secs(3)),
+        "the handler outlived the worker"
+    );
+    // Both grandchildren are still there, now ours (the subreaper).
+    let parent_of = |pid: u32| -> Option<u32> {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        s[s.rfind(')')? + 1..]
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    for &orphan in &pids[1..] {
+        let deadline = Instant::now() + T;
+        while parent_of(orphan) != Some(std::process::id()) {
+            assert!(
+                Instant::now() < deadline,
+                "{orphan} was not re-parented to us"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!gone(orphan));
+        // SAFETY: a signal and a wait for our own (adopted) child.
+        unsafe {
+            libc::kill(orphan as i32, libc::SIGKILL);
+            libc::waitpid(orphan as i32, std::ptr::null_mut(), 0);
+        }
+    }
+}

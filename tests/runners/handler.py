@@ -89,6 +89,16 @@ def drop(req):
     return alaska.drop()
 
 
+def escape(req):
+    # Two grandchildren: one in our process group, one that left it with
+    # setsid (a group kill cannot reach it). Their pids, then an answer.
+    grouped = subprocess.Popen(["sleep", "300"])
+    escaped = subprocess.Popen(["sleep", "301"], start_new_session=True)
+    with open(os.path.join(os.environ["ALASKA_TEST_DIR"], "escape.pids"), "w") as f:
+        f.write("%d %d %d\n" % (os.getpid(), grouped.pid, escaped.pid))
+    return "escaped"
+
+
 def huge(req):
     # A retry delay no clock can hold (1e22 ms): clamped by the worker.
     return alaska.retry(1e22, "in a very long while")
@@ -96,7 +106,7 @@ def huge(req):
 
 HANDLERS = {f.__name__: f for f in [hello, flaky, boom, pid, crash, quit, slow,
                                      stubborn, talk, sends, binary, forward, drop,
-                                     huge]}
+                                     huge, escape]}
 
 
 def handle(req):

@@ -22,6 +22,20 @@
 //! request until the shutdown deadline, then get SIGTERM; any child still
 //! there at the deadline (at least [`super::KILL_GRACE`] after its
 //! SIGTERM) gets SIGKILL.
+//!
+//! What a child starts may outlive it: a grandchild left in the child's
+//! group is killed with the group, but one that called `setsid` (or whose
+//! parent exited) is out of reach of a group kill. The worker therefore
+//! becomes a child subreaper (`PR_SET_CHILD_SUBREAPER`) when it starts an
+//! exec runner: such orphans are re-parented to the worker instead of
+//! init. Each time a child ends, the orphans that exited are reaped (no
+//! zombies pile up), and when the runners stop every orphan still there is
+//! ended with its group ([`end_orphans`]: SIGTERM, then SIGKILL). What
+//! only a cgroup can guarantee: after a SIGKILL of the worker itself its
+//! children die (`PR_SET_PDEATHSIG`), but what they started goes on
+//! (nothing of the worker runs any more to end it), re-parented to the
+//! next subreaper up: systemd, which ends it with the unit's cgroup (the
+//! shipped `alaska.service` says `KillMode=control-group`).
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::io::{AsRawFd, RawFd};
@@ -351,6 +365,7 @@ impl Slot {
     }
 
     fn spawn(&mut self) -> std::io::Result<()> {
+        become_subreaper();
         let spec = &self.spec;
         let mut cmd = Command::new(&spec.program);
         cmd.arg0(&spec.argv[0])
@@ -374,6 +389,7 @@ impl Slot {
         }
         let mut child = cmd.spawn()?;
         let pid = child.id();
+        slot_pids().insert(pid);
         let (stdin, stdout, stderr) =
             match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
                 (Some(i), Some(o), Some(e)) => (i, o, e),
@@ -621,9 +637,120 @@ impl Slot {
             Ok(s) => s.to_string(),
             Err(e) => format!("not reaped: {e}"),
         };
+        slot_pids().remove(&pid);
+        // What its child left behind and has exited since: reaped now.
+        reap_exited_orphans();
         tracing::debug!(runner = %self.spec.runner, pid, signalled, "process ended: {status}");
         status
     }
+}
+
+/// The pids of the children the slots started (and reap themselves).
+fn slot_pids() -> std::sync::MutexGuard<'static, std::collections::HashSet<u32>> {
+    static PIDS: std::sync::OnceLock<Mutex<std::collections::HashSet<u32>>> =
+        std::sync::OnceLock::new();
+    PIDS.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// Makes this process the parent of what its children's children leave
+/// behind when their parent exits (once; Linux only).
+fn become_subreaper() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        #[cfg(target_os = "linux")]
+        // SAFETY: prctl with PR_SET_CHILD_SUBREAPER only sets a flag.
+        unsafe {
+            if libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0 {
+                tracing::warn!(
+                    "cannot become a child subreaper: {}; orphans of exec handlers go to init",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    });
+}
+
+/// Our children that no slot started and that came to us as orphans (see
+/// [`was_orphaned`]): what handlers' children left behind.
+fn orphans() -> Vec<u32> {
+    let me = std::process::id();
+    let ours = slot_pids().clone();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| !ours.contains(pid))
+        .filter(|pid| {
+            // Field 4 of /proc/<pid>/stat, after the parenthesised name
+            // (which may hold spaces and parentheses itself).
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = &s[s.rfind(')')? + 1..];
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(me)
+        })
+        .filter(|pid| was_orphaned(*pid))
+        .collect()
+}
+
+/// Whether our child `pid` came to us as an orphan: a process we started
+/// ourselves has our name as its parent's at start; an adopted one was
+/// started by another process. Without that record, Linux's
+/// `/proc/<pid>/stat` keeps no original parent, so only processes in a
+/// session or group other than ours and not a slot's count: exec handlers
+/// and what they start run in groups of their own, `io.popen` children
+/// stay in ours.
+fn was_orphaned(pid: u32) -> bool {
+    // SAFETY: getpgid only reads.
+    let (theirs, ours) = unsafe { (libc::getpgid(pid as libc::pid_t), libc::getpgid(0)) };
+    theirs >= 0 && theirs != ours
+}
+
+/// Reaps the orphans that have exited (without waiting).
+fn reap_exited_orphans() {
+    for pid in orphans() {
+        // SAFETY: waitpid on a child of ours that no one else waits for.
+        unsafe {
+            let mut status = 0;
+            libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG);
+        }
+    }
+}
+
+/// Ends every orphan still there (see the module documentation):
+/// SIGTERM to it and its group, at most `grace` for them to go, then
+/// SIGKILL; all reaped. Called when the runners have stopped. Returns how
+/// many there were.
+pub fn end_orphans(grace: Duration) -> usize {
+    let found = orphans();
+    if found.is_empty() {
+        return 0;
+    }
+    tracing::info!(
+        "ending {} process(es) left behind by exec handlers: {found:?}",
+        found.len()
+    );
+    for &pid in &found {
+        kill_group(pid, libc::SIGTERM);
+    }
+    let until = after(Instant::now(), grace);
+    while Instant::now() < until && !found.iter().all(|&p| exited(p)) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for &pid in &found {
+        kill_group(pid, libc::SIGKILL);
+        // SAFETY: waitpid on a child of ours that no one else waits for.
+        unsafe {
+            let mut status = 0;
+            libc::waitpid(pid as libc::pid_t, &mut status, 0);
+        }
+    }
+    found.len()
 }
 
 /// Whether `pid` (our child) has exited, without reaping it.

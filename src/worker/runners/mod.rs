@@ -416,6 +416,9 @@ impl Runners {
                 Err(e) => tracing::error!("stopping a runner: {e}"),
             }
         }
+        // What handlers started and left behind (setsid, double fork):
+        // re-parented to us (the subreaper), ended now.
+        exec::end_orphans(KILL_GRACE);
     }
 }
 
