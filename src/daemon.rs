@@ -52,17 +52,116 @@ pub struct DaemonOptions {
     pub workdir: PathBuf,
 }
 
-/// Forks into the background, detaches, changes to `workdir`. The parent
-/// exits inside this call.
-pub fn daemonize(opts: &DaemonOptions) -> Result<(), DaemonError> {
-    daemonix::Daemonize::new()
-        .working_directory(&opts.workdir)
-        .umask(0o027)
-        .start()
-        .map_err(|e| DaemonError::Daemonize(e.to_string()))
+/// The daemon's end of the readiness pipe: it says "started" or "failed:
+/// why" once, and the launching process (waiting in [`daemonize`]) exits
+/// with 0 or 1 accordingly, printing the reason. Dropped unsaid (the
+/// daemon died): the launcher says so and exits 1.
+#[derive(Debug, Default)]
+pub struct Readiness(Option<File>);
+
+impl Readiness {
+    /// Nothing to tell (the foreground).
+    pub fn none() -> Readiness {
+        Readiness(None)
+    }
+
+    /// The daemon is up: the launcher exits 0.
+    pub fn started(&mut self) {
+        if let Some(mut f) = self.0.take() {
+            let _ = f.write_all(b"started\n");
+        }
+    }
+
+    /// The daemon could not start: the launcher prints `why` and exits 1.
+    pub fn failed(&mut self, why: &str) {
+        if let Some(mut f) = self.0.take() {
+            let _ = writeln!(f, "failed: {why}");
+        }
+    }
 }
 
-/// A held lock file; the lock lasts as long as this value.
+/// Forks into the background (a new session, a second fork so no terminal
+/// can be acquired), changes to `workdir`, sets the umask, points the
+/// standard streams at /dev/null. The launching process waits in here for
+/// the daemon's word over a pipe (see [`Readiness`]) and exits with its
+/// status: a daemon that fails to start is a failed command, with its
+/// reason on stderr. Must run before any thread exists.
+pub fn daemonize(opts: &DaemonOptions) -> Result<Readiness, DaemonError> {
+    let fail =
+        |what: &str| DaemonError::Daemonize(format!("{what}: {}", std::io::Error::last_os_error()));
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 fills the two descriptors.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(fail("pipe"));
+    }
+    // SAFETY: no other thread exists (the caller's contract), so the child
+    // may go on running Rust code.
+    match unsafe { libc::fork() } {
+        -1 => Err(fail("fork")),
+        0 => {
+            // SAFETY: closing our copy of the read end; setsid and a second
+            // fork in the single-threaded child.
+            unsafe {
+                libc::close(fds[0]);
+                libc::setsid();
+                match libc::fork() {
+                    -1 => libc::_exit(1),
+                    0 => {}
+                    _ => libc::_exit(0),
+                }
+            }
+            // SAFETY: we own fds[1] from here on.
+            let mut ready = Readiness(Some(unsafe {
+                <File as std::os::unix::io::FromRawFd>::from_raw_fd(fds[1])
+            }));
+            if let Err(e) = std::env::set_current_dir(&opts.workdir) {
+                ready.failed(&format!("worker/workdir {}: {e}", opts.workdir.display()));
+                // SAFETY: leaving the failed daemon at once.
+                unsafe { libc::_exit(1) };
+            }
+            // SAFETY: umask, open and dup2 on descriptors we own.
+            unsafe {
+                libc::umask(0o027);
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                if null >= 0 {
+                    for fd in 0..3 {
+                        libc::dup2(null, fd);
+                    }
+                    if null > 2 {
+                        libc::close(null);
+                    }
+                }
+            }
+            Ok(ready)
+        }
+        child => {
+            // SAFETY: closing our copy of the write end, then reaping the
+            // intermediate child (it exits at once).
+            unsafe {
+                libc::close(fds[1]);
+                libc::waitpid(child, std::ptr::null_mut(), 0);
+            }
+            // SAFETY: we own fds[0].
+            let mut pipe = unsafe { <File as std::os::unix::io::FromRawFd>::from_raw_fd(fds[0]) };
+            let mut word = String::new();
+            let _ = std::io::Read::read_to_string(&mut pipe, &mut word);
+            let word = word.trim();
+            if word == "started" {
+                std::process::exit(0);
+            }
+            match word.strip_prefix("failed: ") {
+                Some(why) => eprintln!("alaska: {why}"),
+                None => eprintln!(
+                    "alaska: the worker ended while starting in the background (see its log)"
+                ),
+            }
+            std::process::exit(1);
+        }
+    }
+}
+
+/// A held lock file; the lock lasts as long as this value, and the file
+/// is removed when it is dropped (a stopped worker leaves no pid file).
 #[derive(Debug)]
 pub struct LockFile {
     _file: File,
@@ -77,7 +176,7 @@ impl LockFile {
             path: path.to_path_buf(),
             source,
         };
-        let mut file = std::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
@@ -88,17 +187,35 @@ impl LockFile {
         if rc != 0 {
             return Err(DaemonError::Locked(path.to_path_buf()));
         }
-        file.set_len(0).map_err(err)?;
-        writeln!(file, "{}", std::process::id()).map_err(err)?;
-        Ok(LockFile {
+        let mut lock = LockFile {
             _file: file,
             path: path.to_path_buf(),
-        })
+        };
+        lock.write_pid().map_err(err)?;
+        Ok(lock)
+    }
+
+    /// Writes our pid into the file again (after [`daemonize`]: the lock,
+    /// taken before the fork so a held one fails the command, is the
+    /// daemon's now, and so must the pid be).
+    pub fn write_pid(&mut self) -> std::io::Result<()> {
+        use std::io::Seek;
+        self._file.set_len(0)?;
+        self._file.seek(std::io::SeekFrom::Start(0))?;
+        writeln!(self._file, "{}", std::process::id())
     }
 
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+impl Drop for LockFile {
+    fn drop(&mut self) {
+        // Still locked by us: nobody else can hold it, so removing it
+        // cannot take another worker's pid file away.
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -151,6 +268,18 @@ pub fn run_as(user: Option<&str>, group: Option<&str>) -> Result<(), DaemonError
                 });
             }
         }
+    }
+    Ok(())
+}
+
+/// Checks that `user` and `group` exist (what [`run_as`] will need),
+/// without switching to them: for `--check` and before forking.
+pub fn check_account(user: Option<&str>, group: Option<&str>) -> Result<(), DaemonError> {
+    if let Some(u) = user {
+        lookup_user(u)?;
+    }
+    if let Some(g) = group {
+        lookup_group(g)?;
     }
     Ok(())
 }

@@ -25,6 +25,9 @@ pub enum LoggingError {
     Ident(#[from] std::ffi::NulError),
 }
 
+/// Where syslog(3) sends its lines.
+const SYSLOG_SOCKET: &str = "/dev/log";
+
 fn filter() -> tracing_subscriber::EnvFilter {
     tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn"))
@@ -32,6 +35,26 @@ fn filter() -> tracing_subscriber::EnvFilter {
 
 /// Installs the global subscriber. Call once, after daemonizing.
 pub fn init(opts: &LogOptions) -> Result<(), LoggingError> {
+    // syslog(3) drops every line in silence when no syslog daemon listens:
+    // then stderr, and a line saying why.
+    let fallback = if opts.syslog {
+        std::os::unix::net::UnixDatagram::unbound()
+            .and_then(|s| s.connect(SYSLOG_SOCKET))
+            .err()
+    } else {
+        None
+    };
+    if let Some(why) = fallback {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .try_init();
+        tracing::warn!(
+            "syslog: {SYSLOG_SOCKET} cannot be reached ({why}); logging to stderr instead"
+        );
+        return Ok(());
+    }
     if opts.syslog {
         let ident = CString::new(opts.ident.clone())?;
         let syslog = syslog_tracing::Syslog::new(

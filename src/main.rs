@@ -31,9 +31,11 @@ variables ALASKA_WORKER__<KEY>__<SUBKEY> override its keys.",
 2 on a configuration error or a failed --check."
 )]
 struct Args {
-    /// The configuration file.
-    #[arg(short, long, value_name = "FILE", default_value = "alaska.cfg")]
-    config: PathBuf,
+    /// The configuration file (default alaska.cfg, created with the
+    /// defaults when missing on a plain start; a file given with -c must
+    /// exist).
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Stay in the foreground even if worker/background = "1".
     #[arg(short, long)]
     foreground: bool,
@@ -48,9 +50,38 @@ struct Args {
     check: bool,
 }
 
+impl Args {
+    /// The configuration file in use.
+    fn config_path(&self) -> &std::path::Path {
+        self.config
+            .as_deref()
+            .unwrap_or(std::path::Path::new("alaska.cfg"))
+    }
+}
+
 fn main() -> ExitCode {
-    let args: Args = alaska::docgen::parse();
-    let loaded = match Settings::load(&args.config) {
+    let mut args: Args = alaska::docgen::parse();
+    // Only a plain start without -c creates the default file: --check
+    // never writes, and a name given with -c (a typo, say) must exist.
+    let given = args.config.is_some();
+    let path = args
+        .config
+        .take()
+        .unwrap_or_else(|| PathBuf::from("alaska.cfg"));
+    let loaded = if args.check && !given && !path.exists() {
+        println!(
+            "{}: missing; checking the defaults (nothing written)",
+            path.display()
+        );
+        Settings::from_sources("", std::env::vars()).map(|settings| alaska::config::Loaded {
+            settings,
+            created: false,
+        })
+    } else {
+        Settings::load_with(&path, !given && !args.check)
+    };
+    args.config = Some(path);
+    let loaded = match loaded {
         Ok(l) => l,
         Err(e) => {
             eprintln!("alaska: configuration: {e}");
@@ -87,26 +118,51 @@ fn main() -> ExitCode {
     }
     // What the file alone cannot tell (an exec runner's command exists),
     // checked before detaching so the operator sees it.
-    let problems = runner_problems(&args, &s);
+    let mut problems = runner_problems(&args, &s);
+    problems.extend(host_problems(&args, &s));
     if !problems.is_empty() {
         for p in &problems {
             eprintln!("alaska: configuration: {p}");
         }
         return ExitCode::from(2);
     }
-    // Fork before any thread or ZeroMQ context exists.
+    // The lock first: one held by another worker fails the command, in
+    // the foreground or not (the daemon inherits it across the fork).
+    let mut lock = match &s.lockfile {
+        Some(path) => match daemon::LockFile::acquire(path) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("alaska: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        None => None,
+    };
+    // Fork before any thread or ZeroMQ context exists; the launcher waits
+    // for the daemon to say it started (or why not) and exits with that.
+    let mut ready = daemon::Readiness::none();
     if s.background && !args.foreground {
-        if let Err(e) = daemon::daemonize(&daemon::DaemonOptions {
+        match daemon::daemonize(&daemon::DaemonOptions {
             workdir: s.workdir.clone(),
         }) {
-            eprintln!("alaska: {e}");
-            return ExitCode::from(1);
+            Ok(r) => ready = r,
+            Err(e) => {
+                eprintln!("alaska: {e}");
+                return ExitCode::from(1);
+            }
+        }
+        if let Some(l) = lock.as_mut() {
+            if let Err(e) = l.write_pid() {
+                ready.failed(&format!("lock file {}: {e}", l.path().display()));
+                return ExitCode::from(1);
+            }
         }
     }
     if let Err(e) = logging::init(&logging::LogOptions {
         syslog: s.syslog,
         ident: "alaska".into(),
     }) {
+        ready.failed(&format!("logging: {e}"));
         eprintln!("alaska: logging: {e}");
         return ExitCode::from(1);
     }
@@ -114,14 +170,19 @@ fn main() -> ExitCode {
     if loaded.created {
         tracing::info!(
             "{} was missing: created it with the defaults",
-            args.config.display()
+            args.config_path().display()
         );
     } else {
-        tracing::info!("configuration loaded from {}", args.config.display());
+        tracing::info!("configuration loaded from {}", args.config_path().display());
     }
-    match run(s, curve) {
-        Ok(()) => ExitCode::SUCCESS,
+    match run(s, curve, &mut ready) {
+        Ok(()) => {
+            drop(lock);
+            ExitCode::SUCCESS
+        }
         Err(e) => {
+            ready.failed(&e.to_string());
+            drop(lock);
             tracing::error!("{e}");
             let mut source = e.source();
             while let Some(cause) = source {
@@ -133,11 +194,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(s: Settings, curve: Option<CurveClientKeys>) -> Result<(), Box<dyn std::error::Error>> {
-    let _lock = match &s.lockfile {
-        Some(path) => Some(daemon::LockFile::acquire(path)?),
-        None => None,
-    };
+fn run(
+    s: Settings,
+    curve: Option<CurveClientKeys>,
+    ready: &mut daemon::Readiness,
+) -> Result<(), Box<dyn std::error::Error>> {
+    scripts_warning(&s.scripts_dir);
     let shutdown = daemon::shutdown_on_signals()?;
     let ops = WorkerOps::new(Systemd::from_env())?;
     stop_deadline(
@@ -207,6 +269,9 @@ fn run(s: Settings, curve: Option<CurveClientKeys>) -> Result<(), Box<dyn std::e
         shared_bytes: s.lua_shared,
         ..PoolConfig::default()
     };
+    // Everything that can fail at start is behind us: a launcher waiting
+    // in the foreground for a background start exits 0 now.
+    ready.started();
     worker::run_with(opts, pool, shutdown, ops)?;
     if let Some(w) = watchdog {
         w.stop();
@@ -293,6 +358,28 @@ fn embedded_broker(s: &Settings) -> Result<Option<BrokerHandle>, Box<dyn std::er
     }
 }
 
+/// A worker whose scripts folder is missing or has no script would say
+/// "ready" and then fail every request: said loudly at start instead.
+fn scripts_warning(dir: &std::path::Path) {
+    let scripts = std::fs::read_dir(dir).map(|d| {
+        d.filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "lua"))
+            .count()
+    });
+    match scripts {
+        Err(e) => tracing::error!(
+            "scripts folder {} cannot be read ({e}): every Lua request will fail \
+             (worker/scripts/dir, relative to the folder the worker runs in)",
+            dir.display()
+        ),
+        Ok(0) => tracing::error!(
+            "scripts folder {} has no <subject>.lua script: every Lua request will fail",
+            dir.display()
+        ),
+        Ok(_) => {}
+    }
+}
+
 /// `AW::<host>::<pid>-<4 hex>`, the original's worker address form.
 fn worker_address() -> String {
     let mut host = [0u8; 256];
@@ -330,15 +417,41 @@ fn runner_problems(args: &Args, s: &Settings) -> Vec<String> {
             } else {
                 String::new()
             };
-            format!("{}: {}{at}: {}", args.config.display(), p.key, p.message)
+            format!(
+                "{}: {}{at}: {}",
+                args.config_path().display(),
+                p.key,
+                p.message
+            )
         })
         .collect()
 }
 
+/// What the host must have for these settings: the account to switch to
+/// and the folder a daemon changes to.
+fn host_problems(args: &Args, s: &Settings) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Err(e) = daemon::check_account(s.user.as_deref(), s.group.as_deref()) {
+        out.push(format!(
+            "{}: worker/user, worker/group: {e}",
+            args.config_path().display()
+        ));
+    }
+    if s.background && !s.workdir.is_dir() {
+        out.push(format!(
+            "{}: worker/workdir: {} is not a folder",
+            args.config_path().display(),
+            s.workdir.display()
+        ));
+    }
+    out
+}
+
 fn check(args: &Args, s: &Settings) -> ExitCode {
-    let runners = runner_problems(args, s);
+    let mut runners = runner_problems(args, s);
+    runners.extend(host_problems(args, s));
     if runners.is_empty() {
-        println!("{}: configuration valid", args.config.display());
+        println!("{}: configuration valid", args.config_path().display());
     }
     for p in &runners {
         println!("{p}");

@@ -12,14 +12,64 @@ use common::bin::*;
 use common::*;
 
 #[test]
-fn a_missing_config_is_created_with_the_defaults() {
+fn check_writes_nothing_and_a_missing_file_given_with_c_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let out = alaska(dir.path()).args(["--check"]).output().unwrap();
-    let written = std::fs::read_to_string(dir.path().join("alaska.cfg")).unwrap();
-    assert_eq!(written, alaska::config::DEFAULT_CONFIG);
-    // The default scripts folder does not exist here: --check says so.
+    assert!(
+        !dir.path().join("alaska.cfg").exists(),
+        "--check wrote a file"
+    );
+    // The defaults are checked: their scripts folder does not exist here.
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("cannot read the scripts folder"));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("nothing written"), "{said}");
+    assert!(said.contains("cannot read the scripts folder"), "{said}");
+    // A typo with -c: an error, and nothing created, with or without --check.
+    for args in [
+        vec!["-c", "alsaka.cfg", "--check"],
+        vec!["-c", "alsaka.cfg", "-f"],
+    ] {
+        let out = alaska(dir.path()).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("alsaka.cfg: no such file"), "{args:?}: {err}");
+        assert!(
+            !dir.path().join("alsaka.cfg").exists(),
+            "{args:?} created the file"
+        );
+    }
+}
+
+/// A plain start without -c creates alaska.cfg with the defaults, as the
+/// original did, and says so in the log.
+#[test]
+fn a_plain_start_without_c_creates_the_default_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("services")).unwrap();
+    script(&dir.path().join("services"), "echo", "return 1");
+    let mut w = Running(
+        alaska(dir.path())
+            .arg("-f")
+            .env("ALASKA_WORKER__BROKER__ENDPOINT", free_endpoint())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let file = dir.path().join("alaska.cfg");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&file)
+        .map(|t| t != alaska::config::DEFAULT_CONFIG)
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "alaska.cfg not written");
+        std::thread::sleep(Duration::from_millis(20)); // bounded poll: the file is the event
+    }
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(w.0.id() as i32, libc::SIGTERM) };
+    assert!(wait_exit(&mut w.0, Duration::from_secs(15)).is_some());
+    assert!(w
+        .stderr_text()
+        .contains("alaska.cfg was missing: created it with the defaults"));
 }
 
 #[test]
@@ -275,10 +325,15 @@ fn verbose_logs_each_request_and_syslog_mode_runs() {
     let status = wait_exit(&mut child.0, Duration::from_secs(10)).expect("exits");
     assert_eq!(status.code(), Some(0));
     let log = child.stderr_text();
-    assert!(
-        !log.contains("ready"),
-        "logged to stderr despite syslog: {log}"
-    );
+    if std::path::Path::new("/dev/log").exists() {
+        assert!(
+            !log.contains("ready"),
+            "logged to stderr despite syslog: {log}"
+        );
+    } else {
+        // No syslog here: stderr, with the reason (the next test).
+        assert!(log.contains("logging to stderr instead"), "{log}");
+    }
 }
 
 /// Starts a worker on its own broker with `body` as script `stuck`, sends
@@ -538,4 +593,176 @@ fn print_reaches_the_log_and_penlight_loads_from_the_system() {
         log.contains("answer = 42") && log.contains("script=pldump"),
         "{log}"
     );
+}
+
+/// Background mode reports a failed start: the launching command exits
+/// non-zero with the reason on stderr (it exited 0 and said nothing).
+#[test]
+fn a_failed_background_start_exits_non_zero_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("services")).unwrap();
+    script(&dir.path().join("services"), "echo", "return 1");
+    let scripts = dir.path().join("services");
+    let endpoint = free_endpoint();
+    let base = config(&endpoint, &scripts, "");
+    let cases = [
+        (
+            "    background = \"1\"\n    workdir = \"/no/such/folder\"\n",
+            "worker/workdir",
+        ),
+        (
+            "    background = \"1\"\n    user = \"no-such-user-here\"\n",
+            "no such user",
+        ),
+    ];
+    for (extra, said) in cases {
+        std::fs::write(
+            dir.path().join("alaska.cfg"),
+            base.replacen("worker\n", &format!("worker\n{extra}"), 1),
+        )
+        .unwrap();
+        let out = alaska(dir.path()).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra}: exited 0: {err}");
+        assert!(err.contains(said), "{extra}: {err}");
+    }
+    // A lock file held by another process.
+    let lock = dir.path().join("w.pid");
+    let held = std::fs::File::create(&lock).unwrap();
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(
+        unsafe { libc::flock(std::os::unix::io::AsRawFd::as_raw_fd(&held), libc::LOCK_EX) },
+        0
+    );
+    let extra = format!(
+        "    background = \"1\"\n    lockfile = \"{}\"\n",
+        lock.display()
+    );
+    std::fs::write(
+        dir.path().join("alaska.cfg"),
+        base.replacen("worker\n", &format!("worker\n{extra}"), 1),
+    )
+    .unwrap();
+    let out = alaska(dir.path()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a held lock: exited 0: {err}");
+    assert!(err.contains("held by another process"), "{err}");
+    drop(held);
+    // A failure after the fork (the embedded broker's port taken) reaches
+    // the launcher through the readiness pipe.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let extra = "    background = \"1\"\n";
+    let cfg = config(
+        &format!("tcp://127.0.0.1:{port}"),
+        &scripts,
+        "    broker\n        embedded = \"1\"\n",
+    );
+    std::fs::write(
+        dir.path().join("alaska.cfg"),
+        cfg.replacen("worker\n", &format!("worker\n{extra}"), 1),
+    )
+    .unwrap();
+    let out = alaska(dir.path()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a taken port: exited 0: {err}");
+    assert!(err.contains(&port.to_string()), "{err}");
+}
+
+/// A background start that works exits 0 once the daemon is up; its pid
+/// file names the daemon and is removed when it stops.
+#[test]
+fn a_background_start_reports_success_and_the_pid_file_goes_with_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let scripts = dir.path().join("services");
+    std::fs::create_dir_all(&scripts).unwrap();
+    script(&scripts, "echo", "return alaskaContext");
+    let endpoint = free_endpoint();
+    let lock = dir.path().join("w.pid");
+    let extra = format!(
+        "    background = \"1\"\n    workdir = \"{}\"\n    lockfile = \"{}\"\n",
+        dir.path().display(),
+        lock.display()
+    );
+    let cfg = config(
+        &endpoint,
+        &scripts,
+        "    broker\n        embedded = \"1\"\n",
+    );
+    std::fs::write(
+        dir.path().join("alaska.cfg"),
+        cfg.replacen("worker\n", &format!("worker\n{extra}"), 1),
+    )
+    .unwrap();
+    let out = alaska(dir.path()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid: i32 = std::fs::read_to_string(&lock)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: signal 0 only checks the process exists.
+    assert_eq!(
+        unsafe { libc::kill(pid, 0) },
+        0,
+        "the daemon is not running"
+    );
+    let mut p = client(&endpoint, "producer");
+    assert_eq!(
+        request(&mut p, "echo", b"up", Duration::from_secs(10)).content,
+        vec![b"up".to_vec()]
+    );
+    // SAFETY: a signal to the daemon we started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while lock.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the pid file outlived the daemon"
+        );
+        std::thread::sleep(Duration::from_millis(20)); // bounded poll: the file is the event
+    }
+}
+
+/// With syslog asked for and no syslog socket, the log goes to stderr with
+/// one line saying why (it went nowhere and the worker exited 1).
+#[test]
+fn syslog_without_dev_log_falls_back_to_stderr() {
+    if std::path::Path::new("/dev/log").exists() {
+        println!("skipped: /dev/log exists here (the fallback cannot be shown)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("alaska.cfg"),
+        "worker\n    syslog = \"1\"\n",
+    )
+    .unwrap();
+    let log_file = dir.path().join("stderr.log");
+    let mut w = Running(
+        alaska(dir.path())
+            .args(["-f"])
+            .env("ALASKA_WORKER__BROKER__ENDPOINT", free_endpoint())
+            .stderr(std::fs::File::create(&log_file).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !std::fs::read_to_string(&log_file)
+        .unwrap_or_default()
+        .contains("ready:")
+    {
+        assert!(Instant::now() < deadline, "no log on stderr");
+        std::thread::sleep(Duration::from_millis(20)); // bounded poll of its log
+    }
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(w.0.id() as i32, libc::SIGTERM) };
+    assert!(wait_exit(&mut w.0, Duration::from_secs(15)).is_some());
+    let log = std::fs::read_to_string(&log_file).unwrap();
+    assert!(log.contains("syslog: /dev/log"), "{log}");
+    assert!(log.contains("Alaska workers"), "{log}");
 }

@@ -173,6 +173,10 @@ impl Default for Settings {
 /// A configuration problem.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file named with `-c` does not exist (nothing is created then:
+    /// a typo must not turn into a new default configuration).
+    #[error("{0}: no such file (only a plain start without -c creates alaska.cfg)")]
+    Missing(String),
     /// The file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -229,11 +233,20 @@ impl Settings {
     /// Loads `path` (writing the defaults there first if it is missing),
     /// then applies the process environment.
     pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+        Settings::load_with(path, true)
+    }
+
+    /// Loads `path`; a missing file is written with the defaults first
+    /// when `create` (a plain start without `-c`, as the original did),
+    /// else it is an error ([`ConfigError::Missing`]).
+    pub fn load_with(path: &Path, create: bool) -> Result<Loaded, ConfigError> {
         let created = if path.exists() {
             false
-        } else {
+        } else if create {
             write_defaults(path)?;
             true
+        } else {
+            return Err(ConfigError::Missing(path.display().to_string()));
         };
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.display().to_string(),

@@ -34,6 +34,13 @@ pub fn check_scripts(dir: &Path) -> Vec<Problem> {
         .filter(|p| p.extension().is_some_and(|x| x == "lua"))
         .collect();
     paths.sort();
+    if paths.is_empty() {
+        problems.push(Problem {
+            file: dir.display().to_string(),
+            message: "the scripts folder has no <subject>.lua script: every request would fail"
+                .into(),
+        });
+    }
     for path in paths {
         let file = path.display().to_string();
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");

@@ -81,7 +81,7 @@ struct Encoder<'a> {
 impl Encoder<'_> {
     fn value(&mut self, v: &Value, depth: usize) -> Result<(), String> {
         self.values += 1;
-        if self.values % CHECK_EVERY == 0 {
+        if self.values.is_multiple_of(CHECK_EVERY) {
             if let Some(b) = &self.bounds.budget {
                 if b.expired() {
                     return Err(super::BUDGET_MESSAGE.into());
