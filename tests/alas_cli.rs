@@ -396,3 +396,20 @@ fn help_documents_exit_status_8() {
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("8 broker refused the request"), "{help}");
 }
+
+/// A broker whose ACL does not let alas open its address: alas says the
+/// broker's reason and exits 9 (access denied), not 4 (unreachable).
+#[test]
+fn an_acl_refusal_at_connect_exits_9_with_the_brokers_reason() {
+    let acl = alaska::broker::acl::Acl::parse(
+        "default\n    open = \"worker-*\"\n    send = \"*\"\n",
+        std::path::Path::new("acl.cfg"),
+    )
+    .unwrap();
+    let b = broker_with(move |c| c.acl = Some(acl));
+    let out = alas(b.endpoint(), &["-s", "x"], b"{}\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(9), "{err}");
+    assert!(err.contains("access denied") && err.contains("may not open"), "{err}");
+    assert!(!err.contains("unreachable"), "{err}");
+}

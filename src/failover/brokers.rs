@@ -224,6 +224,11 @@ impl Brokers {
         if let Some(e) = self.clients.iter().find_map(Client::refused_handshake) {
             return e;
         }
+        // The handshake went through but the broker refused our OPEN (its
+        // ACL): that, not "unreachable".
+        if let Some(e) = self.clients.iter().find_map(Client::open_refused) {
+            return e;
+        }
         if let Some(e) = self.clients.iter().find_map(Client::last_handshake_failure) {
             return e;
         }

@@ -212,6 +212,9 @@ pub struct Session {
     refusals: VecDeque<Refusal>,
     /// Why the last SERVICE OFFER was refused, until one is accepted.
     offer_refused: Option<String>,
+    /// The broker's answer to our last refused CONNECTION OPEN (an ACL
+    /// that forbids our address), until an OPEN is accepted.
+    open_refused: Option<Status>,
     /// For each refusal kept, how many deliveries had arrived before it:
     /// with `taken`, this keeps deliveries and refusals in arrival order.
     refusals_after: VecDeque<u64>,
@@ -275,6 +278,7 @@ impl Session {
             inbox: VecDeque::new(),
             refusals: VecDeque::new(),
             offer_refused: None,
+            open_refused: None,
             refusals_after: VecDeque::new(),
             arrived: 0,
             taken: 0,
@@ -386,6 +390,12 @@ impl Session {
         let d = self.inbox.pop_front()?;
         self.taken += 1;
         Some(d)
+    }
+
+    /// The broker's answer to our last CONNECTION OPEN when it refused it
+    /// (`ERROR 300 access denied: ...`), until one is accepted.
+    pub fn open_refused(&self) -> Option<&Status> {
+        self.open_refused.as_ref()
     }
 
     /// Why the broker refused our last SERVICE OFFER (`ERROR 300 invalid
@@ -999,6 +1009,7 @@ impl Session {
         match self.expected.pop_front() {
             Some(Expect::Open) => {
                 self.opening = false;
+                self.open_refused = None;
                 self.answer(Call::Open, Reply::Ok(status.clone()));
                 self.opened(&status, now, wire);
             }
@@ -1037,6 +1048,7 @@ impl Session {
         match self.expected.pop_front() {
             Some(Expect::Open) => {
                 self.opening = false;
+                self.open_refused = Some(status.clone());
                 if self.is_awaiting(Call::Open) {
                     self.answer(Call::Open, Reply::Refused(status));
                 } else {
