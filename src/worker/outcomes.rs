@@ -120,7 +120,7 @@ impl Policy {
                 if req.attempt >= self.attempts {
                     return Decision::DeadLetter {
                         text: format!(
-                            "dead letter: retry asked, but {} of {} used: {reason}",
+                            "retry asked, but {} of {} used: {reason}",
                             attempts(req.attempt),
                             self.attempts
                         ),
