@@ -410,6 +410,9 @@ fn an_acl_refusal_at_connect_exits_9_with_the_brokers_reason() {
     let out = alas(b.endpoint(), &["-s", "x"], b"{}\n");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(9), "{err}");
-    assert!(err.contains("access denied") && err.contains("may not open"), "{err}");
+    assert!(
+        err.contains("access denied") && err.contains("may not open"),
+        "{err}"
+    );
     assert!(!err.contains("unreachable"), "{err}");
 }

@@ -766,3 +766,93 @@ fn syslog_without_dev_log_falls_back_to_stderr() {
     assert!(log.contains("syslog: /dev/log"), "{log}");
     assert!(log.contains("Alaska workers"), "{log}");
 }
+
+/// One strict reader for the three binaries: an unknown key in the file
+/// or in the environment exits 2, naming it and the nearest known key.
+#[test]
+fn unknown_keys_in_file_or_environment_exit_2_in_every_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("services")).unwrap();
+    script(&dir.path().join("services"), "echo", "return 1");
+    let run = |bin: &str, args: &[&str], env: Option<(&str, &str)>| {
+        let mut c = Command::cargo_bin(bin).unwrap();
+        c.current_dir(dir.path()).args(args);
+        if let Some((k, v)) = env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let cases: [(&str, &str, &str, &[&str], &str); 3] = [
+        (
+            "alaska",
+            "w.cfg",
+            "worker\n    pool\n        sise = \"2\"\n",
+            &["-c", "w.cfg", "--check"],
+            "worker/pool/size",
+        ),
+        (
+            "alaska-gateway",
+            "g.cfg",
+            "gateway\n    http\n        lisen = \"127.0.0.1:0\"\n",
+            &["-c", "g.cfg"],
+            "gateway/http/listen",
+        ),
+        (
+            "alaska-broker",
+            "b.cfg",
+            "server\n    timout = 1000\n",
+            &["-c", "b.cfg"],
+            "server/timeout",
+        ),
+    ];
+    for (bin, file, text, args, near) in cases {
+        std::fs::write(dir.path().join(file), text).unwrap();
+        let out = run(bin, args, None);
+        let err = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert_eq!(out.status.code(), Some(2), "{bin}: {err}");
+        assert!(
+            err.contains("unknown key") && err.contains(near),
+            "{bin}: {err}"
+        );
+    }
+    // The environment, with a file that is right.
+    std::fs::write(dir.path().join("w.cfg"), "worker\n").unwrap();
+    std::fs::write(dir.path().join("g.cfg"), "gateway\n").unwrap();
+    std::fs::write(dir.path().join("b.cfg"), "server\n    timeout = 1000\n").unwrap();
+    for (bin, args, var, near) in [
+        (
+            "alaska",
+            &["-c", "w.cfg", "--check"][..],
+            "ALASKA_WORKER__POOL__SIZ",
+            "ALASKA_WORKER__POOL__SIZE",
+        ),
+        (
+            "alaska-gateway",
+            &["-c", "g.cfg"][..],
+            "ALASKA_GATEWAY__HTTP__LISTN",
+            "ALASKA_GATEWAY__HTTP__LISTEN",
+        ),
+        (
+            "alaska-broker",
+            &["-c", "b.cfg"][..],
+            "ALASKA_SERVER__TIMOUT",
+            "server/timeout",
+        ),
+    ] {
+        let out = run(bin, args, Some((var, "1")));
+        let err = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert_eq!(out.status.code(), Some(2), "{bin} {var}: {err}");
+        assert!(
+            err.contains(var) && err.contains(near),
+            "{bin} {var}: {err}"
+        );
+    }
+}

@@ -105,6 +105,41 @@ fn the_shipped_file_names_every_key_once_and_parses_to_the_defaults() {
     );
 }
 
+/// The sample files are documentation of the defaults in code: each names
+/// exactly the keys the code knows, with exactly its default values
+/// (editing a sample changes no default, and this test says so).
+#[test]
+fn the_sample_files_match_the_defaults_in_code() {
+    use alaska::config::defaults::{GATEWAY_DEFAULTS, WORKER_DEFAULTS};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (file, table) in [
+        ("alaska.cfg", WORKER_DEFAULTS),
+        ("alaska-gateway.cfg", GATEWAY_DEFAULTS),
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let sample: Vec<(String, String)> = zpl::parse(&text)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.path, e.value))
+            .collect();
+        let code: Vec<(String, String)> = table
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(sample, code, "{file} and the defaults in code differ");
+    }
+    // The broker's sample names only keys the broker reads.
+    let text = std::fs::read_to_string(root.join("alaska-broker.cfg")).unwrap();
+    for e in zpl::parse(&text).unwrap() {
+        assert!(
+            alaska::broker::BROKER_KEYS.contains(&e.path.as_str()),
+            "alaska-broker.cfg: {} (line {}) is not a key the broker reads",
+            e.path,
+            e.line
+        );
+    }
+}
+
 #[test]
 fn a_missing_file_is_written_with_the_defaults() {
     let dir = tempfile::tempdir().unwrap();

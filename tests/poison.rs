@@ -218,7 +218,12 @@ fn the_delivery_count_survives_a_broker_restart() {
     let mut rig = Rig::start();
     ok_served(&mut rig);
     // Fire and forget (no tracker needed for the dead letter).
-    let _sent = rig.alas("poison-2", "0");
+    let sent = rig.alas("poison-2", "0").wait_with_output().unwrap();
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
     // One delivery, one death: then the broker is killed and restarted on
     // its store.
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -8,13 +8,13 @@
 //! the watchdog thread pings only while it moves. A wedged router stops the
 //! pings.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use alaska::broker::{load_config, Broker, BrokerConfig};
+use alaska::broker::{load_config, Broker};
 use alaska::mlm::DEFAULT_ENDPOINT;
 use alaska::ops::notify::Systemd;
 use clap::Parser;
@@ -71,7 +71,12 @@ fn main() -> ExitCode {
                 eprintln!("  caused by: {s}");
                 source = s.source();
             }
-            ExitCode::from(1)
+            // A configuration error is 2, as for the other binaries.
+            let config = matches!(
+                e.downcast_ref::<alaska::broker::BrokerError>(),
+                Some(alaska::broker::BrokerError::Config(_))
+            );
+            ExitCode::from(if config { 2 } else { 1 })
         }
     }
 }
@@ -100,7 +105,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             }
             cfg
         }
-        None => BrokerConfig::default(),
+        // No file: the defaults, and the environment's overrides.
+        None => {
+            let (cfg, _) =
+                alaska::broker::parse_config_with_env("", Path::new("."), std::env::vars())?;
+            cfg
+        }
     };
     if let Some(ep) = args.endpoint {
         cfg.endpoint = ep;

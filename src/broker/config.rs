@@ -45,12 +45,40 @@ const IGNORED: &[&str] = &[
     "mlm_server/mailbox/size-warn",
 ];
 
-/// Reads a config file. Returns the settings and the warnings to log.
+/// Every key the broker reads (the reference's keys it ignores are in
+/// `IGNORED`): anything else, in the file or the environment, is an error
+/// naming it and the nearest of these.
+pub const BROKER_KEYS: &[&str] = &[
+    "mlm_server/bind/endpoint",
+    "server/timeout",
+    "server/verbose",
+    "mlm_server/security/mechanism",
+    "server/auth/plain",
+    "mlm_server/security/curve/certificate",
+    "mlm_server/security/curve/clients",
+    "mlm_server/security/acl",
+    "mlm_server/service/queue/size-limit",
+    "mlm_server/service/queue/count-limit",
+    "mlm_server/mailbox/size-limit",
+    "mlm_server/mailbox/count-limit",
+    "mlm_server/mailbox/expiry",
+    "mlm_server/service/max_deliveries",
+    "mlm_server/service/dead_letters",
+    "mlm_server/storage/dir",
+    "mlm_server/http/token",
+    "mlm_server/http/token_file",
+    "mlm_server/http/listen",
+    "mlm_server/storage/sync",
+];
+
+/// Reads a config file, then the `ALASKA_SERVER__…` and
+/// `ALASKA_MLM_SERVER__…` environment overrides. Returns the settings and
+/// the warnings to log.
 pub fn load_config(path: &Path) -> Result<(BrokerConfig, Vec<String>), BrokerError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| BrokerError::Config(format!("{}: {e}", path.display())))?;
     let base = path.parent().unwrap_or(Path::new("."));
-    parse_config(&text, base).map_err(|e| match e {
+    parse_config_with_env(&text, base, std::env::vars()).map_err(|e| match e {
         BrokerError::Config(m) => BrokerError::Config(format!("{}: {m}", path.display())),
         other => other,
     })
@@ -58,7 +86,34 @@ pub fn load_config(path: &Path) -> Result<(BrokerConfig, Vec<String>), BrokerErr
 
 /// Parses config text; `base` resolves a relative passwords file.
 pub fn parse_config(text: &str, base: &Path) -> Result<(BrokerConfig, Vec<String>), BrokerError> {
-    let entries = zpl::parse(text).map_err(|e| BrokerError::Config(e.to_string()))?;
+    parse_config_with_env(text, base, std::iter::empty())
+}
+
+/// Parses config text, then the broker's variables among `env`, which
+/// override the file: `ALASKA_` and the key in capitals with `__` for `/`,
+/// e.g. `ALASKA_SERVER__TIMEOUT`.
+pub fn parse_config_with_env(
+    text: &str,
+    base: &Path,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(BrokerConfig, Vec<String>), BrokerError> {
+    let mut entries = zpl::parse(text).map_err(|e| BrokerError::Config(e.to_string()))?;
+    let mut from_env = std::collections::HashMap::new();
+    for (name, value) in env {
+        let Some(key) = crate::config::strict::env_key(&name) else {
+            continue;
+        };
+        let top = key.split('/').next().unwrap_or("");
+        if top != "server" && top != "mlm_server" && crate::config::strict::ROOTS.contains(&top) {
+            continue;
+        }
+        from_env.insert(key.clone(), name.clone());
+        entries.push(zpl::Entry {
+            path: key,
+            value,
+            line: 0,
+        });
+    }
     let mut cfg = BrokerConfig::default();
     let mut warnings = Vec::new();
     let mut mechanism = "null".to_string();
@@ -150,7 +205,18 @@ pub fn parse_config(text: &str, base: &Path) -> Result<(BrokerConfig, Vec<String
                 "line {}: {p} is not used by alaska-broker; ignored",
                 e.line
             )),
-            p => warnings.push(format!("line {}: unknown key {p}; ignored", e.line)),
+            p => {
+                let place = match from_env.get(p) {
+                    Some(name) => format!("environment variable {name}"),
+                    None => format!("line {}", e.line),
+                };
+                let hint = crate::config::strict::suggest(p, BROKER_KEYS.iter().copied())
+                    .map(|k| format!("; did you mean {k}?"))
+                    .unwrap_or_default();
+                return Err(BrokerError::Config(format!(
+                    "{place}: unknown key {p}{hint}"
+                )));
+            }
         }
     }
     cfg.http_token = crate::config::http_token(
@@ -230,16 +296,62 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_reference_keys_and_warns_on_unknown() {
-        let text = "server\n    timeout = 5000\n    verbose = 1\n    background = 0\nmlm_server\n    bind\n        endpoint = tcp://127.0.0.1:7777\n    mailbox\n        count-limit = 7\n        size-limit = max\n    frobnicate = 1\n";
+    fn reads_reference_keys_warns_on_ignored_ones_and_refuses_unknown_ones() {
+        let text = "server\n    timeout = 5000\n    verbose = 1\n    background = 0\nmlm_server\n    bind\n        endpoint = tcp://127.0.0.1:7777\n    mailbox\n        count-limit = 7\n        size-limit = max\n";
         let (cfg, warnings) = parse_config(text, Path::new(".")).unwrap();
         assert_eq!(cfg.endpoint, "tcp://127.0.0.1:7777");
         assert_eq!(cfg.client_timeout, Duration::from_secs(5));
         assert!(cfg.verbose);
         assert_eq!(cfg.mailbox_limit.messages, 7);
         assert_eq!(cfg.mailbox_limit.bytes, usize::MAX);
-        assert_eq!(warnings.len(), 2, "{warnings:?}");
-        assert!(warnings[1].contains("mlm_server/frobnicate"));
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("server/background"));
+        let e = parse_config(
+            &format!("{text}    mailbox\n        count-limt = 3\n"),
+            Path::new("."),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("unknown key mlm_server/mailbox/count-limt"),
+            "{e}"
+        );
+        assert!(
+            e.contains("did you mean mlm_server/mailbox/count-limit"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_is_checked_too() {
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let (cfg, _) = parse_config_with_env(
+            "server\n    timeout = 5000\n",
+            Path::new("."),
+            env(&[
+                ("ALASKA_SERVER__TIMEOUT", "7000"),
+                ("ALASKA_WORKER__POOL__SIZE", "3"),
+                ("ALASKA_QUICKSTART_TEST", "1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.client_timeout, Duration::from_secs(7));
+        let e = parse_config_with_env(
+            "",
+            Path::new("."),
+            env(&[("ALASKA_MLM_SERVER__HTTP__LISTN", "x")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("ALASKA_MLM_SERVER__HTTP__LISTN") && e.contains("mlm_server/http/listen"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -44,7 +44,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub use acl::{Acl, AclError};
-pub use config::{load_config, parse_config};
+pub use config::{load_config, parse_config, parse_config_with_env, BROKER_KEYS};
 pub use ops::OpsError;
 
 use crate::ops::notify::Liveness;

@@ -9,7 +9,9 @@
 //! is what a missing config file is replaced with, and a test checks that it
 //! parses to the defaults.
 
+pub mod defaults;
 pub mod runners;
+pub mod strict;
 pub mod zpl;
 
 use std::path::{Path, PathBuf};
@@ -195,6 +197,16 @@ pub enum ConfigError {
         /// What is wrong with the list.
         source: crate::failover::EndpointListError,
     },
+    /// A key nobody reads: a typo, or a section of another binary.
+    #[error("unknown key {key} ({place}){}", suggestion.as_ref().map(|s| format!("; did you mean {s}?")).unwrap_or_default())]
+    Unknown {
+        /// The key, slash-separated.
+        key: String,
+        /// Where it was: a file line or an environment variable.
+        place: String,
+        /// The nearest known key (or variable), when one is near.
+        suggestion: Option<String>,
+    },
     /// The file is not valid ZPL, or a source failed.
     #[error("{0}")]
     Syntax(String),
@@ -263,7 +275,13 @@ impl Settings {
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, ConfigError> {
-        let c = layered(DEFAULT_CONFIG, text, env)?;
+        let c = layered(
+            defaults::WORKER_DEFAULTS,
+            "worker",
+            &["worker/runners/"],
+            text,
+            env,
+        )?;
         let get = |key: &'static str| -> String {
             c.get_string(&key.replace('/', ".")).unwrap_or_default()
         };
@@ -403,20 +421,36 @@ impl Settings {
     }
 }
 
-/// The built-in defaults (`default`, ZPL), then `text` (ZPL), then the
-/// environment overrides from `env` (only `ALASKA_…` names count): the
-/// layering every binary's configuration uses.
+/// The defaults in code (`defaults`: every key this binary knows, its
+/// section `root`), then `text` (ZPL), then the environment overrides from
+/// `env` (only `ALASKA_…` names count): the layering the worker's and the
+/// gateway's configuration use. Unknown keys in `text` or `env` are errors
+/// ([`strict::check`]); keys under an `open` prefix are checked by their
+/// own reader.
 pub(crate) fn layered(
-    default: &str,
+    defaults: &[(&str, &str)],
+    root: &str,
+    open: &[&str],
     text: &str,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<config::Config, ConfigError> {
-    let vars: config::Map<String, String> = env
+    let env: Vec<(String, String)> = env
         .into_iter()
         .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}_")))
         .collect();
-    config::Config::builder()
-        .add_source(config::File::from_str(default, zpl::Zpl))
+    strict::check(defaults, open, root, text, &env)?;
+    // Only this binary's variables go to its configuration.
+    let vars: config::Map<String, String> = env
+        .into_iter()
+        .filter(|(k, _)| strict::env_key(k).is_some_and(|key| key.starts_with(&format!("{root}/"))))
+        .collect();
+    let mut builder = config::Config::builder();
+    for (k, v) in defaults {
+        builder = builder
+            .set_default(k.replace('/', "."), *v)
+            .map_err(|e| ConfigError::Syntax(e.to_string()))?;
+    }
+    builder
         .add_source(config::File::from_str(text, zpl::Zpl))
         .add_source(
             config::Environment::with_prefix(ENV_PREFIX)

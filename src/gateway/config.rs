@@ -86,7 +86,13 @@ impl GatewaySettings {
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<GatewaySettings, ConfigError> {
-        let c = layered(DEFAULT_CONFIG, text, env)?;
+        let c = layered(
+            crate::config::defaults::GATEWAY_DEFAULTS,
+            "gateway",
+            &[],
+            text,
+            env,
+        )?;
         let get = |key: &'static str| -> String {
             c.get_string(&key.replace('/', ".")).unwrap_or_default()
         };

@@ -418,10 +418,12 @@ impl Client {
     /// The broker's refusal of our CONNECTION OPEN (an ACL that forbids
     /// our address), as an error, until an OPEN is accepted.
     pub fn open_refused(&self) -> Option<ClientError> {
-        self.session.open_refused().map(|status| ClientError::Refused {
-            what: "CONNECTION OPEN",
-            status: status.clone(),
-        })
+        self.session
+            .open_refused()
+            .map(|status| ClientError::Refused {
+                what: "CONNECTION OPEN",
+                status: status.clone(),
+            })
     }
 
     /// Why the broker refused our last service offer, until one is
