@@ -856,3 +856,97 @@ fn unknown_keys_in_file_or_environment_exit_2_in_every_binary() {
         );
     }
 }
+
+/// In the background (stdout is /dev/null) with `syslog = "1"`, what the
+/// shipped dump.lua prints reaches syslog, tagged with the script. The
+/// syslog socket is a stand-in of this test's, put at /dev/log in a mount
+/// namespace of the worker's own (root and unshare needed; skipped with
+/// the reason otherwise).
+#[test]
+fn print_reaches_syslog_in_the_background() {
+    // SAFETY: geteuid only reads.
+    if unsafe { libc::geteuid() } != 0 || Command::new("unshare").arg("--version").output().is_err()
+    {
+        println!("skipped: needs root and unshare(1) to stand in for /dev/log");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let scripts = dir.path().join("services");
+    std::fs::create_dir_all(&scripts).unwrap();
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("services/dump.lua"),
+        scripts.join("dump.lua"),
+    )
+    .unwrap();
+    let sock_path = dir.path().join("log.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let endpoint = free_endpoint();
+    let pid_file = dir.path().join("w.pid");
+    let cfg = config(&endpoint, &scripts, "    broker\n        embedded = \"1\"\n").replacen(
+        "worker\n",
+        &format!(
+            "worker\n    background = \"1\"\n    syslog = \"1\"\n    workdir = \"{}\"\n    lockfile = \"{}\"\n",
+            dir.path().display(),
+            pid_file.display()
+        ),
+        1,
+    );
+    std::fs::write(dir.path().join("alaska.cfg"), cfg).unwrap();
+    let alaska_bin = assert_cmd::cargo::cargo_bin("alaska");
+    let script = format!(
+        "mount -t tmpfs tmpfs /dev && mknod -m 666 /dev/null c 1 3 && touch /dev/log && \
+         mount --bind '{}' /dev/log && exec '{}' -c '{}'",
+        sock_path.display(),
+        alaska_bin.display(),
+        dir.path().join("alaska.cfg").display()
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("unshare") {
+        println!(
+            "skipped: unshare failed here: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut p = client(&endpoint, "syslog-producer");
+    let r = request(
+        &mut p,
+        "dump",
+        b"{\"seen\":\"in syslog\"}",
+        Duration::from_secs(10),
+    );
+    assert!(!r.content.is_empty());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got = Vec::new();
+    let found = loop {
+        let mut buf = [0u8; 8192];
+        if let Ok(n) = sock.recv(&mut buf) {
+            let line = String::from_utf8_lossy(&buf[..n]).to_string();
+            if line.contains("seen = in syslog") && line.contains("script=dump") {
+                break true;
+            }
+            got.push(line);
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+    };
+    // SAFETY: a signal to the daemon we started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert!(found, "no print in syslog; got:\n{}", got.join("\n"));
+}
