@@ -25,9 +25,12 @@ fn quick_start(readme: &str) -> (Vec<String>, Vec<String>) {
         .next()
         .unwrap();
     let blocks: Vec<Vec<String>> = section
-        .split("```sh\n")
+        .split("```sh")
         .skip(1)
         .map(|b| {
+            // The fence may carry attributes (`sh run worker`): the block
+            // starts on the next line.
+            let b = &b[b.find('\n').map_or(b.len(), |i| i + 1)..];
             b.split("```")
                 .next()
                 .unwrap()
@@ -172,7 +175,7 @@ fn comments_are_stripped_outside_quotes_only() {
     assert_eq!(strip_comment("echo '#x' | a   # note"), "echo '#x' | a");
     assert_eq!(strip_comment("a \"b#c\""), "a \"b#c\"");
     let (start, after) = quick_start(
-        "## Quick start\n```sh\nrun   # go\ncargo test\n```\ntext\n```sh\none\n\ntwo # c\n```\n## Next\n```sh\nno\n```",
+        "## Quick start\n```sh\nrun   # go\ncargo test\n```\ntext\n```sh run worker\none\n\ntwo # c\n```\n## Next\n```sh\nno\n```",
     );
     assert_eq!(start, vec!["run", "cargo test"]);
     assert_eq!(after, vec!["one", "two"]);
