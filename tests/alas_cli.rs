@@ -355,6 +355,8 @@ fn a_request_refused_because_the_queue_is_full_exits_8() {
         stderr.contains("alas: broker refused the request: service default queue full"),
         "{stderr}"
     );
+    // Not "sent" first: the broker did not take it.
+    assert!(!stderr.contains("alas: sent"), "{stderr}");
 
     // With --wait the refusal ends the wait: no reply can come, so it is
     // not reported as late.

@@ -205,3 +205,41 @@ fn bench_shows_progress_on_a_terminal_only() {
         "progress written to a pipe: {err:?}"
     );
 }
+
+/// `alas --lines --wait` on a terminal counts the replies as they come;
+/// with stderr a pipe it prints what it always did.
+#[test]
+fn alas_lines_shows_progress_on_a_terminal_only() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: script(1) is not installed (util-linux)");
+        return;
+    }
+    let broker = common::broker();
+    let ep = broker.endpoint().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    common::script(dir.path(), "echo", "alaska.sleep(5) return alaskaContext");
+    let w = common::Worker::start(&ep, dir.path(), |_, p| p.size = 1);
+    let input = dir.path().join("requests.jsonl");
+    let lines: String = (0..300).map(|i| format!("{{\"i\":{i}}}\n")).collect();
+    std::fs::write(&input, lines).unwrap();
+    let alas = assert_cmd::cargo::cargo_bin("alas");
+    let run = format!(
+        "{} -e {ep} -a svc -s echo --lines --wait 20 -q < {}",
+        alas.display(),
+        input.display()
+    );
+    let tty = Command::new("script")
+        .args(["-qefc", &run, "/dev/null"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{shown}");
+    assert!(
+        shown.contains("answered: "),
+        "no progress on a terminal: {shown:?}"
+    );
+    let piped = Command::new("sh").args(["-c", &run]).output().unwrap();
+    assert!(piped.status.success());
+    assert!(!String::from_utf8_lossy(&piped.stderr).contains("answered: "));
+    w.stop().unwrap();
+}

@@ -240,7 +240,7 @@ fn run(args: &Args) -> Result<(), Failure> {
             trackers.insert(tracker, i);
         }
     }
-    if !args.quiet {
+    let sent_line = (!args.quiet).then(|| {
         let at: Vec<String> = used
             .iter()
             .enumerate()
@@ -253,14 +253,14 @@ fn run(args: &Args) -> Result<(), Failure> {
                 }
             })
             .collect();
-        eprintln!(
+        format!(
             "alas: sent {} request(s) to service {:?} subject {:?} at {}",
             requests.len(),
             args.address,
             args.subject,
             at.join(", ")
-        );
-    }
+        )
+    });
     let Some(wait) = args.wait else {
         // CONNECTION CLOSE is answered after everything we sent before it
         // was handled, so a successful close means the requests are in,
@@ -276,8 +276,21 @@ fn run(args: &Args) -> Result<(), Failure> {
         if !refused.is_empty() {
             return Err(refusal(&refused, requests.len(), None));
         }
+        // Said once the broker took them (not before a refusal).
+        if let Some(line) = sent_line {
+            eprintln!("{line}");
+        }
         return Ok(());
     };
+    if let Some(line) = sent_line {
+        eprintln!("{line}");
+    }
+    // --lines on a terminal: how many replies came, as they come.
+    let mut progress =
+        alaska::progress::Progress::stderr("answered", Some(requests.len() as u64), Instant::now());
+    if !args.lines {
+        progress = alaska::progress::Progress::new(None, "", None, Instant::now());
+    }
     let mut failed = 0usize;
     let mut gave_up = 0usize;
     // The broker's ERROR names no tracker: refused requests are counted,
@@ -287,6 +300,7 @@ fn run(args: &Args) -> Result<(), Failure> {
     let mut quiet_until = after(Instant::now(), wait);
     while retries.outstanding() > refused.len() {
         let now = Instant::now();
+        progress.update((requests.len() - retries.outstanding()) as u64, now);
         if !per_request && now >= quiet_until {
             gave_up = retries.outstanding();
             break;
@@ -354,6 +368,8 @@ fn run(args: &Args) -> Result<(), Failure> {
                 ReplyKind::Unknown => continue,
             }
             let body = d.content.first().map(Vec::as_slice).unwrap_or(b"");
+            // The progress line (a terminal only) leaves room for output.
+            progress.finish();
             if d.subject.starts_with(ERROR_REPLY_PREFIX) {
                 failed += 1;
                 eprintln!("alas: error reply: {}", String::from_utf8_lossy(body));
