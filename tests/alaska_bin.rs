@@ -950,3 +950,47 @@ fn print_reaches_syslog_in_the_background() {
     unsafe { libc::kill(pid, libc::SIGTERM) };
     assert!(found, "no print in syslog; got:\n{}", got.join("\n"));
 }
+
+/// A worker whose scripts folder is missing or empty says so loudly at
+/// start (it said "ready" and failed every request).
+#[test]
+fn a_missing_or_empty_scripts_folder_is_an_error_in_the_log() {
+    for make in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let scripts = dir.path().join("services");
+        if make {
+            std::fs::create_dir_all(&scripts).unwrap();
+        }
+        let log_file = dir.path().join("stderr.log");
+        std::fs::write(
+            dir.path().join("alaska.cfg"),
+            config(&free_endpoint(), &scripts, ""),
+        )
+        .unwrap();
+        let mut w = Running(
+            alaska(dir.path())
+                .args(["-f", "--embedded-broker"])
+                .stderr(std::fs::File::create(&log_file).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !std::fs::read_to_string(&log_file)
+            .unwrap_or_default()
+            .contains("ready:")
+        {
+            assert!(Instant::now() < deadline, "not ready");
+            std::thread::sleep(Duration::from_millis(20)); // bounded poll of its log
+        }
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(w.0.id() as i32, libc::SIGTERM) };
+        assert!(wait_exit(&mut w.0, Duration::from_secs(15)).is_some());
+        let log = std::fs::read_to_string(&log_file).unwrap();
+        let want = if make {
+            "has no <subject>.lua script"
+        } else {
+            "cannot be read"
+        };
+        assert!(log.contains("ERROR") && log.contains(want), "{log}");
+    }
+}

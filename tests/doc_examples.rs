@@ -15,6 +15,10 @@
 //!   `alas` (default 0, so an example that fails on purpose says so);
 //!   `expect="TEXT"`: what `alas` must print (reply or error).
 //!
+//! A shell, Lua or Python block that is not marked says why in the text
+//! just before it (a sentence with "not run by the tests", "a sketch", or
+//! naming the test that follows it): [`unmarked_blocks_say_why`].
+//!
 //! Each block runs in a scratch folder holding a copy of the shipped
 //! configurations, `services/` and `runners/`, with the binaries on `PATH`
 //! and as `target/release/<name>` (the README's quick start paths), under
@@ -362,4 +366,38 @@ fn every_runnable_example_runs() {
         failed.join("\n\n")
     );
     println!("{} runnable examples ran", blocks.len());
+}
+
+/// Every shell, Lua and Python block either runs or says, in the few
+/// lines before it, why it does not.
+#[test]
+fn unmarked_blocks_say_why() {
+    let mut silent = Vec::new();
+    for page in pages() {
+        let text = std::fs::read_to_string(&page).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for b in blocks_of(&page, &text) {
+            if b.has("run")
+                || !["sh", "bash", "console", "lua", "python"].contains(&b.lang.as_str())
+            {
+                continue;
+            }
+            let from = b.line.saturating_sub(5);
+            let before = lines[from..b.line - 1].join(" ").to_lowercase();
+            if ![
+                "not run by the tests",
+                "a sketch",
+                "tests/readme_quickstart.rs",
+            ]
+            .iter()
+            .any(|why| before.contains(why))
+            {
+                silent.push(b.place());
+            }
+        }
+    }
+    assert!(
+        silent.is_empty(),
+        "blocks that neither run nor say why: {silent:?}"
+    );
 }
