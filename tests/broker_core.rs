@@ -1393,3 +1393,41 @@ fn deliveries_count_across_expiry_and_zero_is_unlimited() {
     assert_eq!(t.core.stats().counters.requests_poisoned, 0);
     assert_eq!(t.core.stats().services[0].queued, 1);
 }
+
+/// A STREAM WRITE the ACL refuses, then STREAM SENDs: each send is refused
+/// naming the stream ("may not publish on stream numbers"), not with the
+/// misleading "no stream: send STREAM WRITE first".
+#[test]
+fn sends_after_a_refused_stream_write_name_the_stream() {
+    let mut t = T::new();
+    t.core.set_acl(Some(
+        alaska::broker::acl::Acl::parse(
+            "default\n    open = \"*\"\n",
+            std::path::Path::new("acl.cfg"),
+        )
+        .unwrap(),
+    ));
+    t.open("w", "w");
+    let sent = t.cmd(
+        "w",
+        Message::StreamWrite {
+            stream: "numbers".into(),
+        },
+    );
+    assert_eq!(error_code(&sent[0].1), Some(300));
+    let sent = t.cmd(
+        "w",
+        Message::StreamSend {
+            subject: "pi".into(),
+            content: vec![b"3.14".to_vec()],
+        },
+    );
+    let Message::Error { status } = &sent[0].1 else {
+        panic!("{sent:?}")
+    };
+    assert!(
+        status.reason.contains("may not publish on stream numbers"),
+        "{}",
+        status.reason
+    );
+}

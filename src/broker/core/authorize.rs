@@ -55,6 +55,15 @@ impl<J: Journal> Core<J> {
             Err(r) => {
                 tracing::warn!("access denied: {r} (client {})", self.name(id));
                 self.reply_error(id, status::FAILED, &r.error_reason());
+                // A refused STREAM WRITE still names the stream the
+                // client means to publish on: its sends are then refused
+                // as "may not publish on stream X" (checked each time),
+                // not the misleading "no stream: send STREAM WRITE first".
+                if let Message::StreamWrite { stream } = msg {
+                    if let Some(c) = self.clients.get_mut(id) {
+                        c.writer = Some(stream.clone());
+                    }
+                }
                 false
             }
         }
