@@ -33,5 +33,7 @@ pub mod logging;
 pub mod mlm;
 pub mod ops;
 pub mod progress;
+#[cfg(test)]
+mod sim;
 pub mod time;
 pub mod worker;
