@@ -470,8 +470,19 @@ impl<J: Journal> Core<J> {
     /// Puts back a request read from storage, queued on `service`, as it
     /// was before the restart (limits are not applied: nothing kept is
     /// dropped). Tells the journal nothing: storage has it.
+    ///
+    /// A request that already had its `max_deliveries` deliveries (the
+    /// last one ended by the broker's own crash) is not queued again but
+    /// dead-lettered as a poison request: a request that kills its worker
+    /// and, with it, an embedded broker must not loop through restarts.
+    /// (Found by the simulator, seed 13: a sixth delivery after a restart.)
     pub fn restore_request(&mut self, service: &str, req: Held) {
         self.next_id = self.next_id.max(req.id + 1);
+        let max = self.cfg.max_deliveries;
+        if max > 0 && req.deliveries >= max {
+            let now = self.last_client_check;
+            return self.poisoned(service, req, now);
+        }
         self.enqueue(service, req);
     }
 

@@ -446,7 +446,7 @@ impl<J: Journal> Core<J> {
     /// error mailbox (the worker's format: the report, then the request's
     /// first frame) and a requester that waits (a tracker) gets an error
     /// reply, so one request cannot take every worker down in turn.
-    fn poisoned(&mut self, service: &str, req: Held, now: Instant) {
+    pub(super) fn poisoned(&mut self, service: &str, req: Held, now: Instant) {
         self.counters.requests_poisoned += 1;
         self.journal
             .removed(Kind::Request, req.id, Removal::Poisoned);
