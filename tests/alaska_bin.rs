@@ -994,3 +994,35 @@ fn a_missing_or_empty_scripts_folder_is_an_error_in_the_log() {
         assert!(log.contains("ERROR") && log.contains(want), "{log}");
     }
 }
+
+/// `--check` catches what the host must have: the user and group to switch
+/// to, the folder a daemon changes to, scripts in the scripts folder, an
+/// exec runner's command, an HTTP runner's URL.
+#[test]
+fn check_catches_what_the_host_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let scripts = dir.path().join("services");
+    std::fs::create_dir_all(&scripts).unwrap();
+    let base = config("tcp://127.0.0.1:1", &scripts, "");
+    for (extra, said) in [
+        ("    user = \"no-such-user-here\"\n", "no such user"),
+        ("    group = \"no-such-group-here\"\n", "no-such-group-here"),
+        ("    background = \"1\"\n    workdir = \"/no/such/folder\"\n", "worker/workdir"),
+        ("", "has no <subject>.lua script"),
+        (
+            "    runners\n        r\n            type = \"exec\"\n            command = \"no-such-command-here\"\n",
+            "no-such-command-here",
+        ),
+        (
+            "    runners\n        r\n            url = \"not a url\"\n",
+            "is not a URL",
+        ),
+    ] {
+        std::fs::write(dir.path().join("alaska.cfg"), base.replacen("worker\n", &format!("worker\n{extra}"), 1))
+            .unwrap();
+        let out = alaska(dir.path()).arg("--check").output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(2), "{extra}: {text}");
+        assert!(text.contains(said), "{extra}: {text}");
+    }
+}
