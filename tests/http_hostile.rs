@@ -21,6 +21,14 @@ use common::{broker, broker_with, script};
 use ops_support::http::{agent, get, wait_for};
 use ops_support::worker::OpsWorker;
 
+/// The tests of this file run one at a time: one of them measures the
+/// process's RSS, which the others' workers and brokers would move.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Sends raw bytes, reads what comes back until the server closes or 5 s
 /// pass; the response text.
 fn raw(addr: SocketAddr, request: &str) -> String {
@@ -97,6 +105,7 @@ fn addr_of(url_base: &str) -> SocketAddr {
 /// still does.
 #[test]
 fn cross_site_posts_change_nothing() {
+    let _serial = serial();
     let b = broker_with(|c| c.http_listen = Some("127.0.0.1:0".into()));
     let dir = tempfile::tempdir().unwrap();
     script(dir.path(), "echo", "return alaskaContext");
@@ -201,6 +210,7 @@ fn cross_site_posts_change_nothing() {
 /// `/health`, and 200 with it.
 #[test]
 fn a_token_guards_every_endpoint_but_health() {
+    let _serial = serial();
     let token = "s3cret-token".to_string();
     let t = token.clone();
     let b = broker_with(move |c| {
@@ -274,6 +284,7 @@ fn a_token_guards_every_endpoint_but_health() {
 /// `HEAD /health` answers like `GET`: the same status and length, no body.
 #[test]
 fn head_on_health_answers_like_get_without_a_body() {
+    let _serial = serial();
     let b = broker();
     let dir = tempfile::tempdir().unwrap();
     let w = OpsWorker::start(b.endpoint(), dir.path(), |_, _| {});
@@ -304,6 +315,7 @@ fn rss_kb() -> u64 {
 /// body that does not arrive within the body timeout is 408 and closed.
 #[test]
 fn trickled_bodies_cost_bounded_memory_and_time_out() {
+    let _serial = serial();
     const LIMIT: usize = 4096;
     let router = Router::new().route(Method::POST, "/sink", |req| {
         Reply::Now(HttpResponse::text(200, &req.body.len().to_string()))
