@@ -526,7 +526,12 @@ fn maintenance_asked_before_the_broker_answers_is_in_place_before_the_first_offe
     script(dir.path(), "echo", "return alaskaContext");
     let w = OpsWorker::start(&endpoint, dir.path(), |_, _| {});
     let a = agent();
-    w.wait_health(&a, 503, "starting");
+    // No broker yet: "starting" until the hub's first turn, "reconnecting"
+    // after it (which may come before the first poll on a loaded machine).
+    wait_for("/health 503 without a broker", || {
+        let (status, text) = w.health(&a);
+        status == 503 && (text == "starting\n" || text == "reconnecting\n")
+    });
     let (status, text) = post(&a, &w.url("/v1/maintenance"), "{\"on\": true}");
     assert_eq!(status, 202, "{text}");
     assert_eq!(json(&text)["applied"], false);
