@@ -35,6 +35,7 @@ use crate::broker::core::{ClientId, Core, CoreConfig, Held, HeldId, Journal, Kin
 use crate::mlm::client::session::{Registration, Session, Wire, WireError};
 use crate::mlm::client::{ClientOptions, DeliveryKind};
 use crate::mlm::Message;
+use crate::time::after;
 
 /// xorshift64*: small, seeded, the same run for the same seed.
 struct Rng(u64);
@@ -276,7 +277,7 @@ impl World {
         if self.opts.trace {
             println!(
                 "[{:>8.3}] {}",
-                (self.now - self.start).as_secs_f64(),
+                self.now.saturating_duration_since(self.start).as_secs_f64(),
                 what()
             );
         }
@@ -310,7 +311,7 @@ impl World {
                 .to_broker
                 .back()
                 .map_or(now, |(t, _)| *t)
-                .max(now + delay);
+                .max(after(now, delay));
             for m in wire.0 {
                 conn.to_broker.push_back((at, m));
             }
@@ -421,7 +422,7 @@ impl World {
                     .to_client
                     .back()
                     .map_or(now, |(t, _)| *t)
-                    .max(now + delay);
+                    .max(after(now, delay));
                 conn.to_client.push_back((at, o.msg));
             }
         }
