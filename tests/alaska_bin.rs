@@ -47,28 +47,35 @@ fn a_plain_start_without_c_creates_the_default_file() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("services")).unwrap();
     script(&dir.path().join("services"), "echo", "return 1");
+    let log_file = dir.path().join("stderr.log");
     let mut w = Running(
         alaska(dir.path())
             .arg("-f")
             .env("ALASKA_WORKER__BROKER__ENDPOINT", free_endpoint())
-            .stderr(Stdio::piped())
+            .stderr(std::fs::File::create(&log_file).unwrap())
             .spawn()
             .unwrap(),
     );
     let file = dir.path().join("alaska.cfg");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_to_string(&file)
-        .map(|t| t != alaska::config::DEFAULT_CONFIG)
-        .unwrap_or(true)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Ready (signal handlers in place, the file written and said): a
+    // SIGTERM before the handlers would end it unlogged.
+    while !std::fs::read_to_string(&log_file)
+        .unwrap_or_default()
+        .contains("ready:")
     {
-        assert!(Instant::now() < deadline, "alaska.cfg not written");
+        assert!(Instant::now() < deadline, "the worker was not ready");
         std::thread::sleep(Duration::from_millis(20)); // bounded poll: the file is the event
     }
     // SAFETY: a signal to our own child.
     unsafe { libc::kill(w.0.id() as i32, libc::SIGTERM) };
     assert!(wait_exit(&mut w.0, Duration::from_secs(15)).is_some());
-    assert!(w
-        .stderr_text()
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        alaska::config::DEFAULT_CONFIG
+    );
+    assert!(std::fs::read_to_string(&log_file)
+        .unwrap()
         .contains("alaska.cfg was missing: created it with the defaults"));
 }
 

@@ -465,8 +465,11 @@ fn bench_round_robin_over_two_brokers_survives_one_stopping_mid_run() {
         .iter()
         .map(|n| n.as_u64().unwrap())
         .collect();
-    // Round robin until broker 1 went, then broker 2 alone.
-    assert!(per[0] >= 100 && per[1] > per[0], "{v}");
+    // Round robin until broker 1 went, then broker 2 alone. (How many
+    // went to broker 1 in its one second depends on how fast the bench
+    // started: on a loaded machine under 100; that both were used, and
+    // broker 2 took the rest, is the point.)
+    assert!(per[0] >= 20 && per[1] > per[0], "{v}");
     assert_eq!(per[0] + per[1], 600, "{v}");
     assert!(stderr.contains("went away"), "{stderr}");
 }
