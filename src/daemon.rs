@@ -80,6 +80,11 @@ impl Readiness {
     }
 }
 
+/// How long the launcher waits for the daemon's word (recovering a large
+/// store or reaching a slow broker is not part of starting: the worker
+/// says "started" before it connects).
+const START_WAIT_MS: libc::c_int = 120_000;
+
 /// Forks into the background (a new session, a second fork so no terminal
 /// can be acquired), changes to `workdir`, sets the umask, points the
 /// standard streams at /dev/null. The launching process waits in here for
@@ -143,6 +148,23 @@ pub fn daemonize(opts: &DaemonOptions) -> Result<Readiness, DaemonError> {
             }
             // SAFETY: we own fds[0].
             let mut pipe = unsafe { <File as std::os::unix::io::FromRawFd>::from_raw_fd(fds[0]) };
+            // Bounded: a daemon that neither starts nor fails (wedged
+            // before its first word) must not hold the launcher forever.
+            let mut pfd = libc::pollfd {
+                fd: fds[0],
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll on the one descriptor we own.
+            let ready = unsafe { libc::poll(&mut pfd, 1, START_WAIT_MS) };
+            if ready == 0 {
+                eprintln!(
+                    "alaska: the worker did not say it started within {} s; it may still be \
+                     starting (see its log)",
+                    START_WAIT_MS / 1000
+                );
+                std::process::exit(1);
+            }
             let mut word = String::new();
             let _ = std::io::Read::read_to_string(&mut pipe, &mut word);
             let word = word.trim();
