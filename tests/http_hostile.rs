@@ -300,15 +300,6 @@ fn head_on_health_answers_like_get_without_a_body() {
     assert!(r.ends_with("\r\n\r\n"), "a body came with HEAD: {r:?}");
 }
 
-fn rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// 200 clients each send a body one byte per TCP segment. The memory the
 /// server takes for them stays under twice their bodies (each byte used to
 /// cost about 1.5 KB); a declared length over the limit is 413 at once; a
@@ -353,14 +344,14 @@ fn trickled_bodies_cost_bounded_memory_and_time_out() {
         .collect();
     // Every connection's headers are in: what follows is the bodies' cost.
     std::thread::sleep(Duration::from_millis(300)); // no event to await: the server's reads are its own
-    let before = rss_kb();
+    let before = common::rss_kb();
     let started = Instant::now();
     for _ in 0..LIMIT - 1 {
         for s in conns.iter_mut() {
             s.write_all(b"x").unwrap();
         }
     }
-    let grown_kb = rss_kb().saturating_sub(before);
+    let grown_kb = common::rss_kb().saturating_sub(before);
     let bodies_kb = (200 * LIMIT / 1024) as u64;
     println!(
         "200 trickled bodies of {LIMIT} bytes ({} segments) in {:?}: RSS +{grown_kb} kB (bodies: {bodies_kb} kB)",

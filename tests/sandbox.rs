@@ -378,15 +378,6 @@ fn bytecode_cannot_be_loaded_by_any_route() {
     assert_eq!(text(&h.run("alive", "").reply()), "still serving");
 }
 
-fn rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// `cjson.encode` (and a table returned as the reply) of a table that
 /// shares a subtable: 22 levels of `{t, t}` are four million values from a
 /// few kilobytes. The conversion runs in Rust: it stopped neither at the
@@ -397,7 +388,7 @@ fn a_shared_subtable_bomb_is_stopped_by_the_limits() {
         c.timeout = Duration::from_millis(200);
         c.memory = 4 << 20;
     });
-    let before = rss_kb();
+    let before = common::rss_kb();
     for (name, body) in [
         (
             "encode",
@@ -433,7 +424,7 @@ fn a_shared_subtable_bomb_is_stopped_by_the_limits() {
             e.message
         );
     }
-    let grown = rss_kb().saturating_sub(before);
+    let grown = common::rss_kb().saturating_sub(before);
     assert!(grown < 64 * 1024, "RSS grew {grown} kB");
     h.script("alive", "return 'still serving'");
     assert_eq!(text(&h.run("alive", "").reply()), "still serving");

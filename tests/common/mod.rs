@@ -190,3 +190,13 @@ pub fn all_brokers(test: &str) -> Vec<AnyBroker> {
     }
     v
 }
+
+/// This test process's resident memory, in kB (`VmRSS`).
+pub fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
