@@ -89,7 +89,8 @@ fn retries_exhausted_become_a_dead_letter_and_an_error_reply() {
         );
         let _w = worker(b.endpoint(), dir.path(), "svc");
         let mut awerr = client(b.endpoint(), "awerr");
-        let mut p = client(b.endpoint(), &format!("p-{}", unique()));
+        let pname = format!("p-{}", unique());
+        let mut p = client(b.endpoint(), &pname);
         wait_ready(&mut p, dir.path(), "svc");
         let started = Instant::now();
         let d = ask(&mut p, "svc", "never", b"{\"job\":1}");
@@ -110,9 +111,22 @@ fn retries_exhausted_become_a_dead_letter_and_an_error_reply() {
         );
         let dead = expect(&mut awerr, DeliveryKind::Mailbox, T);
         assert_eq!(dead.subject, "never");
-        assert_eq!(dead.content.len(), 2);
+        // The original report (text, first content frame), then the
+        // metadata a replay needs (docs/PROTOCOL-NOTES.md).
+        assert_eq!(dead.content.len(), 3);
         assert_eq!(String::from_utf8_lossy(&dead.content[0]), text);
         assert_eq!(dead.content[1], b"{\"job\":1}".to_vec());
+        let meta: serde_json::Value = serde_json::from_slice(&dead.content[2]).unwrap();
+        assert_eq!(meta["format"], 1, "{}", b.name());
+        assert_eq!(meta["address"], "svc");
+        assert_eq!(meta["subject"], "never");
+        assert_eq!(meta["requester"], pname.as_str());
+        assert_eq!(meta["tracker"], "trk-1");
+        assert_eq!(meta["outcome"], "fail");
+        assert_eq!(meta["reason"], text.as_str());
+        assert_eq!(meta["attempts"], 3);
+        assert_eq!(meta["frames"], serde_json::json!([{"text": "{\"job\":1}"}]));
+        assert!(meta["when"].as_str().is_some_and(|w| w.ends_with('Z')));
     }
 }
 

@@ -102,8 +102,8 @@ fn every_failure_kind_reaches_the_error_mailbox_in_three_parts() {
         assert_eq!(e.subject, subject);
         assert_eq!(
             e.content.len(),
-            2,
-            "{subject}: error text and original content"
+            3,
+            "{subject}: error text, original content, metadata"
         );
         let text = String::from_utf8_lossy(&e.content[0]);
         assert!(text.contains(needle), "{subject}: {text}");

@@ -599,7 +599,12 @@ impl Hub {
                     kind = kind.map(|k| k.name()).unwrap_or("fail"),
                     "dead letter: {text}"
                 );
-                self.dead_letter(conn, &request, &text)?;
+                self.dead_letter(
+                    conn,
+                    &request,
+                    &text,
+                    kind.map(|k| k.name()).unwrap_or("fail"),
+                )?;
             }
             Decision::Retry { delay } => {
                 return self.schedule_retry(id, conn, request, delay);
@@ -654,7 +659,7 @@ impl Hub {
                 self.retries.len()
             );
             tracing::warn!(subject = %job.request.subject, "{text}");
-            self.dead_letter(conn, &job.request, &text)?;
+            self.dead_letter(conn, &job.request, &text, "retry_overflow")?;
             return self.confirm(job.id);
         }
         tracing::debug!(delay = ?delay, "retry scheduled");
@@ -675,19 +680,28 @@ impl Hub {
     /// A dead letter: the report to the error mailbox (subject, text,
     /// original first frame), and an error reply to a requester that waits
     /// (or to any, with `errors_reply`).
-    fn dead_letter(&mut self, conn: usize, req: &Request, text: &str) -> Result<(), WorkerError> {
+    /// `outcome` names why (`fail`, an error kind, `overloaded`, ...) in the
+    /// report's metadata frame (see [`super::outcomes::dead_letter_frames`]).
+    fn dead_letter(
+        &mut self,
+        conn: usize,
+        req: &Request,
+        text: &str,
+        outcome: &str,
+    ) -> Result<(), WorkerError> {
         self.ops.dead_letter();
         if self.opts.errors_notify {
             self.ops.sent(SendKind::ErrorReport);
             let mailbox = self.opts.errors_mailbox.clone();
-            let first = req.content.first().cloned().unwrap_or_default();
-            let sent = self.conns[conn].client.sendto(
-                &mailbox,
-                &clip(&req.subject),
-                "",
-                0,
-                vec![text.as_bytes().to_vec(), first],
+            let frames = super::outcomes::dead_letter_frames(
+                req,
+                text,
+                outcome,
+                std::time::SystemTime::now(),
             );
+            let sent = self.conns[conn]
+                .client
+                .sendto(&mailbox, &clip(&req.subject), "", 0, frames);
             self.outcome(sent)?;
         }
         if (self.opts.errors_reply || req.wants_reply()) && !req.sender.is_empty() {
@@ -735,7 +749,7 @@ impl Hub {
         if stopping {
             return self.send_back(conn, &job.request, text);
         }
-        self.dead_letter(conn, &job.request, text)
+        self.dead_letter(conn, &job.request, text, "unrun")
     }
 
     /// Hands a waiting retry back to its service, then confirms our copy.
@@ -778,6 +792,7 @@ impl Hub {
                 &format!(
                     "{why}; it could not be handed back (requester address and tracker too long)"
                 ),
+                "unrun",
             ),
         }
     }
@@ -868,6 +883,7 @@ impl Hub {
                     f.conn,
                     &req,
                     "worker stopping: request did not finish in time",
+                    "stopped",
                 )?;
             }
         }

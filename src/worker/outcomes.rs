@@ -352,6 +352,95 @@ impl<T> RetryQueue<T> {
     }
 }
 
+/// Version of the metadata frame of a dead letter (its `"format"` field).
+pub const DEAD_LETTER_FORMAT: u32 = 1;
+
+/// The frames of a dead letter's report to the error mailbox.
+///
+/// The first two are the original report, which libmlm readers of the
+/// original already parse: the report text, then the request's first
+/// content frame (empty if it had none). A third, trailing frame carries a
+/// JSON object with everything needed to replay the request: its service
+/// address and subject, the requester and tracker that waited (null when
+/// none did), the outcome, reason, attempt and hop counts, when it was
+/// given up (RFC 3339, UTC) and all its content frames (`{"text": ..}` for
+/// UTF-8, `{"base64": ..}` otherwise). Readers of the original format
+/// ignore frames beyond the second. See docs/PROTOCOL-NOTES.md.
+pub fn dead_letter_frames(
+    req: &Request,
+    text: &str,
+    outcome: &str,
+    when: std::time::SystemTime,
+) -> Vec<Vec<u8>> {
+    let first = req.content.first().cloned().unwrap_or_default();
+    let or_null = |s: &str| {
+        if s.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::Value::from(s)
+        }
+    };
+    let frames: Vec<serde_json::Value> = req.content.iter().map(|f| frame_json(f)).collect();
+    let meta = serde_json::json!({
+        "format": DEAD_LETTER_FORMAT,
+        "address": req.address,
+        "subject": req.subject,
+        "requester": or_null(&req.sender),
+        "tracker": or_null(&req.tracker),
+        "outcome": outcome,
+        "reason": text,
+        "attempts": req.attempt,
+        "hops": req.hops,
+        "when": rfc3339(when),
+        "frames": frames,
+    });
+    vec![
+        text.as_bytes().to_vec(),
+        first,
+        meta.to_string().into_bytes(),
+    ]
+}
+
+/// One content frame as JSON: its text when it is UTF-8, else base64.
+pub fn frame_json(frame: &[u8]) -> serde_json::Value {
+    use base64::Engine as _;
+    match std::str::from_utf8(frame) {
+        Ok(t) => serde_json::json!({ "text": t }),
+        Err(_) => serde_json::json!({
+            "base64": base64::engine::general_purpose::STANDARD.encode(frame)
+        }),
+    }
+}
+
+/// A time as RFC 3339 in UTC with milliseconds (`2026-12-05T17:20:01.234Z`);
+/// times before 1970 are written as the epoch.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    let d = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    let secs = d.as_secs();
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (the proleptic Gregorian
+    // calendar, counted in 400-year eras of 146097 days).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -617,5 +706,62 @@ mod tests {
         assert_eq!(q.take_if(|v| *v == "d"), vec!["d"]);
         assert_eq!(q.drain(), vec!["c"]);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn rfc3339_writes_utc_civil_dates() {
+        let at = |s: u64, ms: u64| {
+            rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(s) + Duration::from_millis(ms))
+        };
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000Z");
+        // 2000-02-29 (a leap day in a century leap year) 12:34:56.789
+        assert_eq!(at(951_827_696, 789), "2000-02-29T12:34:56.789Z");
+        // 2026-12-05 17:20:01 and the last second of 2023
+        assert_eq!(at(1_796_491_201, 0), "2026-12-05T17:20:01.000Z");
+        assert_eq!(at(1_704_067_199, 999), "2023-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn a_dead_letter_keeps_the_original_report_and_adds_replay_metadata() {
+        let mut r = req(2);
+        r.content = vec![b"first".to_vec(), vec![0xff, 0x00, 0x41]];
+        let when = std::time::UNIX_EPOCH + Duration::from_secs(1_704_067_199);
+        let frames = dead_letter_frames(&r, "dead letter: fail: boom", "fail", when);
+        assert_eq!(frames.len(), 3);
+        // The original format: report text, then the first content frame.
+        assert_eq!(frames[0], b"dead letter: fail: boom");
+        assert_eq!(frames[1], b"first");
+        let meta: serde_json::Value = serde_json::from_slice(&frames[2]).unwrap();
+        assert_eq!(
+            meta,
+            serde_json::json!({
+                "format": 1,
+                "address": r.address,
+                "subject": r.subject,
+                "requester": r.sender,
+                "tracker": r.tracker,
+                "outcome": "fail",
+                "reason": "dead letter: fail: boom",
+                "attempts": 2,
+                "hops": 0,
+                "when": "2023-12-31T23:59:59.000Z",
+                "frames": [{"text": "first"}, {"base64": "/wBB"}],
+            })
+        );
+    }
+
+    #[test]
+    fn a_dead_letter_without_requester_or_content_says_null_and_empty() {
+        let mut r = req(1);
+        r.sender.clear();
+        r.tracker.clear();
+        r.content.clear();
+        let frames = dead_letter_frames(&r, "x", "error", std::time::UNIX_EPOCH);
+        assert_eq!(frames[1], b"");
+        let meta: serde_json::Value = serde_json::from_slice(&frames[2]).unwrap();
+        assert_eq!(meta["requester"], serde_json::Value::Null);
+        assert_eq!(meta["tracker"], serde_json::Value::Null);
+        assert_eq!(meta["frames"], serde_json::json!([]));
+        assert_eq!(meta["outcome"], "error");
     }
 }
