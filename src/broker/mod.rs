@@ -30,6 +30,7 @@
 
 pub mod acl;
 mod config;
+pub mod console;
 pub mod core;
 mod monitor;
 pub mod ops;

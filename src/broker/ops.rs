@@ -378,6 +378,7 @@ fn http_router(
     Router::new()
         .health(move || health.health(Instant::now()))
         .metrics(metrics)
+        .route(Method::GET, "/", super::console::index)
         .route(Method::GET, "/v1/clients", get(Query::Clients))
         .route(Method::GET, "/v1/services", get(Query::Services))
         .route(Method::GET, "/v1/mailboxes", get(Query::Mailboxes))
