@@ -35,6 +35,7 @@ pub mod core;
 mod monitor;
 pub mod ops;
 mod router;
+pub mod series;
 pub mod storage;
 mod zap;
 
