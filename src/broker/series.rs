@@ -144,7 +144,10 @@ mod tests {
         }
         let j = series.to_json();
         assert_eq!(j["services"]["echo"]["depth"], json!([2, 3, 4]));
-        assert_eq!(j["services"]["echo"]["requests_per_second"], json!([10.0, 10.0, 10.0]));
+        assert_eq!(
+            j["services"]["echo"]["requests_per_second"],
+            json!([10.0, 10.0, 10.0])
+        );
     }
 
     #[test]
