@@ -2,8 +2,8 @@
 //! second, redeliveries and dead letters over the last minutes, sampled at a
 //! fixed resolution and kept in memory, bounded (a fixed number of samples
 //! per series and of services). Time is an argument, so it is tested
-//! without sockets or clocks. Served as `GET /v1/series` once wired to the
-//! router's tick (not yet: see docs/CONSOLE.md).
+//! without sockets or clocks. The router samples it in `RouterOps::publish`
+//! and serves it as `GET /v1/series`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
