@@ -30,10 +30,12 @@
 
 pub mod acl;
 mod config;
+pub mod console;
 pub mod core;
 mod monitor;
 pub mod ops;
 mod router;
+pub mod series;
 pub mod storage;
 mod zap;
 

@@ -37,6 +37,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde_json::{json, Value};
 
 use super::core::{ClientInfo, Core, Counters, Journal, Stats};
+use super::series::{Sample as SeriesSample, Series};
 use crate::ops::http::{
     reply_channel, Health, HttpError, HttpOptions, HttpRequest, HttpResponse, HttpServer, Method,
     Reply, Responder, Router,
@@ -59,6 +60,12 @@ pub const SERVICE_LABELS: usize = 256;
 
 /// Admin requests that may wait for the router at once (`503` beyond).
 const ADMIN_QUEUE: usize = 64;
+
+/// The console's charts: one point a second for 15 minutes, for at most
+/// 200 services (bounded memory: 4 lines of 900 points each).
+const SERIES_EVERY: Duration = Duration::from_secs(1);
+const SERIES_KEEP: usize = 900;
+const SERIES_SERVICES: usize = 200;
 
 /// A router that has not turned for this long is reported stalled by
 /// `/health` (it turns at least every 100 ms when idle; a turn under load
@@ -147,6 +154,9 @@ pub enum Query {
     Mailboxes,
     /// `GET /v1/streams`.
     Streams,
+    /// `GET /v1/series`: the console's charts (answered from the router's
+    /// series, not the core).
+    Series,
     /// `POST /v1/clients/<address>/maintenance`.
     Maintenance {
         /// The client's address (percent-decoded).
@@ -176,6 +186,8 @@ struct HttpSide {
     wake: WakeReceiver,
     metrics: BrokerMetrics,
     next_gauges: Instant,
+    /// The console's charts, sampled in `publish`.
+    series: Series,
 }
 
 impl RouterOps {
@@ -232,7 +244,10 @@ impl RouterOps {
             if !req.responder.is_wanted() {
                 continue;
             }
-            let response = answer(core, &req.query, now);
+            let response = match req.query {
+                Query::Series => HttpResponse::json(200, &h.series.to_json()),
+                _ => answer(core, &req.query, now),
+            };
             req.responder.send(response);
         }
     }
@@ -246,6 +261,32 @@ impl RouterOps {
         if now >= h.next_gauges {
             h.next_gauges = after(now, GAUGE_EVERY);
             h.metrics.gauges(&core.stats());
+        }
+        if h.series.due(now) {
+            // Per service the depth; the core counts dispatches and
+            // redeliveries for the whole broker only, so those lines are
+            // drawn under the label "*" (all services).
+            let stats = core.stats();
+            let c = &stats.counters;
+            let mut samples: Vec<(String, SeriesSample)> = vec![(
+                "*".into(),
+                SeriesSample {
+                    depth: stats.services.iter().map(|s| s.queued as u64).sum(),
+                    dispatched: c.requests_dispatched,
+                    redeliveries: c.requests_redelivered,
+                    dead_letters: 0,
+                },
+            )];
+            samples.extend(stats.services.iter().map(|s| {
+                (
+                    s.name.clone(),
+                    SeriesSample {
+                        depth: s.queued as u64,
+                        ..SeriesSample::default()
+                    },
+                )
+            }));
+            h.series.record(now, &samples);
         }
     }
 
@@ -323,6 +364,7 @@ impl BrokerOps {
                     wake,
                     metrics: broker_metrics,
                     next_gauges: now,
+                    series: Series::new(SERIES_EVERY, SERIES_KEEP, SERIES_SERVICES),
                 }),
             },
         ))
@@ -386,10 +428,12 @@ fn http_router(
     Router::new()
         .health(move || health.health(Instant::now()))
         .metrics(metrics)
+        .route(Method::GET, "/", super::console::index)
         .route(Method::GET, "/v1/clients", get(Query::Clients))
         .route(Method::GET, "/v1/services", get(Query::Services))
         .route(Method::GET, "/v1/mailboxes", get(Query::Mailboxes))
         .route(Method::GET, "/v1/streams", get(Query::Streams))
+        .route(Method::GET, "/v1/series", get(Query::Series))
         .route_prefix(
             Method::POST,
             "/v1/clients/",
@@ -494,6 +538,7 @@ pub fn answer<J: Journal>(core: &mut Core<J>, query: &Query, now: Instant) -> Ht
                 .collect();
             HttpResponse::json(200, &json!({ "mailboxes": list }))
         }
+        Query::Series => HttpResponse::text(404, "series are kept beside the core"),
         Query::Streams => {
             let list: Vec<Value> = core
                 .streams()
