@@ -18,7 +18,9 @@
 //! | `mlm_server/mailbox/expiry` | reclaim a mailbox whose address is away this long, ms | `3600000` |
 //! | `mlm_server/storage/dir` | keep mail and requests on disk there (relative: to the file's directory); empty: in memory | empty |
 //! | `mlm_server/storage/sync` | `always` (fsync before answering) or `batch` (fsync at most every 5 ms) | `batch` |
-//! | `mlm_server/http/listen` | `host:port` for `/health`, `/metrics` and the admin API; empty: not served | empty |
+//! | `mlm_server/http/listen` | `host:port` for `/health`, `/metrics`, the admin API and the console; empty: not served | empty |
+//! | `mlm_server/http/token`, `…/token_file` | the bearer token every HTTP request but `/health` and the console page needs | none |
+//! | `mlm_server/http/open_reads` | with a token, let reads (GET) through without it: a read-only console for everyone, changes for token holders (`0`/`1`) | `0` |
 //!
 //! An unknown key is a warning; a bad value is an error naming the key.
 //! Relative file names are taken from the configuration file's directory.
@@ -67,6 +69,7 @@ pub const BROKER_KEYS: &[&str] = &[
     "mlm_server/storage/dir",
     "mlm_server/http/token",
     "mlm_server/http/token_file",
+    "mlm_server/http/open_reads",
     "mlm_server/http/listen",
     "mlm_server/storage/sync",
 ];
@@ -180,6 +183,9 @@ pub fn parse_config_with_env(
             "mlm_server/service/dead_letters" => cfg.dead_letters = v.to_string(),
             "mlm_server/storage/dir" => storage_dir = v.to_string(),
             "mlm_server/http/token" => http_token = v.to_string(),
+            "mlm_server/http/open_reads" => {
+                cfg.http_open_reads = parse_bool(v).ok_or_else(|| bad("0 or 1"))?
+            }
             "mlm_server/http/token_file" => {
                 http_token_file = if v.is_empty() {
                     String::new()

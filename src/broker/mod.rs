@@ -29,6 +29,7 @@
 //! router.
 
 pub mod acl;
+pub mod admin;
 mod config;
 pub mod console;
 pub mod core;
@@ -105,8 +106,12 @@ pub struct BrokerConfig {
     /// `host:port` for `/health`, `/metrics` and the admin API; `None`:
     /// not served.
     pub http_listen: Option<String>,
-    /// The bearer token the HTTP listener requires (all but `/health`).
+    /// The bearer token the HTTP listener requires (all but `/health`
+    /// and the console page).
     pub http_token: Option<String>,
+    /// `mlm_server/http/open_reads`: with a token, reads (GET) are
+    /// allowed without it and only changes need it.
+    pub http_open_reads: bool,
     /// `mlm_server/service/max_deliveries`: deliveries of a request to
     /// workers that went away unconfirmed before it is dead-lettered as a
     /// poison request (0: no limit).
@@ -138,6 +143,7 @@ impl Default for BrokerConfig {
             storage: None,
             http_listen: None,
             http_token: None,
+            http_open_reads: false,
             max_deliveries: 5,
             dead_letters: "awerr".into(),
         }
@@ -257,9 +263,12 @@ impl Broker {
         // Before storage is opened: a taken HTTP port then leaves the store
         // untouched.
         let (ops, router_ops) = match &cfg.http_listen {
-            Some(listen) => {
-                ops::BrokerOps::serve(listen, cfg.storage.is_some(), cfg.http_token.clone())?
-            }
+            Some(listen) => ops::BrokerOps::serve(
+                listen,
+                cfg.storage.is_some(),
+                cfg.http_token.clone(),
+                cfg.http_open_reads,
+            )?,
             None => ops::BrokerOps::without_http(),
         };
         let storage = match &cfg.storage {

@@ -157,6 +157,8 @@ pub enum Query {
     /// `GET /v1/series`: the console's charts (answered from the router's
     /// series, not the core).
     Series,
+    /// Dead letters, mailbox peeks, queues: see [`super::admin`].
+    Admin(super::admin::AdminQuery),
     /// `POST /v1/clients/<address>/maintenance`.
     Maintenance {
         /// The client's address (percent-decoded).
@@ -263,9 +265,9 @@ impl RouterOps {
             h.metrics.gauges(&core.stats());
         }
         if h.series.due(now) {
-            // Per service the depth; the core counts dispatches and
-            // redeliveries for the whole broker only, so those lines are
-            // drawn under the label "*" (all services).
+            // Per service its depth, dispatch rate, redeliveries and poison
+            // dead letters; under "*" the whole broker's, with the error
+            // mailbox's size as its dead letters.
             let stats = core.stats();
             let c = &stats.counters;
             let mut samples: Vec<(String, SeriesSample)> = vec![(
@@ -274,7 +276,7 @@ impl RouterOps {
                     depth: stats.services.iter().map(|s| s.queued as u64).sum(),
                     dispatched: c.requests_dispatched,
                     redeliveries: c.requests_redelivered,
-                    dead_letters: 0,
+                    dead_letters: stats.dead_letters as u64,
                 },
             )];
             samples.extend(stats.services.iter().map(|s| {
@@ -282,7 +284,9 @@ impl RouterOps {
                     s.name.clone(),
                     SeriesSample {
                         depth: s.queued as u64,
-                        ..SeriesSample::default()
+                        dispatched: s.dispatched,
+                        redeliveries: s.redelivered,
+                        dead_letters: s.poisoned,
                     },
                 )
             }));
@@ -335,6 +339,7 @@ impl BrokerOps {
         listen: &str,
         durable: bool,
         token: Option<String>,
+        open_reads: bool,
     ) -> Result<(BrokerOps, RouterOps), OpsError> {
         let now = Instant::now();
         let shared = Arc::new(Shared {
@@ -349,6 +354,10 @@ impl BrokerOps {
         let mut opts = HttpOptions::new(listen);
         opts.thread_name = "alaska-broker-http".into();
         opts.token = token;
+        opts.open_reads = open_reads;
+        // The console page holds no data (it asks the API for everything),
+        // so it loads without the token and then asks for it.
+        opts.public = vec!["/"];
         let server = HttpServer::start(opts, Arc::new(http_router(&shared, metrics, tx, waker)))?;
         let liveness = Liveness::new();
         Ok((
@@ -418,13 +427,20 @@ fn http_router(
             Err(TrySendError::Disconnected(_)) => Reply::Now(HttpResponse::text(503, "stopped")),
         }
     };
-    let ask = Arc::new(ask);
+    let ask: Arc<dyn Fn(Query) -> Reply + Send + Sync> = Arc::new(ask);
     let get = |q: Query| {
         let ask = ask.clone();
         move |_: HttpRequest| ask(q.clone())
     };
     let health = shared.clone();
     let maintenance = ask.clone();
+    let admin = |ask: &Arc<dyn Fn(Query) -> Reply + Send + Sync>| {
+        let ask = Arc::clone(ask);
+        move |req: HttpRequest| match super::admin::parse(&req) {
+            Ok(q) => ask(Query::Admin(q)),
+            Err(r) => Reply::Now(r),
+        }
+    };
     Router::new()
         .health(move || health.health(Instant::now()))
         .metrics(metrics)
@@ -434,6 +450,13 @@ fn http_router(
         .route(Method::GET, "/v1/mailboxes", get(Query::Mailboxes))
         .route(Method::GET, "/v1/streams", get(Query::Streams))
         .route(Method::GET, "/v1/series", get(Query::Series))
+        .route(Method::GET, "/v1/dead", admin(&ask))
+        .route_prefix(Method::GET, "/v1/dead/", admin(&ask))
+        .route_prefix(Method::POST, "/v1/dead/", admin(&ask))
+        .route_prefix(Method::DELETE, "/v1/dead/", admin(&ask))
+        .route_prefix(Method::GET, "/v1/mailboxes/", admin(&ask))
+        .route_prefix(Method::GET, "/v1/services/", admin(&ask))
+        .route_prefix(Method::POST, "/v1/services/", admin(&ask))
         .route_prefix(
             Method::POST,
             "/v1/clients/",
@@ -471,24 +494,7 @@ pub fn maintenance_query(req: &HttpRequest) -> Result<Query, HttpResponse> {
     }
 }
 
-/// `%XX` sequences decoded (addresses may hold `/`, spaces, anything);
-/// `None` for a bad sequence or bytes that are not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
+use super::admin::percent_decode;
 
 // ----- answers, on the router thread -------------------------------------
 
@@ -539,6 +545,7 @@ pub fn answer<J: Journal>(core: &mut Core<J>, query: &Query, now: Instant) -> Ht
             HttpResponse::json(200, &json!({ "mailboxes": list }))
         }
         Query::Series => HttpResponse::text(404, "series are kept beside the core"),
+        Query::Admin(q) => super::admin::answer(core, q),
         Query::Streams => {
             let list: Vec<Value> = core
                 .streams()
@@ -610,6 +617,7 @@ struct BrokerMetrics {
     services: IntGauge,
     mailboxes: IntGauge,
     mail_held: IntGauge,
+    dead_letters: IntGauge,
     mail_bytes: IntGauge,
     streams: IntGauge,
     stream_readers: IntGauge,
@@ -636,7 +644,7 @@ const COMMIT_BUCKETS: &[f64] = &[
 
 impl BrokerMetrics {
     fn new(m: &Metrics, durable: bool) -> Result<BrokerMetrics, MetricsError> {
-        let fields: [(&str, &str, Field); 20] = [
+        let fields: [(&str, &str, Field); 23] = [
             ("commands_total", "MLM commands received (malformed ones included).", |c| c.commands),
             ("malformed_commands_total", "Commands that could not be decoded, or that only a broker sends; each dropped its sender.", |c| c.malformed),
             ("clients_opened_total", "CONNECTION OPENs accepted.", |c| c.clients_opened),
@@ -656,6 +664,9 @@ impl BrokerMetrics {
             ("mailboxes_reclaimed_total", "Mailboxes reclaimed: their owner stayed away past the expiry.", |c| c.mailboxes_reclaimed),
             ("stream_messages_total", "STREAM SENDs received.", |c| c.stream_messages),
             ("stream_deliveries_total", "STREAM DELIVERs made.", |c| c.stream_deliveries),
+            ("requests_replayed_total", "Requests queued by the broker itself: dead letters replayed through the admin API.", |c| c.requests_replayed),
+            ("requests_purged_total", "Queued requests purged through the admin API.", |c| c.requests_purged),
+            ("mail_removed_total", "Stored mail (dead letters included) deleted or purged through the admin API.", |c| c.mail_removed),
             ("maintenance_commands_total", "maint/1 commands received from clients (CONFIRM maintenance:on|off).", |c| c.maintenance_commands),
         ];
         let mut counters = Vec::with_capacity(fields.len());
@@ -702,6 +713,7 @@ impl BrokerMetrics {
             services: m.gauge("services", "Services with offers or queued requests.")?,
             mailboxes: m.gauge("mailboxes", "Mailboxes holding mail for an absent owner.")?,
             mail_held: m.gauge("mail_held", "Mail held in mailboxes.")?,
+            dead_letters: m.gauge("dead_letters", "Dead letters kept in the error mailbox (mlm_server/service/dead_letters), browsable through /v1/dead.")?,
             mail_bytes: m.gauge("mail_held_bytes", "Content bytes of the mail held.")?,
             streams: m.gauge("streams", "Streams with at least one reader.")?,
             stream_readers: m.gauge("stream_readers", "STREAM READ subscriptions.")?,
@@ -749,6 +761,7 @@ impl BrokerMetrics {
         set(&self.services, s.services.len());
         set(&self.mailboxes, s.mailboxes);
         set(&self.mail_held, s.mail_held);
+        set(&self.dead_letters, s.dead_letters);
         set(&self.mail_bytes, s.mail_bytes);
         set(&self.streams, s.streams);
         set(&self.stream_readers, s.stream_readers);
@@ -877,6 +890,9 @@ mod tests {
             name: name.into(),
             queued,
             bytes: 0,
+            dispatched: 0,
+            redelivered: 0,
+            poisoned: 0,
             offers: 1,
             unconfirmed: 0,
             workers: 1,
@@ -890,6 +906,7 @@ mod tests {
             mailboxes: 0,
             mail_held: 0,
             mail_bytes: 0,
+            dead_letters: 0,
             streams: 0,
             stream_readers: 0,
         };

@@ -63,7 +63,7 @@ impl Series {
     /// Records one sample of every service at `now`. Counters give a rate
     /// and a count per interval; a service gone from `samples` is dropped.
     pub fn record(&mut self, now: Instant, samples: &[(String, Sample)]) {
-        self.next = Some(now + self.resolution);
+        self.next = Some(crate::time::after(now, self.resolution));
         let secs = self.resolution.as_secs_f64();
         self.services
             .retain(|name, _| samples.iter().any(|(n, _)| n == name));

@@ -309,6 +309,11 @@ pub struct HttpOptions {
     pub body_timeout: Duration,
     /// The bearer token every request but `/health` needs (`None`: none).
     pub token: Option<String>,
+    /// With a token: reads (GET, HEAD) are allowed without it.
+    pub open_reads: bool,
+    /// Paths read (GET, HEAD) without the token, besides `/health`: pages
+    /// that hold no data of their own.
+    pub public: Vec<&'static str>,
     /// State changes must be `application/json` (admin APIs; the gateway,
     /// whose bodies are any bytes, relies on the `Origin` check alone).
     pub json_writes: bool,
@@ -329,6 +334,8 @@ impl HttpOptions {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             token: None,
+            open_reads: false,
+            public: Vec::new(),
             json_writes: true,
             grace: Duration::from_secs(1),
             thread_name: "alaska-http".into(),
@@ -437,6 +444,8 @@ async fn serve(
     let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
     let guard = Arc::new(Guard {
         token: opts.token.clone(),
+        open_reads: opts.open_reads,
+        public: opts.public.clone(),
         json_writes: opts.json_writes,
         loopback,
         max_body: opts.max_body,
@@ -486,6 +495,8 @@ async fn serve(
 /// What every request is checked against before its route sees it.
 struct Guard {
     token: Option<String>,
+    open_reads: bool,
+    public: Vec<&'static str>,
     json_writes: bool,
     loopback: bool,
     max_body: usize,
@@ -543,7 +554,11 @@ impl Guard {
             }
         }
         let reads = parts.method == Method::GET || parts.method == Method::HEAD;
-        if !(reads && parts.uri.path() == "/health") {
+        let free = reads
+            && (self.open_reads
+                || parts.uri.path() == "/health"
+                || self.public.contains(&parts.uri.path()));
+        if !free {
             if let Some(token) = &self.token {
                 let given = header(hyper::header::AUTHORIZATION)
                     .and_then(|v| v.strip_prefix("Bearer "))

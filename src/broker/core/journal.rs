@@ -35,6 +35,8 @@ pub enum Removal {
     Reclaimed,
     /// A poison request: past the delivery limit, dead-lettered.
     Poisoned,
+    /// Deleted or purged by an operator through the admin API.
+    Removed,
 }
 
 /// Receives the core's changes to what it holds.

@@ -22,6 +22,7 @@
 //! SERVICE OFFER, CREDIT, CONFIRM), `mailboxes.rs` (MAILBOX SEND, storage,
 //! expiry, reclaim), `streams.rs` (STREAM WRITE, READ, CANCEL, SEND).
 
+mod admin;
 mod authorize;
 mod clients;
 mod held;
@@ -441,7 +442,16 @@ impl<J: Journal> Core<J> {
             mail_bytes: self.mailboxes.values().map(|m| m.bytes).sum(),
             streams,
             stream_readers,
+            dead_letters: self
+                .mailboxes
+                .get(&self.cfg.dead_letters)
+                .map_or(0, |m| m.mail.len()),
         }
+    }
+
+    /// The error mailbox's address (`mlm_server/service/dead_letters`).
+    pub fn dead_letter_mailbox(&self) -> &str {
+        &self.cfg.dead_letters
     }
 
     /// The connected clients, sorted by address.

@@ -65,6 +65,13 @@ pub(super) struct Service {
     pub(super) count: usize,
     /// Content bytes queued.
     pub(super) bytes: usize,
+    /// SERVICE DELIVERs made, redeliveries included (for the console's
+    /// per-service rate; restarts from zero if the service is forgotten).
+    pub(super) dispatched: u64,
+    /// Requests that came back to the queue.
+    pub(super) redelivered: u64,
+    /// Requests dead-lettered past the delivery limit.
+    pub(super) poisoned: u64,
 }
 
 impl Service {
@@ -151,6 +158,23 @@ impl Service {
             self.groups.remove(subject);
         }
         Some(req)
+    }
+
+    /// Every queued request, oldest first (for the admin API's peek).
+    pub(super) fn queued(&self) -> Vec<&Held> {
+        let mut all: Vec<&Held> = self.groups.values().flat_map(|g| g.queue.iter()).collect();
+        all.sort_by_key(|h| h.id);
+        all
+    }
+
+    /// Takes every queued request out (the admin API's purge).
+    pub(super) fn take_all(&mut self) -> Vec<Held> {
+        self.ready.clear();
+        self.count = 0;
+        self.bytes = 0;
+        let mut all: Vec<Held> = self.groups.drain().flat_map(|(_, g)| g.queue).collect();
+        all.sort_by_key(|h| h.id);
+        all
     }
 
     /// Parks the ready group whose head is `head`: no offer matches it.
@@ -328,6 +352,9 @@ impl<J: Journal> Core<J> {
         }
         self.journal.stored(Kind::Request, service, &req, false);
         self.counters.requests_redelivered += 1;
+        if let Some(s) = self.services.get_mut(service) {
+            s.redelivered += 1;
+        }
         self.enqueue(service, req);
         self.touch_service(service);
     }
@@ -371,6 +398,7 @@ impl<J: Journal> Core<J> {
             let Some(mut req) = svc.pop(head) else {
                 break;
             };
+            svc.dispatched += 1;
             if let Some(t) = req.expires {
                 self.request_expiry.remove(&(t, req.id));
             }
@@ -448,6 +476,9 @@ impl<J: Journal> Core<J> {
     /// reply, so one request cannot take every worker down in turn.
     pub(super) fn poisoned(&mut self, service: &str, req: Held, now: Instant) {
         self.counters.requests_poisoned += 1;
+        if let Some(s) = self.services.get_mut(service) {
+            s.poisoned += 1;
+        }
         self.journal
             .removed(Kind::Request, req.id, Removal::Poisoned);
         let text = format!(
@@ -459,12 +490,39 @@ impl<J: Journal> Core<J> {
         );
         tracing::error!("{text}");
         let first = req.content.first().cloned().unwrap_or_default();
+        // The requester that waits, if any: the original one inside an
+        // alaska envelope (a request a worker sent back for a retry).
+        let (to, tracker) = match crate::worker::outcomes::Envelope::decode(&req.tracker) {
+            Some(env) => (env.sender, env.tracker),
+            None => (req.sender.clone(), req.tracker.clone()),
+        };
+        // The third frame: what a replay needs, in the workers' dead-letter
+        // format (docs/PROTOCOL-NOTES.md).
+        let or_null = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        let meta = serde_json::json!({
+            "format": crate::worker::outcomes::DEAD_LETTER_FORMAT,
+            "address": service,
+            "subject": req.subject,
+            "requester": or_null(&to),
+            "tracker": or_null(&tracker),
+            "outcome": "poison",
+            "reason": text,
+            "attempts": req.deliveries,
+            "deliveries": req.deliveries,
+            "hops": 0,
+            "when": crate::worker::outcomes::rfc3339(std::time::SystemTime::now()),
+            "frames": req.content.iter().map(|f| crate::worker::outcomes::frame_json(f)).collect::<Vec<_>>(),
+        });
         let report = Held {
             id: self.take_id(),
             sender: BROKER_SENDER.into(),
             subject: req.subject.clone(),
             tracker: String::new(),
-            content: vec![text.clone().into_bytes(), first],
+            content: vec![
+                text.clone().into_bytes(),
+                first,
+                meta.to_string().into_bytes(),
+            ],
             expires: None,
             deliveries: 0,
         };
@@ -472,12 +530,6 @@ impl<J: Journal> Core<J> {
         if !mailbox.is_empty() {
             self.post_mail(mailbox, report, now);
         }
-        // The requester, if it waits: the original one inside an alaska
-        // envelope (a request a worker sent back for a retry).
-        let (to, tracker) = match crate::worker::outcomes::Envelope::decode(&req.tracker) {
-            Some(env) => (env.sender, env.tracker),
-            None => (req.sender.clone(), req.tracker.clone()),
-        };
         if !to.is_empty() && !tracker.is_empty() {
             let reply = Held {
                 id: self.take_id(),
@@ -543,6 +595,9 @@ impl<J: Journal> Core<J> {
                     name: name.clone(),
                     queued: s.count,
                     bytes: s.bytes,
+                    dispatched: s.dispatched,
+                    redelivered: s.redelivered,
+                    poisoned: s.poisoned,
                     offers: s.offers.len(),
                     unconfirmed: unconfirmed.get(name.as_str()).copied().unwrap_or(0),
                     workers: workers.len(),

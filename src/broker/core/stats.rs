@@ -45,6 +45,13 @@ pub struct Counters {
     pub stream_messages: u64,
     /// STREAM DELIVERs made.
     pub stream_deliveries: u64,
+    /// Requests the broker queued in its own name (a dead letter
+    /// replayed through the admin API).
+    pub requests_replayed: u64,
+    /// Queued requests purged through the admin API.
+    pub requests_purged: u64,
+    /// Stored mail deleted or purged through the admin API.
+    pub mail_removed: u64,
     /// maint/1 commands received (`CONFIRM tracker="maintenance:…"`),
     /// unknown ones included.
     pub maintenance_commands: u64,
@@ -59,6 +66,12 @@ pub struct ServiceStats {
     pub queued: usize,
     /// Content bytes waiting in its queue.
     pub bytes: usize,
+    /// SERVICE DELIVERs made for it, redeliveries included.
+    pub dispatched: u64,
+    /// Its requests that came back to the queue.
+    pub redelivered: u64,
+    /// Its requests dead-lettered past the delivery limit.
+    pub poisoned: u64,
     /// Offers (one per client and SERVICE OFFER).
     pub offers: usize,
     /// Requests given to acknowledging workers and not yet confirmed.
@@ -90,6 +103,9 @@ pub struct Stats {
     pub streams: usize,
     /// STREAM READ subscriptions.
     pub stream_readers: usize,
+    /// Dead letters kept in the error mailbox
+    /// (`mlm_server/service/dead_letters`).
+    pub dead_letters: usize,
 }
 
 /// One service for the admin API: [`ServiceStats`] and who offers what.
