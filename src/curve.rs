@@ -578,6 +578,7 @@ pub struct CurveFlags {
     /// CURVE: our secret certificate file (NAME_secret).
     #[arg(
         long,
+        global = true,
         value_name = "FILE",
         env = "ALAS_CURVE_CERT",
         requires = "curve_server"
@@ -586,6 +587,7 @@ pub struct CurveFlags {
     /// CURVE: the broker's public certificate file.
     #[arg(
         long,
+        global = true,
         value_name = "FILE",
         env = "ALAS_CURVE_SERVER",
         requires = "curve_cert"

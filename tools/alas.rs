@@ -31,7 +31,12 @@ mod exit {
     pub const ERROR_REPLY: u8 = 7;
     pub const REFUSED_FULL: u8 = 8;
     pub const DENIED: u8 = 9;
+    pub const NOTHING: u8 = 10;
+    pub const NOT_FOUND: u8 = 11;
 }
+
+#[path = "alas/look.rs"]
+mod look;
 
 /// Command-line flags (the original's short flags kept).
 #[derive(Parser, Debug)]
@@ -47,12 +52,18 @@ at most N times; the first reply counts, later ones are dropped (-v counts them)
 Exit status: 0 ok; 1 other error; 2 usage or bad endpoint; 3 empty input;\n4 broker unreachable; 5 authentication or security handshake refused (the message\n\
 says why: credentials, CURVE key, broker key, mechanism); 6 no reply in time;\n\
 7 error reply; 8 broker refused the request: service queue full (send again later);\n\
-9 access denied by the broker's ACL.\n\n\
+9 access denied by the broker's ACL; 10 (read, listen, dead list) nothing arrived in\n\
+time; 11 (dead) no such dead letter.\n\n\
+Reading: `alas read MAILBOX`, `alas listen STREAM [PATTERN]`, `alas dead list|show|replay|\n\
+delete|purge` (see `alas help read`, ...). Without a subcommand alas sends, as always.\n\n\
 CURVE: --curve-cert names our secret certificate (made by `alaska-broker --keygen NAME`:\n\
 the NAME_secret file), --curve-server the broker's public certificate. Keys are only\n\
 ever read from files."
 )]
+#[command(args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<look::Command>,
     /// Broker endpoint, or several comma-separated in priority order.
     #[arg(
         short,
@@ -110,7 +121,11 @@ struct Args {
 
 fn main() -> ExitCode {
     let args: Args = alaska::docgen::parse();
-    match run(&args) {
+    let result = match &args.command {
+        Some(cmd) => look::run(cmd),
+        None => run(&args),
+    };
+    match result {
         Ok(()) => ExitCode::from(exit::OK),
         Err((code, msg)) => {
             eprintln!("alas: {msg}");
