@@ -163,6 +163,24 @@ pub fn run_with(
 ) -> Result<(), WorkerError> {
     pool_cfg.book = ops.board.scripts().clone();
     ops.board.describe(&opts.service, &opts.filter);
+    ops.board.describe_runners(
+        opts.runners
+            .iter()
+            .map(|r| super::status::RunnerInfo {
+                name: r.name.clone(),
+                kind: match &r.kind {
+                    super::runners::RunnerKind::Http(_) => "http".into(),
+                    super::runners::RunnerKind::Exec(_) => "exec".into(),
+                },
+                pattern: r.pattern.0.as_str().to_string(),
+                target: match &r.kind {
+                    super::runners::RunnerKind::Http(h) => h.url.clone(),
+                    super::runners::RunnerKind::Exec(e) => e.command.join(" "),
+                },
+                slots: r.slots(),
+            })
+            .collect(),
+    );
     let capacity = pool_cfg.size + pool_cfg.backlog;
     let vms = pool_cfg.size.max(1);
     let shared = Arc::new(SharedDict::new(pool_cfg.shared_bytes));

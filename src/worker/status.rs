@@ -181,7 +181,34 @@ struct About {
     service: String,
     filter: String,
     connections: Vec<ConnInfo>,
+    runners: Vec<RunnerInfo>,
 }
+
+/// One runner as the status shows it (filled by the dispatcher from the
+/// configuration, so that this module needs nothing of the runners').
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunnerInfo {
+    /// `worker/runners/<name>`.
+    pub name: String,
+    /// `http` or `exec`.
+    pub kind: String,
+    /// The subjects it takes (`match`).
+    pub pattern: String,
+    /// The URL it posts to, or the command it runs.
+    pub target: String,
+    /// Requests it holds at once.
+    pub slots: usize,
+}
+
+/// The worker's status page, served at `GET /`: the styles the broker's
+/// console uses, then its own body and script, embedded at build time.
+pub const STATUS_HTML: &str = concat!(
+    "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n",
+    "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n",
+    "<title>Alaska worker</title>\n<style>\n",
+    include_str!("../ops/assets/console.css"),
+    include_str!("assets/status.html"),
+);
 
 /// What the dispatcher and the HTTP thread share. See the module
 /// documentation.
@@ -264,6 +291,12 @@ impl Board {
         let mut a = self.about.lock().unwrap_or_else(|p| p.into_inner());
         a.service = service.to_string();
         a.filter = filter.to_string();
+    }
+
+    /// Records the runners, for `/v1/status` and the status page.
+    pub fn describe_runners(&self, runners: Vec<RunnerInfo>) {
+        let mut a = self.about.lock().unwrap_or_else(|p| p.into_inner());
+        a.runners = runners;
     }
 
     fn connections(&self) -> Vec<ConnInfo> {
@@ -349,6 +382,13 @@ impl WorkerOps {
                 }
             })
             .metrics(self.metrics.registry().clone())
+            .route(Method::GET, "/", |_| {
+                Reply::Now(
+                    HttpResponse::new(200, "text/html; charset=utf-8", STATUS_HTML)
+                        .with_header("Cache-Control", "no-store")
+                        .with_header("X-Content-Type-Options", "nosniff"),
+                )
+            })
             .route(Method::GET, "/v1/status", move |_| {
                 Reply::Now(HttpResponse::json(200, &status_json(&b2, &m2)))
             })
@@ -364,6 +404,9 @@ impl WorkerOps {
     pub fn serve(&self, listen: &str, token: Option<String>) -> Result<HttpServer, HttpError> {
         let mut opts = HttpOptions::new(listen);
         opts.token = token;
+        // The status page holds no data (it asks /v1/status, with the
+        // token), so it loads without the token and then asks for it.
+        opts.public = vec!["/"];
         HttpServer::start(opts, Arc::new(self.router()))
     }
 
@@ -516,9 +559,17 @@ pub fn status_json(board: &Board, m: &WorkerMetrics) -> Value {
             })
         })
         .collect();
-    let (service, filter) = {
+    let (service, filter, runners) = {
         let a = board.about.lock().unwrap_or_else(|p| p.into_inner());
-        (a.service.clone(), a.filter.clone())
+        let runners: Vec<Value> = a
+            .runners
+            .iter()
+            .map(|r| {
+                json!({"name": r.name, "type": r.kind, "match": r.pattern,
+                       "target": r.target, "slots": r.slots})
+            })
+            .collect();
+        (a.service.clone(), a.filter.clone(), runners)
     };
     let memory = m.vm_memory();
     let connections: Vec<Value> = board.connections().iter().map(conn_json).collect();
@@ -551,6 +602,7 @@ pub fn status_json(board: &Board, m: &WorkerMetrics) -> Value {
             "memory_total_bytes": memory.iter().sum::<u64>(),
         },
         "scripts": scripts,
+        "runners": runners,
     })
 }
 

@@ -11,8 +11,16 @@
 
 use crate::ops::http::{HttpRequest, HttpResponse, Reply};
 
-/// The page, embedded at build time so that the binary serves it alone.
-pub const INDEX_HTML: &str = include_str!("assets/index.html");
+/// The page, embedded at build time so that the binary serves it alone:
+/// the head, the styles the worker's status page shares
+/// (`src/ops/assets/console.css`), then the body and script.
+pub const INDEX_HTML: &str = concat!(
+    "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n",
+    "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n",
+    "<title>Alaska broker</title>\n<style>\n",
+    include_str!("../../ops/assets/console.css"),
+    include_str!("assets/index.html"),
+);
 
 /// `GET /`: the console page. `no-store` so that a new broker's page is
 /// never hidden behind a cached old one.
