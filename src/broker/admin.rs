@@ -457,9 +457,8 @@ pub fn answer<J: Journal>(core: &mut Core<J>, q: &AdminQuery) -> HttpResponse {
             filter,
             options,
         } => {
-            // (id, address, subject, frames) of each letter to replay.
-            let mut plan: Vec<(HeldId, Result<(String, String, Vec<Vec<u8>>), String>)> =
-                Vec::new();
+            // Each letter to replay, and where to (or why it cannot be).
+            let mut plan: Vec<(HeldId, Result<Target, String>)> = Vec::new();
             for h in core.mail_of(&mailbox) {
                 let l = Letter::read(h);
                 let wanted = match id {
@@ -547,6 +546,9 @@ pub fn answer<J: Journal>(core: &mut Core<J>, q: &AdminQuery) -> HttpResponse {
         }
     }
 }
+
+/// Where a replay goes: service address, subject, content frames.
+type Target = (String, String, Vec<Vec<u8>>);
 
 fn no_letter(id: HeldId) -> HttpResponse {
     HttpResponse::text(404, &format!("no dead letter {id}"))
