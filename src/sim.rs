@@ -800,11 +800,13 @@ impl World {
 
     /// The client's process dies: its session is gone, in-flight messages
     /// too; a fresh process connects later, with the same address or (half
-    /// the time) a new one.
+    /// the time, but never the mailbox reader) a new one.
     fn kill_client(&mut self, i: usize) {
         self.deaths += 1;
         self.disconnect(i);
-        let renamed = self.rng.chance(500);
+        // The mailbox reader comes back under its address: its mail waits
+        // there, and mail-once is checked on it to the end.
+        let renamed = self.rng.chance(500) && self.clients[i].role != Role::Reader;
         let now = self.now;
         let full = self.full;
         let c = &mut self.clients[i];
