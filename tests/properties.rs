@@ -1,18 +1,30 @@
 //! Property tests of every parser that reads what others send or write:
 //! the MLM codec, the ZPL reader, the ACL parser, the subject rules, the
-//! duration readers, the runner line protocol and the HTTP guard's header
-//! helpers. Each property runs `CASES` generated inputs (proptest shrinks a
-//! failure to a minimal one and prints it; a counterexample found becomes
-//! an example test of its own here).
+//! duration readers, the runner line protocol and the HTTP listener (any
+//! bytes on its socket); and of the producers' failover selection, driven
+//! by a simulated clock. Each property runs `CASES` generated inputs
+//! (`HTTP_CASES` for the socket one; proptest shrinks a failure to a
+//! minimal one and prints it; a counterexample found becomes an example
+//! test of its own here).
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use alaska::failover::{Balance, Links, Pick, Reach, Selector};
 use alaska::mlm::{Message, Status};
+use alaska::ops::http::{Health, HttpOptions, HttpRequest, HttpResponse, HttpServer, Method};
+use alaska::ops::http::{Reply, Router};
 use proptest::prelude::*;
 
 /// Cases per property (the case counts are in docs/tests.md).
 const CASES: u32 = 256;
+
+/// Cases of the HTTP property: each is a TCP connection to a live server.
+const HTTP_CASES: u32 = 128;
 
 fn config() -> ProptestConfig {
     ProptestConfig {
@@ -195,7 +207,7 @@ proptest! {
     #[test]
     fn acl_garbage_is_an_error_naming_the_line(text in "(user|default|open|send|mail|offer|read|write|\\PC|\n| {4}|=|\"){0,60}") {
         if let Err(e) = alaska::broker::acl::Acl::parse(&text, Path::new("acl.cfg")) {
-            prop_assert!(e.to_string().contains("acl.cfg"), "{}", e);
+            prop_assert!(e.to_string().starts_with("acl.cfg: line "), "{}", e);
         }
     }
 
@@ -231,5 +243,282 @@ proptest! {
     fn runner_lines_decode_or_fail(line in prop::collection::vec(any::<u8>(), 0..300), json in "\\{(\"(outcome|reply|after_ms|reason|frames|address|subject)\":(\"[a-z]{0,5}\"|[0-9e.-]{1,8}|null|\\[\\]),?){0,4}\\}") {
         let _ = alaska::worker::runners::protocol::decode_response(&line);
         let _ = alaska::worker::runners::protocol::decode_response(json.as_bytes());
+    }
+}
+
+// ----- failover selection under a simulated clock -------------------------
+
+/// One event of a producer's life with several brokers.
+#[derive(Debug, Clone)]
+enum LinkEvent {
+    /// Time passes (ms).
+    Wait(u64),
+    /// Broker `i`'s client reports connected or not, unreachable or not.
+    Observe(usize, bool, bool),
+    /// A request is sent: the selector picks.
+    Pick,
+    /// A request sent to broker `i` is sent again.
+    Resend(usize),
+}
+
+fn link_event() -> impl Strategy<Value = LinkEvent> {
+    prop_oneof![
+        (0u64..800).prop_map(LinkEvent::Wait),
+        (0usize..4, any::<bool>(), prop::bool::weighted(0.2))
+            .prop_map(|(i, c, u)| LinkEvent::Observe(i, c, u)),
+        Just(LinkEvent::Pick),
+        Just(LinkEvent::Pick),
+        (0usize..4).prop_map(LinkEvent::Resend),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// A producer never sends to a broker it does not believe up: every
+    /// pick is a connected broker (priority: the first one, every broker
+    /// ahead of it down); it waits only for a broker still within its
+    /// start-up grace, never past it; a broker that was up and went away
+    /// is down at once (no grace again); round robin leaves no connected
+    /// broker out for more than a turn of the list.
+    #[test]
+    fn failover_never_sends_to_a_broker_it_believes_down(
+        n in 1usize..4,
+        rr in any::<bool>(),
+        grace_ms in 0u64..2000,
+        events in prop::collection::vec(link_event(), 1..80),
+    ) {
+        let t0 = Instant::now();
+        let grace = Duration::from_millis(grace_ms);
+        let mut links = Links::new(n, grace, t0);
+        let mut sel = Selector::new(if rr { Balance::RoundRobin } else { Balance::Priority });
+        let mut now = t0;
+        let mut was_up = vec![false; n];
+        // Round robin: picks since each connected broker was last used.
+        let mut skipped = vec![0usize; n];
+        for e in events {
+            match e {
+                LinkEvent::Wait(ms) => now += Duration::from_millis(ms),
+                LinkEvent::Observe(i, connected, unreachable) => {
+                    let i = i % n;
+                    links.observe(i, connected, unreachable);
+                    was_up[i] |= connected;
+                    if !connected && was_up[i] {
+                        prop_assert_eq!(links.reach(i, now), Reach::Down, "no grace after being up");
+                    }
+                }
+                LinkEvent::Pick => {
+                    let reach = links.reaches(now);
+                    let past_grace = now.duration_since(t0) >= grace;
+                    let pick = sel.pick(&reach);
+                    match pick {
+                        Pick::Use(i) => {
+                            prop_assert_eq!(reach[i], Reach::Up, "sent to {} at {:?}", i, reach);
+                            if !rr {
+                                prop_assert!(reach[..i].iter().all(|r| *r == Reach::Down), "{:?}", reach);
+                            }
+                        }
+                        Pick::Wait => {
+                            prop_assert!(!past_grace, "waits past the grace: {:?}", reach);
+                            prop_assert!(reach.contains(&Reach::Pending));
+                        }
+                        Pick::NoBroker => prop_assert!(reach.iter().all(|r| *r == Reach::Down), "{:?}", reach),
+                    }
+                    if rr {
+                        for (j, r) in reach.iter().enumerate() {
+                            if *r == Reach::Up && pick != Pick::Use(j) && matches!(pick, Pick::Use(_)) {
+                                skipped[j] += 1;
+                                prop_assert!(skipped[j] < n, "broker {} left out for {} picks", j, skipped[j]);
+                            } else {
+                                skipped[j] = 0;
+                            }
+                        }
+                    }
+                }
+                LinkEvent::Resend(from) => {
+                    let from = from % n;
+                    let reach = links.reaches(now);
+                    match sel.after(from, &reach) {
+                        Pick::Use(i) => {
+                            prop_assert_eq!(reach[i], Reach::Up);
+                            let others = (0..n).any(|j| j != from && reach[j] == Reach::Up);
+                            prop_assert!(i != from || !others, "resent to the same broker with another up: {:?}", reach);
+                        }
+                        Pick::Wait => prop_assert!(reach.contains(&Reach::Pending) && now.duration_since(t0) < grace),
+                        Pick::NoBroker => prop_assert!(reach.iter().all(|r| *r == Reach::Down)),
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ----- the HTTP listener: any bytes ---------------------------------------
+
+/// The largest body the test listener accepts.
+const MAX_BODY: usize = 1024;
+
+/// The largest body a route was ever handed.
+static LARGEST_BODY: AtomicUsize = AtomicUsize::new(0);
+
+/// One listener for every case (a fresh connection each): what one hostile
+/// connection does must not hurt the next.
+fn http_server() -> &'static HttpServer {
+    static SERVER: OnceLock<HttpServer> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let mut o = HttpOptions::new("127.0.0.1:0");
+        o.max_body = MAX_BODY;
+        // Short: a head or body cut short waits for these, case after case.
+        o.header_timeout = Duration::from_millis(150);
+        o.body_timeout = Duration::from_millis(150);
+        let seen = |req: HttpRequest| {
+            LARGEST_BODY.fetch_max(req.body.len(), Ordering::Relaxed);
+            let _ = req.query_param("a");
+            Reply::Now(HttpResponse::text(200, "ok"))
+        };
+        let router = Router::new()
+            .health(|| Health::Up("up".into()))
+            .route(Method::POST, "/p", seen)
+            .route_prefix(Method::GET, "/g/", seen);
+        HttpServer::start(o, Arc::new(router)).expect("listener starts")
+    })
+}
+
+/// Sends `bytes` and reads the answer: until the server closes, or until
+/// one whole answer came (a head and its Content-Length of body), since a
+/// request the server takes keeps the connection open. Our side is not
+/// half-closed: the listener, as hyper does by default, drops a
+/// connection whose peer shut its writing side, answer and all.
+fn http_exchange(bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(http_server().local_addr()).expect("connects");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The server may answer and close before reading everything we send.
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+        if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if out.len() >= end + 4 + length {
+                return out;
+            }
+        }
+    }
+}
+
+/// A request head that is nearly right: methods, targets, header names
+/// and values, Content-Length and Transfer-Encoding drawn from what
+/// parsers trip on; then a body.
+fn http_request() -> impl Strategy<Value = Vec<u8>> {
+    let method = prop_oneof![
+        4 => Just("GET".to_string()),
+        4 => Just("POST".to_string()),
+        1 => Just("HEAD".to_string()),
+        1 => Just("PUT".to_string()),
+        1 => Just("G\0T".to_string()),
+        1 => "[A-Z]{0,8}"
+    ];
+    let target = prop_oneof![
+        4 => Just("/p".to_string()),
+        4 => Just("/g/x?a=1&a".to_string()),
+        1 => Just("/health".to_string()),
+        1 => "[ -~]{0,40}",
+        2 => "/[%0-9a-zA-Z?&=]{0,12}"
+    ];
+    let version = prop_oneof![
+        8 => Just("HTTP/1.1".to_string()),
+        1 => Just("HTTP/1.0".to_string()),
+        1 => Just("HTTP/2.0".to_string()),
+        1 => Just("HTTP/1.1 ".to_string()),
+        1 => "[ -~]{0,10}"
+    ];
+    let header = prop_oneof![
+        4 => Just("Host: localhost".to_string()),
+        6 => Just("Content-Type: application/json".to_string()),
+        6 => (0u64..3000).prop_map(|n| format!("Content-Length: {n}")),
+        1 => Just("Content-Length: 18446744073709551616".to_string()),
+        1 => Just("Content-Length: -1".to_string()),
+        1 => Just("Content-Length: 3, 4".to_string()),
+        2 => Just("Transfer-Encoding: chunked".to_string()),
+        1 => Just("Origin: http://evil.example".to_string()),
+        4 => "[a-zA-Z][a-zA-Z0-9-]{0,19}: [ -~]{0,60}",
+        1 => "[!-9;-~]{1,20}: [ -~]{0,60}",
+        1 => "[\\PC]{0,40}",
+        1 => (1usize..70_000).prop_map(|n| format!("X-Big: {}", "b".repeat(n))),
+    ];
+    let body = prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..64),
+        (0usize..3000).prop_map(|n| vec![b'{'; n]),
+        (0usize..3000).prop_map(|n| format!("{n:04}").into_bytes()),
+        Just(b"5\r\nhello\r\n0\r\n\r\n".to_vec()),
+        Just(b"fffffffffffffffff\r\nx".to_vec()),
+    ];
+    let eol = prop_oneof![6 => Just("\r\n"), 2 => Just("\n"), 1 => Just("\r")];
+    (
+        method,
+        target,
+        version,
+        prop::collection::vec(header, 0..6),
+        body,
+        eol,
+    )
+        .prop_map(|(m, t, v, headers, body, eol)| {
+            let mut out = format!("{m} {t} {v}{eol}").into_bytes();
+            for h in headers {
+                out.extend_from_slice(h.as_bytes());
+                out.extend_from_slice(eol.as_bytes());
+            }
+            out.extend_from_slice(eol.as_bytes());
+            out.extend_from_slice(&body);
+            out
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: HTTP_CASES, ..config() })]
+
+    /// Any bytes on the listener's socket, raw or a nearly right request,
+    /// get an HTTP answer with a status or a closed connection; never a
+    /// panic (the listener answers the next case and /health after all),
+    /// never a body over the limit handed to a route, never a head over
+    /// 64 KiB read into memory (431 or closed).
+    #[test]
+    fn http_any_bytes_get_an_answer_or_a_close(
+        bytes in prop_oneof![1 => prop::collection::vec(any::<u8>(), 0..2048), 4 => http_request()],
+    ) {
+        let answer = http_exchange(&bytes);
+        if !answer.is_empty() {
+            let head = String::from_utf8_lossy(&answer[..answer.len().min(12)]).into_owned();
+            prop_assert!(
+                (head.starts_with("HTTP/1.1 ") || head.starts_with("HTTP/1.0 ")) && head[9..12].chars().all(|c| c.is_ascii_digit()),
+                "not an HTTP answer: {:?}", String::from_utf8_lossy(&answer[..answer.len().min(200)])
+            );
+            let status: u16 = head[9..12].parse().unwrap();
+            prop_assert!((200..600).contains(&status));
+            if (200..300).contains(&status) {
+                let end = |pat: &[u8]| bytes.windows(pat.len()).position(|w| w == pat);
+                let head = [end(b"\r\n\r\n"), end(b"\n\n")].into_iter().flatten().min();
+                prop_assert!(head.is_some_and(|e| e <= 64 * 1024), "a head over 64 KiB was served");
+            }
+        }
+        prop_assert!(LARGEST_BODY.load(Ordering::Relaxed) <= MAX_BODY);
+        let health = http_exchange(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        prop_assert!(health.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&health));
+    }
+
+    /// Query parameters of any target: a value or none, never a panic.
+    #[test]
+    fn http_query_parameters_of_any_target(target in "[\\PC]{0,80}", name in "[\\PC]{0,8}") {
+        let r = HttpRequest::new(Method::GET, &target, Vec::new());
+        let _ = r.query_param(&name);
     }
 }
