@@ -106,7 +106,11 @@ fn acking_client(endpoint: &str, name: &str, credit: u16) -> Client {
 fn metrics_move_by_exactly_the_commands_sent() {
     let b = OpsBroker::start(|c| c.service_queue_limit.messages = 20);
     let a = agent();
-    assert_eq!(get(&a, &b.url("/health")), (200, "serving\n".into()));
+    // `starting` until the router's first turn (a loaded machine may show
+    // it): the broker serves from then on.
+    wait_for("the broker serving", || {
+        get(&a, &b.url("/health")) == (200, "serving\n".into())
+    });
     let before = b.scrape(&a);
     for (family, kind) in [
         ("alaska_broker_commands_total", "counter"),

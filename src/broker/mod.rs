@@ -309,8 +309,9 @@ impl Broker {
         tracing::info!("broker listening on {endpoint}");
         if let Some(addr) = ops.http_addr() {
             tracing::info!(
-                "broker serving http://{addr}: GET /health, /metrics, /v1/clients, /v1/services, \
-                 /v1/mailboxes, /v1/streams; POST /v1/clients/<address>/maintenance"
+                "broker serving http://{addr}: the console at /, GET /health, /metrics, /v1/clients, \
+                 /v1/services, /v1/mailboxes, /v1/streams, /v1/series, /v1/dead; POST \
+                 /v1/clients/<address>/maintenance, /v1/dead/<id>/replay (see docs/admin-api.md)"
             );
         }
         Ok(BrokerHandle {
