@@ -57,16 +57,14 @@ fn a_plain_start_without_c_creates_the_default_file() {
             .unwrap(),
     );
     let file = dir.path().join("alaska.cfg");
-    let deadline = Instant::now() + Duration::from_secs(30);
     // Ready (signal handlers in place, the file written and said): a
     // SIGTERM before the handlers would end it unlogged.
-    while !std::fs::read_to_string(&log_file)
-        .unwrap_or_default()
-        .contains("ready:")
-    {
-        assert!(Instant::now() < deadline, "the worker was not ready");
-        std::thread::sleep(Duration::from_millis(20)); // bounded poll: the file is the event
-    }
+    wait_file(
+        &log_file,
+        "ready:",
+        Duration::from_secs(30),
+        "the worker was not ready",
+    );
     // SAFETY: a signal to our own child.
     unsafe { libc::kill(w.0.id() as i32, libc::SIGTERM) };
     assert!(wait_exit(&mut w.0, Duration::from_secs(15)).is_some());
@@ -350,7 +348,13 @@ fn verbose_logs_each_request_and_syslog_mode_runs() {
 fn sigterm_with_a_stuck_vm(body: &str) -> (std::process::ExitStatus, Duration, String) {
     let b = broker();
     let dir = tempfile::tempdir().unwrap();
-    script(dir.path(), "stuck", body);
+    // The script says when it is in its loop: SIGTERM then finds the VM
+    // busy, which is what the callers test.
+    script(
+        dir.path(),
+        "stuck",
+        &format!("print('stuck: entered')\n{body}"),
+    );
     std::fs::write(
         dir.path().join("w.cfg"),
         config(
@@ -371,15 +375,12 @@ fn sigterm_with_a_stuck_vm(body: &str) -> (std::process::ExitStatus, Duration, S
     let mut p = client(b.endpoint(), "producer");
     p.sendfor("svc", "stuck", "t", 0, vec![b"x".to_vec()])
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("subject=stuck")
-    {
-        assert!(Instant::now() < deadline, "the request never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(200));
+    wait_file(
+        &log,
+        "stuck: entered",
+        Duration::from_secs(10),
+        "the request never started",
+    );
     let asked = Instant::now();
     // SAFETY: sending a signal to our own child.
     unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
@@ -758,14 +759,12 @@ fn syslog_without_dev_log_falls_back_to_stderr() {
             .spawn()
             .unwrap(),
     );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !std::fs::read_to_string(&log_file)
-        .unwrap_or_default()
-        .contains("ready:")
-    {
-        assert!(Instant::now() < deadline, "no log on stderr");
-        std::thread::sleep(Duration::from_millis(20)); // bounded poll of its log
-    }
+    wait_file(
+        &log_file,
+        "ready:",
+        Duration::from_secs(15),
+        "no log on stderr",
+    );
     // SAFETY: a signal to our own child.
     unsafe { libc::kill(w.0.id() as i32, libc::SIGTERM) };
     assert!(wait_exit(&mut w.0, Duration::from_secs(15)).is_some());
@@ -981,14 +980,7 @@ fn a_missing_or_empty_scripts_folder_is_an_error_in_the_log() {
                 .spawn()
                 .unwrap(),
         );
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !std::fs::read_to_string(&log_file)
-            .unwrap_or_default()
-            .contains("ready:")
-        {
-            assert!(Instant::now() < deadline, "not ready");
-            std::thread::sleep(Duration::from_millis(20)); // bounded poll of its log
-        }
+        wait_file(&log_file, "ready:", Duration::from_secs(15), "not ready");
         // SAFETY: a signal to our own child.
         unsafe { libc::kill(w.0.id() as i32, libc::SIGTERM) };
         assert!(wait_exit(&mut w.0, Duration::from_secs(15)).is_some());

@@ -33,13 +33,35 @@ fn screenshot_path(name: &str) -> PathBuf {
         .join(format!("{name}.png"))
 }
 
-/// Two in-process workers on `ep` running scripts from `dir`; their
-/// broker addresses.
-fn two_workers(ep: &str, dir: &std::path::Path) -> (Worker, Worker) {
-    (
-        Worker::start(ep, dir, |_, p| p.size = 2),
-        Worker::start(ep, dir, |_, p| p.size = 2),
-    )
+/// A live broker with HTTP, two in-process workers offering `svc` with
+/// the script `subject` = `body`, and a producer that has seen them serve.
+struct Live {
+    b: BrokerHandle,
+    base: String,
+    dir: tempfile::TempDir,
+    p: alaska::mlm::Client,
+    _workers: (Worker, Worker),
+}
+
+impl Live {
+    fn start(subject: &str, body: &str) -> Live {
+        let (b, base) = broker();
+        let dir = tempfile::tempdir().unwrap();
+        script(dir.path(), subject, body);
+        let workers = (
+            Worker::start(b.endpoint(), dir.path(), |_, p| p.size = 2),
+            Worker::start(b.endpoint(), dir.path(), |_, p| p.size = 2),
+        );
+        let mut p = client(b.endpoint(), "producer");
+        ready(&mut p, dir.path());
+        Live {
+            b,
+            base,
+            dir,
+            p,
+            _workers: workers,
+        }
+    }
 }
 
 /// The addresses of the clients offering `svc`, from the admin API.
@@ -100,12 +122,14 @@ fn the_console_shows_workers_depth_and_charts_that_move_under_load() {
     let Some(browser) = Browser::start("console overview") else {
         return;
     };
-    let (b, base) = broker();
-    let dir = tempfile::tempdir().unwrap();
-    script(dir.path(), "echo", "return alaskaContext");
-    let _workers = two_workers(b.endpoint(), dir.path());
-    let mut p = client(b.endpoint(), "producer");
-    ready(&mut p, dir.path());
+    // Every field bound (a `..` would drop the broker and the workers here).
+    let Live {
+        b,
+        base,
+        dir: _dir,
+        mut p,
+        _workers: _w,
+    } = Live::start("echo", "return alaskaContext");
     // A second service nobody offers: its depth is exactly 5.
     for _ in 0..5 {
         p.sendfor("backlog", "s", "", 0, vec![b"x".to_vec()])
@@ -173,12 +197,13 @@ fn maintenance_toggled_in_the_page_takes_a_worker_out() {
     let Some(browser) = Browser::start("console maintenance") else {
         return;
     };
-    let (b, base) = broker();
-    let dir = tempfile::tempdir().unwrap();
-    script(dir.path(), "echo", "return alaskaContext");
-    let _workers = two_workers(b.endpoint(), dir.path());
-    let mut p = client(b.endpoint(), "producer");
-    ready(&mut p, dir.path());
+    let Live {
+        b: _b,
+        base,
+        dir: _dir,
+        mut p,
+        _workers: _w,
+    } = Live::start("echo", "return alaskaContext");
     wait_for("two workers offering", || {
         worker_addresses(&base).len() == 2
     });
@@ -220,12 +245,13 @@ fn a_dead_letter_is_replayed_from_the_page() {
     let Some(browser) = Browser::start("console replay") else {
         return;
     };
-    let (b, base) = broker();
-    let dir = tempfile::tempdir().unwrap();
-    script(dir.path(), "job", "return alaska.fail('not yet')");
-    let _workers = two_workers(b.endpoint(), dir.path());
-    let mut p = client(b.endpoint(), "producer");
-    ready(&mut p, dir.path());
+    let Live {
+        b,
+        base,
+        dir,
+        mut p,
+        _workers: _w,
+    } = Live::start("job", "return alaska.fail('not yet')");
     p.sendfor("svc", "job", "t", 0, vec![b"order-7".to_vec()])
         .unwrap();
     expect(&mut p, DeliveryKind::Mailbox, WAIT);

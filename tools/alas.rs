@@ -177,36 +177,16 @@ fn run(args: &Args) -> Result<(), Failure> {
             }
         }
     }
-    let endpoints =
-        parse_endpoints(&args.endpoint).map_err(|e| (exit::USAGE, format!("--endpoint: {e}")))?;
     let name = args.name.clone().unwrap_or_else(unique_name);
-    let mut opts = ClientOptions::new(&endpoints[0], &name);
-    opts.timeout = Duration::from_millis(args.timeout.max(1));
-    if let Some(user) = &args.user {
-        opts.plain = Some(Credentials {
-            username: user.clone(),
-            password: args.password.clone().unwrap_or_default(),
-        });
-    }
-    if let Some(keys) = args
-        .curve
-        .keys()
-        .map_err(|e| (exit::USAGE, format!("CURVE: {e}")))?
-    {
-        if opts.plain.is_some() {
-            return Err((
-                exit::USAGE,
-                "PLAIN (-u) and CURVE cannot both be used".into(),
-            ));
-        }
-        opts.curve = Some(keys);
-    }
-    let mut brokers = Brokers::connect(&endpoints, &opts, args.balance).map_err(connect_failure)?;
-    match brokers.wait_usable(opts.timeout) {
-        Ok(Some(_)) => {}
-        Ok(None) => return Err(connect_failure(brokers.connect_error(opts.timeout))),
-        Err(e) => return Err((exit::OTHER, format!("connecting: {e}"))),
-    }
+    let timeout = Duration::from_millis(args.timeout.max(1));
+    let mut brokers = connect(
+        &args.endpoint,
+        &name,
+        timeout,
+        (args.user.as_deref(), args.password.as_deref()),
+        &args.curve,
+        args.balance,
+    )?;
     let wait = args.wait.unwrap_or_default();
     // Without --retries, --wait bounds the silence between replies (a long
     // --lines run is not cut while replies keep coming); with them, each
@@ -227,9 +207,9 @@ fn run(args: &Args) -> Result<(), Failure> {
         let broker = match brokers.pick(Instant::now()) {
             Pick::Use(b) => b,
             // The broker went away since: the next one, or wait for one.
-            _ => match brokers.wait_usable(opts.timeout) {
+            _ => match brokers.wait_usable(timeout) {
                 Ok(Some(b)) => b,
-                _ => return Err(connect_failure(brokers.connect_error(opts.timeout))),
+                _ => return Err(connect_failure(brokers.connect_error(timeout))),
             },
         };
         // A tracker says "I wait for an answer": workers reply (and send
@@ -261,7 +241,7 @@ fn run(args: &Args) -> Result<(), Failure> {
             .enumerate()
             .filter(|(_, n)| **n > 0)
             .map(|(b, n)| {
-                if endpoints.len() == 1 {
+                if brokers.len() == 1 {
                     brokers.endpoint(b).to_string()
                 } else {
                     format!("{} ({n})", brokers.endpoint(b))
@@ -537,6 +517,48 @@ fn refusal(refused: &[Refusal], sent: usize, and_then: Option<&str>) -> Failure 
         msg.push_str(more);
     }
     (code, msg)
+}
+
+/// Connects to every broker of `endpoint` (a comma-separated list) under
+/// the address `name`, with PLAIN (`plain`: user, password) or CURVE from
+/// the flags, and waits at most `timeout` for one to be usable: what every
+/// subcommand and the send share.
+fn connect(
+    endpoint: &str,
+    name: &str,
+    timeout: Duration,
+    plain: (Option<&str>, Option<&str>),
+    curve: &alaska::curve::CurveFlags,
+    balance: Balance,
+) -> Result<Brokers, Failure> {
+    let endpoints =
+        parse_endpoints(endpoint).map_err(|e| (exit::USAGE, format!("--endpoint: {e}")))?;
+    let mut opts = ClientOptions::new(&endpoints[0], name);
+    opts.timeout = timeout;
+    if let (Some(user), password) = plain {
+        opts.plain = Some(Credentials {
+            username: user.to_string(),
+            password: password.unwrap_or_default().to_string(),
+        });
+    }
+    if let Some(keys) = curve
+        .keys()
+        .map_err(|e| (exit::USAGE, format!("CURVE: {e}")))?
+    {
+        if opts.plain.is_some() {
+            return Err((
+                exit::USAGE,
+                "PLAIN (-u) and CURVE cannot both be used".into(),
+            ));
+        }
+        opts.curve = Some(keys);
+    }
+    let mut brokers = Brokers::connect(&endpoints, &opts, balance).map_err(connect_failure)?;
+    match brokers.wait_usable(timeout) {
+        Ok(Some(_)) => Ok(brokers),
+        Ok(None) => Err(connect_failure(brokers.connect_error(timeout))),
+        Err(e) => Err((exit::OTHER, format!("connecting: {e}"))),
+    }
 }
 
 fn connect_failure(e: ClientError) -> Failure {

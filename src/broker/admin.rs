@@ -199,6 +199,20 @@ pub fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// `%XX` for every byte but the unreserved ones (RFC 3986): a query value
+/// or path segment that [`percent_decode`] gives back as it was.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// The filter of a listing, from its query string (`+` is a space).
 fn query_filter(req: &HttpRequest) -> Result<Filter, HttpResponse> {
     let get = |name: &str| -> Result<Option<String>, HttpResponse> {
@@ -355,9 +369,11 @@ impl<'a> Letter<'a> {
             "when": field("when"),
             "format": meta.get("format").cloned().unwrap_or(json!(0)),
             "replayable": self.address().is_some(),
-            "frames": match self.frames() {
-                Ok(f) => f.iter().map(|f| frame_json(f)).collect::<Vec<_>>(),
-                Err(_) => vec![],
+            // The metadata's frames as they are written; the original
+            // format's one frame otherwise.
+            "frames": match meta.get("frames") {
+                Some(Value::Array(list)) => Value::Array(list.clone()),
+                _ => json!(self.held.content.get(1).map(|f| vec![frame_json(f)]).unwrap_or_default()),
             },
         });
         if full {
@@ -401,24 +417,30 @@ pub fn answer<J: Journal>(core: &mut Core<J>, q: &AdminQuery) -> HttpResponse {
             offset,
             limit,
         } => {
-            let all = core.mail_of(&mailbox);
-            let matching: Vec<Letter> = all
-                .iter()
-                .rev()
-                .map(|h| Letter::read(h))
-                .filter(|l| l.matches(filter))
-                .collect();
-            let letters: Vec<Value> = matching
-                .iter()
-                .skip(*offset)
-                .take(*limit)
-                .map(|l| l.to_json(false))
-                .collect();
+            // Newest first. Without a filter only the page shown is read
+            // (this runs on the router thread; the console asks every 2 s
+            // and the mailbox may hold thousands).
+            let newest_first = core.mail_of(&mailbox).into_iter().rev();
+            let (total, letters): (usize, Vec<Value>) = if *filter == Filter::default() {
+                let all: Vec<&Held> = newest_first.collect();
+                let page = all.iter().skip(*offset).take(*limit);
+                (
+                    all.len(),
+                    page.map(|h| Letter::read(h).to_json(false)).collect(),
+                )
+            } else {
+                let matching: Vec<Letter> = newest_first
+                    .map(Letter::read)
+                    .filter(|l| l.matches(filter))
+                    .collect();
+                let page = matching.iter().skip(*offset).take(*limit);
+                (matching.len(), page.map(|l| l.to_json(false)).collect())
+            };
             HttpResponse::json(
                 200,
                 &json!({
                     "mailbox": mailbox,
-                    "total": matching.len(),
+                    "total": total,
                     "offset": offset,
                     "letters": letters,
                 }),
@@ -524,27 +546,29 @@ pub fn answer<J: Journal>(core: &mut Core<J>, q: &AdminQuery) -> HttpResponse {
             HttpResponse::json(status, &json!({ "replayed": replayed, "failed": failed }))
         }
         AdminQuery::Mail { address, limit } => {
-            let all = core.mail_of(address);
-            let mail: Vec<Value> = all.iter().take(*limit).map(|h| held_json(h)).collect();
-            HttpResponse::json(
-                200,
-                &json!({ "address": address, "total": all.len(), "mail": mail }),
-            )
+            peek(("address", address), "mail", core.mail_of(address), *limit)
         }
-        AdminQuery::Queue { service, limit } => {
-            let all = core.queue_of(service);
-            let list: Vec<Value> = all.iter().take(*limit).map(|h| held_json(h)).collect();
-            HttpResponse::json(
-                200,
-                &json!({ "service": service, "total": all.len(), "requests": list }),
-            )
-        }
+        AdminQuery::Queue { service, limit } => peek(
+            ("service", service),
+            "requests",
+            core.queue_of(service),
+            *limit,
+        ),
         AdminQuery::PurgeQueue(service) => {
             let n = core.purge_queue(service);
             tracing::info!("admin API: {n} queued request(s) of {service:?} purged");
             HttpResponse::json(200, &json!({ "service": service, "purged": n }))
         }
     }
+}
+
+/// A peek: `{"<key>": name, "total": n, "<list>": [the first `limit`]}`.
+fn peek(named: (&str, &str), list: &str, all: Vec<&Held>, limit: usize) -> HttpResponse {
+    let items: Vec<Value> = all.iter().take(limit).map(|h| held_json(h)).collect();
+    let mut v = json!({ "total": all.len() });
+    v[named.0] = json!(named.1);
+    v[list] = Value::Array(items);
+    HttpResponse::json(200, &v)
 }
 
 /// Where a replay goes: service address, subject, content frames.
@@ -638,6 +662,14 @@ mod tests {
         );
         assert_eq!(status(req(Method::GET, "/v1/services/%zz/queue", "")), 400);
         assert_eq!(status(req(Method::GET, "/v1/dead/1/2/3", "")), 404);
+    }
+
+    #[test]
+    fn percent_encoding_round_trips() {
+        for s in ["plain", "a b&c=d+e%f/g", "héllo ✓", ""] {
+            assert_eq!(percent_decode(&percent_encode(s)).as_deref(), Some(s));
+        }
+        assert_eq!(percent_encode("a b"), "a%20b");
     }
 
     #[test]

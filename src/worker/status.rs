@@ -200,14 +200,12 @@ pub struct RunnerInfo {
     pub slots: usize,
 }
 
-/// The worker's status page, served at `GET /`: the styles the broker's
-/// console uses, then its own body and script, embedded at build time.
-pub const STATUS_HTML: &str = concat!(
-    "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n",
-    "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n",
-    "<title>Alaska worker</title>\n<style>\n",
-    include_str!("../ops/assets/console.css"),
+/// The worker's status page, served at `GET /`, embedded at build time
+/// in the console's style (see [`crate::ops::console_page`]).
+pub const STATUS_HTML: &str = crate::ops::console_page!(
+    "Alaska worker",
     include_str!("assets/status.html"),
+    include_str!("assets/status.js")
 );
 
 /// What the dispatcher and the HTTP thread share. See the module

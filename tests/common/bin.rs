@@ -69,3 +69,22 @@ pub fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::Ex
     }
     None
 }
+
+/// Waits until the file at `path` (a child's log) holds `needle`, reading
+/// it every 20 ms for at most `within` (the file is the event: the child
+/// writes it); returns its text. Panics with `what` and the text when it
+/// never does.
+pub fn wait_file(path: &Path, needle: &str, within: Duration, what: &str) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} within {within:?}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

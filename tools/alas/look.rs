@@ -14,14 +14,16 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use alaska::failover::{parse_endpoints, Balance, Brokers};
-use alaska::mlm::{ClientError, ClientOptions, Delivery};
+use alaska::broker::admin::{frame_of, percent_encode, Letter};
+use alaska::broker::core::Held;
+use alaska::failover::{Balance, Brokers, Pick};
+use alaska::mlm::{ClientError, Delivery};
 use alaska::time::after;
-use base64::Engine as _;
+use alaska::worker::outcomes::frame_json;
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
-use super::{connect_failure, exit, seconds, unique_name, Failure};
+use super::{exit, seconds, unique_name, Failure};
 
 /// The subcommands; without one, `alas` sends stdin as before.
 #[derive(Subcommand, Debug)]
@@ -214,77 +216,34 @@ pub fn run(cmd: &Command) -> Result<(), Failure> {
     }
 }
 
-// ----- connecting ----------------------------------------------------------
+// ----- connecting and receiving ------------------------------------------
 
 fn connect(conn: &Conn, address: &str) -> Result<Brokers, Failure> {
-    let endpoints =
-        parse_endpoints(&conn.endpoint).map_err(|e| (exit::USAGE, format!("--endpoint: {e}")))?;
-    let mut opts = ClientOptions::new(&endpoints[0], address);
-    opts.timeout = Duration::from_millis(conn.connect_timeout.max(1));
-    if let Some(user) = &conn.user {
-        opts.plain = Some(alaska::mlm::Credentials {
-            username: user.clone(),
-            password: conn.password.clone().unwrap_or_default(),
-        });
-    }
-    if let Some(keys) = conn
-        .curve
-        .keys()
-        .map_err(|e| (exit::USAGE, format!("CURVE: {e}")))?
-    {
-        if opts.plain.is_some() {
-            return Err((
-                exit::USAGE,
-                "PLAIN (-u) and CURVE cannot both be used".into(),
-            ));
-        }
-        opts.curve = Some(keys);
-    }
-    let mut brokers =
-        Brokers::connect(&endpoints, &opts, Balance::Priority).map_err(connect_failure)?;
-    match brokers.wait_usable(opts.timeout) {
-        Ok(Some(_)) => {}
-        Ok(None) => return Err(connect_failure(brokers.connect_error(opts.timeout))),
-        Err(e) => return Err((exit::OTHER, format!("connecting: {e}"))),
-    }
-    // An OPEN refused by an ACL (this address is not ours to read).
-    for c in brokers.clients() {
-        if let Some(e) = c.open_refused() {
-            return Err(connect_failure(e));
-        }
-    }
-    Ok(brokers)
+    super::connect(
+        &conn.endpoint,
+        address,
+        Duration::from_millis(conn.connect_timeout.max(1)),
+        (conn.user.as_deref(), conn.password.as_deref()),
+        &conn.curve,
+        Balance::Priority,
+    )
 }
 
-/// Prints deliveries until `out.count` are printed, `quiet` passes without
-/// one (`None`: never), or the brokers fail. Returns how many.
-fn print_until(
+/// Hands each delivery to `each` until `count` were handed, `quiet`
+/// passes without one (`None`: never), `each` says stop (a closed pipe),
+/// or the brokers fail or refuse. Returns how many were handed.
+fn receive(
     brokers: &mut Brokers,
-    out: &Output,
+    count: Option<u64>,
     quiet: Option<Duration>,
-    mut each: impl FnMut(&Delivery) -> Result<(), Failure>,
+    mut each: impl FnMut(Delivery) -> bool,
 ) -> Result<u64, Failure> {
     let mut n = 0u64;
     let mut until = quiet.map(|q| after(Instant::now(), q));
-    let mut stdout = std::io::stdout().lock();
     loop {
         while let Some((_, d)) = brokers.next_delivery() {
-            each(&d)?;
-            let line = if out.json {
-                delivery_json(&d).to_string() + "\n"
-            } else {
-                delivery_text(&d)
-            };
-            if stdout
-                .write_all(line.as_bytes())
-                .and_then(|()| stdout.flush())
-                .is_err()
-            {
-                // Whoever reads us went away (a closed pipe): stop.
-                return Ok(n + 1);
-            }
             n += 1;
-            if out.count.is_some_and(|c| n >= c) {
+            if !each(d) || count.is_some_and(|c| n >= c) {
                 return Ok(n);
             }
             until = quiet.map(|q| after(Instant::now(), q));
@@ -313,6 +272,31 @@ fn print_until(
     }
 }
 
+/// Writes `line` to stdout; false when whoever reads us went away (a
+/// closed pipe), which ends the reading.
+fn emit(line: &str) -> bool {
+    let mut out = std::io::stdout().lock();
+    out.write_all(line.as_bytes())
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+        .is_ok()
+}
+
+/// Receives and prints, as `out` says.
+fn print_until(
+    brokers: &mut Brokers,
+    out: &Output,
+    quiet: Option<Duration>,
+) -> Result<u64, Failure> {
+    receive(brokers, out.count, quiet, |d| {
+        emit(&if out.json {
+            delivery_json(&d).to_string()
+        } else {
+            delivery_text(&d)
+        })
+    })
+}
+
 /// A delivery as one JSON object.
 pub fn delivery_json(d: &Delivery) -> Value {
     json!({
@@ -320,15 +304,15 @@ pub fn delivery_json(d: &Delivery) -> Value {
         "address": d.address,
         "subject": d.subject,
         "tracker": d.tracker,
-        "frames": d.content.iter().map(|f| alaska::worker::outcomes::frame_json(f)).collect::<Vec<_>>(),
+        "frames": d.content.iter().map(|f| frame_json(f)).collect::<Vec<_>>(),
     })
 }
 
-/// A delivery as text: a header line, then each frame on its own lines,
+/// A delivery as text: a header line, then each frame on its own line,
 /// text as it is, anything else escaped.
 pub fn delivery_text(d: &Delivery) -> String {
     let mut s = format!(
-        "from {:?} to {:?} subject {:?} tracker {:?} ({} frame(s))\n",
+        "from {:?} to {:?} subject {:?} tracker {:?} ({} frame(s))",
         d.sender,
         d.address,
         d.subject,
@@ -336,11 +320,11 @@ pub fn delivery_text(d: &Delivery) -> String {
         d.content.len()
     );
     for f in &d.content {
+        s.push('\n');
         match std::str::from_utf8(f) {
             Ok(t) if !t.contains(['\0', '\x1b']) => s.push_str(t),
             _ => s.push_str(&escape(f)),
         }
-        s.push('\n');
     }
     s
 }
@@ -353,12 +337,6 @@ fn escape(f: &[u8]) -> String {
         .collect()
 }
 
-fn close(brokers: Brokers) {
-    for (_, r) in brokers.close() {
-        let _ = r;
-    }
-}
-
 // ----- read, listen --------------------------------------------------------
 
 fn read(a: &ReadArgs) -> Result<(), Failure> {
@@ -367,8 +345,8 @@ fn read(a: &ReadArgs) -> Result<(), Failure> {
         (true, t) => t,
         (false, t) => Some(t.unwrap_or(Duration::from_secs(1))),
     };
-    let n = print_until(&mut brokers, &a.out, quiet, |_| Ok(()))?;
-    close(brokers);
+    let n = print_until(&mut brokers, &a.out, quiet)?;
+    let _ = brokers.close();
     if n == 0 {
         return Err((
             exit::NOTHING,
@@ -400,8 +378,8 @@ fn listen(a: &ListenArgs) -> Result<(), Failure> {
         "alas: listening to stream {:?} subjects {:?}",
         a.stream, a.pattern
     );
-    let n = print_until(&mut brokers, &a.out, a.timeout, |_| Ok(()))?;
-    close(brokers);
+    let n = print_until(&mut brokers, &a.out, a.timeout)?;
+    let _ = brokers.close();
     if n == 0 {
         return Err((
             exit::NOTHING,
@@ -417,18 +395,18 @@ fn listen(a: &ListenArgs) -> Result<(), Failure> {
 
 // ----- dead letters --------------------------------------------------------
 
+/// How long the error mailbox must stay silent before a read through MLM
+/// takes it as emptied (stored mail comes right after the OPEN).
+const DRAINED: Duration = Duration::from_secs(1);
+
 fn dead(a: &DeadArgs) -> Result<(), Failure> {
     match (&a.api, &a.action) {
         (Some(api), action) => dead_api(a, api.trim_end_matches('/'), action),
         (None, DeadAction::List { json, .. }) => dead_mailbox_list(a, *json),
         (None, DeadAction::Purge { .. }) => {
             let mut brokers = connect(&a.conn, &a.mailbox)?;
-            let out = Output {
-                json: true,
-                count: None,
-            };
-            let n = count_until_quiet(&mut brokers, &out)?;
-            close(brokers);
+            let n = receive(&mut brokers, None, Some(DRAINED), |_| true)?;
+            let _ = brokers.close();
             println!("purged {n} dead letter(s) from {:?}", a.mailbox);
             Ok(())
         }
@@ -442,54 +420,22 @@ fn dead(a: &DeadArgs) -> Result<(), Failure> {
     }
 }
 
-/// Reads the mailbox to the end, printing nothing; how many.
-fn count_until_quiet(brokers: &mut Brokers, _out: &Output) -> Result<u64, Failure> {
-    let mut n = 0;
-    let mut until = after(Instant::now(), Duration::from_secs(1));
-    loop {
-        while brokers.next_delivery().is_some() {
-            n += 1;
-            until = after(Instant::now(), Duration::from_secs(1));
-        }
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(n);
-        }
-        brokers
-            .poll(None, left)
-            .map_err(|e| (exit::OTHER, format!("receiving: {e}")))?;
-    }
-}
-
-/// The letter a dead-letter mail holds: the metadata frame's fields (or,
-/// for the original two-frame format, the report and the first frame).
-pub fn letter_of(d: &Delivery) -> Value {
-    let meta = d
-        .content
-        .get(2)
-        .and_then(|f| serde_json::from_slice::<Value>(f).ok())
-        .filter(Value::is_object);
-    let report = d
-        .content
-        .first()
-        .map(|f| String::from_utf8_lossy(f).into_owned())
-        .unwrap_or_default();
-    match meta {
-        Some(mut m) => {
-            m["sender"] = json!(d.sender);
-            m["report"] = json!(report);
-            m
-        }
-        None => json!({
-            "format": 0,
-            "address": null,
-            "subject": d.subject,
-            "reason": report,
-            "report": report,
-            "sender": d.sender,
-            "frames": d.content.get(1).map(|f| vec![alaska::worker::outcomes::frame_json(f)]).unwrap_or_default(),
-        }),
-    }
+/// A mail of the error mailbox read as the admin API reads it
+/// ([`Letter`]): the same JSON whichever way the letters were listed,
+/// without an id (mail read over MLM has none).
+fn letter_of(d: Delivery) -> Value {
+    let held = Held {
+        id: 0,
+        sender: d.sender,
+        subject: d.subject,
+        tracker: d.tracker,
+        content: d.content,
+        expires: None,
+        deliveries: 0,
+    };
+    let mut v = Letter::read(&held).to_json(false);
+    v["id"] = Value::Null;
+    v
 }
 
 fn dead_mailbox_list(a: &DeadArgs, json_out: bool) -> Result<(), Failure> {
@@ -498,30 +444,15 @@ fn dead_mailbox_list(a: &DeadArgs, json_out: bool) -> Result<(), Failure> {
         a.mailbox
     );
     let mut brokers = connect(&a.conn, &a.mailbox)?;
-    let mut stdout = std::io::stdout().lock();
-    let mut n = 0u64;
-    let mut until = after(Instant::now(), Duration::from_secs(1));
-    loop {
-        while let Some((_, d)) = brokers.next_delivery() {
-            let letter = letter_of(&d);
-            let line = if json_out {
-                letter.to_string()
-            } else {
-                letter_line(&letter)
-            };
-            let _ = writeln!(stdout, "{line}");
-            n += 1;
-            until = after(Instant::now(), Duration::from_secs(1));
-        }
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        brokers
-            .poll(None, left)
-            .map_err(|e| (exit::OTHER, format!("receiving: {e}")))?;
-    }
-    close(brokers);
+    let n = receive(&mut brokers, None, Some(DRAINED), |d| {
+        let letter = letter_of(d);
+        emit(&if json_out {
+            letter.to_string()
+        } else {
+            letter_line(&letter)
+        })
+    })?;
+    let _ = brokers.close();
     if n == 0 {
         return Err((exit::NOTHING, format!("no dead letters in {:?}", a.mailbox)));
     }
@@ -546,25 +477,43 @@ fn letter_line(l: &Value) -> String {
     )
 }
 
-/// The frames of a saved letter (`frames` of the metadata), as bytes.
-fn frames_of(l: &Value) -> Result<Vec<Vec<u8>>, String> {
-    let Some(list) = l["frames"].as_array() else {
-        return Err("no \"frames\" list".into());
-    };
-    list.iter()
-        .map(|f| {
-            if let Some(t) = f["text"].as_str() {
-                Ok(t.as_bytes().to_vec())
-            } else if let Some(b) = f["base64"].as_str() {
-                base64::engine::general_purpose::STANDARD
-                    .decode(b)
-                    .map_err(|e| format!("bad base64 frame: {e}"))
-            } else {
-                Err("a frame is neither {\"text\"} nor {\"base64\"}".into())
-            }
-        })
+/// The frames of a saved JSON object (`{"frames": [{"text"}|{"base64"}]}`).
+fn frames_of(v: &Value) -> Result<Vec<Vec<u8>>, String> {
+    v["frames"]
+        .as_array()
+        .ok_or("no \"frames\" list")?
+        .iter()
+        .map(frame_of)
         .collect()
 }
+
+/// The request a saved line holds: a `dead list --json` line is a letter;
+/// a `read --json` line is the mail, whose frames hold the letter.
+fn saved_request(v: &Value) -> Result<(String, String, Vec<Vec<u8>>), String> {
+    if v.get("format").is_none() {
+        let held = Held {
+            id: 0,
+            sender: v["sender"].as_str().unwrap_or_default().into(),
+            subject: v["subject"].as_str().unwrap_or_default().into(),
+            tracker: String::new(),
+            content: frames_of(v)?,
+            expires: None,
+            deliveries: 0,
+        };
+        let l = Letter::read(&held);
+        return match l.address() {
+            Some(a) => Ok((a.to_string(), l.subject().to_string(), l.frames()?)),
+            None => Err(NO_SERVICE.into()),
+        };
+    }
+    match (v["address"].as_str(), v["subject"].as_str()) {
+        (Some(a), Some(s)) => Ok((a.to_string(), s.to_string(), frames_of(v)?)),
+        _ => Err(NO_SERVICE.into()),
+    }
+}
+
+const NO_SERVICE: &str =
+    "the letter does not name its service (the original two-frame format cannot be replayed)";
 
 fn replay_file(a: &DeadArgs, file: &std::path::Path) -> Result<(), Failure> {
     let text = std::fs::read_to_string(file)
@@ -574,48 +523,24 @@ fn replay_file(a: &DeadArgs, file: &std::path::Path) -> Result<(), Failure> {
         if line.trim().is_empty() {
             continue;
         }
-        let at = || format!("{} line {}", file.display(), i + 1);
+        let at = format!("{} line {}", file.display(), i + 1);
         let v: Value = serde_json::from_str(line)
-            .map_err(|e| (exit::USAGE, format!("{}: not JSON: {e}", at())))?;
-        // A `read --json` line (the mail itself) holds the letter in its
-        // third frame; a `dead list --json` line is the letter.
-        let letter = if v.get("tracker").is_some() && v.get("format").is_none() {
-            let frames = frames_of(&v).map_err(|e| (exit::USAGE, format!("{}: {e}", at())))?;
-            let d = Delivery {
-                kind: alaska::mlm::DeliveryKind::Mailbox,
-                sender: v["sender"].as_str().unwrap_or_default().into(),
-                address: v["address"].as_str().unwrap_or_default().into(),
-                subject: v["subject"].as_str().unwrap_or_default().into(),
-                tracker: String::new(),
-                content: frames,
-                ack: None,
-            };
-            letter_of(&d)
-        } else {
-            v
-        };
-        let (Some(address), Some(subject)) =
-            (letter["address"].as_str(), letter["subject"].as_str())
-        else {
-            return Err((
-                exit::USAGE,
-                format!(
-                    "{}: the letter does not name its service (the original two-frame format cannot be replayed)",
-                    at()
-                ),
-            ));
-        };
-        let frames = frames_of(&letter).map_err(|e| (exit::USAGE, format!("{}: {e}", at())))?;
-        plan.push((address.to_string(), subject.to_string(), frames));
+            .map_err(|e| (exit::USAGE, format!("{at}: not JSON: {e}")))?;
+        plan.push(saved_request(&v).map_err(|e| (exit::USAGE, format!("{at}: {e}")))?);
     }
     if plan.is_empty() {
         return Err((exit::EMPTY_INPUT, format!("{}: no letters", file.display())));
     }
     let mut brokers = connect(&a.conn, &unique_name())?;
-    for (address, subject, frames) in &plan {
+    for (address, subject, frames) in plan.iter().cloned() {
+        // The first usable broker (the one that answered, with several).
+        let to = match brokers.pick(Instant::now()) {
+            Pick::Use(b) => b,
+            Pick::Wait | Pick::NoBroker => 0,
+        };
         brokers
-            .client(0)
-            .sendfor(address, subject, "", 0, frames.clone())
+            .client(to)
+            .sendfor(&address, &subject, "", 0, frames)
             .map_err(|e| (exit::OTHER, format!("sending: {e}")))?;
     }
     for (_, r) in brokers.close() {
@@ -684,18 +609,6 @@ fn api_call(a: &DeadArgs, url: &str, method: &str, body: Option<Value>) -> Resul
     }
 }
 
-/// `%XX`-encodes a query value.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 fn dead_api(a: &DeadArgs, api: &str, action: &DeadAction) -> Result<(), Failure> {
     let mut stdout = std::io::stdout().lock();
     match action {
@@ -707,10 +620,10 @@ fn dead_api(a: &DeadArgs, api: &str, action: &DeadAction) -> Result<(), Failure>
         } => {
             let mut url = format!("{api}/v1/dead?limit={limit}");
             if let Some(s) = subject {
-                url += &format!("&subject={}", encode(s));
+                url += &format!("&subject={}", percent_encode(s));
             }
             if let Some(r) = reason {
-                url += &format!("&reason={}", encode(r));
+                url += &format!("&reason={}", percent_encode(r));
             }
             let v = api_call(a, &url, "GET", None)?;
             let letters = v["letters"].as_array().cloned().unwrap_or_default();

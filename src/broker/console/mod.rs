@@ -11,15 +11,12 @@
 
 use crate::ops::http::{HttpRequest, HttpResponse, Reply};
 
-/// The page, embedded at build time so that the binary serves it alone:
-/// the head, the styles the worker's status page shares
-/// (`src/ops/assets/console.css`), then the body and script.
-pub const INDEX_HTML: &str = concat!(
-    "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n",
-    "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n",
-    "<title>Alaska broker</title>\n<style>\n",
-    include_str!("../../ops/assets/console.css"),
+/// The page, embedded at build time so that the binary serves it alone
+/// (see [`crate::ops::console_page`]).
+pub const INDEX_HTML: &str = crate::ops::console_page!(
+    "Alaska broker",
     include_str!("assets/index.html"),
+    include_str!("assets/index.js")
 );
 
 /// `GET /`: the console page. `no-store` so that a new broker's page is
