@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use alaska::broker::BrokerHandle;
 use alaska::mlm::DeliveryKind;
+use alaska::worker::runners::{HttpConfig, Pattern, RunnerConfig, RunnerKind};
 use assert_cmd::cargo::CommandCargoExt;
 use common::browser::Browser;
 use common::{broker_with, client, expect, ready, script, Worker};
@@ -181,6 +182,15 @@ fn the_console_shows_workers_depth_and_charts_that_move_under_load() {
         WAIT,
     );
     browser.screenshot(&screenshot_path("console-overview"));
+    // A phone's width: the page reflows to one column and nothing but the
+    // tables (which scroll inside their own sections) is wider than it.
+    browser.set_size(390, 844);
+    browser.wait_until(
+        "the page within a phone's width",
+        "return document.documentElement.scrollWidth <= window.innerWidth",
+        WAIT,
+    );
+    browser.screenshot(&screenshot_path("console-phone"));
     let _ = bench.kill();
     let _ = bench.wait();
     assert!(
@@ -315,7 +325,21 @@ fn a_workers_own_page_shows_its_state_and_outcomes() {
     let b = common::broker();
     let dir = tempfile::tempdir().unwrap();
     script(dir.path(), "hello", "return 'hi'");
-    let w = OpsWorker::start(b.endpoint(), dir.path(), |_, _| {});
+    // One HTTP runner configured (nothing listens there: the page only
+    // shows what the worker runs).
+    let w = OpsWorker::start(b.endpoint(), dir.path(), |o, _| {
+        o.runners.push(RunnerConfig {
+            name: "orders".into(),
+            pattern: Pattern(regex::Regex::new("^order").unwrap()),
+            kind: RunnerKind::Http(HttpConfig {
+                url: "http://127.0.0.1:9/orders".into(),
+                timeout: Duration::from_secs(5),
+                concurrency: 3,
+                headers: Vec::new(),
+            }),
+            lines: Vec::new(),
+        })
+    });
     let mut p = client(b.endpoint(), "producer");
     ready(&mut p, dir.path());
     p.sendfor("svc", "hello", "t", 0, vec![b"x".to_vec()])
@@ -336,5 +360,36 @@ fn a_workers_own_page_shows_its_state_and_outcomes() {
         browser.eval("return document.querySelectorAll('#vms tbody tr').length"),
         serde_json::json!(2)
     );
+    assert_eq!(
+        browser.eval(
+            "return Array.from(document.querySelectorAll('#runners tbody td')).map(td => td.textContent)"
+        ),
+        serde_json::json!(["orders", "http", "^order", "http://127.0.0.1:9/orders", "3"])
+    );
     browser.screenshot(&screenshot_path("worker-status"));
+}
+
+#[test]
+fn with_open_reads_everyone_may_look_and_only_the_token_may_act() {
+    let b = broker_with(|c| {
+        c.http_listen = Some("127.0.0.1:0".into());
+        c.http_token = Some("s3cret".into());
+        c.http_open_reads = true;
+    });
+    let base = format!("http://{}", b.http_addr().unwrap());
+    let a = agent();
+    let _w = client(b.endpoint(), "someone");
+    for path in ["/", "/v1/clients", "/v1/dead", "/metrics"] {
+        assert_eq!(get(&a, &format!("{base}{path}")).0, 200, "{path}");
+    }
+    let (status, text) = ops_support::http::post(
+        &a,
+        &format!("{base}/v1/clients/someone/maintenance"),
+        "{\"on\": true}",
+    );
+    assert_eq!(status, 401, "{text}");
+    assert_eq!(
+        ops_support::http::post(&a, &format!("{base}/v1/dead/purge"), "{}").0,
+        401
+    );
 }

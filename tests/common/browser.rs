@@ -175,6 +175,15 @@ impl Browser {
         self.call("POST", "/alert/accept", Some(json!({})));
     }
 
+    /// Resizes the window (a phone's width, say).
+    pub fn set_size(&self, width: u32, height: u32) {
+        self.call(
+            "POST",
+            "/window/rect",
+            Some(json!({ "width": width, "height": height })),
+        );
+    }
+
     /// Writes a PNG of the viewport to `path`.
     pub fn screenshot(&self, path: &Path) {
         let v = self.call("GET", "/screenshot", None);
