@@ -211,6 +211,50 @@ proptest! {
         }
     }
 
+    /// A generated ACL file reads back as written: every name listed for a
+    /// user's right is allowed, a name not listed is refused, and a user
+    /// not in the file (no `default` section) may do nothing.
+    #[test]
+    fn acl_round_trips(users in prop::collection::btree_map(
+        "[a-z][a-z0-9]{0,6}",
+        prop::collection::btree_map(
+            prop::sample::select(vec!["open", "offer", "send", "mail", "write", "read"]),
+            prop::collection::btree_set("[a-z0-9][a-z0-9.-]{0,8}", 1..4),
+            1..4),
+        1..4)) {
+        use alaska::broker::acl::{Acl, Action};
+        let mut text = String::from("user\n");
+        for (user, rights) in &users {
+            text.push_str(&format!("    {user}\n"));
+            for (right, names) in rights {
+                let list: Vec<&str> = names.iter().map(String::as_str).collect();
+                text.push_str(&format!("        {right} = \"{}\"\n", list.join(" ")));
+            }
+        }
+        let acl = Acl::parse(&text, Path::new("acl.cfg")).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
+        fn action<'a>(right: &str, name: &'a str) -> Action<'a> {
+            match right {
+                "open" => Action::Open(name),
+                "offer" => Action::Offer(name),
+                "send" => Action::Send(name),
+                "mail" => Action::Mail(name),
+                "write" => Action::Write(name),
+                _ => Action::Read(name),
+            }
+        }
+        for (user, rights) in &users {
+            for right in ["open", "offer", "send", "mail", "write", "read"] {
+                let names = rights.get(right);
+                for name in names.into_iter().flatten() {
+                    prop_assert!(acl.check(user, &action(right, name)).is_ok(), "{} {} {}\n{}", user, right, name, text);
+                }
+                // Names are at most 9 characters: this one is never listed.
+                prop_assert!(acl.check(user, &action(right, "not-listed-anywhere")).is_err());
+            }
+        }
+        prop_assert!(acl.check("nobody-listed", &action("open", "x")).is_err());
+    }
+
     /// No subject, however hostile, selects a file outside the scripts
     /// folder.
     #[test]
