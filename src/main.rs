@@ -267,6 +267,10 @@ fn run(
         timeout: s.lua_timeout,
         memory: s.lua_memory,
         shared_bytes: s.lua_shared,
+        reach: Arc::new(
+            alaska::worker::reach::Reach::new(s.reach.clone())
+                .map_err(|e| format!("worker/lua/http: {e}"))?,
+        ),
         ..PoolConfig::default()
     };
     // Everything that can fail at start is behind us: a launcher waiting

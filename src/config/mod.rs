@@ -99,6 +99,8 @@ pub struct Settings {
     pub lua_processes: bool,
     /// `worker/lua/shared`, bytes.
     pub lua_shared: usize,
+    /// `worker/lua/call/...` and `worker/lua/http/...`.
+    pub reach: crate::worker::reach::ReachConfig,
     /// `worker/retry/attempts`.
     pub retry_attempts: u32,
     /// `worker/retry/backoff`.
@@ -157,6 +159,7 @@ impl Default for Settings {
             lua_cpath: None,
             lua_processes: false,
             lua_shared: 4 << 20,
+            reach: Default::default(),
             retry_attempts: 3,
             retry_backoff: Duration::from_secs(1),
             retry_backoff_max: Duration::from_secs(60),
@@ -219,6 +222,14 @@ pub enum ConfigError {
         value: String,
         /// What it must be.
         expected: &'static str,
+    },
+    /// A key's value is wrong in a way its own reader explains.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The key, slash-separated.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
     },
     /// A runner's key (`worker/runners/<name>/<key>`) is wrong.
     #[error("{key}{at}: {message}")]
@@ -391,6 +402,7 @@ impl Settings {
             lua_cpath: opt("worker/lua/cpath"),
             lua_processes: boolean("worker/lua/processes", &get("worker/lua/processes"))?,
             lua_shared: bytes("worker/lua/shared", &get("worker/lua/shared"))?,
+            reach: reach_config(&get)?,
             retry_attempts: positive("worker/retry/attempts", &get("worker/retry/attempts"))?
                 .min(u32::MAX as usize) as u32,
             retry_backoff: duration("worker/retry/backoff", &get("worker/retry/backoff"))?,
@@ -419,6 +431,40 @@ impl Settings {
             )?,
         })
     }
+}
+
+/// `worker/lua/call/...` and `worker/lua/http/...`: the CA file is read
+/// here, so a bad path stops the start with the key named.
+fn reach_config(
+    get: &dyn Fn(&'static str) -> String,
+) -> Result<crate::worker::reach::ReachConfig, ConfigError> {
+    use crate::worker::reach::{HostPattern, ReachConfig};
+    let allow = get("worker/lua/http/allow");
+    let http_allow = HostPattern::parse_list(&allow).map_err(|why| ConfigError::Invalid {
+        key: "worker/lua/http/allow",
+        message: format!("{why} (host patterns are '*', 'host', '*.domain', each with an optional :port)"),
+    })?;
+    let ca = get("worker/lua/http/ca");
+    let http_ca = if ca.is_empty() {
+        None
+    } else {
+        Some(std::fs::read(&ca).map_err(|e| ConfigError::Invalid {
+            key: "worker/lua/http/ca",
+            message: format!("cannot read {ca}: {e}"),
+        })?)
+    };
+    Ok(ReachConfig {
+        call_timeout: nonzero_duration("worker/lua/call/timeout", &get("worker/lua/call/timeout"))?,
+        call_max_timeout: nonzero_duration(
+            "worker/lua/call/max_timeout",
+            &get("worker/lua/call/max_timeout"),
+        )?,
+        http_allow,
+        http_max_body: bytes("worker/lua/http/max_body", &get("worker/lua/http/max_body"))?,
+        http_timeout: nonzero_duration("worker/lua/http/timeout", &get("worker/lua/http/timeout"))?,
+        http_ca,
+        http_max_idle: number("worker/lua/http/max_idle", &get("worker/lua/http/max_idle"))? as usize,
+    })
 }
 
 /// The defaults in code (`defaults`: every key this binary knows, its

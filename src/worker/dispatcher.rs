@@ -190,6 +190,18 @@ pub fn run_with(
     let (done_tx, done_rx) = crossbeam_channel::unbounded();
     let (wake, wake_rx) = waker()?;
     ops.board.set_waker(wake.clone());
+    // alaska.call: the VMs hand calls to the hub over this channel.
+    let (calls_tx, calls_rx) = crossbeam_channel::unbounded();
+    pool_cfg.reach.wire(
+        super::reach::CallLine {
+            tx: calls_tx,
+            wake: wake.clone(),
+        },
+        &opts.service,
+        vms,
+        opts.policy.max_hops,
+    );
+    pool_cfg.reach.set_metrics(ops.metrics.calls.clone());
     // The dispatcher's own VM is one of `size`.
     let threaded = PoolConfig {
         size: vms - 1,
@@ -278,6 +290,7 @@ pub fn run_with(
         h.set_inline_budget(vm.budget());
         h.set_runners(runners);
         h.set_ops(ops.hub());
+        h.set_calls(calls_rx, cfg.reach.clone());
     }
     vm.set_duty(duty(hub.clone(), shutdown.clone(), ops.liveness.clone()));
     let mut d = Dispatcher {

@@ -26,6 +26,7 @@ use super::dispatcher::{DispatcherOptions, WorkerError, ERROR_REPLY_PREFIX};
 use super::metrics::SendKind;
 use super::outcomes::{Decision, Envelope, RetryQueue};
 use super::pool::Pool;
+use super::reach::{CallOut, Calls, Reach, CALL_TRACKER};
 use super::runners::Runners;
 use super::status::HubOps;
 use super::types::{Completion, ErrorKind, Job, Output, Request};
@@ -127,6 +128,13 @@ pub struct Hub {
     runners: Runners,
     /// Metrics, health, maintenance (see [`HubOps`]).
     ops: HubOps,
+    /// `alaska.call`s handed over by the VMs, and those waiting for their
+    /// reply.
+    calls_rx: Receiver<CallOut>,
+    calls: Calls,
+    /// The connection the next call goes out on (round robin).
+    next_call_conn: usize,
+    reach: Arc<Reach>,
 }
 
 impl Hub {
@@ -161,7 +169,18 @@ impl Hub {
             inline_budget: None,
             runners: Runners::none(),
             ops: HubOps::default(),
+            calls_rx: crossbeam_channel::never(),
+            calls: Calls::default(),
+            next_call_conn: 0,
+            reach: Arc::default(),
         }
+    }
+
+    /// Where the VMs' `alaska.call`s come from, and the VMs' shared
+    /// [`Reach`] (told whether the brokers hold delayed requests).
+    pub fn set_calls(&mut self, rx: Receiver<CallOut>, reach: Arc<Reach>) {
+        self.calls_rx = rx;
+        self.reach = reach;
     }
 
     /// The runners (HTTP applications, child processes) that take the
@@ -237,7 +256,7 @@ impl Hub {
             // Arm, then a last look at the completions: one that lands in
             // between writes the wake-up byte.
             self.wake.arm();
-            if !self.done.is_empty() || self.ops.has_work() {
+            if !self.done.is_empty() || !self.calls_rx.is_empty() || self.ops.has_work() {
                 timeout = Duration::ZERO;
             }
         }
@@ -265,6 +284,7 @@ impl Hub {
             // What the broker refused of ours (a full mailbox for a reply,
             // a full queue for a forward): said once here, never fatal.
             while let Some(r) = self.conns[i].client.next_refusal() {
+                self.calls.refused(i, &r);
                 tracing::warn!(endpoint = %self.conns[i].client.endpoint(), "broker refused a send: {r}");
             }
         }
@@ -297,6 +317,8 @@ impl Hub {
             );
         } else {
             tracing::warn!(endpoint = %c.client.endpoint(), "broker connection lost; reconnecting");
+            // Their replies would come to a connection that is gone.
+            self.calls.fail_conn(i, "the broker connection was lost");
         }
     }
 
@@ -334,6 +356,10 @@ impl Hub {
         while let Ok(c) = self.done.try_recv() {
             self.complete(c)?;
         }
+        while let Ok(call) = self.calls_rx.try_recv() {
+            self.start_call(call)?;
+        }
+        self.calls.expire(Instant::now());
         self.runners.feed();
         self.release_held();
         let now = Instant::now();
@@ -372,6 +398,14 @@ impl Hub {
     fn accept(&mut self, conn: usize, d: Delivery) -> Result<(), WorkerError> {
         match d.kind {
             DeliveryKind::Service => {}
+            DeliveryKind::Mailbox if d.tracker.starts_with(CALL_TRACKER) => {
+                let error = d.subject.starts_with(ERROR_REPLY_PREFIX);
+                if !self.calls.answer(&d.tracker, error, d.content) {
+                    tracing::debug!(tracker = %d.tracker, "a call's reply came after its caller stopped waiting; dropped");
+                    self.reach.late();
+                }
+                return Ok(());
+            }
             DeliveryKind::Mailbox if Envelope::decode(&d.tracker).is_some() => {
                 return self.relay(conn, d);
             }
@@ -412,6 +446,52 @@ impl Hub {
         self.in_flight.insert(id, InFlight { conn, held });
         self.ops.received();
         self.place(Job { id, request })
+    }
+
+    /// Sends a script's `alaska.call` on the next connected broker (round
+    /// robin), its reply to come back to this connection's address with
+    /// the call's tracker; the envelope carries the caller's hop count.
+    fn start_call(&mut self, out: CallOut) -> Result<(), WorkerError> {
+        let n = self.conns.len();
+        let Some(conn) = (0..n)
+            .map(|k| (self.next_call_conn + k) % n)
+            .find(|&i| self.conns[i].client.state() == ConnState::Connected)
+        else {
+            let _ = out.answer.send(Err("no broker connected".into()));
+            return Ok(());
+        };
+        self.next_call_conn = conn + 1;
+        let left = out.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        let tracker = self.calls.start(conn, &out);
+        let env = Envelope {
+            hops: out.hops,
+            attempt: 1,
+            sender: self.conns[conn].client.address().to_string(),
+            tracker: tracker.clone(),
+        };
+        let Some(wrapped) = env.encode() else {
+            self.calls
+                .fail(&tracker, "the worker's address is too long to carry in a tracker");
+            return Ok(());
+        };
+        // The broker drops the request if no worker takes it before the
+        // caller stops waiting: it never runs for nobody.
+        let timeout_ms = u32::try_from(left.as_millis().max(1)).unwrap_or(u32::MAX);
+        self.ops.sent(SendKind::Call);
+        let sent = self.conns[conn].client.sendfor(
+            &out.address,
+            &out.subject,
+            &wrapped,
+            timeout_ms,
+            out.content,
+        );
+        if let Err(e) = &sent {
+            self.calls.fail(&tracker, &format!("cannot send: {e}"));
+        }
+        self.outcome(sent)
     }
 
     /// A reply mailed to us by a stage we forwarded to that does not know
@@ -823,6 +903,8 @@ impl Hub {
     /// retries are handed back, the rest is reported, the connections are
     /// closed politely.
     pub fn stop(mut self) -> Result<(), WorkerError> {
+        // Nobody runs a script to the end of a call now.
+        self.calls.fail_all("the worker is stopping");
         self.ops.draining(self.in_flight.len());
         tracing::info!(
             running = self.in_flight.len()

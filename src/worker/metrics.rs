@@ -47,10 +47,14 @@ pub enum SendKind {
     ErrorReport,
     /// A request handed back to its service (at a stop).
     HandBack,
+    /// A script's `alaska.call` request.
+    Call,
+    /// A script's `alaska.schedule` request (held by the broker until due).
+    Schedule,
 }
 
 impl SendKind {
-    const ALL: [SendKind; 7] = [
+    const ALL: [SendKind; 9] = [
         SendKind::Stream,
         SendKind::Mail,
         SendKind::Reply,
@@ -58,6 +62,8 @@ impl SendKind {
         SendKind::Forward,
         SendKind::ErrorReport,
         SendKind::HandBack,
+        SendKind::Call,
+        SendKind::Schedule,
     ];
 
     /// The label value.
@@ -70,6 +76,8 @@ impl SendKind {
             SendKind::Forward => "forward",
             SendKind::ErrorReport => "error_report",
             SendKind::HandBack => "hand_back",
+            SendKind::Call => "call",
+            SendKind::Schedule => "schedule",
         }
     }
 }
@@ -121,6 +129,8 @@ pub struct WorkerMetrics {
     pub reconnects: IntCounter,
     /// Messages dropped because the outbox was full.
     pub dropped: IntCounter,
+    /// `alaska.call` and `alaska.http` by kind and result.
+    pub calls: IntCounterVec,
     /// Requests received and not finished.
     pub in_flight: IntGauge,
     /// Requests waiting for a VM.
@@ -213,7 +223,7 @@ impl WorkerMetrics {
             sends: m.counter_vec(
                 "sends_total",
                 "Messages written to the broker, by kind (stream, mail, reply, error_reply, \
-                 forward, error_report, hand_back).",
+                 forward, error_report, hand_back, call, schedule).",
                 &["kind"],
             )?,
             dead_letters: m.counter(
@@ -232,6 +242,14 @@ impl WorkerMetrics {
             dropped: m.counter(
                 "sends_dropped_total",
                 "Messages dropped because the broker was away and the outbox full.",
+            )?,
+            calls: m.counter_vec(
+                "script_calls_total",
+                "Calls scripts made with alaska.call (kind call) and alaska.http (kind http), by \
+                 result: ok, error (an error reply or a failed request), timeout, refused (hop \
+                 limit, allow list, a pool of one calling itself), late (a call's reply that came \
+                 after its caller stopped waiting; dropped).",
+                &["kind", "result"],
             )?,
             in_flight: m.gauge(
                 "requests_in_flight",
@@ -318,7 +336,7 @@ pub struct Recorder {
     subjects: HashMap<String, Series>,
     /// Everything past [`SUBJECTS_KEPT`] subjects.
     other: Option<Series>,
-    sends: [IntCounter; 7],
+    sends: [IntCounter; 9],
     placed: HashMap<u64, Instant>,
     last: ClientTotals,
 }

@@ -13,6 +13,7 @@ pub mod hub;
 pub mod metrics;
 pub mod outcomes;
 pub mod pool;
+pub mod reach;
 pub mod runners;
 pub mod shared;
 pub mod status;

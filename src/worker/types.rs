@@ -269,6 +269,9 @@ pub struct PoolConfig {
     pub default_mailbox: String,
     /// Where the VMs record each script they compile, for `/v1/status`.
     pub book: super::status::ScriptBook,
+    /// `alaska.call`, `alaska.http`, `alaska.schedule`: their settings, the
+    /// way to the hub and the HTTP client, shared by every VM.
+    pub reach: std::sync::Arc<super::reach::Reach>,
 }
 
 impl Default for PoolConfig {
@@ -286,6 +289,7 @@ impl Default for PoolConfig {
             default_stream: "aw.res".into(),
             default_mailbox: "aw.res".into(),
             book: Default::default(),
+            reach: Default::default(),
         }
     }
 }

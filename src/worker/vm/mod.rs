@@ -181,6 +181,16 @@ pub struct RequestState {
     current: Option<Request>,
 }
 
+/// Reads the request being run (`None` when none runs), for the API
+/// functions that need its metadata.
+pub(crate) fn current_request<T>(lua: &Lua, f: impl FnOnce(&Request) -> T) -> Option<T> {
+    let state = lua.app_data_ref::<RequestState>()?;
+    if !state.active {
+        return None;
+    }
+    state.current.as_ref().map(f)
+}
+
 /// What every script is compiled with in front of its first line: the
 /// environment comes in as the chunk's argument, on the same line, so line
 /// numbers in error messages stay those of the file.
@@ -391,6 +401,7 @@ impl Vm {
             arm_memory,
             lua.create_function(metadata)?,
             lua.create_function(log_print)?,
+            crate::worker::reach::functions(&lua, cfg.reach.clone(), budget.clone())?,
         ))?;
         budget.disarm();
         lua.set_app_data(RequestState::default());

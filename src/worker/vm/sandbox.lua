@@ -14,7 +14,7 @@
 --    whose metatable is protected; the standard library tables are
 --    read-only views; the string metatable is protected; package.loaded
 --    does not hand out the real global table.
-local breached, encode, sleep, shared_fns, options, arm_memory, meta, log_print = ...
+local breached, encode, sleep, shared_fns, options, arm_memory, meta, log_print, reach = ...
 
 local G = _G
 local setmetatable, getmetatable, rawset, rawget = setmetatable, getmetatable, rawset, rawget
@@ -249,6 +249,8 @@ local function name_arg(v, fname, n)
 end
 local api = {
   sleep = sleep,
+  call = reach.call,
+  http = reach.http,
   retry = function(after_ms, reason)
     return { [OUTCOME] = 'retry', count_arg(after_ms, 'retry', 1), reason ~= nil and tostring(reason) or nil }
   end,
