@@ -442,7 +442,9 @@ fn reach_config(
     let allow = get("worker/lua/http/allow");
     let http_allow = HostPattern::parse_list(&allow).map_err(|why| ConfigError::Invalid {
         key: "worker/lua/http/allow",
-        message: format!("{why} (host patterns are '*', 'host', '*.domain', each with an optional :port)"),
+        message: format!(
+            "{why} (host patterns are '*', 'host', '*.domain', each with an optional :port)"
+        ),
     })?;
     let ca = get("worker/lua/http/ca");
     let http_ca = if ca.is_empty() {
@@ -463,7 +465,8 @@ fn reach_config(
         http_max_body: bytes("worker/lua/http/max_body", &get("worker/lua/http/max_body"))?,
         http_timeout: nonzero_duration("worker/lua/http/timeout", &get("worker/lua/http/timeout"))?,
         http_ca,
-        http_max_idle: number("worker/lua/http/max_idle", &get("worker/lua/http/max_idle"))? as usize,
+        http_max_idle: number("worker/lua/http/max_idle", &get("worker/lua/http/max_idle"))?
+            as usize,
     })
 }
 

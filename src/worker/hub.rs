@@ -473,8 +473,10 @@ impl Hub {
             tracker: tracker.clone(),
         };
         let Some(wrapped) = env.encode() else {
-            self.calls
-                .fail(&tracker, "the worker's address is too long to carry in a tracker");
+            self.calls.fail(
+                &tracker,
+                "the worker's address is too long to carry in a tracker",
+            );
             return Ok(());
         };
         // The broker drops the request if no worker takes it before the

@@ -395,9 +395,8 @@ fn name_arg(v: Value, func: &str, n: usize) -> mlua::Result<String> {
 /// Content: a string (one frame), a list of strings (frames), or nil (one
 /// empty frame). Numbers count as their text.
 fn frames_arg(v: Value, func: &str, n: usize) -> mlua::Result<Vec<Vec<u8>>> {
-    let bad = |what: String| {
-        mlua::Error::runtime(format!("bad argument #{n} to '{func}' ({what})"))
-    };
+    let bad =
+        |what: String| mlua::Error::runtime(format!("bad argument #{n} to '{func}' ({what})"));
     match v {
         Value::Nil => Ok(vec![Vec::new()]),
         Value::String(s) => Ok(vec![s.as_bytes().to_vec()]),
@@ -435,8 +434,9 @@ fn nil_err(lua: &Lua, text: &str) -> mlua::Result<MultiValue> {
 
 /// The running request's hop count, or an error outside a request.
 fn current_hops(lua: &Lua, func: &str) -> mlua::Result<u32> {
-    super::vm::current_request(lua, |r: &Request| r.hops)
-        .ok_or_else(|| mlua::Error::runtime(format!("{func} can only be used while a request runs")))
+    super::vm::current_request(lua, |r: &Request| r.hops).ok_or_else(|| {
+        mlua::Error::runtime(format!("{func} can only be used while a request runs"))
+    })
 }
 
 /// The functions `alaska.call`, `alaska.http` and `alaska.schedule`, as a
@@ -482,11 +482,7 @@ fn call(
     let content = frames_arg(content, "call", 3)?;
     let timeout = match options {
         Value::Nil => None,
-        Value::Table(o) => ms_option(
-            o.get("timeout")?,
-            "alaska.call",
-            reach.cfg.call_max_timeout,
-        )?,
+        Value::Table(o) => ms_option(o.get("timeout")?, "alaska.call", reach.cfg.call_max_timeout)?,
         other => {
             return Err(mlua::Error::runtime(format!(
                 "bad argument #4 to 'call' (options table or nil expected, got {})",
@@ -497,7 +493,10 @@ fn call(
     .unwrap_or(reach.cfg.call_timeout.min(reach.cfg.call_max_timeout));
     let hops = current_hops(lua, "alaska.call")?;
     let Some(w) = reach.wiring.get() else {
-        return nil_err(lua, "alaska.call: no broker connection (the VM runs outside a worker)");
+        return nil_err(
+            lua,
+            "alaska.call: no broker connection (the VM runs outside a worker)",
+        );
     };
     if hops >= w.max_hops {
         reach.count("call", "refused");
@@ -622,7 +621,11 @@ fn http_request(req: Value, max: Duration) -> mlua::Result<HttpRequest> {
     };
     let url = match t.get::<Value>("url")? {
         Value::String(s) => s.to_string_lossy(),
-        _ => return Err(mlua::Error::runtime("alaska.http: url (a string) is required")),
+        _ => {
+            return Err(mlua::Error::runtime(
+                "alaska.http: url (a string) is required",
+            ))
+        }
     };
     let mut headers = Vec::new();
     match t.get::<Value>("headers")? {
@@ -668,11 +671,21 @@ fn http_request(req: Value, max: Duration) -> mlua::Result<HttpRequest> {
 /// The host and port of an `http://` or `https://` URL; `Err` says why
 /// the URL is not one a script may use.
 fn target(url: &str) -> Result<(String, u16), String> {
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    if !lower.starts_with("http://") && !lower.starts_with("https://") {
+        return Err(format!(
+            "url {url:?}: only http:// and https:// are allowed"
+        ));
+    }
     let uri: ureq::http::Uri = url.parse().map_err(|e| format!("bad url {url:?}: {e}"))?;
     let port = match uri.scheme_str() {
         Some("http") => 80,
         Some("https") => 443,
-        _ => return Err(format!("url {url:?}: only http:// and https:// are allowed")),
+        _ => {
+            return Err(format!(
+                "url {url:?}: only http:// and https:// are allowed"
+            ))
+        }
     };
     let host = uri
         .host()
@@ -685,7 +698,12 @@ fn target(url: &str) -> Result<(String, u16), String> {
 
 /// Runs one HTTP request on the calling thread; `Err` is the text for
 /// the script.
-fn perform(agent: &ureq::Agent, req: HttpRequest, timeout: Duration, max_body: usize) -> Result<HttpResponse, String> {
+fn perform(
+    agent: &ureq::Agent,
+    req: HttpRequest,
+    timeout: Duration,
+    max_body: usize,
+) -> Result<HttpResponse, String> {
     let mut builder = ureq::http::Request::builder()
         .method(req.method.as_str())
         .uri(req.url.as_str());
@@ -699,7 +717,9 @@ fn perform(agent: &ureq::Agent, req: HttpRequest, timeout: Duration, max_body: u
     // No body is no body (a GET carries no Content-Length: 0).
     let mut response = match req.body {
         Some(body) => {
-            let request = builder.body(body).map_err(|e| format!("bad request: {e}"))?;
+            let request = builder
+                .body(body)
+                .map_err(|e| format!("bad request: {e}"))?;
             let request = agent
                 .configure_request(request)
                 .timeout_global(Some(timeout))
@@ -883,8 +903,10 @@ impl Calls {
             return false;
         };
         let answer = if error {
-            Err(String::from_utf8_lossy(content.first().map(Vec::as_slice).unwrap_or_default())
-                .into_owned())
+            Err(
+                String::from_utf8_lossy(content.first().map(Vec::as_slice).unwrap_or_default())
+                    .into_owned(),
+            )
         } else {
             Ok(content)
         };
@@ -982,15 +1004,23 @@ mod tests {
         assert!(HostPattern::parse("host:99999").is_err());
         assert!(HostPattern::parse("http://x").is_err());
         assert_eq!(
-            HostPattern::parse_list("a.com, *.b.com  c:1").unwrap().len(),
+            HostPattern::parse_list("a.com, *.b.com  c:1")
+                .unwrap()
+                .len(),
             3
         );
     }
 
     #[test]
     fn urls() {
-        assert_eq!(target("http://127.0.0.1:81/x").unwrap(), ("127.0.0.1".into(), 81));
-        assert_eq!(target("https://Example.com/").unwrap(), ("example.com".into(), 443));
+        assert_eq!(
+            target("http://127.0.0.1:81/x").unwrap(),
+            ("127.0.0.1".into(), 81)
+        );
+        assert_eq!(
+            target("https://Example.com/").unwrap(),
+            ("example.com".into(), 443)
+        );
         assert_eq!(target("http://[::1]/").unwrap(), ("::1".into(), 80));
         assert!(target("file:///etc/passwd").is_err());
         assert!(target("ftp://x/").is_err());

@@ -19,6 +19,7 @@ pub struct Seen {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    #[allow(dead_code)]
     pub at: Instant,
 }
 
@@ -67,6 +68,16 @@ pub struct Server {
 impl Server {
     /// Listens on `port` (0: any free one) and serves with `handler`.
     pub fn start(port: u16, handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Server {
+        Server::start_with(port, None, handler)
+    }
+
+    /// Like [`Server::start`], over TLS with `tls` when given (HTTPS).
+    #[allow(dead_code)]
+    pub fn start_with(
+        port: u16,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+    ) -> Server {
         let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the test HTTP server");
         let port = listener.local_addr().unwrap().port();
         let stop = Arc::new(AtomicBool::new(false));
@@ -85,10 +96,18 @@ impl Server {
                     let Ok(stream) = stream else { continue };
                     let id = ids.fetch_add(1, Ordering::SeqCst) + 1;
                     cn.lock().unwrap().push(stream.try_clone().unwrap());
-                    let (h, sn) = (handler.clone(), sn.clone());
+                    let (h, sn, tls) = (handler.clone(), sn.clone(), tls.clone());
                     std::thread::Builder::new()
                         .name(format!("test-http-conn-{id}"))
-                        .spawn(move || serve(stream, id, h, sn))
+                        .spawn(move || match tls {
+                            None => serve(stream, id, h, sn),
+                            Some(cfg) => {
+                                let Ok(conn) = rustls::ServerConnection::new(cfg) else {
+                                    return;
+                                };
+                                serve(rustls::StreamOwned::new(conn, stream), id, h, sn)
+                            }
+                        })
                         .unwrap();
                 }
             })
@@ -132,8 +151,7 @@ impl Drop for Server {
     }
 }
 
-fn serve(stream: TcpStream, conn: u64, handler: Handler, seen: Arc<Mutex<Vec<Seen>>>) {
-    let mut out = stream.try_clone().unwrap();
+fn serve<S: Read + Write>(stream: S, conn: u64, handler: Handler, seen: Arc<Mutex<Vec<Seen>>>) {
     let mut r = BufReader::new(stream);
     loop {
         let mut line = String::new();
@@ -185,7 +203,11 @@ fn serve(stream: TcpStream, conn: u64, handler: Handler, seen: Arc<Mutex<Vec<See
             head.push_str(&format!("{k}: {v}\r\n"));
         }
         head.push_str("\r\n");
-        if out.write_all(head.as_bytes()).is_err() || out.write_all(&reply.body).is_err() {
+        let out = r.get_mut();
+        if out.write_all(head.as_bytes()).is_err()
+            || out.write_all(&reply.body).is_err()
+            || out.flush().is_err()
+        {
             return;
         }
         if req

@@ -1,0 +1,635 @@
+//! Scripts that reach out, end to end: `alaska.call` between real workers
+//! on real brokers (the project's and, where installed, the real
+//! Malamute), to Lua, HTTP-runner and exec-runner targets; `alaska.http`
+//! against a real HTTP server on loopback (and an HTTPS one with a test
+//! CA). What the script returns, and what the server saw, is checked byte
+//! for byte.
+
+mod common;
+#[path = "runners/server.rs"]
+mod server;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alaska::config::Settings;
+use alaska::mlm::{Client, DeliveryKind};
+use alaska::worker::reach::{HostPattern, Reach, ReachConfig};
+use alaska::worker::runners::RunnerConfig;
+use common::*;
+use server::{Reply, Server};
+
+const T: Duration = Duration::from_secs(15);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A reach with these settings (the defaults otherwise).
+fn reach(tweak: impl FnOnce(&mut ReachConfig)) -> Arc<Reach> {
+    let mut cfg = ReachConfig::default();
+    tweak(&mut cfg);
+    Arc::new(Reach::new(cfg).expect("reach settings"))
+}
+
+/// A worker offering `service` with `vms` VMs, a 5 s budget and `reach`.
+fn worker(endpoint: &str, dir: &Path, service: &str, vms: usize, r: Arc<Reach>) -> Worker {
+    worker_with(endpoint, dir, service, vms, r, Vec::new(), 8)
+}
+
+fn worker_with(
+    endpoint: &str,
+    dir: &Path,
+    service: &str,
+    vms: usize,
+    r: Arc<Reach>,
+    runners: Vec<RunnerConfig>,
+    hops: u32,
+) -> Worker {
+    let service = service.to_string();
+    Worker::start(endpoint, dir, move |o, p| {
+        o.service = service;
+        o.runners = runners;
+        o.policy.max_hops = hops;
+        o.policy.attempts = 1;
+        p.size = vms;
+        p.timeout = Duration::from_secs(5);
+        p.reach = r;
+    })
+}
+
+/// Sends `subject` to `service` with `body` and waits for the reply.
+fn ask(c: &mut Client, service: &str, subject: &str, body: &[u8]) -> String {
+    c.sendfor(service, subject, "t", 0, vec![body.to_vec()])
+        .unwrap();
+    let d = expect(c, DeliveryKind::Mailbox, T);
+    String::from_utf8_lossy(&d.content[0]).into_owned()
+}
+
+/// Waits until `service` answers the probe `ping` (its offer is in place).
+fn ready_on(c: &mut Client, dir: &Path, service: &str) {
+    script(dir, "ping", "return 'pong'");
+    assert_eq!(ask(c, service, "ping", b""), "pong");
+}
+
+const FRONT: &str = r#"
+local r, meta = alaska.call('backend', alaska.frames[2] or 'upper', alaskaContext,
+  { timeout = tonumber(alaska.frames[3]) })
+if not r then return 'ERR ' .. meta end
+return 'front got [' .. r .. '] from ' .. meta.address .. '/' .. meta.subject .. ' in '
+  .. #meta.frames .. ' frame(s), hops here ' .. alaska.hops
+"#;
+
+#[test]
+fn a_script_calls_another_service_and_uses_its_reply_on_both_brokers() {
+    for b in all_brokers("alaska.call") {
+        let front_dir = tempfile::tempdir().unwrap();
+        let back_dir = tempfile::tempdir().unwrap();
+        script(front_dir.path(), "front", FRONT);
+        script(
+            back_dir.path(),
+            "upper",
+            "return string.upper(alaskaContext)",
+        );
+        script(back_dir.path(), "hops", "return 'hops=' .. alaska.hops");
+        script(
+            back_dir.path(),
+            "bad",
+            "return alaska.fail('no such customer')",
+        );
+        script(back_dir.path(), "slow", "alaska.sleep(3000) return 'late'");
+        let _f = worker(b.endpoint(), front_dir.path(), "svc", 2, reach(|_| {}));
+        let _k = worker(b.endpoint(), back_dir.path(), "backend", 2, reach(|_| {}));
+        let mut c = client(b.endpoint(), &format!("producer-{}", unique()));
+        ready_on(&mut c, front_dir.path(), "svc");
+        ready_on(&mut c, back_dir.path(), "backend");
+        let name = b.name();
+
+        assert_eq!(
+            ask(&mut c, "svc", "front", b"hello"),
+            "front got [HELLO] from backend/upper in 1 frame(s), hops here 0",
+            "{name}"
+        );
+        // The callee sees the hop the call added.
+        let mut frames = vec![b"x".to_vec(), b"hops".to_vec()];
+        c.sendfor("svc", "front", "t", 0, frames.clone()).unwrap();
+        let d = expect(&mut c, DeliveryKind::Mailbox, T);
+        assert_eq!(
+            String::from_utf8_lossy(&d.content[0]),
+            "front got [hops=1] from backend/hops in 1 frame(s), hops here 0",
+            "{name}"
+        );
+        // An error reply.
+        frames[1] = b"bad".to_vec();
+        c.sendfor("svc", "front", "t", 0, frames.clone()).unwrap();
+        let d = expect(&mut c, DeliveryKind::Mailbox, T);
+        let text = String::from_utf8_lossy(&d.content[0]).into_owned();
+        assert!(
+            text.starts_with("ERR alaska.call to backend/bad: ")
+                && text.contains("no such customer"),
+            "{name}: {text}"
+        );
+        // A timeout, cut by the call's own timeout, not the budget.
+        let t0 = Instant::now();
+        c.sendfor(
+            "svc",
+            "front",
+            "t",
+            0,
+            vec![b"x".to_vec(), b"slow".to_vec(), b"300".to_vec()],
+        )
+        .unwrap();
+        let d = expect(&mut c, DeliveryKind::Mailbox, T);
+        let took = t0.elapsed();
+        let text = String::from_utf8_lossy(&d.content[0]).into_owned();
+        assert!(
+            text.starts_with("ERR alaska.call to backend/slow: timeout: no reply within 300 ms"),
+            "{name}: {text}"
+        );
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_millis(2500),
+            "{name}: {took:?}"
+        );
+        // A service nobody offers: the same timeout, naming the service.
+        let mut c2 = client(b.endpoint(), &format!("producer-{}", unique()));
+        script(
+            front_dir.path(),
+            "nobody",
+            "local r, e = alaska.call('nobody-here', 'x', 'y', {timeout = 200}) return tostring(r) .. ' ' .. e",
+        );
+        let text = ask(&mut c2, "svc", "nobody", b"");
+        assert!(
+            text.starts_with("nil alaska.call to nobody-here/x: timeout")
+                && text.contains("is a worker offering nobody-here?"),
+            "{name}: {text}"
+        );
+    }
+}
+
+#[test]
+fn calls_reach_http_and_exec_runners() {
+    let b = broker();
+    let app = Server::start(0, |s| {
+        let mut body = b"app saw ".to_vec();
+        body.extend_from_slice(&s.body);
+        Reply::new(200, &body)
+    });
+    let zpl = format!(
+        "worker\n    runners\n        app\n            match = \"^app$\"\n            url = \"{}\"\n        py\n            match = \"^hello$\"\n            type = \"exec\"\n            command = \"python3 '{}'\"\n            env\n                PYTHONPATH = \"{}\"\n",
+        app.url("/run"),
+        repo().join("tests/runners/handler.py").display(),
+        repo().join("runners/python").display(),
+    );
+    let runners = Settings::from_sources(&zpl, Vec::new()).unwrap().runners;
+    let front_dir = tempfile::tempdir().unwrap();
+    let back_dir = tempfile::tempdir().unwrap();
+    script(front_dir.path(), "front", FRONT);
+    let _f = worker(b.endpoint(), front_dir.path(), "svc", 2, reach(|_| {}));
+    let _k = worker_with(
+        b.endpoint(),
+        back_dir.path(),
+        "backend",
+        1,
+        reach(|_| {}),
+        runners,
+        8,
+    );
+    let mut c = client(b.endpoint(), "producer");
+    ready_on(&mut c, front_dir.path(), "svc");
+    ready_on(&mut c, back_dir.path(), "backend");
+    c.sendfor(
+        "svc",
+        "front",
+        "t",
+        0,
+        vec![b"payload \x01".to_vec(), b"app".to_vec()],
+    )
+    .unwrap();
+    let d = expect(&mut c, DeliveryKind::Mailbox, T);
+    assert_eq!(
+        d.content[0],
+        b"front got [app saw payload \x01] from backend/app in 1 frame(s), hops here 0".to_vec()
+    );
+    assert_eq!(app.seen()[0].body, b"payload \x01".to_vec());
+    c.sendfor(
+        "svc",
+        "front",
+        "t",
+        0,
+        vec![b"py".to_vec(), b"hello".to_vec()],
+    )
+    .unwrap();
+    let d = expect(&mut c, DeliveryKind::Mailbox, T);
+    let text = String::from_utf8_lossy(&d.content[0]).into_owned();
+    // The exec runner sees the call's own tracker (the envelope opened).
+    assert!(
+        text.starts_with("front got [hello py (attempt 1, frames 1, tracker call:")
+            && text.ends_with(")] from backend/hello in 1 frame(s), hops here 0"),
+        "{text}"
+    );
+}
+
+#[test]
+fn four_vms_waiting_in_calls_leave_a_fifth_request_served_at_once() {
+    let b = broker();
+    let front_dir = tempfile::tempdir().unwrap();
+    let back_dir = tempfile::tempdir().unwrap();
+    let marks = tempfile::tempdir().unwrap();
+    script(front_dir.path(), "front", FRONT);
+    // The backend says it has the call, then holds it until the test lets
+    // it go (a file), at most 10 s.
+    script(
+        back_dir.path(),
+        "hold",
+        &format!(
+            r#"
+local dir = '{}'
+io.open(dir .. '/started-' .. alaskaContext, 'w'):close()
+for _ = 1, 1000 do
+  local f = io.open(dir .. '/go', 'r')
+  if f then f:close() return 'released ' .. alaskaContext end
+  alaska.sleep(10)
+end
+return 'never released'
+"#,
+            marks.path().display()
+        ),
+    );
+    let _f = worker(
+        b.endpoint(),
+        front_dir.path(),
+        "svc",
+        5,
+        reach(|c| c.call_timeout = Duration::from_secs(4)),
+    );
+    let _k = worker(b.endpoint(), back_dir.path(), "backend", 4, reach(|_| {}));
+    let mut c = client(b.endpoint(), "producer");
+    ready_on(&mut c, front_dir.path(), "svc");
+    ready_on(&mut c, back_dir.path(), "backend");
+    for i in 0..4 {
+        c.sendfor(
+            "svc",
+            "front",
+            &format!("w{i}"),
+            0,
+            vec![format!("{i}").into_bytes(), b"hold".to_vec()],
+        )
+        .unwrap();
+    }
+    for i in 0..4 {
+        wait_file_exists(&marks.path().join(format!("started-{i}")));
+    }
+    // Four of the five VMs wait in a call: the fifth answers at once.
+    let t0 = Instant::now();
+    c.sendfor("svc", "ping", "quick", 0, vec![vec![]]).unwrap();
+    let d = expect(&mut c, DeliveryKind::Mailbox, T);
+    assert_eq!(
+        (d.tracker.as_str(), &d.content[0][..]),
+        ("quick", &b"pong"[..])
+    );
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    std::fs::write(marks.path().join("go"), "").unwrap();
+    let mut got: Vec<String> = (0..4)
+        .map(|_| {
+            let d = expect(&mut c, DeliveryKind::Mailbox, T);
+            String::from_utf8_lossy(&d.content[0]).into_owned()
+        })
+        .collect();
+    got.sort();
+    let want: Vec<String> = (0..4)
+        .map(|i| format!("front got [released {i}] from backend/hold in 1 frame(s), hops here 0"))
+        .collect();
+    assert_eq!(got, want);
+}
+
+/// Waits (bounded) for a file a script creates.
+fn wait_file_exists(path: &Path) {
+    let deadline = Instant::now() + T;
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_loop_of_calls_stops_at_the_hop_limit_and_a_pool_of_one_cannot_call_itself() {
+    let b = broker();
+    let dir = tempfile::tempdir().unwrap();
+    script(
+        dir.path(),
+        "loop",
+        "local r, e = alaska.call('svc', 'loop', alaskaContext) if not r then return 'stopped at ' .. alaska.hops .. ': ' .. e end return r",
+    );
+    let _w = worker_with(b.endpoint(), dir.path(), "svc", 5, reach(|_| {}), vec![], 3);
+    let mut c = client(b.endpoint(), "producer");
+    ready_on(&mut c, dir.path(), "svc");
+    assert_eq!(
+        ask(&mut c, "svc", "loop", b""),
+        "stopped at 3: alaska.call to svc/loop refused: hop limit of 3 reached (a loop of calls?)"
+    );
+
+    let b2 = broker();
+    let dir2 = tempfile::tempdir().unwrap();
+    script(
+        dir2.path(),
+        "me",
+        "local r, e = alaska.call('svc', 'ping', '') return tostring(r) .. ': ' .. e",
+    );
+    let _w2 = worker(b2.endpoint(), dir2.path(), "svc", 1, reach(|_| {}));
+    let mut c2 = client(b2.endpoint(), "producer");
+    ready_on(&mut c2, dir2.path(), "svc");
+    let t0 = Instant::now();
+    assert_eq!(
+        ask(&mut c2, "svc", "me", b""),
+        "nil: alaska.call to svc: this worker offers svc with a single Lua VM, which would wait \
+         for itself (raise worker/pool/size)"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(2));
+}
+
+/// The HTTP test server: `/echo` answers with what it got, `/slow` after
+/// 2 s, `/huge` with 10,000 bytes.
+fn app() -> Server {
+    Server::start(0, app_handler)
+}
+
+fn app_handler(s: &server::Seen) -> Reply {
+    match s.path.as_str() {
+        "/slow" => {
+            // The slow server under test (not a wait of the test).
+            std::thread::sleep(Duration::from_secs(2));
+            Reply::new(200, b"slow")
+        }
+        "/huge" => Reply::new(200, &[b'x'; 10_000]),
+        _ => {
+            let mut body = format!("{} {} ", s.method, s.path).into_bytes();
+            body.extend_from_slice(&s.body);
+            Reply::new(201, &body)
+                .header("X-Echo", s.header("x-test").unwrap_or("none"))
+                .header("Set-Cookie", "a=1")
+                .header("Set-Cookie", "b=2")
+        }
+    }
+}
+
+const HTTP_SCRIPT: &str = r#"
+local req = alaska.cjson.decode(alaskaContext)
+local r, err = alaska.http(req)
+if not r then return 'ERR ' .. err end
+return r.status .. '|' .. (r.headers['x-echo'] or '-') .. '|' .. (r.headers['set-cookie'] or '-')
+  .. '|' .. r.body
+"#;
+
+fn http_ask(c: &mut Client, req: serde_json::Value) -> String {
+    ask(c, "svc", "get", req.to_string().as_bytes())
+}
+
+#[test]
+fn http_from_a_script_get_post_headers_bodies_timeouts_limits_and_the_allow_list() {
+    let b = broker();
+    let srv = app();
+    let dir = tempfile::tempdir().unwrap();
+    script(
+        dir.path(),
+        "get",
+        &HTTP_SCRIPT.replace("alaska.cjson", "require('cjson')"),
+    );
+    let _w = worker(
+        b.endpoint(),
+        dir.path(),
+        "svc",
+        2,
+        reach(|c| {
+            c.http_allow = HostPattern::parse_list("127.0.0.1").unwrap();
+            c.http_max_body = 1000;
+        }),
+    );
+    let mut c = client(b.endpoint(), "producer");
+    ready_on(&mut c, dir.path(), "svc");
+
+    let got = http_ask(
+        &mut c,
+        serde_json::json!({"url": srv.url("/a?b=c"), "headers": {"X-Test": "yes"}}),
+    );
+    assert_eq!(got, "201|yes|a=1, b=2|GET /a?b=c ");
+    let got = http_ask(
+        &mut c,
+        serde_json::json!({"method": "post", "url": srv.url("/p"), "body": "{\"n\":1}",
+            "headers": {"Content-Type": "application/json"}}),
+    );
+    assert_eq!(got, "201|none|a=1, b=2|POST /p {\"n\":1}");
+    let seen = srv.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].method, "GET");
+    assert_eq!(seen[0].header("x-test"), Some("yes"));
+    assert_eq!(
+        seen[0].header("content-length"),
+        None,
+        "a GET carries no body"
+    );
+    assert_eq!(seen[1].body, b"{\"n\":1}".to_vec());
+    assert_eq!(seen[1].header("content-type"), Some("application/json"));
+
+    // A slow server is cut by the script's timeout.
+    let t0 = Instant::now();
+    let got = http_ask(
+        &mut c,
+        serde_json::json!({"url": srv.url("/slow"), "timeout": 300}),
+    );
+    assert!(
+        got.starts_with("ERR alaska.http 127.0.0.1:") && got.contains("timeout"),
+        "{got}"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_millis(1800),
+        "{:?}",
+        t0.elapsed()
+    );
+    // A body over max_body.
+    let got = http_ask(&mut c, serde_json::json!({"url": srv.url("/huge")}));
+    assert!(
+        got.contains("response body over worker/lua/http/max_body (1000 bytes)"),
+        "{got}"
+    );
+    // A host outside the allow list: refused before any connection.
+    let before = srv.seen().len();
+    let other = format!("http://127.0.0.2:{}/x", srv.port);
+    let got = http_ask(&mut c, serde_json::json!({ "url": other }));
+    assert_eq!(
+        got,
+        format!(
+            "ERR alaska.http: 127.0.0.2:{} is not in worker/lua/http/allow (scripts may reach \
+             only the hosts listed there)",
+            srv.port
+        )
+    );
+    let got = http_ask(&mut c, serde_json::json!({"url": "file:///etc/passwd"}));
+    assert!(
+        got.contains("only http:// and https:// are allowed"),
+        "{got}"
+    );
+    assert_eq!(srv.seen().len(), before);
+}
+
+#[test]
+fn http_is_refused_everywhere_by_default() {
+    let b = broker();
+    let srv = app();
+    let dir = tempfile::tempdir().unwrap();
+    script(
+        dir.path(),
+        "get",
+        &HTTP_SCRIPT.replace("alaska.cjson", "require('cjson')"),
+    );
+    let _w = worker(b.endpoint(), dir.path(), "svc", 2, reach(|_| {}));
+    let mut c = client(b.endpoint(), "producer");
+    ready_on(&mut c, dir.path(), "svc");
+    let got = http_ask(&mut c, serde_json::json!({"url": srv.url("/")}));
+    assert!(got.contains("is not in worker/lua/http/allow"), "{got}");
+    assert!(srv.seen().is_empty());
+}
+
+#[test]
+fn http_connections_are_reused_and_a_waiting_script_delays_nobody() {
+    let b = broker();
+    let srv = app();
+    let dir = tempfile::tempdir().unwrap();
+    script(
+        dir.path(),
+        "get",
+        &HTTP_SCRIPT.replace("alaska.cjson", "require('cjson')"),
+    );
+    let _w = worker(
+        b.endpoint(),
+        dir.path(),
+        "svc",
+        2,
+        reach(|c| c.http_allow = HostPattern::parse_list("127.0.0.1").unwrap()),
+    );
+    let mut c = client(b.endpoint(), "producer");
+    ready_on(&mut c, dir.path(), "svc");
+    for i in 0..20 {
+        let got = http_ask(
+            &mut c,
+            serde_json::json!({"url": srv.url(&format!("/n{i}"))}),
+        );
+        assert_eq!(got, format!("201|none|a=1, b=2|GET /n{i} "));
+    }
+    let seen = srv.seen();
+    let mut conns: Vec<u64> = seen.iter().map(|s| s.conn).collect();
+    conns.sort();
+    conns.dedup();
+    // Each of the two VMs may open one; never one per request.
+    assert!(
+        conns.len() <= 2,
+        "20 requests on {} connections",
+        conns.len()
+    );
+
+    // A script waiting 2 s for a slow server: the other VM answers at once.
+    c.sendfor(
+        "svc",
+        "get",
+        "slow",
+        0,
+        vec![serde_json::json!({"url": srv.url("/slow")})
+            .to_string()
+            .into_bytes()],
+    )
+    .unwrap();
+    let deadline = Instant::now() + T;
+    while !srv.seen().iter().any(|s| s.path == "/slow") {
+        assert!(
+            Instant::now() < deadline,
+            "the slow request never reached the server"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let t0 = Instant::now();
+    c.sendfor("svc", "ping", "quick", 0, vec![vec![]]).unwrap();
+    let d = expect(&mut c, DeliveryKind::Mailbox, T);
+    assert_eq!(d.tracker, "quick");
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    let d = expect(&mut c, DeliveryKind::Mailbox, T);
+    assert_eq!(
+        (d.tracker.as_str(), &d.content[0][..]),
+        ("slow", &b"200|-|-|slow"[..])
+    );
+}
+
+/// A test CA and a server certificate for `localhost` signed by it: the
+/// server's TLS settings and the CA's PEM.
+fn test_tls() -> (Arc<rustls::ServerConfig>, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    (Arc::new(cfg), ca_cert.pem())
+}
+
+#[test]
+fn https_with_a_test_ca_and_refused_without_it() {
+    let b = broker();
+    let (tls, ca_pem) = test_tls();
+    let srv = Server::start_with(0, Some(tls), app_handler);
+    let dir = tempfile::tempdir().unwrap();
+    script(
+        dir.path(),
+        "get",
+        &HTTP_SCRIPT.replace("alaska.cjson", "require('cjson')"),
+    );
+    let url = format!("https://localhost:{}/secure", srv.port);
+    let _w = worker(
+        b.endpoint(),
+        dir.path(),
+        "svc",
+        2,
+        reach(|c| {
+            c.http_allow = HostPattern::parse_list("localhost").unwrap();
+            c.http_ca = Some(ca_pem.into_bytes());
+        }),
+    );
+    let mut c = client(b.endpoint(), "producer");
+    ready_on(&mut c, dir.path(), "svc");
+    let got = http_ask(
+        &mut c,
+        serde_json::json!({"method": "PUT", "url": url, "body": "secret"}),
+    );
+    assert_eq!(got, "201|none|a=1, b=2|PUT /secure secret");
+
+    // The bundled roots do not know the test CA.
+    let b2 = broker();
+    let _w2 = worker(
+        b2.endpoint(),
+        dir.path(),
+        "svc",
+        2,
+        reach(|c| c.http_allow = HostPattern::parse_list("localhost").unwrap()),
+    );
+    let mut c2 = client(b2.endpoint(), "producer");
+    ready_on(&mut c2, dir.path(), "svc");
+    let got = http_ask(&mut c2, serde_json::json!({ "url": url }));
+    assert!(
+        got.starts_with("ERR alaska.http localhost:") && got.to_lowercase().contains("certificate"),
+        "{got}"
+    );
+}
