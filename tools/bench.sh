@@ -17,7 +17,8 @@
 # load and over a --soak of N requests; the Lua VM alone (alaska-bench
 # --vm-only); then the broker rows (tools/bench-broker.sh; with --compare
 # ENDPOINT, a running real Malamute, broker against broker), the gateway
-# (tools/bench-gateway.sh), the runners (tools/bench-runners.sh), CURVE
+# (tools/bench-gateway.sh), the runners (tools/bench-runners.sh), scripts
+# that reach out (tools/bench-reach.sh), CURVE
 # (tools/bench-curve.sh) and NATS beside the broker and alaska (tools/bench-nats.sh),
 # each with the same -n and -r.
 set -euo pipefail
@@ -220,7 +221,7 @@ stop "$ECHOACK"
 stop "$BROKER"
 # The other benchmarks, each with the same request count and rounds; only
 # the broker's takes --compare. One failing does not hide the others.
-for extra in tools/bench-broker.sh tools/bench-gateway.sh tools/bench-runners.sh tools/bench-curve.sh tools/bench-nats.sh; do
+for extra in tools/bench-broker.sh tools/bench-gateway.sh tools/bench-runners.sh tools/bench-reach.sh tools/bench-curve.sh tools/bench-nats.sh; do
   if [ -x "$extra" ]; then
     echo
     args=(-n "$N" -r "$ROUNDS")
