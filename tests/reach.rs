@@ -633,3 +633,240 @@ fn https_with_a_test_ca_and_refused_without_it() {
         "{got}"
     );
 }
+
+/// The backend of the parking tests: says it has the call, then holds it
+/// until the test lets it go (a file), at most 10 s.
+fn holding_backend(dir: &Path, marks: &Path) {
+    script(
+        dir,
+        "hold",
+        &format!(
+            r#"
+local dir = '{}'
+io.open(dir .. '/started-' .. alaskaContext, 'w'):close()
+for _ = 1, 1000 do
+  local f = io.open(dir .. '/go', 'r')
+  if f then f:close() return 'released ' .. alaskaContext end
+  alaska.sleep(10)
+end
+return 'never released'
+"#,
+            marks.display()
+        ),
+    );
+}
+
+#[test]
+fn one_vm_parks_twenty_requests_in_calls_and_keeps_each_ones_state() {
+    let b = broker();
+    let front_dir = tempfile::tempdir().unwrap();
+    let back_dir = tempfile::tempdir().unwrap();
+    let marks = tempfile::tempdir().unwrap();
+    // Each request sets a global, mails its own note, calls, and reads its
+    // own frames and global back after the call: parked requests must not
+    // see each other's state.
+    script(
+        front_dir.path(),
+        "front",
+        r#"
+mine = alaskaContext
+sendTo('note', 'before ' .. alaskaContext, 'notes')
+local r, e = alaska.call('backend', 'hold', alaskaContext, { timeout = 8000 })
+sendTo('note', 'after ' .. alaskaContext, 'notes')
+return (r or e) .. ' / frames[1]=' .. alaska.frames[1] .. ' global=' .. tostring(mine)
+"#,
+    );
+    holding_backend(back_dir.path(), marks.path());
+    // One VM (the dispatcher's own): only parking lets it hold 20 calls.
+    let _f = worker(
+        b.endpoint(),
+        front_dir.path(),
+        "svc",
+        1,
+        reach(|c| c.call_timeout = Duration::from_secs(8)),
+    );
+    let _k = worker(b.endpoint(), back_dir.path(), "backend", 20, reach(|_| {}));
+    let mut c = client(b.endpoint(), "producer");
+    let mut notes = client(b.endpoint(), "notes");
+    ready_on(&mut c, front_dir.path(), "svc");
+    ready_on(&mut c, back_dir.path(), "backend");
+    for i in 0..20 {
+        c.sendfor(
+            "svc",
+            "front",
+            &format!("w{i}"),
+            0,
+            vec![format!("{i}").into_bytes()],
+        )
+        .unwrap();
+    }
+    for i in 0..20 {
+        wait_file_exists(&marks.path().join(format!("started-{i}")));
+    }
+    // All twenty wait in calls on the one VM; a new request runs at once.
+    let t0 = Instant::now();
+    c.sendfor("svc", "ping", "quick", 0, vec![vec![]]).unwrap();
+    let d = expect(&mut c, DeliveryKind::Mailbox, T);
+    assert_eq!(
+        (d.tracker.as_str(), &d.content[0][..]),
+        ("quick", &b"pong"[..])
+    );
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    std::fs::write(marks.path().join("go"), "").unwrap();
+    let mut got: Vec<(String, String)> = (0..20)
+        .map(|_| {
+            let d = expect(&mut c, DeliveryKind::Mailbox, T);
+            (
+                d.tracker,
+                String::from_utf8_lossy(&d.content[0]).into_owned(),
+            )
+        })
+        .collect();
+    got.sort();
+    let mut want: Vec<(String, String)> = (0..20)
+        .map(|i| {
+            (
+                format!("w{i}"),
+                format!("released {i} / frames[1]={i} global={i}"),
+            )
+        })
+        .collect();
+    want.sort();
+    assert_eq!(got, want);
+    // Each request's mail went out with its own completion, in its order.
+    let mut seen: Vec<String> = (0..40)
+        .map(|_| {
+            let d = expect(&mut notes, DeliveryKind::Mailbox, T);
+            String::from_utf8_lossy(&d.content[0]).into_owned()
+        })
+        .collect();
+    for i in 0..20 {
+        let before = seen
+            .iter()
+            .position(|n| *n == format!("before {i}"))
+            .unwrap();
+        let after = seen
+            .iter()
+            .position(|n| *n == format!("after {i}"))
+            .unwrap();
+        assert_eq!(after, before + 1, "{i}: {seen:?}");
+    }
+    seen.sort();
+    assert_eq!(seen.len(), 40);
+}
+
+#[test]
+fn a_parked_call_ends_at_its_timeout_or_the_budget_and_scripts_keep_their_coroutine_rules() {
+    let b = broker();
+    let front_dir = tempfile::tempdir().unwrap();
+    let back_dir = tempfile::tempdir().unwrap();
+    let marks = tempfile::tempdir().unwrap();
+    holding_backend(back_dir.path(), marks.path());
+    script(
+        front_dir.path(),
+        "short",
+        "local r, e = alaska.call('backend', 'hold', 's', {timeout = 200}) return tostring(r) .. ' ' .. e",
+    );
+    // The budget (1 s here) ends a call that asks for longer.
+    script(
+        front_dir.path(),
+        "long",
+        "local ok, e = pcall(alaska.call, 'backend', 'hold', 'l', {timeout = 5000}) return 'caught ' .. tostring(e)",
+    );
+    // A call inside a script's own coroutine waits in place, and works.
+    script(
+        front_dir.path(),
+        "inco",
+        "local f = coroutine.wrap(function() return (alaska.call('backend', 'ping', '')) end) return 'in a coroutine: ' .. f()",
+    );
+    script(
+        front_dir.path(),
+        "yield",
+        "coroutine.yield(1) return 'not here'",
+    );
+    let _f = Worker::start(b.endpoint(), front_dir.path(), |o, p| {
+        o.policy.attempts = 1;
+        p.size = 1;
+        p.timeout = Duration::from_secs(1);
+    });
+    let _k = worker(b.endpoint(), back_dir.path(), "backend", 4, reach(|_| {}));
+    let mut c = client(b.endpoint(), "producer");
+    ready_on(&mut c, front_dir.path(), "svc");
+    ready_on(&mut c, back_dir.path(), "backend");
+    let t0 = Instant::now();
+    let got = ask(&mut c, "svc", "short", b"");
+    assert_eq!(
+        got,
+        "nil alaska.call to backend/hold: timeout: no reply within 200 ms (is a worker offering backend?)"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        t0.elapsed()
+    );
+    // The budget breach cannot be caught by pcall: the request fails.
+    let t0 = Instant::now();
+    c.sendfor("svc", "long", "t", 0, vec![vec![]]).unwrap();
+    let d = expect(&mut c, DeliveryKind::Mailbox, T);
+    let text = String::from_utf8_lossy(&d.content[0]).into_owned();
+    assert_eq!(d.subject, "ERROR:long", "{text}");
+    assert!(text.contains("time budget"), "{text}");
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert_eq!(ask(&mut c, "svc", "inco", b""), "in a coroutine: pong");
+    c.sendfor("svc", "yield", "t", 0, vec![vec![]]).unwrap();
+    let d = expect(&mut c, DeliveryKind::Mailbox, T);
+    assert_eq!(d.subject, "ERROR:yield");
+    assert!(
+        String::from_utf8_lossy(&d.content[0])
+            .contains("attempt to yield from outside a coroutine"),
+        "{:?}",
+        String::from_utf8_lossy(&d.content[0])
+    );
+    std::fs::write(marks.path().join("go"), "").unwrap();
+}
+
+#[test]
+fn a_stop_answers_parked_calls_and_their_requests_reply() {
+    let b = broker();
+    let front_dir = tempfile::tempdir().unwrap();
+    let marks = tempfile::tempdir().unwrap();
+    script(
+        front_dir.path(),
+        "wait",
+        &format!(
+            "io.open('{}/' .. alaska.tracker, 'w'):close() \
+             local r, e = alaska.call('nobody-here', 'x', '', {{timeout = 20000}}) return 'ended: ' .. e",
+            marks.path().display()
+        ),
+    );
+    let w = Worker::start(b.endpoint(), front_dir.path(), |o, p| {
+        o.shutdown_timeout = Duration::from_secs(5);
+        p.size = 1;
+        p.timeout = Duration::from_secs(30);
+        p.reach = reach(|c| c.call_max_timeout = Duration::from_secs(30));
+    });
+    let mut c = client(b.endpoint(), "producer");
+    ready_on(&mut c, front_dir.path(), "svc");
+    for i in 0..3 {
+        c.sendfor("svc", "wait", &format!("w{i}"), 0, vec![vec![]])
+            .unwrap();
+    }
+    for i in 0..3 {
+        wait_file_exists(&marks.path().join(format!("w{i}")));
+    }
+    // Stopping is bounded by the shutdown timeout, never by the calls'.
+    let t0 = Instant::now();
+    w.stop().unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    for _ in 0..3 {
+        let d = expect(&mut c, DeliveryKind::Mailbox, T);
+        assert_eq!(
+            String::from_utf8_lossy(&d.content[0]),
+            "ended: alaska.call to nobody-here/x: the worker is stopping"
+        );
+    }
+}

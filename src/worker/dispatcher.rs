@@ -32,6 +32,7 @@
 //! graceful stop, waiting retries are handed back to the service (with
 //! their attempt count in an envelope tracker) and then confirmed.
 
+use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -44,7 +45,7 @@ use super::runners::Runners;
 use super::shared::SharedDict;
 use super::status::WorkerOps;
 use super::types::{Completion, ErrorKind, Job, PoolConfig, Request, RunResult};
-use super::vm::{Vm, DUTY_EVERY};
+use super::vm::{Step, Vm, DUTY_EVERY};
 use super::wake::waker;
 use crate::mlm::{Client, ClientError, ClientOptions};
 use crate::ops::notify::Liveness;
@@ -293,14 +294,26 @@ pub fn run_with(
         h.set_calls(calls_rx, cfg.reach.clone());
     }
     vm.set_duty(duty(hub.clone(), shutdown.clone(), ops.liveness.clone()));
+    // The dispatcher's VM parks requests waiting in alaska.call and runs
+    // others meanwhile; their answers come here.
+    let (answers_tx, answers) = crossbeam_channel::unbounded();
+    vm.enable_parking(answers_tx.clone());
     let mut d = Dispatcher {
         hub,
         vm,
         cfg,
         shared,
         liveness: ops.liveness.clone(),
+        answers,
+        answers_tx,
+        parked_jobs: HashMap::new(),
     };
     let served = d.serve(&shutdown);
+    // Parked requests end now: their calls are answered "stopping", and
+    // their scripts run to their end (within their budgets).
+    if let Err(e) = d.drain_parked() {
+        tracing::warn!("stopping: {e}");
+    }
     let Dispatcher { hub, mut vm, .. } = d;
     // The VM's duty holds the other reference to the hub (and the hub the
     // VM's budget, which holds the duty): break the cycle.
@@ -349,7 +362,16 @@ struct Dispatcher {
     shared: Arc<SharedDict>,
     /// Bumped at every turn of the loop (and by the VM's duty).
     liveness: Liveness,
+    /// Answers to the calls of requests parked on the VM.
+    answers: crossbeam_channel::Receiver<(u64, super::reach::CallAnswer)>,
+    answers_tx: crossbeam_channel::Sender<(u64, super::reach::CallAnswer)>,
+    /// The job of each parked request, by its token.
+    parked_jobs: HashMap<u64, u64>,
 }
+
+/// Requests the dispatcher's VM holds parked in calls at most; beyond, new
+/// requests wait for the pool or for a parked one to end.
+const MAX_PARKED: usize = 1024;
 
 impl Dispatcher {
     fn hub(&self) -> MutexGuard<'_, Hub> {
@@ -362,16 +384,25 @@ impl Dispatcher {
         let mut last_turn = Instant::now();
         while !shutdown.load(Ordering::Relaxed) {
             self.liveness.beat();
+            self.settle_parked()?;
             let job = {
                 let mut h = self.hub();
                 if let Some(e) = h.fatal.take() {
                     return Err(e);
                 }
-                h.take_inline()
+                if self.vm.parked() < MAX_PARKED {
+                    h.take_inline()
+                } else {
+                    None
+                }
             };
             let Some(job) = job else {
+                let wait = match self.vm.next_deadline() {
+                    Some(d) => d.saturating_duration_since(Instant::now()).min(IDLE_WAIT),
+                    None => IDLE_WAIT,
+                };
                 let mut h = self.hub();
-                h.turn(IDLE_WAIT)?;
+                h.turn(wait)?;
                 // Credentials refused by every broker will not get better
                 // by retrying: stop with the reason, as a single broker did.
                 if let Some(e) = h.refused_everywhere() {
@@ -395,43 +426,144 @@ impl Dispatcher {
     }
 
     /// Runs one job on the dispatcher's own VM; the hub's I/O goes on
-    /// through the VM's duty meanwhile.
+    /// through the VM's duty meanwhile. A job that parks in `alaska.call`
+    /// is finished later by [`Dispatcher::settle_parked`].
     fn run_inline(&mut self, job: Job) -> Result<(), WorkerError> {
         self.hub().inline_busy = true;
         let Job { id, request } = job;
-        let vm = &mut self.vm;
-        let (request, run, replace) = match catch_unwind(AssertUnwindSafe(|| vm.run(request))) {
-            Ok((request, run)) => (request, run, vm.poisoned),
+        let step = {
+            let vm = &mut self.vm;
+            catch_unwind(AssertUnwindSafe(|| vm.start(request)))
+        };
+        self.hub().inline_busy = false;
+        self.after_step(id, step)
+    }
+
+    /// Completes what a start or a resumption of job `id` ended in: done,
+    /// parked (nothing to do yet), or a panic (reported; the VM replaced).
+    fn after_step(&mut self, id: u64, step: std::thread::Result<Step>) -> Result<(), WorkerError> {
+        let (request, run, replace) = match step {
+            Ok(Step::Parked(token)) => {
+                self.parked_jobs.insert(token, id);
+                return Ok(());
+            }
+            Ok(Step::Done(request, run)) => (request, run, self.vm.poisoned),
             Err(_) => {
                 let run = RunResult::failed(
                     ErrorKind::Panic,
                     "internal error while running the script (a bug of alaska's)",
                 );
-                let request = vm.take_request().unwrap_or_else(Request::lost);
+                let request = self.vm.take_request().unwrap_or_else(Request::lost);
                 (request, run, true)
             }
         };
+        self.hub().complete(Completion { id, request, run })?;
         if replace {
-            self.replace_vm();
+            self.replace_vm()?;
         }
-        let mut h = self.hub();
-        h.inline_busy = false;
-        h.complete(Completion { id, request, run })
+        Ok(())
+    }
+
+    /// Resumes the parked requests whose answer came or whose time is up.
+    fn settle_parked(&mut self) -> Result<(), WorkerError> {
+        if self.parked_jobs.is_empty() {
+            return Ok(());
+        }
+        let mut ready: Vec<(u64, Option<super::reach::CallAnswer>)> = Vec::new();
+        while let Ok((token, a)) = self.answers.try_recv() {
+            ready.push((token, Some(a)));
+        }
+        ready.extend(self.vm.due(Instant::now()).into_iter().map(|t| (t, None)));
+        for (token, answer) in ready {
+            self.resume_one(token, answer)?;
+        }
+        Ok(())
+    }
+
+    /// Resumes one parked request with its call's answer (`None`: its
+    /// time is up).
+    fn resume_one(
+        &mut self,
+        token: u64,
+        answer: Option<super::reach::CallAnswer>,
+    ) -> Result<(), WorkerError> {
+        let Some(id) = self.parked_jobs.remove(&token) else {
+            // Answered after its time was up (or twice): nobody waits.
+            self.cfg.reach.late();
+            return Ok(());
+        };
+        let step = {
+            let vm = &mut self.vm;
+            catch_unwind(AssertUnwindSafe(|| vm.resume(token, answer)))
+        };
+        match step {
+            Ok(None) => Ok(()),
+            Ok(Some(step)) => self.after_step(id, Ok(step)),
+            Err(p) => self.after_step(id, Err(p)),
+        }
+    }
+
+    /// At a stop: refuses new calls, answers the pending ones, and lets the
+    /// parked requests run to their end (each within its budget).
+    fn drain_parked(&mut self) -> Result<(), WorkerError> {
+        if self.parked_jobs.is_empty() {
+            return Ok(());
+        }
+        self.cfg.reach.stop();
+        self.hub().fail_calls("the worker is stopping");
+        let until = crate::time::after(Instant::now(), self.hub().shutdown_timeout());
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if self.parked_jobs.is_empty() || left.is_zero() {
+                break;
+            }
+            if let Ok((token, a)) = self
+                .answers
+                .recv_timeout(left.min(Duration::from_millis(10)))
+            {
+                self.resume_one(token, Some(a))?;
+            }
+            self.settle_parked()?;
+        }
+        Ok(())
     }
 
     /// A fresh VM after a memory breach or a panic; the duty moves over.
-    fn replace_vm(&mut self) {
+    /// Requests parked on the old VM cannot go on without it: each ends as
+    /// failed, saying why (retried where the policy retries errors).
+    fn replace_vm(&mut self) -> Result<(), WorkerError> {
         match Vm::with_shared(self.cfg.clone(), self.shared.clone()) {
             Ok(mut fresh) => {
                 if let Some(d) = self.vm.take_duty() {
                     fresh.set_duty(d);
                 }
                 fresh.share_memory_gauge(self.vm.memory_gauge());
+                fresh.enable_parking(self.answers_tx.clone());
                 self.hub().set_inline_budget(fresh.budget());
                 tracing::info!("Lua VM replaced after a memory breach or internal error");
-                self.vm = fresh;
+                let old = std::mem::replace(&mut self.vm, fresh);
+                self.abandon_parked(old)
             }
-            Err(e) => tracing::error!("could not replace a Lua VM: {e}; keeping the old one"),
+            Err(e) => {
+                tracing::error!("could not replace a Lua VM: {e}; keeping the old one");
+                Ok(())
+            }
         }
+    }
+
+    /// Ends the requests parked on `old` (a VM being replaced) as failed.
+    fn abandon_parked(&mut self, mut old: Vm) -> Result<(), WorkerError> {
+        let ids: HashMap<u64, u64> = std::mem::take(&mut self.parked_jobs);
+        let mut reqs = old.abandon_all_by_token();
+        for (token, id) in ids {
+            let request = reqs.remove(&token).unwrap_or_else(Request::lost);
+            let run = RunResult::failed(
+                ErrorKind::Runtime,
+                "the Lua VM this request waited on was replaced (another request's memory \
+                 breach or an internal error); request stopped",
+            );
+            self.hub().complete(Completion { id, request, run })?;
+        }
+        Ok(())
     }
 }

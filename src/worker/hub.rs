@@ -207,6 +207,20 @@ impl Hub {
         }
     }
 
+    /// Answers every call still waiting for its reply with `why` (the
+    /// worker stops).
+    pub fn fail_calls(&mut self, why: &str) {
+        while let Ok(call) = self.calls_rx.try_recv() {
+            call.answer.send(Err(why.to_string()));
+        }
+        self.calls.fail_all(why);
+    }
+
+    /// `worker/shutdown/timeout`.
+    pub fn shutdown_timeout(&self) -> Duration {
+        self.opts.shutdown_timeout
+    }
+
     /// The connections.
     pub fn conns(&self) -> &[Conn] {
         &self.conns

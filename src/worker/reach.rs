@@ -156,6 +156,66 @@ impl HostPattern {
 /// is none.
 pub type CallAnswer = Result<Vec<Vec<u8>>, String>;
 
+/// Where a call's answer goes: a channel and the token the caller knows it
+/// by (a waiting VM's own channel with token 0, or the channel of the VM
+/// owner that parks its requests, with the parked request's token).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The channel.
+    pub tx: Sender<(u64, CallAnswer)>,
+    /// The token.
+    pub token: u64,
+}
+
+impl Answer {
+    /// Sends; `false` when nobody listens any more.
+    pub fn send(&self, a: CallAnswer) -> bool {
+        self.tx.send((self.token, a)).is_ok()
+    }
+}
+
+/// What a parked request's call needs when it resumes: what it called,
+/// until when it waits, and whether the request's budget is what ends the
+/// wait.
+#[derive(Debug, Clone)]
+pub struct CallInfo {
+    /// Service address.
+    pub address: String,
+    /// Subject.
+    pub subject: String,
+    /// The call's timeout as asked (for the message).
+    pub timeout: Duration,
+    /// When the caller stops waiting.
+    pub until: Instant,
+    /// The request's budget ends before the call's own timeout.
+    pub budget_cuts: bool,
+}
+
+/// Set (as app data) on a VM whose owner parks requests waiting in a call:
+/// the owner's answer channel, the next token, and the calls made.
+#[derive(Debug)]
+pub struct ParkLine {
+    tx: Sender<(u64, CallAnswer)>,
+    next: u64,
+    calls: HashMap<u64, CallInfo>,
+}
+
+impl ParkLine {
+    /// Answers for parked requests go to `tx`.
+    pub fn new(tx: Sender<(u64, CallAnswer)>) -> ParkLine {
+        ParkLine {
+            tx,
+            next: 0,
+            calls: HashMap::new(),
+        }
+    }
+
+    /// The call a request parked with `token` made.
+    pub fn take(&mut self, token: u64) -> Option<CallInfo> {
+        self.calls.remove(&token)
+    }
+}
+
 /// A call handed to the hub.
 #[derive(Debug)]
 pub struct CallOut {
@@ -170,7 +230,7 @@ pub struct CallOut {
     /// The caller stops waiting then.
     pub deadline: Instant,
     /// Where the answer goes (the caller may have stopped waiting).
-    pub answer: Sender<CallAnswer>,
+    pub answer: Answer,
 }
 
 /// The way from the VMs to the hub: calls over a channel, then a wake-up.
@@ -204,6 +264,8 @@ pub struct Reach {
     delay_ok: AtomicBool,
     /// `script_calls_total{kind, result}`, once the worker has metrics.
     metrics: OnceLock<IntCounterVec>,
+    /// The worker stops: calls are refused at once.
+    stopping: AtomicBool,
 }
 
 impl std::fmt::Debug for Reach {
@@ -256,6 +318,7 @@ impl Reach {
             agent,
             delay_ok: AtomicBool::new(false),
             metrics: OnceLock::new(),
+            stopping: AtomicBool::new(false),
         })
     }
 
@@ -293,6 +356,11 @@ impl Reach {
         if let Some(m) = self.metrics.get() {
             m.with_label_values(&[kind, result]).inc();
         }
+    }
+
+    /// From now on calls are refused at once (the worker stops).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
     }
 
     /// Counts a reply that came after its caller stopped waiting.
@@ -339,13 +407,6 @@ fn wait_for<T>(waiting: &dyn Waiting, rx: &Receiver<T>, until: Instant) -> Optio
             return rx.recv_timeout(rest).ok();
         }
     }
-}
-
-/// Why a script's wait ended without an answer: its own timeout, or the
-/// request's budget (which ends the request).
-enum Ended {
-    Timeout(Duration),
-    Budget,
 }
 
 /// The deadline of a wait of `want`, cut by the budget left: the instant,
@@ -451,9 +512,14 @@ pub fn functions(
     t.set(
         "call",
         lua.create_function(
-            move |lua, (address, subject, content, options): (Value, Value, Value, Value)| {
-                call(lua, &r, &*w, address, subject, content, options)
-            },
+            move |lua,
+                  (can_park, address, subject, content, options): (
+                bool,
+                Value,
+                Value,
+                Value,
+                Value,
+            )| { call(lua, &r, &*w, can_park, address, subject, content, options) },
         )?,
     )?;
     let (r, w) = (reach.clone(), waiting);
@@ -468,10 +534,15 @@ pub fn functions(
     Ok(t)
 }
 
+/// `alaska.call`: `reply, info` or `nil, err` at once (a waiting VM), or
+/// `nil, nil, token` when the request is to park (its coroutine yields, and
+/// its owner resumes it with [`answer_values`]).
+#[allow(clippy::too_many_arguments)]
 fn call(
     lua: &Lua,
     reach: &Reach,
     waiting: &dyn Waiting,
+    can_park: bool,
     address: Value,
     subject: Value,
     content: Value,
@@ -498,6 +569,10 @@ fn call(
             "alaska.call: no broker connection (the VM runs outside a worker)",
         );
     };
+    if reach.stopping.load(Ordering::Relaxed) {
+        reach.count("call", "refused");
+        return nil_err(lua, "alaska.call: the worker is stopping");
+    }
     if hops >= w.max_hops {
         reach.count("call", "refused");
         return nil_err(
@@ -521,21 +596,78 @@ fn call(
         );
     }
     let (until, budget_cuts) = deadline(waiting, timeout);
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    let out = CallOut {
+    let info = CallInfo {
         address: address.clone(),
         subject: subject.clone(),
+        timeout,
+        until,
+        budget_cuts,
+    };
+    let parking = if can_park {
+        lua.app_data_mut::<ParkLine>().map(|mut line| {
+            line.next += 1;
+            let token = line.next;
+            line.calls.insert(token, info.clone());
+            Answer {
+                tx: line.tx.clone(),
+                token,
+            }
+        })
+    } else {
+        None
+    };
+    let (answer, rx) = match parking {
+        Some(a) => (a, None),
+        None => {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            (Answer { tx, token: 0 }, Some(rx))
+        }
+    };
+    let token = answer.token;
+    let out = CallOut {
+        address,
+        subject,
         content,
         hops: hops + 1,
         deadline: until,
-        answer: tx,
+        answer,
     };
     if w.line.tx.send(out).is_err() {
         reach.count("call", "error");
+        if let Some(mut line) = lua.app_data_mut::<ParkLine>() {
+            line.take(token);
+        }
         return nil_err(lua, "alaska.call: the worker is stopping");
     }
     w.line.wake.wake();
-    let ended = match wait_for(waiting, &rx, until) {
+    let Some(rx) = rx else {
+        return Ok(MultiValue::from_iter([
+            Value::Nil,
+            Value::Nil,
+            Value::Integer(token as i64),
+        ]));
+    };
+    match wait_for(waiting, &rx, until) {
+        Some((_, a)) => answer_values(lua, reach, &info, Some(a)),
+        None if budget_cuts => {
+            reach.count("call", "timeout");
+            waiting.breach();
+            Err(mlua::Error::runtime(super::vm::BUDGET_MESSAGE))
+        }
+        None => answer_values(lua, reach, &info, None),
+    }
+}
+
+/// What `alaska.call` returns for `answer` (`None`: the call's own timeout
+/// passed): `reply, info` or `nil, err`; counted.
+pub fn answer_values(
+    lua: &Lua,
+    reach: &Reach,
+    info: &CallInfo,
+    answer: Option<CallAnswer>,
+) -> mlua::Result<MultiValue> {
+    let (address, subject) = (&info.address, &info.subject);
+    match answer {
         Some(Ok(frames)) => {
             reach.count("call", "ok");
             let first = frames.first().map(Vec::as_slice).unwrap_or_default();
@@ -545,38 +677,34 @@ fn call(
             }
             let meta = lua.create_table()?;
             meta.set("frames", all)?;
-            meta.set("address", address)?;
-            meta.set("subject", subject)?;
-            return Ok(MultiValue::from_iter([
+            meta.set("address", address.as_str())?;
+            meta.set("subject", subject.as_str())?;
+            Ok(MultiValue::from_iter([
                 Value::String(lua.create_string(first)?),
                 Value::Table(meta),
-            ]));
+            ]))
         }
         Some(Err(text)) => {
             reach.count("call", "error");
-            return nil_err(lua, &format!("alaska.call to {address}/{subject}: {text}"));
+            nil_err(lua, &format!("alaska.call to {address}/{subject}: {text}"))
         }
-        None if budget_cuts => Ended::Budget,
-        None => Ended::Timeout(timeout),
-    };
-    match ended {
-        Ended::Budget => {
-            reach.count("call", "timeout");
-            waiting.breach();
-            Err(mlua::Error::runtime(super::vm::BUDGET_MESSAGE))
-        }
-        Ended::Timeout(t) => {
+        None => {
             reach.count("call", "timeout");
             nil_err(
                 lua,
                 &format!(
                     "alaska.call to {address}/{subject}: timeout: no reply within {} ms \
                      (is a worker offering {address}?)",
-                    t.as_millis()
+                    info.timeout.as_millis()
                 ),
             )
         }
     }
+}
+
+/// Counts a call whose request's budget ended the wait.
+pub fn count_budget(reach: &Reach) {
+    reach.count("call", "timeout");
 }
 
 /// An HTTP request as a script gave it, checked.
@@ -858,7 +986,7 @@ struct Pending {
     conn: usize,
     address: String,
     deadline: Instant,
-    answer: Sender<CallAnswer>,
+    answer: Answer,
 }
 
 /// The hub's side of `alaska.call`: the calls sent and not answered, by
@@ -910,7 +1038,7 @@ impl Calls {
         } else {
             Ok(content)
         };
-        p.answer.send(answer).is_ok()
+        p.answer.send(answer)
     }
 
     /// Answers every call sent on `conn` with `why` (the connection went
@@ -920,7 +1048,7 @@ impl Calls {
             if p.conn != conn {
                 return true;
             }
-            let _ = p.answer.send(Err(why.to_string()));
+            p.answer.send(Err(why.to_string()));
             false
         });
     }
@@ -953,8 +1081,7 @@ impl Calls {
             .min();
         if let Some(n) = oldest {
             if let Some(p) = self.pending.remove(&n) {
-                let _ = p
-                    .answer
+                p.answer
                     .send(Err(format!("refused by the broker: {}", r.status.reason)));
             }
         }
@@ -968,7 +1095,7 @@ impl Calls {
     /// Answers every call with `why` (the worker stops).
     pub fn fail_all(&mut self, why: &str) {
         for (_, p) in self.pending.drain() {
-            let _ = p.answer.send(Err(why.to_string()));
+            p.answer.send(Err(why.to_string()));
         }
     }
 
@@ -1038,12 +1165,12 @@ mod tests {
             content: vec![],
             hops: 1,
             deadline: after(now, Duration::from_secs(1)),
-            answer: tx,
+            answer: Answer { tx, token: 7 },
         };
         let tracker = calls.start(0, &out);
         assert_eq!(tracker, "call:1");
         assert!(calls.answer(&tracker, false, vec![b"hi".to_vec()]));
-        assert_eq!(rx.try_recv().unwrap().unwrap(), vec![b"hi".to_vec()]);
+        assert_eq!(rx.try_recv().unwrap(), (7, Ok(vec![b"hi".to_vec()])));
         // A second reply with the same tracker is late.
         assert!(!calls.answer(&tracker, false, vec![]));
         // An expired call's reply is late too.
@@ -1054,7 +1181,7 @@ mod tests {
         // A lost connection answers its calls.
         let t3 = calls.start(1, &out);
         calls.fail_conn(1, "lost");
-        assert_eq!(rx.try_recv().unwrap().unwrap_err(), "lost");
+        assert_eq!(rx.try_recv().unwrap(), (7, Err("lost".to_string())));
         assert!(!calls.answer(&t3, false, vec![]));
         assert!(!calls.answer("nonsense", false, vec![]));
     }

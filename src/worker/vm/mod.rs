@@ -28,8 +28,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use mlua::{chunk::ChunkMode, Function, HookTriggers, Lua, LuaOptions, StdLib, Value};
+use mlua::{chunk::ChunkMode, Function, HookTriggers, Lua, LuaOptions, MultiValue, StdLib, Value};
 
+use super::reach::CallAnswer;
 use super::shared::SharedDict;
 use super::subject::{script_path, SubjectError};
 use super::types::{ErrorKind, Outcome, Output, PoolConfig, Request, RunResult, ScriptError};
@@ -119,6 +120,24 @@ impl Budget {
         self.deadline.store(0, Ordering::Relaxed);
     }
 
+    /// The running request's deadline, as stored (0: none), to arm again
+    /// when a parked request resumes.
+    fn deadline_raw(&self) -> u64 {
+        self.deadline.load(Ordering::Relaxed)
+    }
+
+    /// Arms for a resumed request: its own deadline, flags cleared.
+    fn arm_raw(&self, at: u64) {
+        self.timed_out.store(false, Ordering::Relaxed);
+        self.out_of_memory.store(false, Ordering::Relaxed);
+        self.cut.store(false, Ordering::Relaxed);
+        self.next_duty.store(
+            nanos(self.base.elapsed().saturating_add(DUTY_EVERY)),
+            Ordering::Relaxed,
+        );
+        self.deadline.store(at.max(1), Ordering::Relaxed);
+    }
+
     /// Time left, or `None` when no request runs.
     pub fn left(&self) -> Option<Duration> {
         let d = self.deadline.load(Ordering::Relaxed);
@@ -166,6 +185,27 @@ impl Budget {
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// How a request's start (or resumption) on a VM ended.
+#[derive(Debug)]
+// A Step is moved once per request, straight to its consumer: boxing the
+// common variant would cost an allocation per request for nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum Step {
+    /// It ran to its end: the request, and what the run produced.
+    Done(Request, RunResult),
+    /// It waits in `alaska.call`, parked under this token.
+    Parked(u64),
+}
+
+/// A request parked in `alaska.call`: its per-request state, its first
+/// frame (lent to the script), its budget's deadline and its call.
+struct Parked {
+    state: RequestState,
+    first: Vec<u8>,
+    deadline: u64,
+    info: Option<crate::worker::reach::CallInfo>,
 }
 
 /// Per-request state the API functions reach through the VM's app data.
@@ -298,7 +338,13 @@ impl Cached {
 /// A Lua VM with the Alaska API. See the module documentation.
 pub struct Vm {
     lua: Lua,
-    runner: Function,
+    /// The sandbox's `start(chunk, context)`, `resume(token, ...)` and
+    /// `breach(token, message)`.
+    start_fn: Function,
+    resume_fn: Function,
+    breach_fn: Function,
+    /// Requests parked in `alaska.call`, by token (see [`Vm::enable_parking`]).
+    parked: HashMap<u64, Parked>,
     /// Compiled scripts by subject.
     cache: HashMap<String, Cached>,
     budget: Arc<Budget>,
@@ -392,7 +438,7 @@ impl Vm {
             lua.set_memory_limit(limit)?;
             Ok(())
         })?;
-        let runner: Function = lua.load(SANDBOX).set_name("=alaska").call((
+        let runner: mlua::Table = lua.load(SANDBOX).set_name("=alaska").call((
             breached,
             cjson.get::<Function>("encode")?,
             api::sleep_function(&lua, budget.clone())?,
@@ -408,7 +454,10 @@ impl Vm {
         let memory = Arc::new(AtomicU64::new(lua.used_memory() as u64));
         Ok(Vm {
             lua,
-            runner,
+            start_fn: runner.get("start")?,
+            resume_fn: runner.get("resume")?,
+            breach_fn: runner.get("breach")?,
+            parked: HashMap::new(),
             cache: HashMap::new(),
             budget,
             cfg,
@@ -418,8 +467,28 @@ impl Vm {
     }
 
     /// Runs one request to its outcome (or to a failure), and gives the
-    /// request back.
+    /// request back. For a VM that does not park (no
+    /// [`Vm::enable_parking`]): its calls wait in place.
     pub fn run(&mut self, req: Request) -> (Request, RunResult) {
+        match self.start(req) {
+            Step::Done(req, run) => (req, run),
+            Step::Parked(token) => {
+                // Cannot happen without a park line; never leave it hanging.
+                let req = self.abandon(token).unwrap_or_else(Request::lost);
+                (
+                    req,
+                    RunResult::failed(
+                        ErrorKind::Panic,
+                        "a request parked on a VM that does not park",
+                    ),
+                )
+            }
+        }
+    }
+
+    /// Starts one request: it runs to its outcome ([`Step::Done`]), or
+    /// parks in `alaska.call` ([`Step::Parked`]) until [`Vm::resume`].
+    pub fn start(&mut self, req: Request) -> Step {
         let func = match self.script(&req.subject) {
             Ok(f) => f,
             Err(e) => {
@@ -427,7 +496,7 @@ impl Vm {
                     outputs: Vec::new(),
                     result: Err(e),
                 };
-                return (req, run);
+                return Step::Done(req, run);
             }
         };
         // The first frame goes to the script as alaskaContext; it is moved
@@ -447,12 +516,133 @@ impl Vm {
         // yet, so mlua need not protect the push); other bytes go through
         // a Lua string.
         let called = match std::str::from_utf8(&first) {
-            Ok(text) => self.runner.call((func, text)),
+            Ok(text) => self.start_fn.call((func, text)),
             Err(_) => self
                 .lua
                 .create_string(&first)
-                .and_then(|ctx| self.runner.call((func, ctx))),
+                .and_then(|ctx| self.start_fn.call((func, ctx))),
         };
+        self.settle(called, first)
+    }
+
+    /// Resumes the request parked as `token` with its call's answer
+    /// (`None`: the call's time is up). `None` when no such request is
+    /// parked here (it was answered already).
+    pub fn resume(&mut self, token: u64, answer: Option<CallAnswer>) -> Option<Step> {
+        let p = self.parked.remove(&token)?;
+        let Parked {
+            state,
+            first,
+            deadline,
+            info,
+        } = p;
+        if let Some(mut s) = self.lua.app_data_mut::<RequestState>() {
+            *s = state;
+            s.active = true;
+        }
+        self.budget.arm_raw(deadline);
+        let called = match (&info, answer) {
+            (Some(info), None) if info.budget_cuts => {
+                // The request's budget, not the call's timeout, ends it.
+                crate::worker::reach::count_budget(&self.cfg.reach);
+                self.budget.breach();
+                self.breach_fn.call((token, BUDGET_MESSAGE))
+            }
+            (Some(info), answer) => {
+                match crate::worker::reach::answer_values(&self.lua, &self.cfg.reach, info, answer)
+                {
+                    Ok(values) => {
+                        let mut args = MultiValue::from_iter([Value::Integer(token as i64)]);
+                        args.extend(values);
+                        self.resume_fn.call(args)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            (None, _) => self
+                .resume_fn
+                .call((token, Value::Nil, "alaska.call: the call was lost")),
+        };
+        Some(self.settle(called, first))
+    }
+
+    /// When the first parked request's call is due (its reply's timeout).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.parked
+            .values()
+            .filter_map(|p| p.info.as_ref().map(|i| i.until))
+            .min()
+    }
+
+    /// The parked requests whose call is due at `now`.
+    pub fn due(&self, now: Instant) -> Vec<u64> {
+        self.parked
+            .iter()
+            .filter(|(_, p)| p.info.as_ref().is_none_or(|i| i.until <= now))
+            .map(|(t, _)| *t)
+            .collect()
+    }
+
+    /// Requests parked now.
+    pub fn parked(&self) -> usize {
+        self.parked.len()
+    }
+
+    /// Gives up every parked request (the VM is being replaced): the
+    /// requests, as they came, by token.
+    pub fn abandon_all_by_token(&mut self) -> HashMap<u64, Request> {
+        let tokens: Vec<u64> = self.parked.keys().copied().collect();
+        tokens
+            .into_iter()
+            .filter_map(|t| self.abandon(t).map(|r| (t, r)))
+            .collect()
+    }
+
+    fn abandon(&mut self, token: u64) -> Option<Request> {
+        let p = self.parked.remove(&token)?;
+        let mut req = p.state.current?;
+        if let Some(slot) = req.content.first_mut() {
+            *slot = p.first;
+        }
+        Some(req)
+    }
+
+    /// From now on, requests of this VM waiting in `alaska.call` park:
+    /// their answers come to `tx`, for the owner to [`Vm::resume`] them.
+    pub fn enable_parking(&mut self, tx: crossbeam_channel::Sender<(u64, CallAnswer)>) {
+        self.lua
+            .set_app_data(crate::worker::reach::ParkLine::new(tx));
+    }
+
+    /// What the sandbox's runner returned, made a [`Step`]: the request
+    /// parked, or its outcome.
+    fn settle(&mut self, called: mlua::Result<Returned>, first: Vec<u8>) -> Step {
+        if let Ok((true, _, Some(kind), Value::Integer(token), _, _)) = &called {
+            if kind.as_bytes().as_ref() == b"park" {
+                let token = *token as u64;
+                let deadline = self.budget.deadline_raw();
+                self.budget.disarm();
+                let _ = self.lua.set_memory_limit(0);
+                let state = match self.lua.app_data_mut::<RequestState>() {
+                    Some(mut s) => std::mem::take(&mut *s),
+                    None => RequestState::default(),
+                };
+                let info = self
+                    .lua
+                    .app_data_mut::<crate::worker::reach::ParkLine>()
+                    .and_then(|mut l| l.take(token));
+                self.parked.insert(
+                    token,
+                    Parked {
+                        state,
+                        first,
+                        deadline,
+                        info,
+                    },
+                );
+                return Step::Parked(token);
+            }
+        }
         let result = match called {
             Ok(values) => self.outcome(values),
             Err(e) => Err(self.failure(e.to_string())),
@@ -488,7 +678,7 @@ impl Vm {
         }
         self.memory
             .store(self.lua.used_memory() as u64, Ordering::Relaxed);
-        (req, RunResult { outputs, result })
+        Step::Done(req, RunResult { outputs, result })
     }
 
     /// The VM's memory figure (bytes, as of its last request), for

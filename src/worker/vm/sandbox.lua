@@ -249,7 +249,6 @@ local function name_arg(v, fname, n)
 end
 local api = {
   sleep = sleep,
-  call = reach.call,
   http = reach.http,
   retry = function(after_ms, reason)
     return { [OUTCOME] = 'retry', count_arg(after_ms, 'retry', 1), reason ~= nil and tostring(reason) or nil }
@@ -343,19 +342,79 @@ local function finish(ok, v)
   end
   return true, v
 end
--- runner(chunk, context): a fresh global environment over the shared
--- globals, handed to the chunk as its _ENV (scripts are compiled with
--- `local _ENV = ...` in front), then the call.
-return function(f, ctx)
+-- The runner ---------------------------------------------------------------
+-- Each request runs in a coroutine of its own (reused once it has ended),
+-- so that a request waiting in `alaska.call` can be parked: its coroutine
+-- yields PARK to the worker, which runs other requests on this VM and
+-- resumes it when the reply (or its timeout) comes. Only the request's own
+-- coroutine parks, and only where Lua can yield (not inside a C function's
+-- callback, a script's own coroutine, ...): there the call waits in place.
+local PARK, DONE, BREACH = {}, {}, {}
+local co_create, co_yield, co_running, co_isyieldable =
+  coroutine.create, coroutine.yield, coroutine.running, coroutine.isyieldable
+local cur_co
+local parked = {}
+local idle = {}
+-- A request coroutine: runs requests one after the other, each in a fresh
+-- global environment over the shared globals, handed to the chunk as its
+-- _ENV (scripts are compiled with `local _ENV = ...` in front).
+local function loop(f, ctx)
+  while true do
+    package.path, package.cpath = base_path, base_cpath
+    local env = setmetatable({
+      alaskaContext = ctx,
+      alaska = setmetatable({}, api_meta),
+      _G = false,
+    }, env_meta)
+    env._G = env
+    cur_env = env
+    f, ctx = co_yield(DONE, finish(raw_xpcall(f, handler, env)))
+  end
+end
+-- What a request coroutine did when it stopped: finished (the runner's
+-- `ok, value, kind, a, b, c`), parked (`true, nil, 'park', token`), or
+-- yielded something else: a script's own `coroutine.yield` outside any
+-- coroutine of its own, which fails the request as it always did.
+local function settle(co, ok, tag, ...)
+  cur_co = nil
+  if not ok then return false, tag end
+  if tag == DONE then
+    idle[#idle + 1] = co
+    return ...
+  end
+  if tag == PARK then
+    local token = ...
+    parked[token] = { co = co, ctx = cur_ctx, env = cur_env }
+    return true, nil, 'park', token
+  end
+  return false, 'attempt to yield from outside a coroutine'
+end
+local function start(f, ctx)
   arm_memory()
   cur_ctx = ctx
-  package.path, package.cpath = base_path, base_cpath
-  local env = setmetatable({
-    alaskaContext = ctx,
-    alaska = setmetatable({}, api_meta),
-    _G = false,
-  }, env_meta)
-  env._G = env
-  cur_env = env
-  return finish(raw_xpcall(f, handler, env))
+  local co = idle[#idle]
+  if co then idle[#idle] = nil else co = co_create(loop) end
+  cur_co = co
+  return settle(co, co_resume(co, f, ctx))
 end
+local function resume(token, ...)
+  local p = parked[token]
+  if not p then return false, 'no parked request ' .. tostring(token) end
+  parked[token] = nil
+  arm_memory()
+  cur_ctx, cur_env, cur_co = p.ctx, p.env, p.co
+  return settle(p.co, co_resume(p.co, ...))
+end
+api.call = function(address, subject, content, options)
+  local r1, r2, token = reach.call(co_running() == cur_co and co_isyieldable(),
+    address, subject, content, options)
+  if token == nil then return r1, r2 end
+  r1, r2 = co_yield(PARK, token)
+  if r1 == BREACH then error(r2, 0) end
+  return r1, r2
+end
+return {
+  start = start,
+  resume = resume,
+  breach = function(token, msg) return resume(token, BREACH, msg) end,
+}
