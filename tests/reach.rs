@@ -870,3 +870,66 @@ fn a_stop_answers_parked_calls_and_their_requests_reply() {
         );
     }
 }
+
+#[test]
+fn a_script_reaching_alaska_call_indirectly_parks_from_its_second_request() {
+    let b = broker();
+    let front_dir = tempfile::tempdir().unwrap();
+    let back_dir = tempfile::tempdir().unwrap();
+    let marks = tempfile::tempdir().unwrap();
+    holding_backend(back_dir.path(), marks.path());
+    // The text never names the function: the VM learns it at the first call.
+    script(
+        front_dir.path(),
+        "front",
+        "local f = alaska['cal' .. 'l'] return (f('backend', alaska.frames[2] or 'hold', alaskaContext, {timeout = 8000}))",
+    );
+    let _f = worker(
+        b.endpoint(),
+        front_dir.path(),
+        "svc",
+        1,
+        reach(|c| c.call_timeout = Duration::from_secs(8)),
+    );
+    let _k = worker(b.endpoint(), back_dir.path(), "backend", 6, reach(|_| {}));
+    let mut c = client(b.endpoint(), "producer");
+    ready_on(&mut c, front_dir.path(), "svc");
+    ready_on(&mut c, back_dir.path(), "backend");
+    // The first waits in place (and works).
+    c.sendfor(
+        "svc",
+        "front",
+        "t",
+        0,
+        vec![b"x".to_vec(), b"ping".to_vec()],
+    )
+    .unwrap();
+    let d = expect(&mut c, DeliveryKind::Mailbox, T);
+    assert_eq!(d.content[0], b"pong".to_vec());
+    // From then on its requests park: five wait at once on the one VM.
+    for i in 0..5 {
+        c.sendfor(
+            "svc",
+            "front",
+            &format!("w{i}"),
+            0,
+            vec![format!("{i}").into_bytes()],
+        )
+        .unwrap();
+    }
+    for i in 0..5 {
+        wait_file_exists(&marks.path().join(format!("started-{i}")));
+    }
+    std::fs::write(marks.path().join("go"), "").unwrap();
+    let mut got: Vec<String> = (0..5)
+        .map(|_| {
+            let d = expect(&mut c, DeliveryKind::Mailbox, T);
+            String::from_utf8_lossy(&d.content[0]).into_owned()
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        (0..5).map(|i| format!("released {i}")).collect::<Vec<_>>()
+    );
+}

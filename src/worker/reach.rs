@@ -198,6 +198,9 @@ pub struct ParkLine {
     tx: Sender<(u64, CallAnswer)>,
     next: u64,
     calls: HashMap<u64, CallInfo>,
+    /// A request that could not park called: its script should start in
+    /// a coroutine from now on.
+    wanted: bool,
 }
 
 impl ParkLine {
@@ -207,7 +210,13 @@ impl ParkLine {
             tx,
             next: 0,
             calls: HashMap::new(),
+            wanted: false,
         }
+    }
+
+    /// Whether a request that could not park called since the last look.
+    pub fn take_wanted(&mut self) -> bool {
+        std::mem::take(&mut self.wanted)
     }
 
     /// The call a request parked with `token` made.
@@ -616,6 +625,13 @@ fn call(
     } else {
         None
     };
+    if parking.is_none() {
+        if let Some(mut line) = lua.app_data_mut::<ParkLine>() {
+            // This script calls: its next requests on this VM start in a
+            // coroutine, so they can park.
+            line.wanted = true;
+        }
+    }
     let (answer, rx) = match parking {
         Some(a) => (a, None),
         None => {

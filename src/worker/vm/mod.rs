@@ -345,6 +345,9 @@ pub struct Vm {
     breach_fn: Function,
     /// Requests parked in `alaska.call`, by token (see [`Vm::enable_parking`]).
     parked: HashMap<u64, Parked>,
+    /// Subjects whose scripts call (start them in a coroutine), on a VM
+    /// that parks.
+    callers: std::collections::HashSet<String>,
     /// Compiled scripts by subject.
     cache: HashMap<String, Cached>,
     budget: Arc<Budget>,
@@ -458,6 +461,7 @@ impl Vm {
             resume_fn: runner.get("resume")?,
             breach_fn: runner.get("breach")?,
             parked: HashMap::new(),
+            callers: std::collections::HashSet::new(),
             cache: HashMap::new(),
             budget,
             cfg,
@@ -507,21 +511,35 @@ impl Vm {
             .first_mut()
             .map(std::mem::take)
             .unwrap_or_default();
+        let parkable = !self.callers.is_empty() && self.callers.contains(&req.subject);
         if let Some(mut state) = self.lua.app_data_mut::<RequestState>() {
             state.active = true;
             state.current = Some(req);
         }
         self.budget.arm(self.cfg.timeout);
+        // Only a script known to call starts in a coroutine (the first
+        // request that calls waits in place and marks its script).
         // Text is pushed straight onto the stack (no memory limit is armed
         // yet, so mlua need not protect the push); other bytes go through
         // a Lua string.
         let called = match std::str::from_utf8(&first) {
-            Ok(text) => self.start_fn.call((func, text)),
+            Ok(text) => self.start_fn.call((func, text, parkable)),
             Err(_) => self
                 .lua
                 .create_string(&first)
-                .and_then(|ctx| self.start_fn.call((func, ctx))),
+                .and_then(|ctx| self.start_fn.call((func, ctx, parkable))),
         };
+        if self
+            .lua
+            .app_data_mut::<crate::worker::reach::ParkLine>()
+            .is_some_and(|mut l| l.take_wanted())
+        {
+            let subject = self
+                .lua
+                .app_data_ref::<RequestState>()
+                .and_then(|s| s.current.as_ref().map(|r| r.subject.clone()));
+            self.callers.extend(subject);
+        }
         self.settle(called, first)
     }
 
@@ -848,6 +866,12 @@ impl Vm {
         };
         let meta = std::fs::metadata(&path).map_err(missing)?;
         let source = std::fs::read(&path).map_err(missing)?;
+        // A script that names alaska.call starts in a coroutine on a VM
+        // that parks (one that reaches it another way is found at its
+        // first call, which waits in place).
+        if source.windows(11).any(|w| w == b"alaska.call") {
+            self.callers.insert(subject.to_string());
+        }
         let name = format!("@{}/{subject}.lua", self.cfg.scripts_dir.display());
         let mut text = Vec::with_capacity(CHUNK_PREFIX.len() + source.len());
         text.extend_from_slice(CHUNK_PREFIX);
