@@ -119,6 +119,9 @@ pub struct BrokerConfig {
     /// `mlm_server/service/dead_letters`: the mailbox poison requests are
     /// reported to (the workers' error mailbox by default).
     pub dead_letters: String,
+    /// `mlm_server/schedule/<name>/...`: requests the broker sends in its
+    /// own name on a timetable.
+    pub schedules: Vec<core::ScheduleSpec>,
 }
 
 impl Default for BrokerConfig {
@@ -146,6 +149,7 @@ impl Default for BrokerConfig {
             http_open_reads: false,
             max_deliveries: 5,
             dead_letters: "awerr".into(),
+            schedules: Vec::new(),
         }
     }
 }

@@ -909,6 +909,7 @@ mod tests {
             dead_letters: 0,
             streams: 0,
             stream_readers: 0,
+            delayed_requests: 0,
         };
         bm.gauges(&stats);
         let text = m.render();

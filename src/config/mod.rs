@@ -585,13 +585,13 @@ pub(crate) fn pattern(key: &'static str, v: String) -> Result<String, ConfigErro
     }
 }
 
-/// `1500` (ms), `1500ms`, `2s`, `1.5s`, `1m`.
+/// `1500` (ms), `1500ms`, `2s`, `1.5s`, `1m`, `1h`.
 pub(crate) fn duration(key: &'static str, v: &str) -> Result<Duration, ConfigError> {
     let t = v.trim();
     let bad = || ConfigError::Value {
         key,
         value: v.into(),
-        expected: "a duration up to one year (milliseconds, or a number with ms, s or m)",
+        expected: "a duration up to one year (milliseconds, or a number with ms, s, m or h)",
     };
     let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
         (n, 0.001)
@@ -599,6 +599,8 @@ pub(crate) fn duration(key: &'static str, v: &str) -> Result<Duration, ConfigErr
         (n, 1.0)
     } else if let Some(n) = t.strip_suffix('m') {
         (n, 60.0)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3600.0)
     } else {
         (t, 0.001)
     };
