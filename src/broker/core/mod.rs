@@ -345,8 +345,9 @@ impl<J: Journal> Core<J> {
         }
     }
 
-    /// The wall-clock time at `now`, if known.
-    fn wall_at(&self, now: Instant) -> Option<SystemTime> {
+    /// The wall-clock time at `now`, if known (from the last
+    /// [`Core::set_wall_clock`]).
+    pub fn wall_at(&self, now: Instant) -> Option<SystemTime> {
         let (at, wall) = self.wall?;
         Some(match now.checked_duration_since(at) {
             Some(ahead) => wall.checked_add(ahead).unwrap_or(wall),
@@ -506,6 +507,11 @@ impl<J: Journal> Core<J> {
                 .get(&self.cfg.dead_letters)
                 .map_or(0, |m| m.mail.len()),
             delayed_requests: self.delayed.len(),
+            schedules: self
+                .schedules
+                .iter()
+                .map(|s| (s.spec.name.clone(), s.fires, s.next))
+                .collect(),
         }
     }
 
