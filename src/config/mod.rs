@@ -614,6 +614,13 @@ pub(crate) fn duration(key: &'static str, v: &str) -> Result<Duration, ConfigErr
     }
 }
 
+/// A duration as the configuration reads it (`1500` ms, `250ms`, `2s`,
+/// `1.5s`, `5m`, `1h`; at most a year), for the tools' flags and URLs;
+/// `None` for anything else.
+pub fn parse_duration(v: &str) -> Option<Duration> {
+    duration("duration", v).ok()
+}
+
 /// A duration above zero (see [`duration`]).
 pub(crate) fn nonzero_duration(key: &'static str, v: &str) -> Result<Duration, ConfigError> {
     match duration(key, v)? {
