@@ -538,17 +538,16 @@ fn seconds(v: &str) -> Result<Duration, String> {
 
 /// `--delay` value: a duration as the configuration reads it.
 fn delay_flag(v: &str) -> Result<Duration, String> {
-    alaska::config::parse_duration(v).ok_or_else(|| {
-        format!("{v:?} is not a duration up to a year (e.g. 250ms, 2s, 5m, 1h)")
-    })
+    alaska::config::parse_duration(v)
+        .ok_or_else(|| format!("{v:?} is not a duration up to a year (e.g. 250ms, 2s, 5m, 1h)"))
 }
 
 /// `--at` value: RFC 3339, or seconds since the Unix epoch.
 fn at_flag(v: &str) -> Result<std::time::SystemTime, String> {
     let v = v.trim();
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(v) {
-        let ms = u64::try_from(t.timestamp_millis())
-            .map_err(|_| format!("{v:?} is before 1970"))?;
+        let ms =
+            u64::try_from(t.timestamp_millis()).map_err(|_| format!("{v:?} is before 1970"))?;
         return Ok(std::time::UNIX_EPOCH + Duration::from_millis(ms));
     }
     match v.parse::<f64>() {

@@ -58,10 +58,10 @@ mod wire;
 
 pub use delivery::{AckToken, Delivery, DeliveryKind, Wait};
 pub use error::ClientError;
-pub use session::NO_DELAY;
 pub use facade::Client;
 pub use options::{ClientOptions, Credentials, CurveClientKeys};
 pub use refusal::{Refusal, RefusalKind};
+pub use session::NO_DELAY;
 pub use state::{ClientStats, ConnState, Maintenance};
 pub use transport::MonitorEvent;
 
