@@ -344,12 +344,16 @@ impl Recovered {
         let boxes: std::collections::HashSet<&str> =
             self.mail.iter().map(|(_, r)| r.holder.as_str()).collect();
         format!(
-            "recovered {} request(s) for {} service(s), {} mail(s) for {} address(es) and {} delayed request(s){}",
+            "recovered {} request(s) for {} service(s) and {} mail(s) for {} address(es){}{}",
             self.requests.len(),
             services.len(),
             self.mail.len(),
             boxes.len(),
-            self.delayed.len(),
+            if self.delayed.is_empty() {
+                String::new()
+            } else {
+                format!(", and {} delayed request(s)", self.delayed.len())
+            },
             if self.clean {
                 ""
             } else {
