@@ -635,7 +635,7 @@ pub fn answer<J: Journal>(core: &mut Core<J>, q: &AdminQuery) -> HttpResponse {
                 .iter()
                 .map(|s| {
                     let (every, cron, tz) = match &s.spec.when {
-                        When::Every(d) => (Some(format!("{}ms", d.as_millis())), None, None),
+                        When::Every(d) => (Some(every_text(*d)), None, None),
                         When::Cron { expr, tz, .. } => (None, Some(expr.clone()), Some(tz.name().to_string())),
                     };
                     json!({
@@ -654,6 +654,16 @@ pub fn answer<J: Journal>(core: &mut Core<J>, q: &AdminQuery) -> HttpResponse {
                 .collect();
             HttpResponse::json(200, &json!({ "schedules": list }))
         }
+    }
+}
+
+/// An `every` as a person writes it: `1h`, `5m`, `30s`, `250ms`.
+fn every_text(d: std::time::Duration) -> String {
+    match d.as_millis() {
+        m if m % 3_600_000 == 0 => format!("{}h", m / 3_600_000),
+        m if m % 60_000 == 0 => format!("{}m", m / 60_000),
+        m if m % 1000 == 0 => format!("{}s", m / 1000),
+        m => format!("{m}ms"),
     }
 }
 

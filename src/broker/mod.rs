@@ -314,8 +314,9 @@ impl Broker {
         if let Some(addr) = ops.http_addr() {
             tracing::info!(
                 "broker serving http://{addr}: the console at /, GET /health, /metrics, /v1/clients, \
-                 /v1/services, /v1/mailboxes, /v1/streams, /v1/series, /v1/dead; POST \
-                 /v1/clients/<address>/maintenance, /v1/dead/<id>/replay (see docs/admin-api.md)"
+                 /v1/services, /v1/mailboxes, /v1/streams, /v1/series, /v1/dead, /v1/delayed, /v1/schedules; \
+                 POST /v1/clients/<address>/maintenance, /v1/dead/<id>/replay; DELETE /v1/delayed/<id> \
+                 (see docs/admin-api.md)"
             );
         }
         Ok(BrokerHandle {
