@@ -548,12 +548,15 @@ fn at_flag(v: &str) -> Result<std::time::SystemTime, String> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(v) {
         let ms =
             u64::try_from(t.timestamp_millis()).map_err(|_| format!("{v:?} is before 1970"))?;
-        return Ok(std::time::UNIX_EPOCH + Duration::from_millis(ms));
+        return std::time::UNIX_EPOCH
+            .checked_add(Duration::from_millis(ms))
+            .ok_or_else(|| format!("{v:?} is out of range"));
     }
     match v.parse::<f64>() {
         Ok(s) if s.is_finite() && s >= 0.0 => Duration::try_from_secs_f64(s)
-            .map(|d| std::time::UNIX_EPOCH + d)
-            .map_err(|_| format!("{v:?} is out of range")),
+            .ok()
+            .and_then(|d| std::time::UNIX_EPOCH.checked_add(d))
+            .ok_or_else(|| format!("{v:?} is out of range")),
         _ => Err(format!(
             "{v:?} is neither an RFC 3339 time (2026-12-05T21:00:00Z) nor unix seconds"
         )),

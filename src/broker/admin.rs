@@ -626,7 +626,9 @@ pub fn answer<J: Journal>(core: &mut Core<J>, q: &AdminQuery) -> HttpResponse {
         AdminQuery::Schedules => {
             let ms_json = |ms: Option<u64>| {
                 json!({
-                    "time": ms.map(|m| rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(m))),
+                    "time": ms
+                        .and_then(|m| std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_millis(m)))
+                        .map(rfc3339),
                     "unix_ms": ms,
                 })
             };

@@ -132,7 +132,7 @@ pub fn parse_config_with_env(
     let (mut http_token, mut http_token_file) = (String::new(), String::new());
     let mut sync = SyncMode::Batch;
     // Schedule name -> its keys, in the order the names first appear.
-    let mut schedules: Vec<(String, HashMap<String, (String, usize)>)> = Vec::new();
+    let mut schedules: Vec<(String, ScheduleKeys)> = Vec::new();
     for e in &entries {
         let v = e.value.trim();
         let bad = |what: &str| {
@@ -308,14 +308,14 @@ pub fn parse_config_with_env(
     Ok((cfg, warnings))
 }
 
+/// One schedule's keys as read: key -> (value, line).
+type ScheduleKeys = HashMap<String, (String, usize)>;
+
 /// The keys of one schedule (`mlm_server/schedule/<name>/<key>`).
 const SCHEDULE_KEYS: &[&str] = &["every", "cron", "timezone", "address", "subject", "content"];
 
 /// One schedule from its keys (value, line), or the error naming it.
-fn schedule(
-    name: &str,
-    keys: &HashMap<String, (String, usize)>,
-) -> Result<ScheduleSpec, BrokerError> {
+fn schedule(name: &str, keys: &ScheduleKeys) -> Result<ScheduleSpec, BrokerError> {
     let get = |k: &str| keys.get(k).map(|(v, _)| v.as_str());
     let every = match keys.get("every") {
         None => None,
