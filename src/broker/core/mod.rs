@@ -20,7 +20,10 @@
 //! One file per concern, one short handler per command: `clients.rs`
 //! (OPEN, PING, CLOSE, expiry, takeover), `services.rs` (SERVICE SEND,
 //! SERVICE OFFER, CREDIT, CONFIRM), `mailboxes.rs` (MAILBOX SEND, storage,
-//! expiry, reclaim), `streams.rs` (STREAM WRITE, READ, CANCEL, SEND).
+//! expiry, reclaim), `streams.rs` (STREAM WRITE, READ, CANCEL, SEND),
+//! `delayed.rs` (requests held for a delay, delay/1) and `schedules.rs`
+//! (requests fired in the broker's name on a timetable; the wall clock is
+//! passed in with [`Core::set_wall_clock`]).
 
 mod admin;
 mod authorize;

@@ -196,21 +196,21 @@ impl ScheduleState {
         }
     }
 
+    /// Its next due time, worked out the first time it is asked: after the
+    /// last fire stored, so one missed while the broker was down is caught
+    /// up; a new schedule starts with its first due time after `now_ms`.
+    pub fn next_due(&mut self, now_ms: u64) -> Option<u64> {
+        if self.next.is_none() {
+            self.next = self.spec.when.next_after(self.last.unwrap_or(now_ms));
+        }
+        self.next
+    }
+
     /// Whether it fires at `now_ms`, and for which due time; moves `next`
     /// on either way. At most one fire however many due times passed: the
     /// latest of them.
     pub fn due(&mut self, now_ms: u64) -> Option<u64> {
-        let next = match self.next {
-            Some(n) => n,
-            None => {
-                // Continue after the last fire stored, so one missed while
-                // the broker was down is caught up; a new schedule starts
-                // with its first due time after now.
-                let n = self.spec.when.next_after(self.last.unwrap_or(now_ms))?;
-                self.next = Some(n);
-                n
-            }
-        };
+        let next = self.next_due(now_ms)?;
         if next > now_ms {
             return None;
         }
@@ -232,10 +232,18 @@ impl<J: Journal> Core<J> {
     /// Fires the schedules due at the wall-clock time `now_ms`.
     pub(super) fn run_schedules(&mut self, now_ms: u64) {
         for i in 0..self.schedules.len() {
+            let missed_from = self.schedules[i].next_due(now_ms);
             let Some(due) = self.schedules[i].due(now_ms) else {
                 continue;
             };
             let spec = self.schedules[i].spec.clone();
+            if let Some(first) = missed_from.filter(|&m| m < due) {
+                tracing::info!(
+                    "schedule {:?}: due times from {first} to {due} (unix ms) passed while the \
+                     broker was down or stalled; firing once, for {due}",
+                    spec.name
+                );
+            }
             let tracker = spec.tracker(due);
             // Told first: the fire and its request are in the same batch.
             self.journal.schedule_fired(&spec.name, due);
@@ -267,8 +275,10 @@ impl<J: Journal> Core<J> {
     }
 
     /// Puts back the due time of the last fire of schedule `name` read
-    /// from storage (a schedule no longer configured is ignored).
-    pub fn restore_schedule(&mut self, name: &str, last_ms: u64, _wall: SystemTime) {
+    /// from storage (a schedule no longer configured is ignored). Call it
+    /// before the first [`Core::set_wall_clock`]: the schedule then goes
+    /// on after that fire, catching up once if due times were missed.
+    pub fn restore_schedule(&mut self, name: &str, last_ms: u64) {
         if let Some(s) = self.schedules.iter_mut().find(|s| s.spec.name == name) {
             s.last = Some(last_ms);
             s.next = None;
@@ -279,6 +289,101 @@ impl<J: Journal> Core<J> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::core::{CoreConfig, HeldId, Kind, Removal};
+    use crate::mlm::Message;
+    use std::time::Instant;
+
+    /// Records the schedule fires and requests the core tells.
+    #[derive(Default)]
+    struct Rec(Vec<String>);
+
+    impl Journal for Rec {
+        fn stored(&mut self, _: Kind, holder: &str, held: &crate::broker::core::Held, _: bool) {
+            self.0.push(format!("stored {holder} {}", held.tracker));
+        }
+        fn removed(&mut self, _: Kind, _: HeldId, _: Removal) {}
+        fn mailbox_touched(&mut self, _: &str, _: Instant) {}
+        fn mailbox_gone(&mut self, _: &str) {}
+        fn schedule_fired(&mut self, name: &str, due_ms: u64) {
+            self.0.push(format!("fired {name} {due_ms}"));
+        }
+    }
+
+    #[test]
+    fn the_core_fires_a_request_in_its_own_name_and_journals_the_fire_with_it() {
+        let spec = ScheduleSpec::new(
+            "beat",
+            Some(Duration::from_secs(1)),
+            None,
+            None,
+            Some("svc"),
+            Some("tick"),
+            Some("{}"),
+        )
+        .unwrap();
+        let cfg = CoreConfig {
+            schedules: vec![spec],
+            ..CoreConfig::default()
+        };
+        let t0 = Instant::now();
+        let wall = UNIX_EPOCH + Duration::from_millis(1_700_000_000_400);
+        let mut core = Core::with_journal(cfg, t0, Rec::default());
+        // The last fire stored was 3 s ago: one catch-up at start.
+        core.restore_schedule("beat", 1_699_999_997_000);
+        core.set_wall_clock(t0, wall);
+        assert_eq!(
+            core.journal().0,
+            [
+                "fired beat 1700000000000",
+                "stored svc schedule:beat:1700000000000"
+            ]
+        );
+        // Next at ...01.000, 600 ms on.
+        let due = crate::time::after(t0, Duration::from_millis(600));
+        assert!(core.next_deadline().is_some_and(|d| d <= due));
+        core.tick(crate::time::after(t0, Duration::from_millis(599)));
+        assert_eq!(core.journal().0.len(), 2, "not before");
+        core.tick(due);
+        assert_eq!(core.journal().0[2], "fired beat 1700000001000");
+        // A worker gets them in the broker's name.
+        core.handle(
+            b"w",
+            None,
+            Message::ConnectionOpen {
+                address: "w".into(),
+            },
+            due,
+        );
+        core.handle(
+            b"w",
+            None,
+            Message::ServiceOffer {
+                address: "svc".into(),
+                pattern: ".*".into(),
+            },
+            due,
+        );
+        let mut out = Vec::new();
+        core.flush(due, &mut out);
+        let got: Vec<(String, String)> = out
+            .into_iter()
+            .filter_map(|o| match o.msg {
+                Message::ServiceDeliver {
+                    sender, tracker, ..
+                } => Some((sender, tracker)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (String::new(), "schedule:beat:1700000000000".to_string()),
+                (String::new(), "schedule:beat:1700000001000".to_string())
+            ]
+        );
+        assert_eq!(core.schedules()[0].fires, 2);
+        assert_eq!(core.counters().schedule_fires, 2);
+    }
 
     const MIN: u64 = 60_000;
 

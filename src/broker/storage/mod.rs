@@ -405,7 +405,7 @@ impl Recovered {
             });
         }
         for (name, last) in self.schedules {
-            core.restore_schedule(&name, last, wall);
+            core.restore_schedule(&name, last);
         }
     }
 }
