@@ -102,6 +102,8 @@ fn kind_tag(k: Kind) -> u8 {
     match k {
         Kind::Request => 0,
         Kind::Mail => 1,
+        // The simulator never sends delay/1 commands.
+        Kind::Delayed => 2,
     }
 }
 

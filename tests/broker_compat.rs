@@ -133,7 +133,7 @@ fn open_ok_advertises_acknowledged_delivery_and_maintenance() {
     assert_eq!(
         r.recv(),
         Message::Ok {
-            status: Status::new(200, "alaska-broker ack/1 maint/1")
+            status: Status::new(200, "alaska-broker ack/1 maint/1 delay/1")
         }
     );
 }

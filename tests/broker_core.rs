@@ -116,7 +116,7 @@ impl T {
             (
                 who.to_string(),
                 Message::Ok {
-                    status: Status::new(200, "alaska-broker ack/1 maint/1")
+                    status: Status::new(200, "alaska-broker ack/1 maint/1 delay/1")
                 }
             )
         );

@@ -393,3 +393,54 @@ fn with_open_reads_everyone_may_look_and_only_the_token_may_act() {
         401
     );
 }
+
+#[test]
+fn a_delayed_request_is_cancelled_from_the_page_and_schedules_are_listed() {
+    let Some(browser) = Browser::start("console delayed") else {
+        return;
+    };
+    let (cfg, _) = alaska::broker::parse_config(
+        "mlm_server\n    schedule\n        nightly\n            cron = \"0 3 * * *\"\n            address = \"svc\"\n            subject = \"report\"\n",
+        std::path::Path::new("."),
+    )
+    .unwrap();
+    let b = broker_with(|c| {
+        c.http_listen = Some("127.0.0.1:0".into());
+        c.schedules = cfg.schedules;
+    });
+    let base = format!("http://{}", b.http_addr().unwrap());
+    let mut p = client(b.endpoint(), "p");
+    p.sendfor_delayed(
+        "svc",
+        "later",
+        "",
+        0,
+        vec![b"x".to_vec()],
+        Duration::from_secs(600),
+    )
+    .unwrap();
+    browser.goto(&format!("{base}/"));
+    browser.wait_until(
+        "the delayed request's cancel button",
+        "return !!document.querySelector('button[data-cancel]')",
+        WAIT,
+    );
+    let schedules = browser.eval("return document.getElementById('schedules').textContent");
+    let schedules = schedules.as_str().unwrap_or_default();
+    assert!(
+        schedules.contains("nightly") && schedules.contains("0 3 * * * (UTC)"),
+        "{schedules}"
+    );
+    browser.click("button[data-cancel]");
+    assert!(browser.dialog(WAIT).contains("Cancel delayed request"));
+    browser.accept(None);
+    browser.wait_until(
+        "the delayed table empty",
+        "return document.getElementById('delayed').textContent.includes('nothing delayed')",
+        WAIT,
+    );
+    assert_eq!(
+        json(&get(&agent(), &format!("{base}/v1/delayed")).1)["total"],
+        0
+    );
+}

@@ -33,6 +33,7 @@ mod exit {
     pub const DENIED: u8 = 9;
     pub const NOTHING: u8 = 10;
     pub const NOT_FOUND: u8 = 11;
+    pub const NO_DELAY: u8 = 12;
 }
 
 #[path = "alas/look.rs"]
@@ -53,7 +54,11 @@ Exit status: 0 ok; 1 other error; 2 usage or bad endpoint; 3 empty input;\n4 bro
 says why: credentials, CURVE key, broker key, mechanism); 6 no reply in time;\n\
 7 error reply; 8 broker refused the request: service queue full (send again later);\n\
 9 access denied by the broker's ACL; 10 (read, listen, dead list) nothing arrived in\n\
-time; 11 (dead) no such dead letter.\n\n\
+time; 11 (dead) no such dead letter; 12 --delay/--at and the broker does not hold\n\
+delayed requests (the real Malamute: use alaska-broker).\n\n\
+Delayed requests (alaska-broker only): --delay 2s (or 250ms, 5m, 1h) or --at\n\
+2026-12-05T21:00:00Z (or unix seconds): the broker holds the request until then;\n\
+--wait then waits that much longer for the reply.\n\n\
 Reading: `alas read MAILBOX`, `alas listen STREAM [PATTERN]`, `alas dead list|show|replay|\n\
 delete|purge` (see `alas help read`, ...). Without a subcommand alas sends, as always.\n\n\
 CURVE: --curve-cert names our secret certificate (made by `alaska-broker --keygen NAME`:\n\
@@ -93,6 +98,15 @@ struct Args {
     #[arg(short, long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "5",
           value_parser = seconds)]
     wait: Option<Duration>,
+    /// Have the broker hold the request(s) this long before queueing them
+    /// (`250ms`, `2s`, `5m`, `1h`; alaska-broker only, exit 12 otherwise).
+    #[arg(long, value_name = "DURATION", value_parser = delay_flag,
+          conflicts_with_all = ["at", "retries"])]
+    delay: Option<Duration>,
+    /// Have the broker hold the request(s) until this time: RFC 3339
+    /// (`2026-12-05T21:00:00Z`) or unix seconds (alaska-broker only).
+    #[arg(long, value_name = "TIME", value_parser = at_flag, conflicts_with = "retries")]
+    at: Option<std::time::SystemTime>,
     /// Send each non-empty line of stdin as its own request.
     #[arg(short, long)]
     lines: bool,
@@ -188,6 +202,15 @@ fn run(args: &Args) -> Result<(), Failure> {
         args.balance,
     )?;
     let wait = args.wait.unwrap_or_default();
+    // How long the broker is to hold them (--at: from now).
+    let delay = match (args.delay, args.at) {
+        (Some(d), _) => d,
+        (None, Some(at)) => at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+        (None, None) => Duration::ZERO,
+    };
+    let delayed = args.delay.is_some() || args.at.is_some();
     // Without --retries, --wait bounds the silence between replies (a long
     // --lines run is not cut while replies keep coming); with them, each
     // request's wait runs from its (re)send, which is what says when to
@@ -219,16 +242,39 @@ fn run(args: &Args) -> Result<(), Failure> {
         } else {
             String::new()
         };
-        brokers
-            .client(broker)
-            .sendfor(
+        let client = brokers.client(broker);
+        let sent = if delayed {
+            if !client.supports_delay() {
+                return Err((
+                    exit::NO_DELAY,
+                    format!(
+                        "broker at {}: {}",
+                        client.endpoint(),
+                        alaska::mlm::client::NO_DELAY
+                    ),
+                ));
+            }
+            client.sendfor_delayed(
+                &args.address,
+                &args.subject,
+                &tracker,
+                0,
+                vec![body.clone()],
+                delay,
+            )
+        } else {
+            client.sendfor(
                 &args.address,
                 &args.subject,
                 &tracker,
                 0,
                 vec![body.clone()],
             )
-            .map_err(|e| (exit::OTHER, format!("sending: {e}")))?;
+        };
+        sent.map_err(|e| match e {
+            ClientError::Unsupported(m) => (exit::NO_DELAY, m),
+            e => (exit::OTHER, format!("sending: {e}")),
+        })?;
         used[broker] += 1;
         if args.wait.is_some() {
             retries.sent(tracker.clone(), broker, Instant::now());
@@ -292,7 +338,8 @@ fn run(args: &Args) -> Result<(), Failure> {
     // and each one means one reply fewer to wait for.
     let mut refused: Vec<Refusal> = Vec::new();
     let mut stdout = std::io::stdout().lock();
-    let mut quiet_until = after(Instant::now(), wait);
+    // A delayed request cannot be answered before it is due.
+    let mut quiet_until = after(Instant::now(), wait.saturating_add(delay));
     while retries.outstanding() > refused.len() {
         let now = Instant::now();
         progress.update((requests.len() - retries.outstanding()) as u64, now);
@@ -487,6 +534,33 @@ fn seconds(v: &str) -> Result<Duration, String> {
         ));
     }
     Duration::try_from_secs_f64(n).map_err(|_| format!("{v:?} is out of range"))
+}
+
+/// `--delay` value: a duration as the configuration reads it.
+fn delay_flag(v: &str) -> Result<Duration, String> {
+    alaska::config::parse_duration(v)
+        .ok_or_else(|| format!("{v:?} is not a duration up to a year (e.g. 250ms, 2s, 5m, 1h)"))
+}
+
+/// `--at` value: RFC 3339, or seconds since the Unix epoch.
+fn at_flag(v: &str) -> Result<std::time::SystemTime, String> {
+    let v = v.trim();
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(v) {
+        let ms =
+            u64::try_from(t.timestamp_millis()).map_err(|_| format!("{v:?} is before 1970"))?;
+        return std::time::UNIX_EPOCH
+            .checked_add(Duration::from_millis(ms))
+            .ok_or_else(|| format!("{v:?} is out of range"));
+    }
+    match v.parse::<f64>() {
+        Ok(s) if s.is_finite() && s >= 0.0 => Duration::try_from_secs_f64(s)
+            .ok()
+            .and_then(|d| std::time::UNIX_EPOCH.checked_add(d))
+            .ok_or_else(|| format!("{v:?} is out of range")),
+        _ => Err(format!(
+            "{v:?} is neither an RFC 3339 time (2026-12-05T21:00:00Z) nor unix seconds"
+        )),
+    }
 }
 
 /// Requests the broker refused: exit 8 when a queue was full (the caller

@@ -29,7 +29,9 @@ curl -d '{\"n\":100}' 'http://127.0.0.1:8080/v1/request/default/pi?timeout=2000'
 ALASKA_GATEWAY_USER=gw ALASKA_GATEWAY_PASSWORD=secret alaska-gateway -c /etc/alaska/alaska-gateway.cfg\n\n\
 Statuses of /v1/request: 200 reply; 400 bad name or timeout; 404 bad path; 413 body too large;\n\
 429 queue full (broker) or too many requests waiting (gateway); 502 error reply;\n\
+501 ?delay= and the broker does not hold delayed requests (the real Malamute);\n\
 503 broker not connected or gateway stopping; 504 no reply in time.\n\
+?delay=2s (or ms) on /v1/request: the broker holds the request that long (alaska-broker).\n\
 Exit status: 0 stopped by a signal; 1 could not start; 2 bad configuration."
 )]
 struct Args {

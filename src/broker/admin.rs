@@ -15,6 +15,9 @@
 //! | `GET /v1/mailboxes/<address>?limit=` | | `{"address", "total", "mail": [..]}`, oldest first |
 //! | `GET /v1/services/<name>/queue?limit=` | | `{"service", "total", "requests": [..]}`, oldest first |
 //! | `POST /v1/services/<name>/purge` | | `{"purged": n}` |
+//! | `GET /v1/delayed?limit=&offset=` | | `{"total", "offset", "delayed": [..]}`, soonest due first |
+//! | `DELETE /v1/delayed/<id>` (or `POST /v1/delayed/<id>/cancel`) | | `{"cancelled": 1}`; 404 when none |
+//! | `GET /v1/schedules` | | `{"schedules": [..]}`: every or cron, timezone, where to, next and last fire, fires |
 //!
 //! A replay queues the dead letter's request again (its original service
 //! address, subject and every content frame, from the letter's metadata
@@ -26,8 +29,9 @@
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
-use super::core::{Core, Held, HeldId, Journal};
+use super::core::{unix_ms, Core, Held, HeldId, Journal, When};
 use crate::ops::http::{HttpRequest, HttpResponse, Method};
+use crate::worker::outcomes::rfc3339;
 
 /// Most items one listing returns (`limit` is cut to it).
 pub const MAX_LIMIT: usize = 1000;
@@ -104,6 +108,17 @@ pub enum AdminQuery {
     },
     /// Drop what waits in a service queue.
     PurgeQueue(String),
+    /// List the delayed requests, soonest due first.
+    ListDelayed {
+        /// How many to skip.
+        offset: usize,
+        /// How many to return.
+        limit: usize,
+    },
+    /// Cancel a delayed request.
+    CancelDelayed(HeldId),
+    /// List the schedules.
+    Schedules,
 }
 
 /// Parses an admin request for the paths in the module's table;
@@ -129,20 +144,35 @@ pub fn parse(req: &HttpRequest) -> Result<AdminQuery, HttpResponse> {
             .map_err(|_| HttpResponse::text(400, &format!("{s:?} is not a dead letter id")))
     };
     let m = &req.method;
-    match segments.as_slice() {
-        ["v1", "dead"] if m == Method::GET => {
-            let offset = match req.query_param("offset") {
-                None => 0,
-                Some(v) => v
-                    .parse()
-                    .map_err(|_| HttpResponse::text(400, "offset must be a number"))?,
-            };
-            Ok(AdminQuery::ListDead {
-                filter: query_filter(req)?,
-                offset,
-                limit: limit()?,
-            })
+    let offset = || -> Result<usize, HttpResponse> {
+        match req.query_param("offset") {
+            None => Ok(0),
+            Some(v) => v
+                .parse()
+                .map_err(|_| HttpResponse::text(400, "offset must be a number")),
         }
+    };
+    let delayed_id = |s: &str| {
+        s.parse::<HeldId>()
+            .map_err(|_| HttpResponse::text(400, &format!("{s:?} is not a delayed request id")))
+    };
+    match segments.as_slice() {
+        ["v1", "dead"] if m == Method::GET => Ok(AdminQuery::ListDead {
+            filter: query_filter(req)?,
+            offset: offset()?,
+            limit: limit()?,
+        }),
+        ["v1", "delayed"] if m == Method::GET => Ok(AdminQuery::ListDelayed {
+            offset: offset()?,
+            limit: limit()?,
+        }),
+        ["v1", "delayed", n] if m == Method::DELETE => {
+            Ok(AdminQuery::CancelDelayed(delayed_id(n)?))
+        }
+        ["v1", "delayed", n, "cancel"] if m == Method::POST => {
+            Ok(AdminQuery::CancelDelayed(delayed_id(n)?))
+        }
+        ["v1", "schedules"] if m == Method::GET => Ok(AdminQuery::Schedules),
         ["v1", "dead", "purge"] if m == Method::POST => {
             Ok(AdminQuery::PurgeDead(body_filter(&body_object(req)?)?))
         }
@@ -559,6 +589,83 @@ pub fn answer<J: Journal>(core: &mut Core<J>, q: &AdminQuery) -> HttpResponse {
             tracing::info!("admin API: {n} queued request(s) of {service:?} purged");
             HttpResponse::json(200, &json!({ "service": service, "purged": n }))
         }
+        AdminQuery::ListDelayed { offset, limit } => {
+            let all = core.delayed();
+            let list: Vec<Value> = all
+                .iter()
+                .skip(*offset)
+                .take(*limit)
+                .map(|d| {
+                    let due = core.wall_at(d.due);
+                    json!({
+                        "id": d.req.id,
+                        "address": d.service,
+                        "subject": d.req.subject,
+                        "sender": d.req.sender,
+                        "tracker": d.req.tracker,
+                        "timeout_ms": d.timeout_ms,
+                        "due": due.map(rfc3339),
+                        "due_unix_ms": due.map(unix_ms),
+                        "size": d.req.bytes(),
+                    })
+                })
+                .collect();
+            HttpResponse::json(
+                200,
+                &json!({ "total": all.len(), "offset": offset, "delayed": list }),
+            )
+        }
+        AdminQuery::CancelDelayed(id) => {
+            if core.cancel_delayed(*id) {
+                tracing::info!("admin API: delayed request {id} cancelled");
+                HttpResponse::json(200, &json!({ "cancelled": 1 }))
+            } else {
+                HttpResponse::text(404, &format!("no delayed request {id}"))
+            }
+        }
+        AdminQuery::Schedules => {
+            let ms_json = |ms: Option<u64>| {
+                json!({
+                    "time": ms
+                        .and_then(|m| std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_millis(m)))
+                        .map(rfc3339),
+                    "unix_ms": ms,
+                })
+            };
+            let list: Vec<Value> = core
+                .schedules()
+                .iter()
+                .map(|s| {
+                    let (every, cron, tz) = match &s.spec.when {
+                        When::Every(d) => (Some(every_text(*d)), None, None),
+                        When::Cron { expr, tz, .. } => (None, Some(expr.clone()), Some(tz.name().to_string())),
+                    };
+                    json!({
+                        "name": s.spec.name,
+                        "every": every,
+                        "every_ms": match &s.spec.when { When::Every(d) => Some(d.as_millis() as u64), _ => None },
+                        "cron": cron,
+                        "timezone": tz,
+                        "address": s.spec.address,
+                        "subject": s.spec.subject,
+                        "next_fire": ms_json(s.next),
+                        "last_fire": ms_json(s.last),
+                        "fires": s.fires,
+                    })
+                })
+                .collect();
+            HttpResponse::json(200, &json!({ "schedules": list }))
+        }
+    }
+}
+
+/// An `every` as a person writes it: `1h`, `5m`, `30s`, `250ms`.
+fn every_text(d: std::time::Duration) -> String {
+    match d.as_millis() {
+        m if m % 3_600_000 == 0 => format!("{}h", m / 3_600_000),
+        m if m % 60_000 == 0 => format!("{}m", m / 60_000),
+        m if m % 1000 == 0 => format!("{}s", m / 1000),
+        m => format!("{m}ms"),
     }
 }
 

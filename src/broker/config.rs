@@ -21,6 +21,10 @@
 //! | `mlm_server/http/listen` | `host:port` for `/health`, `/metrics`, the admin API and the console; empty: not served | empty |
 //! | `mlm_server/http/token`, `…/token_file` | the bearer token every HTTP request but `/health` and the console page needs | none |
 //! | `mlm_server/http/open_reads` | with a token, let reads (GET) through without it: a read-only console for everyone, changes for token holders (`0`/`1`) | `0` |
+//! | `mlm_server/schedule/<name>/every` | fire every so long (`250ms`, `30s`, `5m`, `1h`), at the multiples of it since the epoch | – |
+//! | `mlm_server/schedule/<name>/cron` | or fire on a cron expression (5 fields, or 6 with seconds first) | – |
+//! | `mlm_server/schedule/<name>/timezone` | the cron expression's time zone (IANA name) | `UTC` |
+//! | `mlm_server/schedule/<name>/address`, `…/subject`, `…/content` | the service request each fire sends | content empty |
 //!
 //! An unknown key is a warning; a bad value is an error naming the key.
 //! Relative file names are taken from the configuration file's directory.
@@ -31,6 +35,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
+use super::core::ScheduleSpec;
 use super::{Acl, BrokerConfig, BrokerError, CurveServer, StorageConfig, SyncMode};
 use crate::config::zpl;
 use crate::curve::{AllowedKeys, KeyPair};
@@ -126,6 +131,8 @@ pub fn parse_config_with_env(
     let mut storage_dir = String::new();
     let (mut http_token, mut http_token_file) = (String::new(), String::new());
     let mut sync = SyncMode::Batch;
+    // Schedule name -> its keys, in the order the names first appear.
+    let mut schedules: Vec<(String, ScheduleKeys)> = Vec::new();
     for e in &entries {
         let v = e.value.trim();
         let bad = |what: &str| {
@@ -207,6 +214,31 @@ pub fn parse_config_with_env(
                     _ => return Err(bad("always or batch")),
                 }
             }
+            p if p.starts_with("mlm_server/schedule/") => {
+                let rest = &p["mlm_server/schedule/".len()..];
+                let Some((name, key)) = rest.split_once('/') else {
+                    return Err(BrokerError::Config(format!(
+                        "line {}: {p}: a schedule's keys are mlm_server/schedule/<name>/every, cron, timezone, address, subject, content",
+                        e.line
+                    )));
+                };
+                if !SCHEDULE_KEYS.contains(&key) || name.is_empty() {
+                    return Err(BrokerError::Config(format!(
+                        "line {}: unknown key {p} (a schedule has every, cron, timezone, address, subject, content)",
+                        e.line
+                    )));
+                }
+                let at = match schedules.iter().position(|(n, _)| n == name) {
+                    Some(i) => i,
+                    None => {
+                        schedules.push((name.to_string(), HashMap::new()));
+                        schedules.len() - 1
+                    }
+                };
+                schedules[at]
+                    .1
+                    .insert(key.to_string(), (v.to_string(), e.line));
+            }
             p if IGNORED.contains(&p) => warnings.push(format!(
                 "line {}: {p} is not used by alaska-broker; ignored",
                 e.line
@@ -224,6 +256,9 @@ pub fn parse_config_with_env(
                 )));
             }
         }
+    }
+    for (name, keys) in &schedules {
+        cfg.schedules.push(schedule(name, keys)?);
     }
     cfg.http_token = crate::config::http_token(
         "mlm_server/http/token",
@@ -271,6 +306,35 @@ pub fn parse_config_with_env(
         ));
     }
     Ok((cfg, warnings))
+}
+
+/// One schedule's keys as read: key -> (value, line).
+type ScheduleKeys = HashMap<String, (String, usize)>;
+
+/// The keys of one schedule (`mlm_server/schedule/<name>/<key>`).
+const SCHEDULE_KEYS: &[&str] = &["every", "cron", "timezone", "address", "subject", "content"];
+
+/// One schedule from its keys (value, line), or the error naming it.
+fn schedule(name: &str, keys: &ScheduleKeys) -> Result<ScheduleSpec, BrokerError> {
+    let get = |k: &str| keys.get(k).map(|(v, _)| v.as_str());
+    let every = match keys.get("every") {
+        None => None,
+        Some((v, line)) => Some(crate::config::duration("every", v).map_err(|_| {
+            BrokerError::Config(format!(
+                "line {line}: mlm_server/schedule/{name}/every: {v:?} is not a duration up to one year (e.g. 250ms, 30s, 5m, 1h)"
+            ))
+        })?),
+    };
+    ScheduleSpec::new(
+        name,
+        every,
+        get("cron"),
+        get("timezone"),
+        get("address"),
+        get("subject"),
+        get("content"),
+    )
+    .map_err(|e| BrokerError::Config(format!("mlm_server/schedule/{name}: {e}")))
 }
 
 /// `user=password` lines; blank lines and `#` comments skipped.
@@ -419,6 +483,26 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("mlm_server/storage/sync"), "{e}");
+    }
+
+    #[test]
+    fn schedules_are_read_and_bad_ones_refused() {
+        let text = "mlm_server\n    schedule\n        tick\n            every = \"1s\"\n            address = \"svc\"\n            subject = \"beat\"\n        nightly\n            cron = \"0 3 * * *\"\n            timezone = \"Europe/Paris\"\n            address = \"svc\"\n            subject = \"night\"\n            content = \"{}\"\n";
+        let (cfg, _) = parse_config(text, Path::new(".")).unwrap();
+        let names: Vec<&str> = cfg.schedules.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["tick", "nightly"]);
+        assert_eq!(cfg.schedules[1].content, "{}");
+        for (bad, says) in [
+            ("every = \"1s\"\n            cron = \"* * * * *\"\n            address = \"a\"\n            subject = \"s\"", "both"),
+            ("cron = \"99 * * * *\"\n            address = \"a\"\n            subject = \"s\"", "cron"),
+            ("every = \"1s\"\n            subject = \"s\"", "address"),
+            ("every = \"often\"\n            address = \"a\"\n            subject = \"s\"", "every"),
+            ("every = \"1s\"\n            address = \"a\"\n            subject = \"s\"\n            colour = \"red\"", "unknown key"),
+        ] {
+            let text = format!("mlm_server\n    schedule\n        x\n            {bad}\n");
+            let e = parse_config(&text, Path::new(".")).unwrap_err().to_string();
+            assert!(e.contains("schedule") && e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -119,6 +119,9 @@ pub struct BrokerConfig {
     /// `mlm_server/service/dead_letters`: the mailbox poison requests are
     /// reported to (the workers' error mailbox by default).
     pub dead_letters: String,
+    /// `mlm_server/schedule/<name>/...`: requests the broker sends in its
+    /// own name on a timetable.
+    pub schedules: Vec<core::ScheduleSpec>,
 }
 
 impl Default for BrokerConfig {
@@ -146,6 +149,7 @@ impl Default for BrokerConfig {
             http_open_reads: false,
             max_deliveries: 5,
             dead_letters: "awerr".into(),
+            schedules: Vec::new(),
         }
     }
 }
@@ -310,8 +314,9 @@ impl Broker {
         if let Some(addr) = ops.http_addr() {
             tracing::info!(
                 "broker serving http://{addr}: the console at /, GET /health, /metrics, /v1/clients, \
-                 /v1/services, /v1/mailboxes, /v1/streams, /v1/series, /v1/dead; POST \
-                 /v1/clients/<address>/maintenance, /v1/dead/<id>/replay (see docs/admin-api.md)"
+                 /v1/services, /v1/mailboxes, /v1/streams, /v1/series, /v1/dead, /v1/delayed, /v1/schedules; \
+                 POST /v1/clients/<address>/maintenance, /v1/dead/<id>/replay; DELETE /v1/delayed/<id> \
+                 (see docs/admin-api.md)"
             );
         }
         Ok(BrokerHandle {

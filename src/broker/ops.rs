@@ -43,7 +43,7 @@ use crate::ops::http::{
     Reply, Responder, Router,
 };
 use crate::ops::metrics::{
-    Histogram, IntCounter, IntGauge, IntGaugeVec, Metrics, MetricsError, OTHER,
+    Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Metrics, MetricsError, OTHER,
 };
 use crate::ops::notify::Liveness;
 use crate::ops::wake::{self, WakeReceiver, Waker};
@@ -454,6 +454,10 @@ fn http_router(
         .route_prefix(Method::GET, "/v1/dead/", admin(&ask))
         .route_prefix(Method::POST, "/v1/dead/", admin(&ask))
         .route_prefix(Method::DELETE, "/v1/dead/", admin(&ask))
+        .route(Method::GET, "/v1/delayed", admin(&ask))
+        .route_prefix(Method::DELETE, "/v1/delayed/", admin(&ask))
+        .route_prefix(Method::POST, "/v1/delayed/", admin(&ask))
+        .route(Method::GET, "/v1/schedules", admin(&ask))
         .route_prefix(Method::GET, "/v1/mailboxes/", admin(&ask))
         .route_prefix(Method::GET, "/v1/services/", admin(&ask))
         .route_prefix(Method::POST, "/v1/services/", admin(&ask))
@@ -618,6 +622,11 @@ struct BrokerMetrics {
     mailboxes: IntGauge,
     mail_held: IntGauge,
     dead_letters: IntGauge,
+    delayed_requests: IntGauge,
+    schedule_fires: IntCounterVec,
+    schedule_next: IntGaugeVec,
+    /// Fires per schedule already added to `schedule_fires`.
+    schedule_fired: std::collections::HashMap<String, u64>,
     mail_bytes: IntGauge,
     streams: IntGauge,
     stream_readers: IntGauge,
@@ -644,7 +653,7 @@ const COMMIT_BUCKETS: &[f64] = &[
 
 impl BrokerMetrics {
     fn new(m: &Metrics, durable: bool) -> Result<BrokerMetrics, MetricsError> {
-        let fields: [(&str, &str, Field); 23] = [
+        let fields: [(&str, &str, Field); 25] = [
             ("commands_total", "MLM commands received (malformed ones included).", |c| c.commands),
             ("malformed_commands_total", "Commands that could not be decoded, or that only a broker sends; each dropped its sender.", |c| c.malformed),
             ("clients_opened_total", "CONNECTION OPENs accepted.", |c| c.clients_opened),
@@ -668,6 +677,8 @@ impl BrokerMetrics {
             ("requests_purged_total", "Queued requests purged through the admin API.", |c| c.requests_purged),
             ("mail_removed_total", "Stored mail (dead letters included) deleted or purged through the admin API.", |c| c.mail_removed),
             ("maintenance_commands_total", "maint/1 commands received from clients (CONFIRM maintenance:on|off).", |c| c.maintenance_commands),
+            ("requests_delayed_total", "SERVICE SENDs held for a delay (delay/1) before being queued.", |c| c.requests_delayed),
+            ("delayed_cancelled_total", "Delayed requests cancelled through the admin API.", |c| c.delayed_cancelled),
         ];
         let mut counters = Vec::with_capacity(fields.len());
         for (name, help, get) in fields {
@@ -714,6 +725,10 @@ impl BrokerMetrics {
             mailboxes: m.gauge("mailboxes", "Mailboxes holding mail for an absent owner.")?,
             mail_held: m.gauge("mail_held", "Mail held in mailboxes.")?,
             dead_letters: m.gauge("dead_letters", "Dead letters kept in the error mailbox (mlm_server/service/dead_letters), browsable through /v1/dead.")?,
+            delayed_requests: m.gauge("delayed_requests", "Requests held for a delay (delay/1), not yet due; listed by /v1/delayed.")?,
+            schedule_fires: m.counter_vec("schedule_fires_total", "Fires of each schedule (mlm_server/schedule/<name>) since the broker started.", &["schedule"])?,
+            schedule_next: m.gauge_vec("schedule_next_fire_timestamp_seconds", "When each schedule fires next, in seconds since the epoch.", &["schedule"])?,
+            schedule_fired: std::collections::HashMap::new(),
             mail_bytes: m.gauge("mail_held_bytes", "Content bytes of the mail held.")?,
             streams: m.gauge("streams", "Streams with at least one reader.")?,
             stream_readers: m.gauge("stream_readers", "STREAM READ subscriptions.")?,
@@ -762,6 +777,21 @@ impl BrokerMetrics {
         set(&self.mailboxes, s.mailboxes);
         set(&self.mail_held, s.mail_held);
         set(&self.dead_letters, s.dead_letters);
+        set(&self.delayed_requests, s.delayed_requests);
+        // Schedules come from the configuration: a bounded label set.
+        for (name, fires, next) in &s.schedules {
+            let seen = self.schedule_fired.entry(name.clone()).or_insert(0);
+            let counter = self.schedule_fires.with_label_values(&[name]);
+            if *fires > *seen {
+                counter.inc_by(*fires - *seen);
+                *seen = *fires;
+            }
+            if let Some(ms) = next {
+                self.schedule_next
+                    .with_label_values(&[name])
+                    .set((*ms / 1000) as i64);
+            }
+        }
         set(&self.mail_bytes, s.mail_bytes);
         set(&self.streams, s.streams);
         set(&self.stream_readers, s.stream_readers);
@@ -909,6 +939,8 @@ mod tests {
             dead_letters: 0,
             streams: 0,
             stream_readers: 0,
+            delayed_requests: 0,
+            schedules: vec![("tick".into(), 3, Some(1_800_000_000_000))],
         };
         bm.gauges(&stats);
         let text = m.render();

@@ -64,6 +64,8 @@ impl Router {
             recovered.restore_into(&mut core, now, wall);
             store
         });
+        // After the restore: schedules continue after their last fire.
+        core.set_wall_clock(now, wall);
         Router {
             socket,
             core,
@@ -103,9 +105,11 @@ impl Router {
             }
             let now = Instant::now();
             self.ops.turn(now);
+            let wall = SystemTime::now();
             if let Some(p) = self.core.journal_mut() {
-                p.set_clock(now, SystemTime::now());
+                p.set_clock(now, wall);
             }
+            self.core.set_wall_clock(now, wall);
             while let Ok(acl) = acls.try_recv() {
                 self.core.set_acl(acl);
             }

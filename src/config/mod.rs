@@ -634,13 +634,13 @@ pub(crate) fn pattern(key: &'static str, v: String) -> Result<String, ConfigErro
     }
 }
 
-/// `1500` (ms), `1500ms`, `2s`, `1.5s`, `1m`.
+/// `1500` (ms), `1500ms`, `2s`, `1.5s`, `1m`, `1h`.
 pub(crate) fn duration(key: &'static str, v: &str) -> Result<Duration, ConfigError> {
     let t = v.trim();
     let bad = || ConfigError::Value {
         key,
         value: v.into(),
-        expected: "a duration up to one year (milliseconds, or a number with ms, s or m)",
+        expected: "a duration up to one year (milliseconds, or a number with ms, s, m or h)",
     };
     let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
         (n, 0.001)
@@ -648,6 +648,8 @@ pub(crate) fn duration(key: &'static str, v: &str) -> Result<Duration, ConfigErr
         (n, 1.0)
     } else if let Some(n) = t.strip_suffix('m') {
         (n, 60.0)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3600.0)
     } else {
         (t, 0.001)
     };
@@ -659,6 +661,13 @@ pub(crate) fn duration(key: &'static str, v: &str) -> Result<Duration, ConfigErr
         Ok(d) if d <= crate::time::MAX_DURATION => Ok(d),
         _ => Err(bad()),
     }
+}
+
+/// A duration as the configuration reads it (`1500` ms, `250ms`, `2s`,
+/// `1.5s`, `5m`, `1h`; at most a year), for the tools' flags and URLs;
+/// `None` for anything else.
+pub fn parse_duration(v: &str) -> Option<Duration> {
+    duration("duration", v).ok()
 }
 
 /// A duration above zero (see [`duration`]).

@@ -101,6 +101,27 @@ impl Api {
             Ok(t) => t,
             Err(e) => return self.now(endpoint, HttpResponse::text(400, &e)),
         };
+        let delay = match req.query_param("delay") {
+            None => Duration::ZERO,
+            Some(_) if endpoint != Endpoint::Request => {
+                return self.now(
+                    endpoint,
+                    HttpResponse::text(400, "delay is for /v1/request only"),
+                )
+            }
+            Some(v) => match crate::config::parse_duration(v) {
+                Some(d) => d,
+                None => {
+                    return self.now(
+                        endpoint,
+                        HttpResponse::text(
+                            400,
+                            &format!("delay: {v:?} is not milliseconds or a duration (250ms, 2s, 5m, 1h) up to a year"),
+                        ),
+                    )
+                }
+            },
+        };
         if self.shared.stopping.load(Ordering::Relaxed) {
             return self.now(endpoint, HttpResponse::text(503, "gateway stopping"));
         }
@@ -147,6 +168,7 @@ impl Api {
                 subject,
                 body,
                 timeout,
+                delay,
                 answer,
             },
             Endpoint::Mail => Command::Mail {

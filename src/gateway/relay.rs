@@ -120,6 +120,8 @@ pub(crate) enum Command {
         subject: String,
         body: Vec<u8>,
         timeout: Duration,
+        /// How long the broker holds it first (delay/1; zero: not held).
+        delay: Duration,
         answer: Answer,
     },
     /// MAILBOX SEND.
@@ -343,13 +345,24 @@ impl Relay {
                 subject,
                 body,
                 timeout,
+                delay,
                 answer,
             } => {
+                if !delay.is_zero() && !client.supports_delay() {
+                    answer.finish(HttpResponse::text(
+                        501,
+                        &format!("delay: {}", crate::mlm::client::NO_DELAY),
+                    ));
+                    return;
+                }
                 let pending = &mut self.links[i].pending;
-                let deadline = after(Instant::now(), timeout);
+                // The reply cannot come before the broker queues it.
+                let deadline = after(Instant::now(), timeout.saturating_add(delay));
                 let tracker = pending.add(&service, deadline, answer);
                 let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
-                if let Err(e) = client.sendfor(&service, &subject, &tracker, ms, vec![body]) {
+                let sent =
+                    client.sendfor_delayed(&service, &subject, &tracker, ms, vec![body], delay);
+                if let Err(e) = sent {
                     if let Some(answer) = pending.cancel(&tracker) {
                         answer.finish(send_failed(&e));
                     }
@@ -561,6 +574,7 @@ fn accepted() -> HttpResponse {
 fn send_failed(e: &ClientError) -> HttpResponse {
     match e {
         ClientError::Encode(_) => HttpResponse::text(400, &e.to_string()),
+        ClientError::Unsupported(m) => HttpResponse::text(501, &format!("delay: {m}")),
         _ => HttpResponse::text(503, &format!("broker: {e}")),
     }
 }

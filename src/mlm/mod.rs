@@ -32,6 +32,21 @@ pub const ACK_CAPABILITY: &str = "ack/1";
 /// `docs/PROTOCOL-NOTES.md`.
 pub const MAINT_CAPABILITY: &str = "maint/1";
 
+/// The word by which a broker advertises delayed requests (in the OK to
+/// CONNECTION OPEN, like [`ACK_CAPABILITY`]): it then takes
+/// `CONFIRM tracker="delay:<ms>"` right before a SERVICE SEND and holds
+/// that request for so long before queueing it. See
+/// `docs/PROTOCOL-NOTES.md`, "Delayed requests (delay/1)".
+pub const DELAY_CAPABILITY: &str = "delay/1";
+
+/// What the CONFIRM tracker of a delay command starts with (the delay in
+/// milliseconds follows).
+pub const DELAY_PREFIX: &str = "delay:";
+
+/// The longest delay a broker holds a request for (one year, in ms): a
+/// longer one is refused with ERROR 300.
+pub const MAX_DELAY_MS: u64 = 365 * 24 * 3600 * 1000;
+
 /// The CONFIRM tracker that puts the sending client in maintenance.
 pub const MAINTENANCE_ON: &str = "maintenance:on";
 

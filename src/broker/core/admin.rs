@@ -106,6 +106,20 @@ impl<J: Journal> Core<J> {
         tracker: &str,
         content: Content,
     ) -> Result<HeldId, InjectError> {
+        let id = self.inject(service, subject, sender, tracker, content)?;
+        self.counters.requests_replayed += 1;
+        Ok(id)
+    }
+
+    /// Queues a request in the broker's name (a replay, a schedule's fire).
+    pub(super) fn inject(
+        &mut self,
+        service: &str,
+        subject: &str,
+        sender: &str,
+        tracker: &str,
+        content: Content,
+    ) -> Result<HeldId, InjectError> {
         if service.is_empty() || subject.is_empty() {
             return Err(InjectError::Empty);
         }
@@ -129,7 +143,6 @@ impl<J: Journal> Core<J> {
         let id = req.id;
         self.journal.stored(Kind::Request, service, &req, true);
         self.counters.requests_queued += 1;
-        self.counters.requests_replayed += 1;
         self.enqueue(service, req);
         self.touch_service(service);
         Ok(id)

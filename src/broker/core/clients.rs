@@ -4,7 +4,7 @@
 //!
 //! | command | fields | answer |
 //! |---|---|---|
-//! | CONNECTION OPEN | protocol, version, address | OK 200 `alaska-broker ack/1 maint/1`, then stored mail |
+//! | CONNECTION OPEN | protocol, version, address | OK 200 `alaska-broker ack/1 maint/1 delay/1`, then stored mail |
 //! | CONNECTION PING | – | CONNECTION PONG |
 //! | CONNECTION CLOSE | – | OK, then the client is forgotten |
 //! | CONFIRM | tracker `maintenance:on` or `maintenance:off`, status | none (maint/1; ERROR 300 for another `maintenance:` tracker) |
@@ -19,7 +19,8 @@ use std::time::Instant;
 use super::{ClientId, Core, Held, Journal};
 use crate::mlm::codec::status;
 use crate::mlm::{
-    Message, Status, ACK_CAPABILITY, MAINTENANCE_OFF, MAINTENANCE_ON, MAINT_CAPABILITY,
+    Message, Status, ACK_CAPABILITY, DELAY_CAPABILITY, MAINTENANCE_OFF, MAINTENANCE_ON,
+    MAINT_CAPABILITY,
 };
 
 /// A request given to an acknowledging worker, until it confirms.
@@ -53,6 +54,8 @@ pub(super) struct Client {
     pub(super) unconfirmed: BTreeMap<u64, Unconfirmed>,
     /// Under maintenance: nothing new is dispatched to it.
     pub(super) maintenance: bool,
+    /// delay/1: its next SERVICE SEND is held for so many ms.
+    pub(super) delay: Option<u64>,
 }
 
 impl Client {
@@ -70,6 +73,7 @@ impl Client {
             seq: 0,
             unconfirmed: BTreeMap::new(),
             maintenance: false,
+            delay: None,
         }
     }
 
@@ -116,7 +120,7 @@ impl<J: Journal> Core<J> {
             Message::Ok {
                 status: Status::new(
                     status::SUCCESS,
-                    format!("alaska-broker {ACK_CAPABILITY} {MAINT_CAPABILITY}"),
+                    format!("alaska-broker {ACK_CAPABILITY} {MAINT_CAPABILITY} {DELAY_CAPABILITY}"),
                 ),
             },
         );

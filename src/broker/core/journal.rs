@@ -10,6 +10,7 @@
 
 use std::time::Instant;
 
+use super::delayed::DelayedRequest;
 use super::held::{Held, HeldId};
 
 /// Which kind of message a change is about.
@@ -19,6 +20,8 @@ pub enum Kind {
     Request,
     /// Mail (its holder is the mailbox address).
     Mail,
+    /// A request held for a delay (delay/1), not yet queued.
+    Delayed,
 }
 
 /// Why a message left the broker's custody.
@@ -50,6 +53,17 @@ pub trait Journal {
     /// until confirmed and comes back as queued if the worker goes away
     /// (after a restart too), so storage has nothing to change.
     fn delivered_unconfirmed(&mut self, _id: HeldId) {}
+
+    /// `d` is now held for its delay (delay/1). It leaves through
+    /// [`Journal::removed`] with [`Kind::Delayed`]: queued when due (then
+    /// stored again as a request, under a new number, in the same turn),
+    /// or cancelled.
+    fn delayed(&mut self, _d: &DelayedRequest) {}
+
+    /// Schedule `name` fired for its due time `due_ms` (ms since the Unix
+    /// epoch). Told in the same turn as the request the fire queued, so
+    /// storage keeps both or neither.
+    fn schedule_fired(&mut self, _name: &str, _due_ms: u64) {}
 
     /// The message left custody.
     fn removed(&mut self, kind: Kind, id: HeldId, why: Removal);
@@ -84,6 +98,16 @@ impl<J: Journal> Journal for Option<J> {
     fn delivered_unconfirmed(&mut self, id: HeldId) {
         if let Some(j) = self {
             j.delivered_unconfirmed(id);
+        }
+    }
+    fn delayed(&mut self, d: &DelayedRequest) {
+        if let Some(j) = self {
+            j.delayed(d);
+        }
+    }
+    fn schedule_fired(&mut self, name: &str, due_ms: u64) {
+        if let Some(j) = self {
+            j.schedule_fired(name, due_ms);
         }
     }
     fn removed(&mut self, kind: Kind, id: HeldId, why: Removal) {

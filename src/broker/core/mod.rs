@@ -20,30 +20,38 @@
 //! One file per concern, one short handler per command: `clients.rs`
 //! (OPEN, PING, CLOSE, expiry, takeover), `services.rs` (SERVICE SEND,
 //! SERVICE OFFER, CREDIT, CONFIRM), `mailboxes.rs` (MAILBOX SEND, storage,
-//! expiry, reclaim), `streams.rs` (STREAM WRITE, READ, CANCEL, SEND).
+//! expiry, reclaim), `streams.rs` (STREAM WRITE, READ, CANCEL, SEND),
+//! `delayed.rs` (requests held for a delay, delay/1) and `schedules.rs`
+//! (requests fired in the broker's name on a timetable; the wall clock is
+//! passed in with [`Core::set_wall_clock`]).
 
 mod admin;
 mod authorize;
 mod clients;
+mod delayed;
 mod held;
 mod journal;
 mod mailboxes;
+mod schedules;
 mod services;
 mod stats;
 mod streams;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+pub use delayed::{parse_delay, DelayedRequest};
 pub use held::{Held, HeldId};
 pub use journal::{Journal, Kind, NoJournal, Removal};
+pub use schedules::{unix_ms, ScheduleSpec, ScheduleState, When};
 pub use stats::{
     ClientInfo, Counters, MailboxInfo, OfferInfo, ReaderInfo, ServiceInfo, ServiceStats, Stats,
     StreamInfo,
 };
 
 use self::clients::Client;
+use self::delayed::DelayedSet;
 use self::mailboxes::Mailbox;
 use self::services::Service;
 use self::streams::Reader;
@@ -78,6 +86,8 @@ pub struct CoreConfig {
     pub max_deliveries: u32,
     /// Where poison requests are reported (the error mailbox convention).
     pub dead_letters: String,
+    /// Schedules (`mlm_server/schedule/<name>`).
+    pub schedules: Vec<ScheduleSpec>,
 }
 
 impl From<&BrokerConfig> for CoreConfig {
@@ -90,6 +100,7 @@ impl From<&BrokerConfig> for CoreConfig {
             mailbox_limit: c.mailbox_limit,
             mailbox_expiry: c.mailbox_expiry,
             verbose: c.verbose,
+            schedules: c.schedules.clone(),
         }
     }
 }
@@ -152,6 +163,13 @@ pub struct Core<J: Journal = NoJournal> {
     streams: HashMap<String, Vec<Reader>>,
     /// Services to dispatch at the next flush.
     touched: Vec<String>,
+    /// Requests held until their due time (delay/1).
+    delayed: DelayedSet,
+    /// Schedules, in configuration order.
+    schedules: Vec<ScheduleState>,
+    /// A monotonic instant and the wall-clock time at it (schedules are
+    /// wall-clock), once the caller said ([`Core::set_wall_clock`]).
+    wall: Option<(Instant, SystemTime)>,
     out: Vec<Outgoing>,
     next_id: HeldId,
     last_client_check: Instant,
@@ -171,6 +189,12 @@ impl Core<NoJournal> {
 impl<J: Journal> Core<J> {
     /// An empty broker state that tells `journal` what it holds.
     pub fn with_journal(cfg: CoreConfig, now: Instant, journal: J) -> Self {
+        let schedules = cfg
+            .schedules
+            .iter()
+            .cloned()
+            .map(ScheduleState::new)
+            .collect();
         Core {
             cfg,
             clients: HashMap::new(),
@@ -182,6 +206,9 @@ impl<J: Journal> Core<J> {
             reclaim: BTreeSet::new(),
             streams: HashMap::new(),
             touched: Vec::new(),
+            delayed: DelayedSet::default(),
+            schedules,
+            wall: None,
             out: Vec::new(),
             next_id: 1,
             last_client_check: now,
@@ -206,12 +233,16 @@ impl<J: Journal> Core<J> {
     /// Replies and deliveries are collected for [`Core::flush`].
     pub fn handle(&mut self, from: &[u8], user: Option<&str>, msg: Message, now: Instant) {
         self.counters.commands += 1;
-        let (id, known) = match self.clients.get_mut(from) {
+        // delay/1: a delay applies to the very next command if it is a
+        // SERVICE SEND (a PING may come between); any other forgets it.
+        let keep_delay = matches!(msg, Message::ConnectionPing);
+        let (id, known, delay) = match self.clients.get_mut(from) {
             Some(c) => {
                 c.last_seen = now;
-                (c.id.clone(), true)
+                let delay = if keep_delay { None } else { c.delay.take() };
+                (c.id.clone(), true, delay)
             }
-            None => (ClientId::from(from), false),
+            None => (ClientId::from(from), false, None),
         };
         if self.cfg.verbose {
             tracing::info!("{} -> {msg}", self.name(&id));
@@ -247,7 +278,7 @@ impl<J: Journal> Core<J> {
                 tracker,
                 timeout,
                 content,
-            } => self.on_service_send(id, address, subject, tracker, timeout, content, now),
+            } => self.on_service_send(id, address, subject, tracker, timeout, content, delay, now),
             Message::ServiceOffer { address, pattern } => {
                 self.on_service_offer(id, address, &pattern)
             }
@@ -288,9 +319,13 @@ impl<J: Journal> Core<J> {
         self.drop_client(&id, "server-only command", now);
     }
 
-    /// Runs the timers due at `now`: request and mail timeouts, mailbox
-    /// reclaim, and (every 100 ms) client expiry.
+    /// Runs the timers due at `now`: delayed requests due, request and
+    /// mail timeouts, mailbox reclaim, and (every 100 ms) client expiry.
     pub fn tick(&mut self, now: Instant) {
+        if let Some(wall) = self.wall_at(now) {
+            self.run_schedules(unix_ms(wall));
+        }
+        self.release_delayed(now);
         self.expire_requests(now);
         self.expire_mail(now);
         self.reclaim_mailboxes(now);
@@ -299,6 +334,28 @@ impl<J: Journal> Core<J> {
             self.expire_clients(now);
             self.services.retain(|_, s| !s.is_idle());
         }
+    }
+
+    /// Pairs the monotonic clock with the wall clock (schedules fire at
+    /// wall-clock times): the caller says what time it is, now and then.
+    /// Schedules do not run before the first call.
+    pub fn set_wall_clock(&mut self, now: Instant, wall: SystemTime) {
+        let first = self.wall.is_none();
+        self.wall = Some((now, wall));
+        if first && !self.schedules.is_empty() {
+            // Their first due times, so next_deadline knows them.
+            self.run_schedules(unix_ms(wall));
+        }
+    }
+
+    /// The wall-clock time at `now`, if known (from the last
+    /// [`Core::set_wall_clock`]).
+    pub fn wall_at(&self, now: Instant) -> Option<SystemTime> {
+        let (at, wall) = self.wall?;
+        Some(match now.checked_duration_since(at) {
+            Some(ahead) => wall.checked_add(ahead).unwrap_or(wall),
+            None => wall.checked_sub(at.duration_since(now)).unwrap_or(wall),
+        })
     }
 
     /// When [`Core::tick`] has something to do next, if ever.
@@ -311,7 +368,13 @@ impl<J: Journal> Core<J> {
             .iter()
             .next()
             .map(|(t, _)| after(*t, self.cfg.mailbox_expiry));
-        [clients, requests, mail, reclaim]
+        let delayed = self.delayed.next_due();
+        let schedule = self.next_schedule_ms().and_then(|ms| {
+            let (at, wall) = self.wall?;
+            let ahead = ms.saturating_sub(unix_ms(wall));
+            Some(after(at, Duration::from_millis(ahead)))
+        });
+        [clients, requests, mail, reclaim, delayed, schedule]
             .into_iter()
             .flatten()
             .min()
@@ -446,6 +509,12 @@ impl<J: Journal> Core<J> {
                 .mailboxes
                 .get(&self.cfg.dead_letters)
                 .map_or(0, |m| m.mail.len()),
+            delayed_requests: self.delayed.len(),
+            schedules: self
+                .schedules
+                .iter()
+                .map(|s| (s.spec.name.clone(), s.fires, s.next))
+                .collect(),
         }
     }
 

@@ -9,7 +9,8 @@
 //! | CONFIRM | tracker (`"4"` or `"4,5,7"`), status | none (ERROR 300 without CREDIT first) |
 //!
 //! A CONFIRM whose tracker starts with `maintenance:` is a maint/1 command,
-//! handled in `clients.rs`.
+//! handled in `clients.rs`; one starting with `delay:` a delay/1 command,
+//! handled in `delayed.rs`.
 //!
 //! A request goes to the first offer, in list order, whose pattern matches
 //! its subject and whose client can take one more (window, maintenance);
@@ -218,8 +219,21 @@ impl<J: Journal> Core<J> {
         tracker: String,
         timeout: u32,
         content: Content,
+        delay: Option<u64>,
         now: Instant,
     ) {
+        if let Some(ms) = delay {
+            let req = Held {
+                id: 0,
+                sender: self.address_of(&id),
+                subject,
+                tracker,
+                content,
+                expires: None,
+                deliveries: 0,
+            };
+            return self.hold_delayed(id, service, req, timeout, ms, now);
+        }
         let mut req = Held {
             id: 0,
             sender: self.address_of(&id),
@@ -291,6 +305,10 @@ impl<J: Journal> Core<J> {
         // maint/1: never an acknowledgement, and allowed without CREDIT.
         if tracker.starts_with(MAINTENANCE_PREFIX) {
             return self.on_maintenance_command(id, tracker);
+        }
+        // delay/1: never an acknowledgement either.
+        if tracker.starts_with(crate::mlm::DELAY_PREFIX) {
+            return self.on_delay_command(id, tracker);
         }
         let Some(c) = self.clients.get_mut(&id) else {
             return;

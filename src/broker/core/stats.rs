@@ -55,6 +55,12 @@ pub struct Counters {
     /// maint/1 commands received (`CONFIRM tracker="maintenance:…"`),
     /// unknown ones included.
     pub maintenance_commands: u64,
+    /// SERVICE SENDs held for a delay (delay/1).
+    pub requests_delayed: u64,
+    /// Delayed requests cancelled through the admin API.
+    pub delayed_cancelled: u64,
+    /// Schedule fires (each queued one request, unless its queue was full).
+    pub schedule_fires: u64,
 }
 
 /// One service as the core sees it now.
@@ -106,6 +112,11 @@ pub struct Stats {
     /// Dead letters kept in the error mailbox
     /// (`mlm_server/service/dead_letters`).
     pub dead_letters: usize,
+    /// Requests held for a delay, not yet due.
+    pub delayed_requests: usize,
+    /// Each schedule: name, fires since start, next due time (ms since
+    /// the epoch).
+    pub schedules: Vec<(String, u64, Option<u64>)>,
 }
 
 /// One service for the admin API: [`ServiceStats`] and who offers what.

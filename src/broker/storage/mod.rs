@@ -17,7 +17,10 @@
 //!
 //! Layout (fjall keyspaces): `requests` and `mail` (key: the message number,
 //! u64 big-endian; value: [`record`]), `mailboxes` (key: address; value: the
-//! reclaim clock, u64 big-endian ms since the epoch) and `meta` (`format`:
+//! reclaim clock, u64 big-endian ms since the epoch), `delayed` (key: the
+//! held request's number; value: [`record::encode_delayed`]), `schedules`
+//! (key: a schedule's name; value: the due time of its last fire, u64
+//! big-endian ms since the epoch) and `meta` (`format`:
 //! u32 big-endian [`FORMAT_VERSION`]; `state`: `running` or `stopped`).
 
 pub mod record;
@@ -30,8 +33,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
-use self::record::{decode_held, encode_held, from_wall_ms, wall_ms, HeldRecord};
-use super::core::{Core, Held, HeldId, Journal, Kind, Removal};
+use self::record::{
+    decode_delayed, decode_held, encode_delayed, encode_held, from_wall_ms, wall_ms, DelayedRecord,
+    HeldRecord,
+};
+use super::core::{Core, DelayedRequest, Held, HeldId, Journal, Kind, Removal};
 use crate::time::after;
 
 /// The store layout written by this broker. A store with a higher number
@@ -136,6 +142,8 @@ enum Op {
 pub struct Pending {
     held: HashMap<(Kind, HeldId), Op>,
     mailboxes: HashMap<String, Option<u64>>,
+    /// Schedule -> the due time (ms since the epoch) of its last fire.
+    schedules: HashMap<String, u64>,
     /// A monotonic instant and the wall-clock time at it, to store times as
     /// wall-clock (set by the router each turn).
     clock: (Instant, SystemTime),
@@ -147,6 +155,7 @@ impl Pending {
         Pending {
             held: HashMap::new(),
             mailboxes: HashMap::new(),
+            schedules: HashMap::new(),
             clock: (now, wall),
         }
     }
@@ -158,7 +167,7 @@ impl Pending {
 
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.held.is_empty() && self.mailboxes.is_empty()
+        self.held.is_empty() && self.mailboxes.is_empty() && self.schedules.is_empty()
     }
 
     fn wall(&self, t: Instant) -> SystemTime {
@@ -189,6 +198,25 @@ impl Journal for Pending {
         self.held.insert((kind, held.id), Op::Put { value, fresh });
     }
 
+    fn delayed(&mut self, d: &DelayedRequest) {
+        let held = encode_held(
+            &d.service,
+            &d.req.sender,
+            &d.req.subject,
+            &d.req.tracker,
+            &d.req.content,
+            None,
+            0,
+        );
+        let value = encode_delayed(self.wall(d.due), d.timeout_ms, held);
+        self.held
+            .insert((Kind::Delayed, d.req.id), Op::Put { value, fresh: true });
+    }
+
+    fn schedule_fired(&mut self, name: &str, due_ms: u64) {
+        self.schedules.insert(name.to_string(), due_ms);
+    }
+
     fn removed(&mut self, kind: Kind, id: HeldId, _why: Removal) {
         match self.held.get(&(kind, id)) {
             Some(Op::Put { fresh: true, .. }) => {
@@ -217,6 +245,8 @@ pub struct Storage {
     requests: Keyspace,
     mail: Keyspace,
     mailboxes: Keyspace,
+    delayed: Keyspace,
+    schedules: Keyspace,
     meta: Keyspace,
     sync: SyncMode,
     /// With `sync = batch`: the thread that fsyncs.
@@ -288,6 +318,10 @@ pub struct Recovered {
     pub mail: Vec<(HeldId, HeldRecord)>,
     /// Reclaim clocks of mailboxes.
     pub mailboxes: Vec<(String, SystemTime)>,
+    /// Requests held for a delay, oldest first.
+    pub delayed: Vec<(HeldId, DelayedRecord)>,
+    /// Schedule -> the due time (ms since the epoch) of its last fire.
+    pub schedules: Vec<(String, u64)>,
     /// The store was created now.
     pub created: bool,
     /// The previous run stopped cleanly (false after a crash or kill).
@@ -310,11 +344,16 @@ impl Recovered {
         let boxes: std::collections::HashSet<&str> =
             self.mail.iter().map(|(_, r)| r.holder.as_str()).collect();
         format!(
-            "recovered {} request(s) for {} service(s) and {} mail(s) for {} address(es){}",
+            "recovered {} request(s) for {} service(s) and {} mail(s) for {} address(es){}{}",
             self.requests.len(),
             services.len(),
             self.mail.len(),
             boxes.len(),
+            if self.delayed.is_empty() {
+                String::new()
+            } else {
+                format!(", and {} delayed request(s)", self.delayed.len())
+            },
             if self.clean {
                 ""
             } else {
@@ -355,6 +394,18 @@ impl Recovered {
         }
         for (address, touched) in self.mailboxes {
             core.restore_mailbox_clock(&address, instant(touched));
+        }
+        for (id, d) in self.delayed {
+            let (service, req) = held(id, d.held);
+            core.restore_delayed(DelayedRequest {
+                service,
+                req,
+                due: instant(d.due),
+                timeout_ms: d.timeout_ms,
+            });
+        }
+        for (name, last) in self.schedules {
+            core.restore_schedule(&name, last);
         }
     }
 }
@@ -415,6 +466,8 @@ impl Storage {
             requests: keyspace("requests")?,
             mail: keyspace("mail")?,
             mailboxes: keyspace("mailboxes")?,
+            delayed: keyspace("delayed")?,
+            schedules: keyspace("schedules")?,
             meta: keyspace("meta")?,
             db: db.clone(),
             dir: dir.clone(),
@@ -447,7 +500,7 @@ impl Storage {
                 }
             }
             None => {
-                let empty = [&s.requests, &s.mail, &s.mailboxes]
+                let empty = [&s.requests, &s.mail, &s.mailboxes, &s.delayed]
                     .iter()
                     .all(|k| k.first_key_value().is_none());
                 if !empty {
@@ -512,6 +565,29 @@ impl Storage {
                 ));
             }
         }
+        let mut bad = 0usize;
+        for kv in self.delayed.iter() {
+            let (k, v) = kv.into_inner().map_err(read_error)?;
+            match (<[u8; 8]>::try_from(&*k), decode_delayed(&v)) {
+                (Ok(id), Ok(d)) => rec.delayed.push((u64::from_be_bytes(id), d)),
+                _ => bad += 1,
+            }
+        }
+        if bad > 0 {
+            rec.damage.push(format!(
+                "{bad} delayed request record(s) unreadable and skipped; they stay in the store"
+            ));
+        }
+        for kv in self.schedules.iter() {
+            let (k, v) = kv.into_inner().map_err(read_error)?;
+            match (String::from_utf8(k.to_vec()), <[u8; 8]>::try_from(&*v)) {
+                (Ok(name), Ok(ms)) => rec.schedules.push((name, u64::from_be_bytes(ms))),
+                _ => rec.damage.push(
+                    "a schedule's last-fire record is unreadable; that schedule starts afresh"
+                        .into(),
+                ),
+            }
+        }
         for kv in self.mailboxes.iter() {
             let (k, v) = kv.into_inner().map_err(read_error)?;
             match (String::from_utf8(k.to_vec()), <[u8; 8]>::try_from(&*v)) {
@@ -533,18 +609,22 @@ impl Storage {
         if p.is_empty() {
             return Ok(0);
         }
-        let writes = p.held.len() + p.mailboxes.len();
+        let writes = p.held.len() + p.mailboxes.len() + p.schedules.len();
         let mut batch = self.db.batch();
         for ((kind, id), op) in p.held.drain() {
             let ks = match kind {
                 Kind::Request => &self.requests,
                 Kind::Mail => &self.mail,
+                Kind::Delayed => &self.delayed,
             };
             let key = id.to_be_bytes();
             match op {
                 Op::Put { value, .. } => batch.insert(ks, &key[..], value),
                 Op::Delete => batch.remove(ks, &key[..]),
             }
+        }
+        for (name, ms) in p.schedules.drain() {
+            batch.insert(&self.schedules, name.as_bytes(), &ms.to_be_bytes()[..]);
         }
         for (address, clock) in p.mailboxes.drain() {
             match clock {

@@ -12,6 +12,14 @@
 //!
 //! Version 1 records (no deliveries field) are read as never delivered.
 //!
+//! A delayed request (delay/1), in the `delayed` keyspace: a leading
+//! version byte (1), its due time (u64 big-endian, ms since the Unix
+//! epoch), its timeout (u32 big-endian ms, 0 for none, counted from when
+//! it is queued), then the held message as above (holder: the service).
+//!
+//! A schedule's last fire, in the `schedules` keyspace (key: the schedule's
+//! name): the due time of the last fire, u64 big-endian ms since the epoch.
+//!
 //! Keys are the held message's number as u64 big-endian, so the store
 //! iterates in arrival order. Times are wall-clock: the monotonic clock of
 //! one run means nothing to the next.
@@ -137,6 +145,46 @@ pub fn decode_held(bytes: &[u8]) -> Result<HeldRecord, RecordError> {
     })
 }
 
+/// The layout of a delayed-request record written by this version.
+const DELAYED_VERSION: u8 = 1;
+
+/// A delayed request as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DelayedRecord {
+    /// When it is queued.
+    pub due: SystemTime,
+    /// Its timeout in ms (0: none), from when it is queued.
+    pub timeout_ms: u32,
+    /// The request (holder: the service); `expires` is unused.
+    pub held: HeldRecord,
+}
+
+/// Encodes a delayed request.
+pub fn encode_delayed(due: SystemTime, timeout_ms: u32, held: Vec<u8>) -> Vec<u8> {
+    let mut b = Vec::with_capacity(13 + held.len());
+    b.push(DELAYED_VERSION);
+    b.extend_from_slice(&wall_ms(due).to_be_bytes());
+    b.extend_from_slice(&timeout_ms.to_be_bytes());
+    b.extend_from_slice(&held);
+    b
+}
+
+/// Decodes a delayed request.
+pub fn decode_delayed(bytes: &[u8]) -> Result<DelayedRecord, RecordError> {
+    let mut r = Reader { b: bytes };
+    let version = r.take(1)?[0];
+    if version != DELAYED_VERSION {
+        return Err(RecordError::Version(version));
+    }
+    let due = from_wall_ms(r.u64()?);
+    let timeout_ms = r.u32()?;
+    Ok(DelayedRecord {
+        due,
+        timeout_ms,
+        held: decode_held(r.b)?,
+    })
+}
+
 struct Reader<'a> {
     b: &'a [u8],
 }
@@ -210,5 +258,12 @@ mod tests {
         assert_eq!(decode_held(&newer), Err(RecordError::Version(3)));
         let none = encode_held("", "", "", "", &Vec::new(), None, 0);
         assert_eq!(decode_held(&none).unwrap().expires, None);
+        let due = from_wall_ms(1_800_000_000_000);
+        let d = encode_delayed(due, 500, none.clone());
+        let back = decode_delayed(&d).unwrap();
+        assert_eq!((back.due, back.timeout_ms), (due, 500));
+        for cut in 0..d.len() {
+            assert!(decode_delayed(&d[..cut]).is_err(), "{cut}");
+        }
     }
 }

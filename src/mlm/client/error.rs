@@ -109,6 +109,13 @@ pub enum ClientError {
     /// A ZeroMQ call failed.
     #[error("zeromq: {0}")]
     Zmq(#[from] zmq::Error),
+    /// The broker lacks a feature asked for (e.g. delayed requests, which
+    /// only a broker that says `delay/1` holds).
+    #[error("{0}")]
+    Unsupported(String),
+    /// The call needs the broker connected now, and it is not.
+    #[error("not connected: {0}")]
+    NotConnected(&'static str),
     /// CURVE keys were given but this libzmq has no CURVE, or PLAIN and
     /// CURVE were both given.
     #[error("security options: {0}")]

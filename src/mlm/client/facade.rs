@@ -350,6 +350,54 @@ impl Client {
         })
     }
 
+    /// Whether the broker of the current connection holds delayed requests:
+    /// its OK to our CONNECTION OPEN said `delay/1` (the project's broker
+    /// does, the reference Malamute does not).
+    pub fn supports_delay(&self) -> bool {
+        self.session.delay_capable()
+    }
+
+    /// SERVICE SEND to the service `address`, held by the broker for
+    /// `delay` before it is queued (delay/1; the timeout counts from then).
+    /// A zero delay is a plain [`Client::sendfor`]. Fails with
+    /// [`ClientError::Unsupported`] when the broker does not hold delayed
+    /// requests (the reference Malamute), and with
+    /// [`ClientError::NotConnected`] while the broker is away: a delayed
+    /// request is never kept in the outbox for a later connection, whose
+    /// broker might not hold it. Delays are whole milliseconds (rounded
+    /// up), at most one year.
+    pub fn sendfor_delayed(
+        &mut self,
+        address: &str,
+        subject: &str,
+        tracker: &str,
+        timeout_ms: u32,
+        content: Content,
+        delay: Duration,
+    ) -> Result<(), ClientError> {
+        if delay.is_zero() {
+            return self.sendfor(address, subject, tracker, timeout_ms, content);
+        }
+        let ms = u64::try_from(delay.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
+        if ms > crate::mlm::MAX_DELAY_MS {
+            return Err(ClientError::Unsupported(format!(
+                "a delay of {delay:?} is longer than the one year a broker holds a request"
+            )));
+        }
+        self.session.post_delayed(
+            Message::ServiceSend {
+                address: address.into(),
+                subject: subject.into(),
+                tracker: tracker.into(),
+                timeout: timeout_ms,
+                content,
+            },
+            ms,
+            Instant::now(),
+            &mut self.transport,
+        )
+    }
+
     /// Confirms a service delivery (acknowledged mode only). A token from
     /// before a reconnect is ignored: the broker has requeued that request.
     pub fn confirm(&mut self, token: AckToken) -> Result<(), ClientError> {

@@ -61,6 +61,7 @@ pub use error::ClientError;
 pub use facade::Client;
 pub use options::{ClientOptions, Credentials, CurveClientKeys};
 pub use refusal::{Refusal, RefusalKind};
+pub use session::NO_DELAY;
 pub use state::{ClientStats, ConnState, Maintenance};
 pub use transport::MonitorEvent;
 

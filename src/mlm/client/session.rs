@@ -33,6 +33,17 @@
 //! the current connection has been told (see [`Session::set_maintenance`]).
 //! It is reconciled whenever the broker is there: after every OPEN, when a
 //! silent broker answers again, and at every tick until it took.
+//!
+//! A delayed request (delay/1, [`Session::post_delayed`]) is two commands
+//! that must reach the broker one right after the other: `CONFIRM
+//! tracker="delay:<ms>"`, then the SERVICE SEND. They are written together,
+//! only while connected to a broker that said `delay/1` (never kept in the
+//! outbox across a reconnect, where the broker on the other side may be
+//! the reference Malamute, which drops a client that sends CONFIRM). When
+//! the socket would block between the two, both go to the front of the
+//! outbox (the CONFIRM said again, which the broker takes as the same
+//! delay); a pair still in the outbox when the broker of a new connection
+//! lacks `delay/1` is dropped, counted and logged.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -47,6 +58,7 @@ use super::refusal::Refusal;
 use super::state::{ClientStats, ConnState, Maintenance};
 use super::{ACK_CAPABILITY, MAINTENANCE_OFF, MAINTENANCE_ON, MAINT_CAPABILITY};
 use crate::mlm::codec::{status, DecodeError, Message, Status, MAX_STRING};
+use crate::mlm::{DELAY_CAPABILITY, DELAY_PREFIX};
 use crate::time::after;
 
 /// Refusals kept for the user before older ones are only counted
@@ -234,6 +246,8 @@ pub struct Session {
     stats: ClientStats,
     /// The broker of this connection said `maint/1`.
     maint_capable: bool,
+    /// The broker of this connection said `delay/1`.
+    delay_capable: bool,
     /// Maintenance asked for.
     maint_wanted: bool,
     /// What the broker was last told (its flag, or our offers withdrawn).
@@ -291,6 +305,7 @@ impl Session {
             last_error: None,
             stats: ClientStats::default(),
             maint_capable: false,
+            delay_capable: false,
             maint_wanted: false,
             maint_applied: false,
             pings: 0,
@@ -749,6 +764,65 @@ impl Session {
         self.queue(msg)
     }
 
+    /// Whether the broker of the current (or last) connection said
+    /// `delay/1` in its OK to our CONNECTION OPEN.
+    pub fn delay_capable(&self) -> bool {
+        self.delay_capable
+    }
+
+    /// Sends a SERVICE SEND that the broker holds for `delay_ms` before
+    /// queueing it (delay/1): `CONFIRM tracker="delay:<ms>"` and the send,
+    /// written together. Refused unless connected to a broker that said
+    /// `delay/1` (see the module documentation for why the pair is never
+    /// kept for a later connection).
+    pub fn post_delayed(
+        &mut self,
+        send: Message,
+        delay_ms: u64,
+        now: Instant,
+        wire: &mut impl Wire,
+    ) -> Result<(), ClientError> {
+        if self.state != ConnState::Connected {
+            return Err(ClientError::NotConnected(
+                "a delayed request is sent only while connected to the broker",
+            ));
+        }
+        if !self.delay_capable {
+            return Err(ClientError::Unsupported(NO_DELAY.into()));
+        }
+        send.encode_header()?;
+        let confirm = delay_command(delay_ms);
+        if !self.outbox.is_empty() {
+            // Behind what waits, in order, together.
+            if self.outbox.len() + 2 > self.outbox_limit {
+                self.stats.dropped += 1;
+                return Err(ClientError::OutboxFull(self.outbox_limit));
+            }
+            self.outbox.push_back(confirm);
+            self.outbox.push_back(send);
+            return Ok(());
+        }
+        match self.write(&confirm, None, now, wire) {
+            Ok(()) => {}
+            Err(WireError::WouldBlock) => {
+                self.outbox.push_back(confirm);
+                self.outbox.push_back(send);
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        match self.write(&send, expect_for_posted(&send), now, wire) {
+            Ok(()) => Ok(()),
+            Err(WireError::WouldBlock) => {
+                // Said again right before it: nothing may come between.
+                self.outbox.push_front(send);
+                self.outbox.push_front(confirm);
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Confirms deliveries (acknowledged mode only) in as few CONFIRM
     /// commands as fit: comma-separated numbers, at most 255 bytes each.
     /// Tokens from before a reopen are ignored: the broker has requeued
@@ -925,14 +999,35 @@ impl Session {
     /// Writes the outbox while connected, until it is empty or the wire
     /// would block.
     pub fn flush(&mut self, now: Instant, wire: &mut impl Wire) -> Result<(), ClientError> {
+        // The delay command just written, if the next message is its send.
+        let mut delay_written: Option<Message> = None;
         while self.state == ConnState::Connected {
             let Some(msg) = self.outbox.pop_front() else {
                 break;
             };
+            if is_delay_command(&msg) && !self.delay_capable {
+                // Kept from a connection to a broker that held delays; this
+                // one does not (and the reference drops a client that
+                // sends CONFIRM): the pair is dropped, not sent undelayed.
+                let send = self.outbox.pop_front();
+                self.stats.dropped += 1;
+                tracing::warn!(
+                    "broker {} does not hold delayed requests (no delay/1): dropping the delayed {}",
+                    self.endpoint,
+                    send.map_or_else(|| "request".to_string(), |m| m.to_string())
+                );
+                continue;
+            }
             match self.write(&msg, expect_for_posted(&msg), now, wire) {
-                Ok(()) => {}
+                Ok(()) => {
+                    delay_written = is_delay_command(&msg).then_some(msg);
+                }
                 Err(WireError::WouldBlock) => {
                     self.outbox.push_front(msg);
+                    if let Some(confirm) = delay_written.take() {
+                        // Said again right before its send.
+                        self.outbox.push_front(confirm);
+                    }
                     break;
                 }
                 Err(e) => {
@@ -1215,6 +1310,10 @@ impl Session {
             .reason
             .split_whitespace()
             .any(|w| w == MAINT_CAPABILITY);
+        self.delay_capable = status
+            .reason
+            .split_whitespace()
+            .any(|w| w == DELAY_CAPABILITY);
         // CREDIT goes before the replayed offers: the broker must be in
         // acknowledged mode before its first SERVICE DELIVER to us, or the
         // two sides would number deliveries differently.
@@ -1260,6 +1359,22 @@ fn maintenance_command(on: bool) -> Message {
         tracker: if on { MAINTENANCE_ON } else { MAINTENANCE_OFF }.into(),
         status: Status::new(status::SUCCESS, ""),
     }
+}
+
+/// Why a delayed request is refused by a broker without `delay/1`.
+pub const NO_DELAY: &str = "this broker does not hold delayed requests (the real Malamute has \
+     no such feature); use alaska-broker";
+
+/// The delay/1 command: the next SERVICE SEND is held for `ms`.
+fn delay_command(ms: u64) -> Message {
+    Message::Confirm {
+        tracker: format!("{DELAY_PREFIX}{ms}"),
+        status: Status::new(status::SUCCESS, ""),
+    }
+}
+
+fn is_delay_command(msg: &Message) -> bool {
+    matches!(msg, Message::Confirm { tracker, .. } if tracker.starts_with(DELAY_PREFIX))
 }
 
 /// The answer a posted (not awaited) command will get.

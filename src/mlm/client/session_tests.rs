@@ -1445,3 +1445,80 @@ fn lazy_start_in_maintenance_says_so_before_the_offer_or_withholds_it() {
     s.set_maintenance(false, t0, &mut w).unwrap();
     assert_eq!(w.take(), [offer("svc", ".*").message()]);
 }
+
+fn delayed_send(subject: &str) -> Message {
+    Message::ServiceSend {
+        address: "svc".into(),
+        subject: subject.into(),
+        tracker: String::new(),
+        timeout: 0,
+        content: vec![b"x".to_vec()],
+    }
+}
+
+fn delay(ms: u64) -> Message {
+    Message::Confirm {
+        tracker: format!("delay:{ms}"),
+        status: Status::new(200, ""),
+    }
+}
+
+#[test]
+fn delay_capability_is_a_whole_word_of_the_ok_reason() {
+    for (reason, capable) in [
+        ("alaska-broker ack/1 maint/1 delay/1", true),
+        ("delay/1", true),
+        ("alaska-broker ack/1 maint/1", false),
+        ("", false),
+        ("delay/10", false),
+        ("xdelay/1", false),
+    ] {
+        let (s, _, _) = connected(Some(8), reason);
+        assert_eq!(s.delay_capable(), capable, "reason {reason:?}");
+    }
+}
+
+#[test]
+fn a_delayed_send_is_the_delay_confirm_then_the_send_adjacent() {
+    let (mut s, mut w, t0) = connected(None, "alaska-broker ack/1 maint/1 delay/1");
+    s.post_delayed(delayed_send("later"), 2000, t0, &mut w)
+        .unwrap();
+    assert_eq!(w.take(), [delay(2000), delayed_send("later")]);
+    // The socket blocks after the CONFIRM: both wait, the CONFIRM said
+    // again right before the send.
+    struct OneThenBlock(FakeWire, usize);
+    impl Wire for OneThenBlock {
+        fn write(&mut self, msg: &Message) -> Result<(), WireError> {
+            if self.1 == 0 {
+                return Err(WireError::WouldBlock);
+            }
+            self.1 -= 1;
+            self.0.write(msg)
+        }
+    }
+    let mut one = OneThenBlock(FakeWire::default(), 1);
+    s.post_delayed(delayed_send("again"), 5, t0, &mut one)
+        .unwrap();
+    assert_eq!(one.0.take(), [delay(5)]);
+    assert_eq!(s.outbox_len(), 2);
+    s.flush(t0, &mut w).unwrap();
+    assert_eq!(w.take(), [delay(5), delayed_send("again")]);
+}
+
+#[test]
+fn a_delayed_send_is_refused_without_delay1_or_while_away() {
+    let (mut s, mut w, t0) = connected(None, "alaska-broker ack/1 maint/1");
+    let e = s
+        .post_delayed(delayed_send("x"), 10, t0, &mut w)
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Unsupported(m) if m.contains("real Malamute")),
+        "{e}"
+    );
+    assert!(w.take().is_empty(), "nothing written");
+    let mut s = Session::new(&options(None), t0);
+    let e = s
+        .post_delayed(delayed_send("x"), 10, t0, &mut w)
+        .unwrap_err();
+    assert!(matches!(e, ClientError::NotConnected(_)), "{e}");
+}

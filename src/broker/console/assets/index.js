@@ -41,6 +41,10 @@ async function purgeQueue(name) {
   if (!confirm("Drop every request waiting in the queue of " + name + "?")) return;
   await act(() => api("POST", "/v1/services/" + encodeURIComponent(name) + "/purge", {}));
 }
+async function cancelDelayed(id) {
+  if (!confirm("Cancel delayed request " + id + "? It will never be queued.")) return;
+  await act(() => api("DELETE", "/v1/delayed/" + encodeURIComponent(id), {}));
+}
 async function act(f) {
   try { await f(); await refresh(); } catch (e) { fail(e); }
 }
@@ -55,14 +59,16 @@ document.addEventListener("click", ev => {
   else if (a.del) remove(a.del);
   else if (a.show) show(a.show);
   else if (a.purgeq) purgeQueue(a.purgeq);
+  else if (a.cancel) cancelDelayed(a.cancel);
   else if (b.id === "purge") purge();
 });
 
 async function refresh() {
   try {
-    const [c, s, m, st, dead, series] = await Promise.all([
+    const [c, s, m, st, dead, series, delayed, sched] = await Promise.all([
       api("GET", "/v1/clients"), api("GET", "/v1/services"), api("GET", "/v1/mailboxes"),
-      api("GET", "/v1/streams"), api("GET", "/v1/dead?limit=50"), api("GET", "/v1/series")]);
+      api("GET", "/v1/streams"), api("GET", "/v1/dead?limit=50"), api("GET", "/v1/series"),
+      api("GET", "/v1/delayed?limit=50"), api("GET", "/v1/schedules")]);
     document.getElementById("clients").innerHTML = table(c.clients, [
       ["address", r => '<span data-client="' + esc(r.address) + '">' + esc(r.address) + "</span>" + (r.maintenance ? ' <span class="tag">maintenance</span>' : "")],
       ["offers", r => esc((r.offers || []).join(", "))],
@@ -86,6 +92,15 @@ async function refresh() {
         ["", r => '<button data-show="' + esc(r.id) + '">show</button> <button data-replay="' + esc(r.id) + '">replay</button> <button class="danger" data-del="' + esc(r.id) + '">delete</button>']],
         "no dead letters") + (dead.total > dead.letters.length ? "<p>" + esc(dead.total) + " in all</p>" : "");
     document.getElementById("purge").disabled = !dead.total;
+    document.getElementById("delayed").innerHTML = table(delayed.delayed, [
+      ["due", r => esc(r.due)], ["service", r => esc(r.address)], ["subject", r => esc(r.subject)],
+      ["sender", r => esc(r.sender)], ["bytes", r => esc(r.size), true],
+      ["", r => '<button class="danger" data-cancel="' + esc(r.id) + '">cancel</button>']],
+      "nothing delayed") + (delayed.total > delayed.delayed.length ? "<p>" + esc(delayed.total) + " in all</p>" : "");
+    document.getElementById("schedules").innerHTML = table(sched.schedules, [
+      ["name", r => esc(r.name)], ["when", r => esc(r.every ? "every " + r.every : r.cron + " (" + r.timezone + ")")],
+      ["to", r => esc(r.address + " / " + r.subject)], ["next", r => esc(r.next_fire.time || "")],
+      ["last", r => esc(r.last_fire.time || "never")], ["fires", r => esc(r.fires), true]], "no schedules");
     drawCharts(series);
     document.getElementById("status").textContent = "updated " + new Date().toLocaleTimeString();
     document.getElementById("error").textContent = "";
