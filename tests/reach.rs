@@ -933,3 +933,80 @@ fn a_script_reaching_alaska_call_indirectly_parks_from_its_second_request() {
         (0..5).map(|i| format!("released {i}")).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn schedule_and_delayed_forward_from_scripts_and_refused_by_the_real_malamute() {
+    for b in all_brokers("alaska.schedule") {
+        let name = b.name();
+        let ours = matches!(b, AnyBroker::Ours(_));
+        let front_dir = tempfile::tempdir().unwrap();
+        let back_dir = tempfile::tempdir().unwrap();
+        script(
+            front_dir.path(),
+            "later",
+            "local ok, err = alaska.schedule('backend', 'note', 'hello ' .. alaskaContext, 1500) return tostring(ok) .. ' ' .. tostring(err)",
+        );
+        script(
+            front_dir.path(),
+            "fwd",
+            "return alaska.forward('backend', 'upper', nil, { delay = 1000 })",
+        );
+        script(
+            back_dir.path(),
+            "note",
+            "sendTo('note', alaskaContext, 'notes') return 'noted'",
+        );
+        script(
+            back_dir.path(),
+            "upper",
+            "return string.upper(alaskaContext)",
+        );
+        let _f = worker(b.endpoint(), front_dir.path(), "svc", 2, reach(|_| {}));
+        let _k = worker(b.endpoint(), back_dir.path(), "backend", 2, reach(|_| {}));
+        let mut c = client(b.endpoint(), &format!("producer-{}", unique()));
+        let mut notes = client(b.endpoint(), "notes");
+        ready_on(&mut c, front_dir.path(), "svc");
+        ready_on(&mut c, back_dir.path(), "backend");
+        let t0 = Instant::now();
+        let got = ask(&mut c, "svc", "later", b"ada");
+        if !ours {
+            assert_eq!(
+                got,
+                "nil alaska.schedule: the broker does not hold delayed requests (delay/1: the \
+                 real Malamute has no such feature; use alaska-broker)",
+                "{name}"
+            );
+            c.sendfor("svc", "fwd", "t", 0, vec![b"x".to_vec()])
+                .unwrap();
+            let d = expect(&mut c, DeliveryKind::Mailbox, T);
+            assert_eq!(d.subject, "ERROR:fwd", "{name}");
+            let text = String::from_utf8_lossy(&d.content[0]).into_owned();
+            assert!(
+                text.contains("delayed forward to backend/upper refused"),
+                "{text}"
+            );
+            continue;
+        }
+        assert_eq!(got, "true nil", "{name}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "the reply does not wait"
+        );
+        let d = expect(&mut notes, DeliveryKind::Mailbox, T);
+        let took = t0.elapsed();
+        assert_eq!(d.content[0], b"hello ada".to_vec());
+        assert!(
+            took >= Duration::from_millis(1500) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+        // A delayed forward: the original requester gets the next stage's
+        // reply, a second later.
+        let t0 = Instant::now();
+        assert_eq!(ask(&mut c, "svc", "fwd", b"late"), "LATE");
+        let took = t0.elapsed();
+        assert!(
+            took >= Duration::from_millis(1000) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+    }
+}

@@ -374,6 +374,16 @@ impl Hub {
             self.start_call(call)?;
         }
         self.calls.expire(Instant::now());
+        // alaska.schedule asks this before it promises a delayed send.
+        let connected = self
+            .conns
+            .iter()
+            .filter(|c| c.client.state() == ConnState::Connected);
+        let mut any = false;
+        let all = connected
+            .inspect(|_| any = true)
+            .all(|c| c.client.supports_delay());
+        self.reach.set_delay_supported(any && all);
         self.runners.feed();
         self.release_held();
         let now = Instant::now();
@@ -633,6 +643,7 @@ impl Hub {
             self.ops.sent(match out {
                 Output::Stream { .. } => SendKind::Stream,
                 Output::Mail { .. } => SendKind::Mail,
+                Output::Delayed { .. } => SendKind::Schedule,
             });
             let sent = match out {
                 Output::Stream {
@@ -647,6 +658,20 @@ impl Hub {
                     subject,
                     content,
                 } => client.sendto(&address, &subject, "", 0, content),
+                Output::Delayed {
+                    address,
+                    subject,
+                    content,
+                    delay,
+                } => match client.sendfor_delayed(&address, &subject, "", 0, content, delay) {
+                    // The script was told the brokers hold delayed
+                    // requests; this one's broker went away or changed since.
+                    Err(e @ (ClientError::Unsupported(_) | ClientError::NotConnected(_))) => {
+                        tracing::warn!(to = %address, subject = %subject, "alaska.schedule not sent: {e}");
+                        Ok(())
+                    }
+                    other => other,
+                },
             };
             self.outcome(sent)?;
         }
@@ -681,12 +706,22 @@ impl Hub {
                 subject,
                 tracker,
                 content,
+                delay,
             } => {
                 self.ops.sent(SendKind::Forward);
-                let sent = self.conns[conn]
-                    .client
-                    .sendfor(&address, &subject, &tracker, 0, content);
-                self.outcome(sent)?;
+                let client = &mut self.conns[conn].client;
+                let sent = match delay {
+                    Some(d) => client.sendfor_delayed(&address, &subject, &tracker, 0, content, d),
+                    None => client.sendfor(&address, &subject, &tracker, 0, content),
+                };
+                match sent {
+                    Err(e @ (ClientError::Unsupported(_) | ClientError::NotConnected(_))) => {
+                        let text = format!("delayed forward to {address}/{subject} refused: {e}");
+                        tracing::warn!(subject = %request.subject, "dead letter: {text}");
+                        self.dead_letter(conn, &request, &text, "forward")?;
+                    }
+                    other => self.outcome(other)?,
+                }
             }
             Decision::DeadLetter { text, kind } => {
                 tracing::warn!(

@@ -79,6 +79,8 @@ pub enum Decision {
         tracker: String,
         /// Frames.
         content: Vec<Vec<u8>>,
+        /// Held by the broker this long before it is queued (delay/1).
+        delay: Option<Duration>,
     },
 }
 
@@ -141,6 +143,7 @@ impl Policy {
                 address,
                 subject,
                 content,
+                delay,
             }) => {
                 if req.hops >= self.max_hops {
                     return Decision::DeadLetter {
@@ -164,6 +167,7 @@ impl Policy {
                         subject,
                         tracker,
                         content: content.unwrap_or_else(|| req.content.clone()),
+                        delay,
                     },
                     None => Decision::DeadLetter {
                         text: format!(
@@ -604,6 +608,7 @@ mod tests {
                 address: "next".into(),
                 subject: "stage2".into(),
                 content,
+                delay: None,
             })
         };
         match p.decide(&req(2), fwd(None), 0.0) {
@@ -612,6 +617,7 @@ mod tests {
                 subject,
                 tracker,
                 content,
+                ..
             } => {
                 assert_eq!((address.as_str(), subject.as_str()), ("next", "stage2"));
                 assert_eq!(content, req(1).content, "own frames by default");
@@ -682,6 +688,7 @@ mod tests {
                 address: "next".into(),
                 subject: "x".into(),
                 content: None,
+                delay: None,
             }),
             0.0,
         );

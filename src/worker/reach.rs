@@ -515,6 +515,7 @@ pub fn functions(
     lua: &Lua,
     reach: Arc<Reach>,
     waiting: Arc<dyn Waiting + Send + Sync>,
+    max_bytes: usize,
 ) -> mlua::Result<Table> {
     let t = lua.create_table()?;
     let (r, w) = (reach.clone(), waiting.clone());
@@ -537,8 +538,12 @@ pub fn functions(
         lua.create_function(move |lua, req: Value| http(lua, &r, &*w, req))?,
     )?;
     t.set(
-        "delay_supported",
-        lua.create_function(move |_, ()| Ok(reach.delay_supported()))?,
+        "schedule",
+        lua.create_function(
+            move |lua, (address, subject, content, delay): (Value, Value, Value, Value)| {
+                schedule(lua, &reach, max_bytes, address, subject, content, delay)
+            },
+        )?,
     )?;
     Ok(t)
 }
@@ -721,6 +726,66 @@ pub fn answer_values(
 /// Counts a call whose request's budget ended the wait.
 pub fn count_budget(reach: &Reach) {
     reach.count("call", "timeout");
+}
+
+/// The longest delay `alaska.schedule` and a delayed forward may ask (the
+/// broker's own limit).
+pub const MAX_DELAY: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// `alaska.schedule(address, subject, content, delay_ms)`: a service
+/// request the broker holds for `delay_ms`, sent when the request ends
+/// (with its other sends). `true`, or `nil, err` when the brokers cannot
+/// hold it (the real Malamute has no delayed requests).
+fn schedule(
+    lua: &Lua,
+    reach: &Reach,
+    max_bytes: usize,
+    address: Value,
+    subject: Value,
+    content: Value,
+    delay: Value,
+) -> mlua::Result<MultiValue> {
+    let address = name_arg(address, "schedule", 1)?;
+    let subject = name_arg(subject, "schedule", 2)?;
+    let content = frames_arg(content, "schedule", 3)?;
+    let delay = match delay {
+        Value::Integer(i) if i >= 0 => Duration::from_millis(i as u64),
+        Value::Number(n) if n >= 0.0 => {
+            Duration::try_from_secs_f64(n / 1000.0).unwrap_or(MAX_DELAY)
+        }
+        other => {
+            return Err(mlua::Error::runtime(format!(
+                "bad argument #4 to 'schedule' (milliseconds, 0 or more, expected, got {})",
+                match other {
+                    Value::Integer(i) => i.to_string(),
+                    Value::Number(n) => n.to_string(),
+                    v => v.type_name().to_string(),
+                }
+            )))
+        }
+    };
+    if delay > MAX_DELAY {
+        return nil_err(lua, "alaska.schedule: a delay is at most a year");
+    }
+    current_hops(lua, "alaska.schedule")?;
+    if !reach.delay_supported() {
+        return nil_err(
+            lua,
+            "alaska.schedule: the broker does not hold delayed requests (delay/1: the real \
+             Malamute has no such feature; use alaska-broker)",
+        );
+    }
+    super::vm::api::push(
+        lua,
+        super::types::Output::Delayed {
+            address,
+            subject,
+            content,
+            delay,
+        },
+        max_bytes,
+    )?;
+    Ok(MultiValue::from_iter([Value::Boolean(true)]))
 }
 
 /// An HTTP request as a script gave it, checked.

@@ -76,6 +76,18 @@ pub enum Output {
         /// Content frames (content, then attachment if given).
         content: Vec<Vec<u8>>,
     },
+    /// SERVICE SEND to `address` that the broker holds for `delay`
+    /// before queuing it (`alaska.schedule`); nobody is answered.
+    Delayed {
+        /// Service address.
+        address: String,
+        /// Subject.
+        subject: String,
+        /// Content frames.
+        content: Vec<Vec<u8>>,
+        /// How long the broker holds it.
+        delay: Duration,
+    },
     /// MAILBOX SEND to `address`.
     Mail {
         /// Mailbox.
@@ -117,6 +129,9 @@ pub enum Outcome {
         subject: String,
         /// Frames to send; `None` forwards the request's own frames.
         content: Option<Vec<Vec<u8>>>,
+        /// Held by the broker this long before it is queued (a script's
+        /// `alaska.forward(..., {delay = ms})`; delay/1 brokers only).
+        delay: Option<Duration>,
     },
 }
 

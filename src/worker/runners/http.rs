@@ -307,6 +307,7 @@ pub fn interpret(
                         subject: subject.to_string(),
                         // An empty body forwards the request as it came.
                         content: (!body.is_empty()).then(|| vec![body]),
+                        delay: None,
                     })
                 }
                 (None | Some("done"), None) => Ok(Outcome::Done {
@@ -459,7 +460,8 @@ mod tests {
             Ok(Outcome::Forward {
                 address: "enrich".into(),
                 subject: "order".into(),
-                content: Some(vec![b"{\"id\":1}".to_vec()])
+                content: Some(vec![b"{\"id\":1}".to_vec()]),
+                delay: None
             })
         );
         assert_eq!(
@@ -467,7 +469,8 @@ mod tests {
             Ok(Outcome::Forward {
                 address: "a".into(),
                 subject: "b/c".into(),
-                content: None
+                content: None,
+                delay: None
             })
         );
         assert_eq!(

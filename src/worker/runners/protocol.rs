@@ -148,6 +148,7 @@ fn decode_object(obj: &Map<String, Value>) -> Result<RunResult, String> {
                 None | Some(Value::Null) => None,
                 Some(v) => Some(frames(v).map_err(|e| format!("frames: {e}"))?),
             },
+            delay: None,
         }),
         "error" => Err(ScriptError {
             kind: ErrorKind::Runtime,
@@ -320,7 +321,8 @@ mod tests {
             Ok(Outcome::Forward {
                 address: "next".into(),
                 subject: "s".into(),
-                content: None
+                content: None,
+                delay: None
             })
         );
         assert_eq!(
@@ -330,7 +332,8 @@ mod tests {
             Ok(Outcome::Forward {
                 address: "next".into(),
                 subject: "s".into(),
-                content: Some(vec![b"a".to_vec(), vec![0]])
+                content: Some(vec![b"a".to_vec(), vec![0]]),
+                delay: None
             })
         );
         assert_eq!(

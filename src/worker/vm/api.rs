@@ -84,19 +84,21 @@ fn send_args(
     Ok((dest, subject, frames))
 }
 
-fn push(lua: &Lua, out: Output, max_bytes: usize) -> mlua::Result<()> {
+/// Keeps a send of the running request (written when it ends), bounded
+/// by [`MAX_SENDS`] and `max_bytes`.
+pub(crate) fn push(lua: &Lua, out: Output, max_bytes: usize) -> mlua::Result<()> {
     let Some(mut state) = lua.app_data_mut::<RequestState>() else {
         return Err(mlua::Error::runtime("send/sendTo outside a request"));
     };
     if !state.active {
         return Err(mlua::Error::runtime(
-            "send/sendTo can only be used while a request runs",
+            "send/sendTo/schedule can only be used while a request runs",
         ));
     }
     let size: usize = match &out {
-        Output::Stream { content, .. } | Output::Mail { content, .. } => {
-            content.iter().map(Vec::len).sum()
-        }
+        Output::Stream { content, .. }
+        | Output::Mail { content, .. }
+        | Output::Delayed { content, .. } => content.iter().map(Vec::len).sum(),
     };
     if state.outputs.len() >= MAX_SENDS || state.output_bytes + size > max_bytes {
         return Err(mlua::Error::runtime(format!(

@@ -450,7 +450,7 @@ impl Vm {
             arm_memory,
             lua.create_function(metadata)?,
             lua.create_function(log_print)?,
-            crate::worker::reach::functions(&lua, cfg.reach.clone(), budget.clone())?,
+            crate::worker::reach::functions(&lua, cfg.reach.clone(), budget.clone(), cfg.memory)?,
         ))?;
         budget.disarm();
         lua.set_app_data(RequestState::default());
@@ -635,7 +635,7 @@ impl Vm {
     /// What the sandbox's runner returned, made a [`Step`]: the request
     /// parked, or its outcome.
     fn settle(&mut self, called: mlua::Result<Returned>, first: Vec<u8>) -> Step {
-        if let Ok((true, _, Some(kind), Value::Integer(token), _, _)) = &called {
+        if let Ok((true, _, Some(kind), Value::Integer(token), _, _, _)) = &called {
             if kind.as_bytes().as_ref() == b"park" {
                 let token = *token as u64;
                 let deadline = self.budget.deadline_raw();
@@ -739,7 +739,7 @@ impl Vm {
 
     /// Reads what the runner returned: `ok, value, kind, a, b, c`.
     fn outcome(&mut self, values: Returned) -> Result<Outcome, ScriptError> {
-        let (ok, value, kind, a, b, c) = values;
+        let (ok, value, kind, a, b, c, d) = values;
         if !ok {
             let text = match &value {
                 Value::String(s) => s.to_string_lossy(),
@@ -796,6 +796,12 @@ impl Vm {
                                 message: format!("forward: {e}"),
                             })?,
                     ),
+                    _ => None,
+                },
+                delay: match d {
+                    Value::Integer(ms) => Some(Duration::from_millis(ms.max(0) as u64)),
+                    // Checked by `alaska.forward`; a huge value is clamped.
+                    Value::Number(ms) => crate::time::from_ms_f64(ms),
                     _ => None,
                 },
             },
@@ -904,4 +910,12 @@ impl Vm {
 }
 
 /// What the runner returns: `ok, value, kind, a, b, c`.
-type Returned = (bool, Value, Option<mlua::LuaString>, Value, Value, Value);
+type Returned = (
+    bool,
+    Value,
+    Option<mlua::LuaString>,
+    Value,
+    Value,
+    Value,
+    Value,
+);

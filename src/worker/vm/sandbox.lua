@@ -250,6 +250,7 @@ end
 local api = {
   sleep = sleep,
   http = reach.http,
+  schedule = reach.schedule,
   retry = function(after_ms, reason)
     return { [OUTCOME] = 'retry', count_arg(after_ms, 'retry', 1), reason ~= nil and tostring(reason) or nil }
   end,
@@ -257,7 +258,14 @@ local api = {
     return { [OUTCOME] = 'fail', reason ~= nil and tostring(reason) or 'failed' }
   end,
   drop = function() return { [OUTCOME] = 'drop' } end,
-  forward = function(address, subject, content)
+  forward = function(address, subject, content, options)
+    local delay
+    if options ~= nil then
+      if type(options) ~= 'table' then
+        error("bad argument #4 to 'forward' (options table or nil expected, got " .. type(options) .. ")", 2)
+      end
+      delay = count_arg(options.delay, 'forward', 4)
+    end
     name_arg(address, 'forward', 1)
     name_arg(subject, 'forward', 2)
     local t = type(content)
@@ -276,7 +284,7 @@ local api = {
     elseif t ~= 'string' and t ~= 'nil' then
       error("bad argument #3 to 'forward' (string, list of strings or nil expected, got " .. t .. ")", 2)
     end
-    return { [OUTCOME] = 'forward', address, subject, content }
+    return { [OUTCOME] = 'forward', address, subject, content, delay }
   end,
 }
 -- alaska.shared: works as alaska.shared:get(k) and alaska.shared.get(k).
@@ -338,7 +346,7 @@ local function finish(ok, v)
   if not ok then return false, v end
   if type(v) == 'table' then
     local kind = rawget(v, OUTCOME)
-    if kind then return true, nil, kind, v[1], v[2], v[3] end
+    if kind then return true, nil, kind, v[1], v[2], v[3], v[4] end
   end
   return true, v
 end
