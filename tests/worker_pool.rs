@@ -375,6 +375,17 @@ fn scripts_end_in_outcomes() {
                 address: "next".into(),
                 subject: "stage2".into(),
                 content: None,
+                delay: None,
+            },
+        ),
+        (
+            "forward_later",
+            "return alaska.forward('next', 'stage2', nil, { delay = 250 })",
+            Outcome::Forward {
+                address: "next".into(),
+                subject: "stage2".into(),
+                content: None,
+                delay: Some(Duration::from_millis(250)),
             },
         ),
         (
@@ -384,6 +395,7 @@ fn scripts_end_in_outcomes() {
                 address: "next".into(),
                 subject: "stage2".into(),
                 content: Some(vec![b"new body".to_vec()]),
+                delay: None,
             },
         ),
         (
@@ -393,6 +405,7 @@ fn scripts_end_in_outcomes() {
                 address: "next".into(),
                 subject: "stage2".into(),
                 content: Some(vec![b"a".to_vec(), b"b".to_vec(), b"3".to_vec()]),
+                delay: None,
             },
         ),
         (
