@@ -1010,3 +1010,131 @@ fn schedule_and_delayed_forward_from_scripts_and_refused_by_the_real_malamute() 
         );
     }
 }
+
+/// Starts the `alaska` binary in `dir` with `cfg`; returns it and the
+/// address its HTTP listener serves on (read from its log).
+fn spawn_alaska(dir: &Path, cfg: &str) -> (common::bin::Running, String) {
+    use std::io::BufRead;
+    std::fs::write(dir.join("alaska.cfg"), cfg).unwrap();
+    let mut child = common::bin::alaska(dir)
+        .args(["-c", "alaska.cfg", "-f", "--no-embedded-broker"])
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let running = common::bin::Running(child);
+    let addr = loop {
+        let line = rx
+            .recv_timeout(T)
+            .expect("a line saying where HTTP is served");
+        if let Some(rest) = line.split("serving http://").nth(1) {
+            break rest.split(':').take(2).collect::<Vec<_>>().join(":");
+        }
+    };
+    (running, addr)
+}
+
+/// `alaska_worker_script_calls_total{kind, result}` from `/metrics`.
+fn calls_metric(addr: &str, kind: &str, result: &str) -> u64 {
+    let text = ureq::get(format!("http://{addr}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let want = format!("alaska_worker_script_calls_total{{kind=\"{kind}\",result=\"{result}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(want.as_str()))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+#[test]
+fn the_binary_reads_the_keys_and_counts_calls_including_late_replies() {
+    let b = broker();
+    let front_dir = tempfile::tempdir().unwrap();
+    let back_dir = tempfile::tempdir().unwrap();
+    let srv = app();
+    script(
+        front_dir.path(),
+        "late",
+        "local r, e = alaska.call('backend', 'slow', '') return tostring(r) .. ' ' .. e",
+    );
+    script(
+        front_dir.path(),
+        "web",
+        &format!(
+            "local r = alaska.http{{ url = '{}' }} local _, e = alaska.http{{ url = 'http://127.0.0.2:1/' }} return r.status .. ' ' .. e",
+            srv.url("/w")
+        ),
+    );
+    script(
+        back_dir.path(),
+        "slow",
+        "alaska.sleep(600) return 'too late'",
+    );
+    let cfg = common::bin::config(
+        b.endpoint(),
+        front_dir.path(),
+        "    lua\n        call\n            timeout = \"200ms\"\n        http\n            allow = \"127.0.0.1\"\n    http\n        listen = \"127.0.0.1:0\"\n",
+    );
+    let (_alaska, addr) = spawn_alaska(front_dir.path(), &cfg);
+    let _k = worker(b.endpoint(), back_dir.path(), "backend", 2, reach(|_| {}));
+    let mut c = client(b.endpoint(), "producer");
+    ready_on(&mut c, front_dir.path(), "svc");
+    ready_on(&mut c, back_dir.path(), "backend");
+    assert_eq!(
+        ask(&mut c, "svc", "late", b""),
+        "nil alaska.call to backend/slow: timeout: no reply within 200 ms (is a worker offering backend?)"
+    );
+    // The reply comes 400 ms after its caller stopped waiting: counted late.
+    let deadline = Instant::now() + T;
+    while calls_metric(&addr, "call", "late") < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the late reply was never counted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(calls_metric(&addr, "call", "timeout"), 1);
+    assert_eq!(
+        ask(&mut c, "svc", "web", b""),
+        "201 alaska.http: 127.0.0.2:1 is not in worker/lua/http/allow (scripts may reach only the hosts listed there)"
+    );
+    assert_eq!(calls_metric(&addr, "http", "ok"), 1);
+    assert_eq!(calls_metric(&addr, "http", "refused"), 1);
+}
+
+#[test]
+fn a_bad_allow_list_or_ca_file_stops_the_start_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (extra, key) in [
+        (
+            "    lua\n        http\n            allow = \"http://example.com\"\n",
+            "worker/lua/http/allow",
+        ),
+        (
+            "    lua\n        http\n            ca = \"/nonexistent/ca.pem\"\n",
+            "worker/lua/http/ca",
+        ),
+    ] {
+        let cfg = common::bin::config(&common::bin::free_endpoint(), dir.path(), extra);
+        std::fs::write(dir.path().join("bad.cfg"), cfg).unwrap();
+        let out = common::bin::alaska(dir.path())
+            .args(["-c", "bad.cfg", "-f", "--no-embedded-broker"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{key}: started anyway");
+        assert!(err.contains(key), "{key}: {err}");
+    }
+}
