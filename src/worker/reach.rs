@@ -403,7 +403,12 @@ impl Waiting for super::vm::Budget {
 
 /// Waits for `rx` until `until`: blocking when the VM has no duty, else
 /// lending the wait to it in slices and looking in between.
-fn wait_for<T>(waiting: &dyn Waiting, rx: &Receiver<T>, until: Instant) -> Option<T> {
+fn wait_for<T>(
+    waiting: &dyn Waiting,
+    rx: &Receiver<T>,
+    until: Instant,
+    slice: Duration,
+) -> Option<T> {
     loop {
         if let Ok(v) = rx.try_recv() {
             return Some(v);
@@ -412,7 +417,7 @@ fn wait_for<T>(waiting: &dyn Waiting, rx: &Receiver<T>, until: Instant) -> Optio
         if rest.is_zero() {
             return None;
         }
-        if !waiting.lend(rest.min(Duration::from_millis(100))) {
+        if !waiting.lend(rest.min(slice)) {
             return rx.recv_timeout(rest).ok();
         }
     }
@@ -668,7 +673,9 @@ fn call(
             Value::Integer(token as i64),
         ]));
     };
-    match wait_for(waiting, &rx, until) {
+    // The hub answers from inside the duty's own turn: the duty returns
+    // as soon as it has, so a long slice costs no latency.
+    match wait_for(waiting, &rx, until, Duration::from_millis(100)) {
         Some((_, a)) => answer_values(lua, reach, &info, Some(a)),
         None if budget_cuts => {
             reach.count("call", "timeout");
@@ -1011,18 +1018,31 @@ fn http(lua: &Lua, reach: &Reach, waiting: &dyn Waiting, req: Value) -> mlua::Re
     // a thread of its own and the wait goes to the duty.
     let result = if waiting.lend(Duration::ZERO) {
         let (tx, rx) = crossbeam_channel::bounded(1);
+        // The dispatcher waits in its poll meanwhile: the thread wakes it.
+        let wake = reach.wiring.get().map(|w| w.line.wake.clone());
         let spawned = std::thread::Builder::new()
             .name("alaska-http".into())
             .spawn(move || {
                 let _ = tx.send(perform(&agent, req, timeout, max_body));
+                if let Some(w) = wake {
+                    w.wake();
+                }
             });
         if let Err(e) = spawned {
             return nil_err(lua, &format!("alaska.http: cannot start a thread: {e}"));
         }
         // The client's own timeout ends the thread; a little slack so its
         // own message, not ours, is what the script sees.
-        wait_for(waiting, &rx, after(until, Duration::from_millis(50)))
-            .unwrap_or_else(|| Err(format!("timeout after {} ms", timeout.as_millis())))
+        // Short slices: the thread's wake-up can land between the look at
+        // the channel and the poll's arming, and then only the slice ends
+        // the wait.
+        wait_for(
+            waiting,
+            &rx,
+            after(until, Duration::from_millis(50)),
+            Duration::from_millis(2),
+        )
+        .unwrap_or_else(|| Err(format!("timeout after {} ms", timeout.as_millis())))
     } else {
         perform(&agent, req, timeout, max_body)
     };
