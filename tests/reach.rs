@@ -1176,3 +1176,53 @@ fn http_on_the_dispatchers_own_vm_does_not_stall() {
         t0.elapsed()
     );
 }
+
+#[test]
+fn one_vm_parks_ten_slow_http_requests_at_once() {
+    let b = broker();
+    let srv = app();
+    let dir = tempfile::tempdir().unwrap();
+    script(
+        dir.path(),
+        "get",
+        &HTTP_SCRIPT.replace("alaska.cjson", "require('cjson')"),
+    );
+    let _w = Worker::start(b.endpoint(), dir.path(), |o, p| {
+        o.policy.attempts = 1;
+        p.size = 1;
+        p.timeout = Duration::from_secs(10);
+        p.reach = reach(|c| c.http_allow = HostPattern::parse_list("127.0.0.1").unwrap());
+    });
+    let mut c = client(b.endpoint(), "producer");
+    ready_on(&mut c, dir.path(), "svc");
+    let t0 = Instant::now();
+    for i in 0..10 {
+        let req = serde_json::json!({"url": srv.url("/slow"), "timeout": 8000});
+        c.sendfor(
+            "svc",
+            "get",
+            &format!("s{i}"),
+            0,
+            vec![req.to_string().into_bytes()],
+        )
+        .unwrap();
+    }
+    let deadline = Instant::now() + T;
+    while srv.seen().iter().filter(|s| s.path == "/slow").count() < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "the ten requests never all reached the server"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // All ten wait on the server at once, on the worker's single VM.
+    c.sendfor("svc", "ping", "quick", 0, vec![vec![]]).unwrap();
+    let d = expect(&mut c, DeliveryKind::Mailbox, T);
+    assert_eq!(d.tracker, "quick");
+    for _ in 0..10 {
+        let d = expect(&mut c, DeliveryKind::Mailbox, T);
+        assert_eq!(d.content[0], b"200|-|-|slow".to_vec());
+    }
+    // One after the other they would take 20 s.
+    assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
+}

@@ -363,8 +363,8 @@ struct Dispatcher {
     /// Bumped at every turn of the loop (and by the VM's duty).
     liveness: Liveness,
     /// Answers to the calls of requests parked on the VM.
-    answers: crossbeam_channel::Receiver<(u64, super::reach::CallAnswer)>,
-    answers_tx: crossbeam_channel::Sender<(u64, super::reach::CallAnswer)>,
+    answers: crossbeam_channel::Receiver<(u64, super::reach::Answered)>,
+    answers_tx: crossbeam_channel::Sender<(u64, super::reach::Answered)>,
     /// The job of each parked request, by its token.
     parked_jobs: HashMap<u64, u64>,
 }
@@ -469,7 +469,7 @@ impl Dispatcher {
         if self.parked_jobs.is_empty() {
             return Ok(());
         }
-        let mut ready: Vec<(u64, Option<super::reach::CallAnswer>)> = Vec::new();
+        let mut ready: Vec<(u64, Option<super::reach::Answered>)> = Vec::new();
         while let Ok((token, a)) = self.answers.try_recv() {
             ready.push((token, Some(a)));
         }
@@ -485,7 +485,7 @@ impl Dispatcher {
     fn resume_one(
         &mut self,
         token: u64,
-        answer: Option<super::reach::CallAnswer>,
+        answer: Option<super::reach::Answered>,
     ) -> Result<(), WorkerError> {
         let Some(id) = self.parked_jobs.remove(&token) else {
             // Answered after its time was up (or twice): nobody waits.

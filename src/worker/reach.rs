@@ -156,13 +156,23 @@ impl HostPattern {
 /// is none.
 pub type CallAnswer = Result<Vec<Vec<u8>>, String>;
 
+/// What ends a parked request's wait: its call's reply, or its HTTP
+/// response.
+#[derive(Debug)]
+pub enum Answered {
+    /// `alaska.call`'s answer.
+    Call(CallAnswer),
+    /// `alaska.http`'s response, or why there is none (`timeout ...`).
+    Http(Result<HttpResponse, String>),
+}
+
 /// Where a call's answer goes: a channel and the token the caller knows it
 /// by (a waiting VM's own channel with token 0, or the channel of the VM
 /// owner that parks its requests, with the parked request's token).
 #[derive(Debug, Clone)]
 pub struct Answer {
     /// The channel.
-    pub tx: Sender<(u64, CallAnswer)>,
+    pub tx: Sender<(u64, Answered)>,
     /// The token.
     pub token: u64,
 }
@@ -170,8 +180,51 @@ pub struct Answer {
 impl Answer {
     /// Sends; `false` when nobody listens any more.
     pub fn send(&self, a: CallAnswer) -> bool {
-        self.tx.send((self.token, a)).is_ok()
+        self.tx.send((self.token, Answered::Call(a))).is_ok()
     }
+}
+
+/// What a parked request waits for.
+#[derive(Debug, Clone)]
+pub enum Waited {
+    /// The reply to an `alaska.call`.
+    Call(CallInfo),
+    /// The response to an `alaska.http`.
+    Http(HttpInfo),
+}
+
+impl Waited {
+    /// When the wait ends at the latest.
+    pub fn until(&self) -> Instant {
+        match self {
+            Waited::Call(i) => i.until,
+            Waited::Http(i) => i.until,
+        }
+    }
+
+    /// Whether the request's budget, not the wait's own timeout, ends it.
+    pub fn budget_cuts(&self) -> bool {
+        match self {
+            Waited::Call(i) => i.budget_cuts,
+            Waited::Http(i) => i.budget_cuts,
+        }
+    }
+}
+
+/// What a parked `alaska.http` needs when it resumes.
+#[derive(Debug, Clone)]
+pub struct HttpInfo {
+    /// The host and port, for messages.
+    pub host: String,
+    /// The port.
+    pub port: u16,
+    /// The timeout given to the client.
+    pub timeout: Duration,
+    /// When the script stops waiting (the client's own timeout ends the
+    /// request just before).
+    pub until: Instant,
+    /// The request's budget ends before the request's own timeout.
+    pub budget_cuts: bool,
 }
 
 /// What a parked request's call needs when it resumes: what it called,
@@ -195,9 +248,9 @@ pub struct CallInfo {
 /// the owner's answer channel, the next token, and the calls made.
 #[derive(Debug)]
 pub struct ParkLine {
-    tx: Sender<(u64, CallAnswer)>,
+    tx: Sender<(u64, Answered)>,
     next: u64,
-    calls: HashMap<u64, CallInfo>,
+    calls: HashMap<u64, Waited>,
     /// A request that could not park called: its script should start in
     /// a coroutine from now on.
     wanted: bool,
@@ -205,7 +258,7 @@ pub struct ParkLine {
 
 impl ParkLine {
     /// Answers for parked requests go to `tx`.
-    pub fn new(tx: Sender<(u64, CallAnswer)>) -> ParkLine {
+    pub fn new(tx: Sender<(u64, Answered)>) -> ParkLine {
         ParkLine {
             tx,
             next: 0,
@@ -219,9 +272,19 @@ impl ParkLine {
         std::mem::take(&mut self.wanted)
     }
 
-    /// The call a request parked with `token` made.
-    pub fn take(&mut self, token: u64) -> Option<CallInfo> {
+    /// What a request parked with `token` waits for.
+    pub fn take(&mut self, token: u64) -> Option<Waited> {
         self.calls.remove(&token)
+    }
+
+    /// Numbers a wait for `what`: the answer's way back.
+    fn park(&mut self, what: Waited) -> Answer {
+        self.next += 1;
+        self.calls.insert(self.next, what);
+        Answer {
+            tx: self.tx.clone(),
+            token: self.next,
+        }
     }
 }
 
@@ -275,6 +338,9 @@ pub struct Reach {
     metrics: OnceLock<IntCounterVec>,
     /// The worker stops: calls are refused at once.
     stopping: AtomicBool,
+    /// The threads that run the HTTP requests of the dispatcher's VM
+    /// (started at the first).
+    executor: OnceLock<Sender<HttpJob>>,
 }
 
 impl std::fmt::Debug for Reach {
@@ -328,6 +394,7 @@ impl Reach {
             delay_ok: AtomicBool::new(false),
             metrics: OnceLock::new(),
             stopping: AtomicBool::new(false),
+            executor: OnceLock::new(),
         })
     }
 
@@ -364,6 +431,43 @@ impl Reach {
     fn count(&self, kind: &str, result: &str) {
         if let Some(m) = self.metrics.get() {
             m.with_label_values(&[kind, result]).inc();
+        }
+    }
+
+    /// Runs `job` on the executor's threads: its response goes to its
+    /// answer, then the dispatcher is woken.
+    fn execute(&self, job: HttpJob) {
+        let tx = self.executor.get_or_init(|| {
+            let (tx, rx) = crossbeam_channel::unbounded::<HttpJob>();
+            let wake = self.wiring.get().map(|w| w.line.wake.clone());
+            // As many as the connections kept for reuse, up to 16: each
+            // blocks in one request at a time.
+            for n in 0..self.cfg.http_max_idle.clamp(1, 16) {
+                let (rx, agent, wake) = (rx.clone(), self.agent.clone(), wake.clone());
+                let spawned = std::thread::Builder::new()
+                    .name(format!("alaska-http-{n}"))
+                    .spawn(move || {
+                        // Ends when the Reach (the channel's sender) goes.
+                        for job in rx {
+                            let r = perform(&agent, job.req, job.timeout, job.max_body);
+                            let _ = job.answer.tx.send((job.answer.token, Answered::Http(r)));
+                            if let Some(w) = &wake {
+                                w.wake();
+                            }
+                        }
+                    });
+                if let Err(e) = spawned {
+                    tracing::error!("alaska.http: cannot start an HTTP thread: {e}");
+                }
+            }
+            tx
+        });
+        if let Err(e) = tx.send(job) {
+            let job = e.into_inner();
+            let _ = job.answer.tx.send((
+                job.answer.token,
+                Answered::Http(Err("no HTTP thread could be started".into())),
+            ));
         }
     }
 
@@ -540,7 +644,9 @@ pub fn functions(
     let (r, w) = (reach.clone(), waiting);
     t.set(
         "http",
-        lua.create_function(move |lua, req: Value| http(lua, &r, &*w, req))?,
+        lua.create_function(move |lua, (can_park, req): (bool, Value)| {
+            http(lua, &r, &*w, can_park, req)
+        })?,
     )?;
     t.set(
         "schedule",
@@ -623,15 +729,8 @@ fn call(
         budget_cuts,
     };
     let parking = if can_park {
-        lua.app_data_mut::<ParkLine>().map(|mut line| {
-            line.next += 1;
-            let token = line.next;
-            line.calls.insert(token, info.clone());
-            Answer {
-                tx: line.tx.clone(),
-                token,
-            }
-        })
+        lua.app_data_mut::<ParkLine>()
+            .map(|mut line| line.park(Waited::Call(info.clone())))
     } else {
         None
     };
@@ -676,7 +775,8 @@ fn call(
     // The hub answers from inside the duty's own turn: the duty returns
     // as soon as it has, so a long slice costs no latency.
     match wait_for(waiting, &rx, until, Duration::from_millis(100)) {
-        Some((_, a)) => answer_values(lua, reach, &info, Some(a)),
+        Some((_, Answered::Call(a))) => answer_values(lua, reach, &info, Some(a)),
+        Some((_, Answered::Http(_))) => answer_values(lua, reach, &info, None),
         None if budget_cuts => {
             reach.count("call", "timeout");
             waiting.breach();
@@ -796,6 +896,7 @@ fn schedule(
 }
 
 /// An HTTP request as a script gave it, checked.
+#[derive(Debug)]
 struct HttpRequest {
     method: String,
     url: String,
@@ -805,7 +906,8 @@ struct HttpRequest {
 }
 
 /// An HTTP response for the script.
-struct HttpResponse {
+#[derive(Debug)]
+pub struct HttpResponse {
     status: u16,
     headers: Vec<(String, Vec<u8>)>,
     body: Vec<u8>,
@@ -985,7 +1087,23 @@ fn perform(
     })
 }
 
-fn http(lua: &Lua, reach: &Reach, waiting: &dyn Waiting, req: Value) -> mlua::Result<MultiValue> {
+/// An HTTP request for the executor, and where its response goes.
+struct HttpJob {
+    req: HttpRequest,
+    timeout: Duration,
+    max_body: usize,
+    answer: Answer,
+}
+
+/// `alaska.http`: the response or `nil, err` at once, or `nil, nil,
+/// token` when the request is to park (see [`call`]).
+fn http(
+    lua: &Lua,
+    reach: &Reach,
+    waiting: &dyn Waiting,
+    can_park: bool,
+    req: Value,
+) -> mlua::Result<MultiValue> {
     let req = http_request(req, Duration::from_secs(24 * 3600))?;
     current_hops(lua, "alaska.http")?;
     let (host, port) = match target(&req.url) {
@@ -1013,39 +1131,76 @@ fn http(lua: &Lua, reach: &Reach, waiting: &dyn Waiting, req: Value) -> mlua::Re
         return Err(mlua::Error::runtime(super::vm::BUDGET_MESSAGE));
     }
     let max_body = reach.cfg.http_max_body;
-    let agent = reach.agent.clone();
-    // The dispatcher's VM must not block its thread: the request runs on
-    // a thread of its own and the wait goes to the duty.
-    let result = if waiting.lend(Duration::ZERO) {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        // The dispatcher waits in its poll meanwhile: the thread wakes it.
-        let wake = reach.wiring.get().map(|w| w.line.wake.clone());
-        let spawned = std::thread::Builder::new()
-            .name("alaska-http".into())
-            .spawn(move || {
-                let _ = tx.send(perform(&agent, req, timeout, max_body));
-                if let Some(w) = wake {
-                    w.wake();
-                }
-            });
-        if let Err(e) = spawned {
-            return nil_err(lua, &format!("alaska.http: cannot start a thread: {e}"));
-        }
-        // The client's own timeout ends the thread; a little slack so its
-        // own message, not ours, is what the script sees.
-        // Short slices: the thread's wake-up can land between the look at
-        // the channel and the poll's arming, and then only the slice ends
-        // the wait.
-        wait_for(
-            waiting,
-            &rx,
-            after(until, Duration::from_millis(50)),
-            Duration::from_millis(2),
-        )
-        .unwrap_or_else(|| Err(format!("timeout after {} ms", timeout.as_millis())))
-    } else {
-        perform(&agent, req, timeout, max_body)
+    let info = HttpInfo {
+        host: host.clone(),
+        port,
+        timeout,
+        // A little slack, so that the client's own timeout, not ours, is
+        // what ends the request.
+        until: after(until, Duration::from_millis(50)),
+        budget_cuts,
     };
+    // A request that can park hands the HTTP request to the executor and
+    // yields; its owner resumes it with the response.
+    if can_park {
+        if let Some(answer) = lua
+            .app_data_mut::<ParkLine>()
+            .map(|mut line| line.park(Waited::Http(info.clone())))
+        {
+            let token = answer.token;
+            reach.execute(HttpJob {
+                req,
+                timeout,
+                max_body,
+                answer,
+            });
+            return Ok(MultiValue::from_iter([
+                Value::Nil,
+                Value::Nil,
+                Value::Integer(token as i64),
+            ]));
+        }
+    }
+    // The dispatcher's VM must not block its thread: the request goes to
+    // the executor and the wait to the duty.
+    let result = if waiting.lend(Duration::ZERO) {
+        if let Some(mut line) = lua.app_data_mut::<ParkLine>() {
+            // This script reaches out: its next requests start parkable.
+            line.wanted = true;
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        reach.execute(HttpJob {
+            req,
+            timeout,
+            max_body,
+            answer: Answer { tx, token: 0 },
+        });
+        // Short slices: the executor's wake-up can land between the look
+        // at the channel and the poll's arming, and then only the slice
+        // ends the wait.
+        match wait_for(waiting, &rx, info.until, Duration::from_millis(2)) {
+            Some((_, Answered::Http(r))) => r,
+            _ => Err(format!("timeout after {} ms", timeout.as_millis())),
+        }
+    } else {
+        perform(&reach.agent, req, timeout, max_body)
+    };
+    http_values(lua, reach, waiting, &info, Some(result))
+}
+
+/// What `alaska.http` returns for `result` (`None`: its time ran out
+/// before any answer): the response table, or `nil, err`; counted. A
+/// timeout that the budget caused is a budget breach.
+pub fn http_values(
+    lua: &Lua,
+    reach: &Reach,
+    waiting: &dyn Waiting,
+    info: &HttpInfo,
+    result: Option<Result<HttpResponse, String>>,
+) -> mlua::Result<MultiValue> {
+    let (host, port) = (&info.host, info.port);
+    let result =
+        result.unwrap_or_else(|| Err(format!("timeout after {} ms", info.timeout.as_millis())));
     match result {
         Ok(resp) => {
             reach.count("http", "ok");
@@ -1072,7 +1227,7 @@ fn http(lua: &Lua, reach: &Reach, waiting: &dyn Waiting, req: Value) -> mlua::Re
         Err(e) => {
             let timed_out = e.starts_with("timeout");
             reach.count("http", if timed_out { "timeout" } else { "error" });
-            if timed_out && budget_cuts {
+            if timed_out && info.budget_cuts {
                 waiting.breach();
                 return Err(mlua::Error::runtime(super::vm::BUDGET_MESSAGE));
             }

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use mlua::{chunk::ChunkMode, Function, HookTriggers, Lua, LuaOptions, MultiValue, StdLib, Value};
 
-use super::reach::CallAnswer;
+use super::reach::{Answered, Waited};
 use super::shared::SharedDict;
 use super::subject::{script_path, SubjectError};
 use super::types::{ErrorKind, Outcome, Output, PoolConfig, Request, RunResult, ScriptError};
@@ -205,7 +205,7 @@ struct Parked {
     state: RequestState,
     first: Vec<u8>,
     deadline: u64,
-    info: Option<crate::worker::reach::CallInfo>,
+    info: Option<Waited>,
 }
 
 /// Per-request state the API functions reach through the VM's app data.
@@ -546,7 +546,7 @@ impl Vm {
     /// Resumes the request parked as `token` with its call's answer
     /// (`None`: the call's time is up). `None` when no such request is
     /// parked here (it was answered already).
-    pub fn resume(&mut self, token: u64, answer: Option<CallAnswer>) -> Option<Step> {
+    pub fn resume(&mut self, token: u64, answer: Option<Answered>) -> Option<Step> {
         let p = self.parked.remove(&token)?;
         let Parked {
             state,
@@ -559,27 +559,47 @@ impl Vm {
             s.active = true;
         }
         self.budget.arm_raw(deadline);
-        let called = match (&info, answer) {
-            (Some(info), None) if info.budget_cuts => {
-                // The request's budget, not the call's timeout, ends it.
-                crate::worker::reach::count_budget(&self.cfg.reach);
+        let reach = self.cfg.reach.clone();
+        let values = match (&info, answer) {
+            (Some(w), None) if w.budget_cuts() => None,
+            (Some(Waited::Call(i)), a) => {
+                let a = match a {
+                    Some(Answered::Call(a)) => Some(a),
+                    _ => None,
+                };
+                Some(crate::worker::reach::answer_values(&self.lua, &reach, i, a))
+            }
+            (Some(Waited::Http(i)), a) => {
+                let a = match a {
+                    Some(Answered::Http(r)) => Some(r),
+                    _ => None,
+                };
+                Some(crate::worker::reach::http_values(
+                    &self.lua,
+                    &reach,
+                    &*self.budget,
+                    i,
+                    a,
+                ))
+            }
+            (None, _) => Some(Err(mlua::Error::runtime("the wait was lost"))),
+        };
+        let called = match values {
+            Some(Ok(values)) => {
+                let mut args = MultiValue::from_iter([Value::Integer(token as i64)]);
+                args.extend(values);
+                self.resume_fn.call(args)
+            }
+            // The request's budget, not the wait's own timeout, ends it.
+            None => {
+                if matches!(info, Some(Waited::Call(_))) {
+                    crate::worker::reach::count_budget(&reach);
+                }
                 self.budget.breach();
                 self.breach_fn.call((token, BUDGET_MESSAGE))
             }
-            (Some(info), answer) => {
-                match crate::worker::reach::answer_values(&self.lua, &self.cfg.reach, info, answer)
-                {
-                    Ok(values) => {
-                        let mut args = MultiValue::from_iter([Value::Integer(token as i64)]);
-                        args.extend(values);
-                        self.resume_fn.call(args)
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-            (None, _) => self
-                .resume_fn
-                .call((token, Value::Nil, "alaska.call: the call was lost")),
+            Some(Err(_)) if self.budget.expired() => self.breach_fn.call((token, BUDGET_MESSAGE)),
+            Some(Err(e)) => self.breach_fn.call((token, e.to_string())),
         };
         Some(self.settle(called, first))
     }
@@ -588,7 +608,7 @@ impl Vm {
     pub fn next_deadline(&self) -> Option<Instant> {
         self.parked
             .values()
-            .filter_map(|p| p.info.as_ref().map(|i| i.until))
+            .filter_map(|p| p.info.as_ref().map(Waited::until))
             .min()
     }
 
@@ -596,7 +616,7 @@ impl Vm {
     pub fn due(&self, now: Instant) -> Vec<u64> {
         self.parked
             .iter()
-            .filter(|(_, p)| p.info.as_ref().is_none_or(|i| i.until <= now))
+            .filter(|(_, p)| p.info.as_ref().is_none_or(|i| i.until() <= now))
             .map(|(t, _)| *t)
             .collect()
     }
@@ -627,7 +647,7 @@ impl Vm {
 
     /// From now on, requests of this VM waiting in `alaska.call` park:
     /// their answers come to `tx`, for the owner to [`Vm::resume`] them.
-    pub fn enable_parking(&mut self, tx: crossbeam_channel::Sender<(u64, CallAnswer)>) {
+    pub fn enable_parking(&mut self, tx: crossbeam_channel::Sender<(u64, Answered)>) {
         self.lua
             .set_app_data(crate::worker::reach::ParkLine::new(tx));
     }
@@ -875,7 +895,10 @@ impl Vm {
         // A script that names alaska.call starts in a coroutine on a VM
         // that parks (one that reaches it another way is found at its
         // first call, which waits in place).
-        if source.windows(11).any(|w| w == b"alaska.call") {
+        if source
+            .windows(11)
+            .any(|w| w == b"alaska.call" || w == b"alaska.http")
+        {
             self.callers.insert(subject.to_string());
         }
         let name = format!("@{}/{subject}.lua", self.cfg.scripts_dir.display());

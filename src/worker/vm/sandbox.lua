@@ -249,7 +249,6 @@ local function name_arg(v, fname, n)
 end
 local api = {
   sleep = sleep,
-  http = reach.http,
   schedule = reach.schedule,
   retry = function(after_ms, reason)
     return { [OUTCOME] = 'retry', count_arg(after_ms, 'retry', 1), reason ~= nil and tostring(reason) or nil }
@@ -432,6 +431,13 @@ end
 api.call = function(address, subject, content, options)
   local r1, r2, token = reach.call(co_running() == cur_co and co_isyieldable(),
     address, subject, content, options)
+  if token == nil then return r1, r2 end
+  r1, r2 = co_yield(PARK, token)
+  if r1 == BREACH then error(r2, 0) end
+  return r1, r2
+end
+api.http = function(request)
+  local r1, r2, token = reach.http(co_running() == cur_co and co_isyieldable(), request)
   if token == nil then return r1, r2 end
   r1, r2 = co_yield(PARK, token)
   if r1 == BREACH then error(r2, 0) end
