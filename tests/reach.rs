@@ -1226,3 +1226,39 @@ fn one_vm_parks_ten_slow_http_requests_at_once() {
     // One after the other they would take 20 s.
     assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
 }
+
+#[test]
+fn hostile_arguments_get_clear_errors_and_the_vm_keeps_serving() {
+    use common::pool::{text, Harness};
+    let mut h = Harness::with(1, |p| {
+        p.reach = reach(|c| c.http_allow = HostPattern::parse_list("*").unwrap());
+    });
+    let cases: &[(&str, &str)] = &[
+        // Each script returns what it saw; a raised error is the request's.
+        ("return tostring(select(2, pcall(alaska.call, string.rep('x', 300), 's', '')))", "a string of 1 to 255 bytes"),
+        ("return tostring(select(2, pcall(alaska.call, 'a', 's', {{}})))", "frame 1 is not a string"),
+        ("return tostring(select(2, pcall(alaska.call, 'a', 's', '', {timeout = -1})))", "0 or more"),
+        ("return tostring(select(2, pcall(alaska.call, 'a', 's', '', 'x')))", "options table or nil"),
+        ("return tostring(select(2, alaska.call('a', 's', '')))", "no broker connection"),
+        ("return tostring(select(2, pcall(alaska.http, 'http://x/')))", "a table {method=, url="),
+        ("return tostring(select(2, pcall(alaska.http, {url = 'http://127.0.0.1:1/', method = 'GE T'})))", "not an HTTP method"),
+        ("return tostring(select(2, pcall(alaska.http, {url = 'http://127.0.0.1:1/', headers = {1}})))", "headers must map names"),
+        ("return tostring(select(2, alaska.http{url = 'http://127.0.0.1:1/', headers = {['bad name'] = 'x'}}))", "bad request"),
+        ("return tostring(select(2, alaska.http{url = 'http://127.0.0.1:1/'}))", "alaska.http 127.0.0.1:1"),
+        ("return tostring(select(2, pcall(alaska.schedule, 'a', 's', '', -5)))", "milliseconds, 0 or more"),
+        ("return tostring(select(2, alaska.schedule('a', 's', '', 5)))", "does not hold delayed requests"),
+        ("return tostring(select(2, pcall(alaska.forward, 'a', 's', nil, {delay = 'soon'})))", "milliseconds expected"),
+    ];
+    for (i, (body, want)) in cases.iter().enumerate() {
+        let name = format!("h{i}");
+        h.script(&name, body);
+        let c = h.run(&name, "");
+        let got = match &c.run.result {
+            Ok(_) => text(&c.reply()),
+            Err(e) => e.message.clone(),
+        };
+        assert!(got.contains(want), "{body}: {got}");
+    }
+    h.script("ok", "return 'still serving'");
+    assert_eq!(text(&h.run("ok", "").reply()), "still serving");
+}
