@@ -1262,3 +1262,27 @@ fn hostile_arguments_get_clear_errors_and_the_vm_keeps_serving() {
     h.script("ok", "return 'still serving'");
     assert_eq!(text(&h.run("ok", "").reply()), "still serving");
 }
+
+#[test]
+fn a_script_cannot_reach_the_workers_coroutine() {
+    let b = broker();
+    let dir = tempfile::tempdir().unwrap();
+    // Named alaska.call: the request runs in the worker's coroutine.
+    script(
+        dir.path(),
+        "peek",
+        r#"
+local _ = alaska.call
+local co, main = coroutine.running()
+local ok, e = coroutine.resume(co)
+return tostring(main) .. ' ' .. tostring(ok) .. ' ' .. tostring(e) .. ' ' .. tostring(coroutine.isyieldable())
+"#,
+    );
+    let _w = worker(b.endpoint(), dir.path(), "svc", 1, reach(|_| {}));
+    let mut c = client(b.endpoint(), "producer");
+    ready_on(&mut c, dir.path(), "svc");
+    let got = ask(&mut c, "svc", "peek", b"");
+    assert_eq!(got, "true false cannot resume non-suspended coroutine true");
+    // And the VM still parks and serves.
+    assert_eq!(ask(&mut c, "svc", "ping", b""), "pong");
+}

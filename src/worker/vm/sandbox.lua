@@ -42,10 +42,24 @@ G.xpcall = function(f, h, ...)
     return h(e)
   end, ...))
 end
-local co_wrapped = function(co, ...) return pass(co_resume(co, ...)) end
+-- The worker's own request coroutines (see the runner): a script never
+-- gets one (coroutine.running answers as from the main thread), and could
+-- not resume or close one if it did.
+local worker_cos = setmetatable({}, { __mode = 'k' })
+local main_thread = coroutine.running()
+local raw_running = coroutine.running
+local function not_yours(co)
+  if worker_cos[co] then error('cannot resume or close the worker\'s own coroutine', 3) end
+end
+local co_wrapped = function(co, ...) not_yours(co) return pass(co_resume(co, ...)) end
 -- coroutine.close runs the coroutine's pending __close handlers and
 -- returns their error instead of raising it.
-local co_closed = function(co) return pass(co_close(co)) end
+local co_closed = function(co) not_yours(co) return pass(co_close(co)) end
+local co_running_view = function()
+  local co, main = raw_running()
+  if worker_cos[co] then return main_thread, true end
+  return co, main
+end
 
 -- Text chunks only ------------------------------------------------------
 -- A binary chunk is refused by every route (load, loadfile, dofile,
@@ -152,6 +166,7 @@ for k, v in pairs(G.coroutine) do co_fns[k] = v end
 os_fns.exit = refuse('os.exit', 'it would stop the worker')
 co_fns.resume = co_wrapped
 co_fns.close = co_closed
+co_fns.running = co_running_view
 libs.os, libs.coroutine = os_fns, co_fns
 libs.debug = { traceback = traceback, getinfo = safe_getinfo }
 if not options.processes then
@@ -416,7 +431,7 @@ local function start(f, ctx, parkable)
   arm_memory()
   cur_ctx = ctx
   local co = idle[#idle]
-  if co then idle[#idle] = nil else co = co_create(loop) end
+  if co then idle[#idle] = nil else co = co_create(loop); worker_cos[co] = true end
   cur_co = co
   return settle(co, co_resume(co, f, ctx))
 end
@@ -429,7 +444,7 @@ local function resume(token, ...)
   return settle(p.co, co_resume(p.co, ...))
 end
 api.call = function(address, subject, content, options)
-  local r1, r2, token = reach.call(co_running() == cur_co and co_isyieldable(),
+  local r1, r2, token = reach.call(raw_running() == cur_co and co_isyieldable(),
     address, subject, content, options)
   if token == nil then return r1, r2 end
   r1, r2 = co_yield(PARK, token)
@@ -437,7 +452,7 @@ api.call = function(address, subject, content, options)
   return r1, r2
 end
 api.http = function(request)
-  local r1, r2, token = reach.http(co_running() == cur_co and co_isyieldable(), request)
+  local r1, r2, token = reach.http(raw_running() == cur_co and co_isyieldable(), request)
   if token == nil then return r1, r2 end
   r1, r2 = co_yield(PARK, token)
   if r1 == BREACH then error(r2, 0) end
