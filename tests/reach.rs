@@ -378,12 +378,35 @@ fn app_handler(s: &server::Seen) -> Reply {
 }
 
 const HTTP_SCRIPT: &str = r#"
-local req = alaska.cjson.decode(alaskaContext)
+local req = require('cjson').decode(alaskaContext)
 local r, err = alaska.http(req)
 if not r then return 'ERR ' .. err end
 return r.status .. '|' .. (r.headers['x-echo'] or '-') .. '|' .. (r.headers['set-cookie'] or '-')
   .. '|' .. r.body
 "#;
+
+/// What an HTTP test keeps alive: the worker, the scripts' folder, the
+/// broker (dropped in that order: the worker stops while its broker is up).
+type Setup = (Worker, tempfile::TempDir, alaska::broker::BrokerHandle);
+
+/// The test HTTP server, a producer, and a worker with `vms` VMs running
+/// `HTTP_SCRIPT` as `get`, allowed to reach 127.0.0.1.
+fn http_setup(vms: usize) -> (Server, Client, Setup) {
+    let b = broker();
+    let srv = app();
+    let dir = tempfile::tempdir().unwrap();
+    script(dir.path(), "get", HTTP_SCRIPT);
+    let w = worker(
+        b.endpoint(),
+        dir.path(),
+        "svc",
+        vms,
+        reach(|c| c.http_allow = HostPattern::parse_list("127.0.0.1").unwrap()),
+    );
+    let mut c = client(b.endpoint(), "producer");
+    ready_on(&mut c, dir.path(), "svc");
+    (srv, c, (w, dir, b))
+}
 
 fn http_ask(c: &mut Client, req: serde_json::Value) -> String {
     ask(c, "svc", "get", req.to_string().as_bytes())
@@ -394,11 +417,7 @@ fn http_from_a_script_get_post_headers_bodies_timeouts_limits_and_the_allow_list
     let b = broker();
     let srv = app();
     let dir = tempfile::tempdir().unwrap();
-    script(
-        dir.path(),
-        "get",
-        &HTTP_SCRIPT.replace("alaska.cjson", "require('cjson')"),
-    );
+    script(dir.path(), "get", HTTP_SCRIPT);
     let _w = worker(
         b.endpoint(),
         dir.path(),
@@ -481,11 +500,7 @@ fn http_is_refused_everywhere_by_default() {
     let b = broker();
     let srv = app();
     let dir = tempfile::tempdir().unwrap();
-    script(
-        dir.path(),
-        "get",
-        &HTTP_SCRIPT.replace("alaska.cjson", "require('cjson')"),
-    );
+    script(dir.path(), "get", HTTP_SCRIPT);
     let _w = worker(b.endpoint(), dir.path(), "svc", 2, reach(|_| {}));
     let mut c = client(b.endpoint(), "producer");
     ready_on(&mut c, dir.path(), "svc");
@@ -496,23 +511,7 @@ fn http_is_refused_everywhere_by_default() {
 
 #[test]
 fn http_connections_are_reused_and_a_waiting_script_delays_nobody() {
-    let b = broker();
-    let srv = app();
-    let dir = tempfile::tempdir().unwrap();
-    script(
-        dir.path(),
-        "get",
-        &HTTP_SCRIPT.replace("alaska.cjson", "require('cjson')"),
-    );
-    let _w = worker(
-        b.endpoint(),
-        dir.path(),
-        "svc",
-        2,
-        reach(|c| c.http_allow = HostPattern::parse_list("127.0.0.1").unwrap()),
-    );
-    let mut c = client(b.endpoint(), "producer");
-    ready_on(&mut c, dir.path(), "svc");
+    let (srv, mut c, _setup) = http_setup(2);
     for i in 0..20 {
         let got = http_ask(
             &mut c,
@@ -592,11 +591,7 @@ fn https_with_a_test_ca_and_refused_without_it() {
     let (tls, ca_pem) = test_tls();
     let srv = Server::start_with(0, Some(tls), app_handler);
     let dir = tempfile::tempdir().unwrap();
-    script(
-        dir.path(),
-        "get",
-        &HTTP_SCRIPT.replace("alaska.cjson", "require('cjson')"),
-    );
+    script(dir.path(), "get", HTTP_SCRIPT);
     let url = format!("https://localhost:{}/secure", srv.port);
     let _w = worker(
         b.endpoint(),
@@ -1144,23 +1139,7 @@ fn http_on_the_dispatchers_own_vm_does_not_stall() {
     // One VM: every request runs on the dispatcher's thread, whose HTTP
     // requests run on a thread of their own that must wake the dispatcher
     // (a missed wake-up costs a whole 100 ms slice each).
-    let b = broker();
-    let srv = app();
-    let dir = tempfile::tempdir().unwrap();
-    script(
-        dir.path(),
-        "get",
-        &HTTP_SCRIPT.replace("alaska.cjson", "require('cjson')"),
-    );
-    let _w = worker(
-        b.endpoint(),
-        dir.path(),
-        "svc",
-        1,
-        reach(|c| c.http_allow = HostPattern::parse_list("127.0.0.1").unwrap()),
-    );
-    let mut c = client(b.endpoint(), "producer");
-    ready_on(&mut c, dir.path(), "svc");
+    let (srv, mut c, _setup) = http_setup(1);
     let t0 = Instant::now();
     for i in 0..20 {
         let got = http_ask(
@@ -1182,11 +1161,7 @@ fn one_vm_parks_ten_slow_http_requests_at_once() {
     let b = broker();
     let srv = app();
     let dir = tempfile::tempdir().unwrap();
-    script(
-        dir.path(),
-        "get",
-        &HTTP_SCRIPT.replace("alaska.cjson", "require('cjson')"),
-    );
+    script(dir.path(), "get", HTTP_SCRIPT);
     let _w = Worker::start(b.endpoint(), dir.path(), |o, p| {
         o.policy.attempts = 1;
         p.size = 1;

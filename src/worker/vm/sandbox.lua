@@ -380,17 +380,20 @@ local idle = {}
 -- A request coroutine: runs requests one after the other, each in a fresh
 -- global environment over the shared globals, handed to the chunk as its
 -- _ENV (scripts are compiled with `local _ENV = ...` in front).
+local function new_env(ctx)
+  package.path, package.cpath = base_path, base_cpath
+  local env = setmetatable({
+    alaskaContext = ctx,
+    alaska = setmetatable({}, api_meta),
+    _G = false,
+  }, env_meta)
+  env._G = env
+  cur_env = env
+  return env
+end
 local function loop(f, ctx)
   while true do
-    package.path, package.cpath = base_path, base_cpath
-    local env = setmetatable({
-      alaskaContext = ctx,
-      alaska = setmetatable({}, api_meta),
-      _G = false,
-    }, env_meta)
-    env._G = env
-    cur_env = env
-    f, ctx = co_yield(DONE, finish(raw_xpcall(f, handler, env)))
+    f, ctx = co_yield(DONE, finish(raw_xpcall(f, handler, new_env(ctx))))
   end
 end
 -- What a request coroutine did when it stopped: finished (the runner's
@@ -416,15 +419,7 @@ end
 local function direct(f, ctx)
   arm_memory()
   cur_ctx = ctx
-  package.path, package.cpath = base_path, base_cpath
-  local env = setmetatable({
-    alaskaContext = ctx,
-    alaska = setmetatable({}, api_meta),
-    _G = false,
-  }, env_meta)
-  env._G = env
-  cur_env = env
-  return finish(raw_xpcall(f, handler, env))
+  return finish(raw_xpcall(f, handler, new_env(ctx)))
 end
 local function start(f, ctx, parkable)
   if not parkable then return direct(f, ctx) end
