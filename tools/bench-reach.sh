@@ -119,8 +119,11 @@ for s in echo call http runner; do
   esac
   printf '%-52s %10s %14s\n' "$name" "${RPS[$s]}" "$(median "${CPU[$s]}")"
 done
-R_CALL=$(ratio "${RPS[call]}" "${RPS[echo]}")
-R_HTTP=$(ratio "$(median "${CPU[http]}")" "$(median "${CPU[runner]}")")
+# Three decimals, judged unrounded: a ratio at the target must not pass by
+# rounding.
+ratio3() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }'; }
+R_CALL=$(ratio3 "${RPS[call]}" "${RPS[echo]}")
+R_HTTP=$(ratio3 "$(median "${CPU[http]}")" "$(median "${CPU[runner]}")")
 echo
 echo "best of $ROUNDS interleaved rounds (CPU: median round, the worker process only):"
 echo "req/s alaska.call / plain Lua echo (w=100):      ${R_CALL}x  target >= 0.4x: $(verdict "$R_CALL" 0.4 '>=')"
