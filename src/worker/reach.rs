@@ -728,11 +728,10 @@ fn call(
         until,
         budget_cuts,
     };
-    let parking = if can_park {
-        lua.app_data_mut::<ParkLine>()
-            .map(|mut line| line.park(Waited::Call(info.clone())))
-    } else {
-        None
+    let (parking, info) = match lua.app_data_mut::<ParkLine>() {
+        // The info goes with the parked request; the caller keeps none.
+        Some(mut line) if can_park => (Some(line.park(Waited::Call(info))), None),
+        _ => (None, Some(info)),
     };
     if parking.is_none() {
         if let Some(mut line) = lua.app_data_mut::<ParkLine>() {
@@ -765,7 +764,7 @@ fn call(
         return nil_err(lua, "alaska.call: the worker is stopping");
     }
     w.line.wake.wake();
-    let Some(rx) = rx else {
+    let (Some(rx), Some(info)) = (rx, info) else {
         return Ok(MultiValue::from_iter([
             Value::Nil,
             Value::Nil,

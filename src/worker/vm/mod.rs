@@ -206,6 +206,14 @@ struct Parked {
     first: Vec<u8>,
     deadline: u64,
     info: Option<Waited>,
+    parked_at: Instant,
+}
+
+impl Parked {
+    /// When its wait is over at the latest.
+    fn until(&self) -> Instant {
+        self.info.as_ref().map_or(self.parked_at, Waited::until)
+    }
 }
 
 /// Per-request state the API functions reach through the VM's app data.
@@ -345,6 +353,8 @@ pub struct Vm {
     breach_fn: Function,
     /// Requests parked in `alaska.call`, by token (see [`Vm::enable_parking`]).
     parked: HashMap<u64, Parked>,
+    /// Their due times (the end of each one's wait), soonest first.
+    due_at: std::collections::BTreeSet<(Instant, u64)>,
     /// Subjects whose scripts call (start them in a coroutine), on a VM
     /// that parks.
     callers: std::collections::HashSet<String>,
@@ -461,6 +471,7 @@ impl Vm {
             resume_fn: runner.get("resume")?,
             breach_fn: runner.get("breach")?,
             parked: HashMap::new(),
+            due_at: std::collections::BTreeSet::new(),
             callers: std::collections::HashSet::new(),
             cache: HashMap::new(),
             budget,
@@ -548,11 +559,13 @@ impl Vm {
     /// parked here (it was answered already).
     pub fn resume(&mut self, token: u64, answer: Option<Answered>) -> Option<Step> {
         let p = self.parked.remove(&token)?;
+        self.due_at.remove(&(p.until(), token));
         let Parked {
             state,
             first,
             deadline,
             info,
+            ..
         } = p;
         if let Some(mut s) = self.lua.app_data_mut::<RequestState>() {
             *s = state;
@@ -606,19 +619,20 @@ impl Vm {
 
     /// When the first parked request's call is due (its reply's timeout).
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.parked
-            .values()
-            .filter_map(|p| p.info.as_ref().map(Waited::until))
-            .min()
+        self.due_at.first().map(|&(at, _)| at)
     }
 
-    /// The parked requests whose call is due at `now`.
+    /// The parked requests whose wait is over at `now`.
     pub fn due(&self, now: Instant) -> Vec<u64> {
-        self.parked
-            .iter()
-            .filter(|(_, p)| p.info.as_ref().is_none_or(|i| i.until() <= now))
-            .map(|(t, _)| *t)
-            .collect()
+        match self.due_at.first() {
+            Some(&(at, _)) if at <= now => self
+                .due_at
+                .iter()
+                .take_while(|&&(at, _)| at <= now)
+                .map(|&(_, t)| t)
+                .collect(),
+            _ => Vec::new(),
+        }
     }
 
     /// Requests parked now.
@@ -638,6 +652,7 @@ impl Vm {
 
     fn abandon(&mut self, token: u64) -> Option<Request> {
         let p = self.parked.remove(&token)?;
+        self.due_at.remove(&(p.until(), token));
         let mut req = p.state.current?;
         if let Some(slot) = req.content.first_mut() {
             *slot = p.first;
@@ -669,15 +684,16 @@ impl Vm {
                     .lua
                     .app_data_mut::<crate::worker::reach::ParkLine>()
                     .and_then(|mut l| l.take(token));
-                self.parked.insert(
-                    token,
-                    Parked {
-                        state,
-                        first,
-                        deadline,
-                        info,
-                    },
-                );
+                let p = Parked {
+                    state,
+                    first,
+                    deadline,
+                    info,
+                    // Without its wait (never expected): resumed at once.
+                    parked_at: Instant::now(),
+                };
+                self.due_at.insert((p.until(), token));
+                self.parked.insert(token, p);
                 return Step::Parked(token);
             }
         }
