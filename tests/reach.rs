@@ -1261,3 +1261,40 @@ return tostring(main) .. ' ' .. tostring(ok) .. ' ' .. tostring(e) .. ' ' .. tos
     // And the VM still parks and serves.
     assert_eq!(ask(&mut c, "svc", "ping", b""), "pong");
 }
+
+#[test]
+fn a_worker_calling_its_own_service_with_room_does_not_deadlock() {
+    let b = broker();
+    let dir = tempfile::tempdir().unwrap();
+    script(
+        dir.path(),
+        "outer",
+        "local r, e = alaska.call('svc', 'inner', alaskaContext, {timeout = 4000}) return r or e",
+    );
+    script(dir.path(), "inner", "return 'inner saw ' .. alaskaContext");
+    // Two VMs and ten callers at once: the dispatcher's VM parks the
+    // callers it runs and serves the inner requests meanwhile.
+    let _w = worker(b.endpoint(), dir.path(), "svc", 2, reach(|_| {}));
+    let mut c = client(b.endpoint(), "producer");
+    ready_on(&mut c, dir.path(), "svc");
+    for i in 0..10 {
+        c.sendfor(
+            "svc",
+            "outer",
+            &format!("o{i}"),
+            0,
+            vec![format!("{i}").into_bytes()],
+        )
+        .unwrap();
+    }
+    let mut got: Vec<String> = (0..10)
+        .map(|_| {
+            let d = expect(&mut c, DeliveryKind::Mailbox, T);
+            String::from_utf8_lossy(&d.content[0]).into_owned()
+        })
+        .collect();
+    got.sort();
+    let mut want: Vec<String> = (0..10).map(|i| format!("inner saw {i}")).collect();
+    want.sort();
+    assert_eq!(got, want);
+}
