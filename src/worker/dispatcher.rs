@@ -511,7 +511,9 @@ impl Dispatcher {
         }
         self.cfg.reach.stop();
         self.hub().fail_calls("the worker is stopping");
-        let until = crate::time::after(Instant::now(), self.hub().shutdown_timeout());
+        let within = self.hub().shutdown_timeout();
+        self.vm.cap_for_stop(within);
+        let until = crate::time::after(Instant::now(), within);
         loop {
             let left = until.saturating_duration_since(Instant::now());
             if self.parked_jobs.is_empty() || left.is_zero() {

@@ -355,6 +355,8 @@ pub struct Vm {
     parked: HashMap<u64, Parked>,
     /// Their due times (the end of each one's wait), soonest first.
     due_at: std::collections::BTreeSet<(Instant, u64)>,
+    /// Set at a stop: a resumed request gets at most this long.
+    stop_cap: Option<Duration>,
     /// Subjects whose scripts call (start them in a coroutine), on a VM
     /// that parks.
     callers: std::collections::HashSet<String>,
@@ -472,6 +474,7 @@ impl Vm {
             breach_fn: runner.get("breach")?,
             parked: HashMap::new(),
             due_at: std::collections::BTreeSet::new(),
+            stop_cap: None,
             callers: std::collections::HashSet::new(),
             cache: HashMap::new(),
             budget,
@@ -572,6 +575,9 @@ impl Vm {
             s.active = true;
         }
         self.budget.arm_raw(deadline);
+        if let Some(cap) = self.stop_cap {
+            self.budget.shorten(cap);
+        }
         let reach = self.cfg.reach.clone();
         let values = match (&info, answer) {
             (Some(w), None) if w.budget_cuts() => None,
@@ -633,6 +639,12 @@ impl Vm {
                 .collect(),
             _ => Vec::new(),
         }
+    }
+
+    /// The worker stops: requests resumed from now on get at most
+    /// `within` (the shutdown timeout), not the rest of their budgets.
+    pub fn cap_for_stop(&mut self, within: Duration) {
+        self.stop_cap = Some(within);
     }
 
     /// Requests parked now.
