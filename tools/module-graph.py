@@ -59,6 +59,8 @@ def graph(mods):
     for m, f in mods.items():
         src = open(f).read()
         src = re.split(r"#\[cfg\(test\)\]\s*mod tests", src)[0]
+        # Comments (doc links included) are not imports.
+        src = re.sub(r"//[^\n]*", "", src)
         for path in pat.findall(src):
             t = target(path, m, mods)
             if t and t != m and not t.startswith(m + "/"):

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use super::dispatcher::{DispatcherOptions, WorkerError, ERROR_REPLY_PREFIX};
 use super::metrics::SendKind;
+use super::options::{DispatcherOptions, WorkerError, ERROR_REPLY_PREFIX};
 use super::outcomes::{Decision, Envelope, RetryQueue};
 use super::pool::Pool;
 use super::reach::{CallOut, Calls, Reach, CALL_TRACKER};
@@ -38,14 +38,7 @@ use crate::time::after;
 /// Confirmations sent at once at most; beyond, they go out at once.
 const CONFIRM_BATCH: usize = 64;
 
-/// Requests from a broker that pushes (no CREDIT: the real Malamute) held
-/// beyond the queue, at most: that broker sends whatever it has at once,
-/// so a producer's window larger than the backlog must not turn into dead
-/// letters. About what a libmlm worker absorbs in its pipes before its
-/// broker drops silently; beyond it, requests are reported (dead letter).
-pub const HOLD_MAX: usize = 10_000;
-/// The content bytes those held requests may take, at most.
-pub const HOLD_BYTES: usize = 64 << 20;
+pub use super::options::{HOLD_BYTES, HOLD_MAX};
 
 /// One broker connection and what is owed to it.
 pub struct Conn {

@@ -7,12 +7,15 @@
 //! the types they all pass around ([`types`]), and the wake-up pipe
 //! between threads ([`wake`], from [`crate::ops`]).
 
+pub mod book;
 pub mod check;
 pub mod dispatcher;
 pub mod hub;
 pub mod metrics;
+pub mod options;
 pub mod outcomes;
 pub mod pool;
+pub mod pool_config;
 pub mod reach;
 pub mod runners;
 pub mod shared;
@@ -26,7 +29,6 @@ pub use crate::ops::wake;
 pub use dispatcher::{run, run_with, DispatcherOptions, WorkerError, ERROR_REPLY_PREFIX};
 pub use outcomes::Policy;
 pub use pool::Pool;
+pub use pool_config::PoolConfig;
 pub use status::{Health, WorkerOps};
-pub use types::{
-    Completion, ErrorKind, Job, Outcome, Output, PoolConfig, Request, RunResult, ScriptError,
-};
+pub use types::{Completion, ErrorKind, Job, Outcome, Output, Request, RunResult, ScriptError};

@@ -279,6 +279,27 @@ impl Envelope {
     }
 }
 
+// Here rather than beside `Request` in `types`: opening the envelope is
+// this module's business, and `types` stays a leaf.
+impl Request {
+    /// A request as a broker delivered it: its first run, never forwarded,
+    /// unless its tracker carries an envelope (see
+    /// [`super::outcomes::Envelope::open`], which the receiver applies).
+    pub fn delivered(d: crate::mlm::Delivery) -> Request {
+        let mut r = Request {
+            sender: d.sender,
+            address: d.address,
+            subject: d.subject,
+            tracker: d.tracker,
+            content: d.content,
+            attempt: 1,
+            hops: 0,
+        };
+        Envelope::open(&mut r);
+        r
+    }
+}
+
 /// Requests waiting for their next attempt, ordered by due time, bounded.
 #[derive(Debug)]
 pub struct RetryQueue<T> {

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use super::pool_config::PoolConfig;
 use super::shared::SharedDict;
-use super::types::{Completion, ErrorKind, Job, PoolConfig, Request, RunResult};
+use super::types::{Completion, ErrorKind, Job, Request, RunResult};
 use super::vm::Vm;
 use super::wake::Waker;
 use crate::time::after;

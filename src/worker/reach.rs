@@ -326,7 +326,7 @@ struct Wiring {
     max_hops: u32,
 }
 
-/// Shared by every VM of a worker (through [`super::types::PoolConfig`]):
+/// Shared by every VM of a worker (through [`super::pool_config::PoolConfig`]):
 /// the settings, the way to the hub, the HTTP client and its pool.
 pub struct Reach {
     cfg: ReachConfig,
@@ -493,15 +493,15 @@ pub trait Waiting {
     fn breach(&self);
 }
 
-impl Waiting for super::vm::Budget {
+impl Waiting for super::vm::budget::Budget {
     fn left(&self) -> Option<Duration> {
-        super::vm::Budget::left(self)
+        super::vm::budget::Budget::left(self)
     }
     fn lend(&self, wait: Duration) -> bool {
         self.duty(wait, true)
     }
     fn breach(&self) {
-        super::vm::Budget::breach(self)
+        super::vm::budget::Budget::breach(self)
     }
 }
 
@@ -613,7 +613,7 @@ fn nil_err(lua: &Lua, text: &str) -> mlua::Result<MultiValue> {
 
 /// The running request's hop count, or an error outside a request.
 fn current_hops(lua: &Lua, func: &str) -> mlua::Result<u32> {
-    super::vm::current_request(lua, |r: &Request| r.hops).ok_or_else(|| {
+    super::vm::state::current_request(lua, |r: &Request| r.hops).ok_or_else(|| {
         mlua::Error::runtime(format!("{func} can only be used while a request runs"))
     })
 }
@@ -779,7 +779,7 @@ fn call(
         None if budget_cuts => {
             reach.count("call", "timeout");
             waiting.breach();
-            Err(mlua::Error::runtime(super::vm::BUDGET_MESSAGE))
+            Err(mlua::Error::runtime(super::vm::budget::BUDGET_MESSAGE))
         }
         None => answer_values(lua, reach, &info, None),
     }
@@ -1127,7 +1127,7 @@ fn http(
     let timeout = until.saturating_duration_since(Instant::now());
     if timeout.is_zero() {
         waiting.breach();
-        return Err(mlua::Error::runtime(super::vm::BUDGET_MESSAGE));
+        return Err(mlua::Error::runtime(super::vm::budget::BUDGET_MESSAGE));
     }
     let max_body = reach.cfg.http_max_body;
     let info = HttpInfo {
@@ -1228,7 +1228,7 @@ pub fn http_values(
             reach.count("http", if timed_out { "timeout" } else { "error" });
             if timed_out && info.budget_cuts {
                 waiting.breach();
-                return Err(mlua::Error::runtime(super::vm::BUDGET_MESSAGE));
+                return Err(mlua::Error::runtime(super::vm::budget::BUDGET_MESSAGE));
             }
             nil_err(lua, &format!("alaska.http {host}:{port}: {e}"))
         }

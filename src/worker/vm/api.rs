@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use mlua::{Function, Lua, MultiValue, Table, Value};
 
+use super::budget::{Budget, BUDGET_MESSAGE};
 use super::convert::{bytes_arg, from_shared, opt_string, to_shared};
-use super::{Budget, RequestState, BUDGET_MESSAGE};
+use super::state::RequestState;
 use crate::time::after;
 use crate::worker::shared::{SharedDict, SharedValue};
 use crate::worker::types::Output;

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use mlua::{Lua, LuaSerdeExt, MultiValue, Table, Value};
 
-use super::Budget;
+use super::budget::{Budget, BUDGET_MESSAGE};
 
 use crate::worker::shared::SharedValue;
 
@@ -84,7 +84,7 @@ impl Encoder<'_> {
         if self.values.is_multiple_of(CHECK_EVERY) {
             if let Some(b) = &self.bounds.budget {
                 if b.expired() {
-                    return Err(super::BUDGET_MESSAGE.into());
+                    return Err(BUDGET_MESSAGE.into());
                 }
             }
         }
@@ -317,7 +317,7 @@ pub fn cjson_module(lua: &Lua, bounds: Bounds) -> mlua::Result<Table> {
         "encode",
         lua.create_function(move |lua, v: Value| {
             encode_json(lua, &v, &bounds).map_err(|e| {
-                if e == super::BUDGET_MESSAGE {
+                if e == BUDGET_MESSAGE {
                     mlua::Error::runtime(e)
                 } else {
                     mlua::Error::runtime(format!("cjson.encode: {e}"))
