@@ -28,7 +28,7 @@ use super::outcomes::{Decision, Envelope, RetryQueue};
 use super::pool::Pool;
 use super::reach::{CallOut, Calls, Reach, CALL_TRACKER};
 use super::runners::Runners;
-use super::status::HubOps;
+use super::status::{ConnView, HubOps};
 use super::types::{Completion, ErrorKind, Job, Output, Request};
 use super::vm::Budget;
 use super::wake::WakeReceiver;
@@ -390,10 +390,15 @@ impl Hub {
         let queued =
             self.queue.len() + self.held.len() + self.pool.as_ref().map_or(0, Pool::waiting);
         let (in_flight, retries) = (self.in_flight.len(), self.retries.len());
-        let r = self
-            .ops
-            .after_turn(&mut self.conns, in_flight, queued, retries);
-        self.outcome(r)
+        if let Some(wish) = self.ops.maintenance_change() {
+            for i in 0..self.conns.len() {
+                let r = self.conns[i].client.set_maintenance(wish);
+                self.outcome(r)?;
+            }
+        }
+        let views: Vec<ConnView<'_>> = self.conns.iter().map(|c| ConnView::of(&c.client)).collect();
+        self.ops.after_turn(&views, in_flight, queued, retries);
+        Ok(())
     }
 
     /// Moves queued jobs to the pool's VMs while they have room.

@@ -30,11 +30,10 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::{json, Map, Value};
 
-use super::hub::Conn;
 use super::metrics::{Recorder, SendKind, WorkerMetrics};
 use super::types::RunResult;
 use super::wake::Waker;
-use crate::mlm::{ClientError, ConnState};
+use crate::mlm::ConnState;
 use crate::ops::http::{
     reply_channel, Health as HttpHealth, HttpError, HttpOptions, HttpRequest, HttpResponse,
     HttpServer, Method, Reply, Responder, Router,
@@ -550,7 +549,7 @@ struct Inner {
     health: Health,
     draining: bool,
     /// Each connection's state as last published, to publish on change.
-    last: Vec<(ConnState, bool, crate::mlm::client::Maintenance, u64, bool)>,
+    last: Vec<ConnKey>,
 }
 
 /// The hub's side of the worker's operations: counting, health, systemd
@@ -639,35 +638,42 @@ impl HubOps {
         }
     }
 
-    /// Once per hub turn: applies a maintenance change, answers those who
-    /// asked for one, publishes health (and a systemd status line when it
-    /// changes), the connections and the hub's figures.
+    /// Once per hub turn, first: the maintenance state every connection
+    /// must be put in, when it changed (the hub applies it: only the hub
+    /// touches connections).
+    pub fn maintenance_change(&mut self) -> Option<bool> {
+        let x = self.inner.as_mut()?;
+        let wish = x.board.maintenance_wanted();
+        if wish == x.wish || x.draining {
+            return None;
+        }
+        x.wish = wish;
+        tracing::info!(
+            "maintenance {}: {}",
+            if wish { "on" } else { "off" },
+            if wish {
+                "taking no new requests (what runs finishes)"
+            } else {
+                "taking requests again"
+            }
+        );
+        Some(wish)
+    }
+
+    /// Once per hub turn, after [`HubOps::maintenance_change`]: from a
+    /// snapshot of the connections, answers those who asked for a
+    /// maintenance change, publishes health (and a systemd status line
+    /// when it changes), the connections and the hub's figures.
     pub fn after_turn(
         &mut self,
-        conns: &mut [Conn],
+        conns: &[ConnView<'_>],
         in_flight: usize,
         queued: usize,
         retry_waiting: usize,
-    ) -> Result<(), ClientError> {
+    ) {
         let Some(x) = &mut self.inner else {
-            return Ok(());
+            return;
         };
-        let wish = x.board.maintenance_wanted();
-        if wish != x.wish && !x.draining {
-            x.wish = wish;
-            tracing::info!(
-                "maintenance {}: {}",
-                if wish { "on" } else { "off" },
-                if wish {
-                    "taking no new requests (what runs finishes)"
-                } else {
-                    "taking requests again"
-                }
-            );
-            for c in conns.iter_mut() {
-                c.client.set_maintenance(wish)?;
-            }
-        }
         let now = Instant::now();
         while let Ok(r) = x.board.answers_rx.try_recv() {
             x.waiting.push((r, now));
@@ -682,64 +688,41 @@ impl HubOps {
         let mut changed = x.last.len() != conns.len();
         let mut totals = (0, 0, 0);
         for (i, c) in conns.iter().enumerate() {
-            let state = c.client.state();
-            let maint = c.client.maintenance();
-            let stats = c.client.stats();
-            match state {
+            match c.state {
                 ConnState::Connected => {
                     connected += 1;
-                    if c.client.offer_refused().is_none() {
+                    if c.offer_refused.is_none() {
                         serving += 1;
                     }
-                    all_applied &= maint.applied;
-                    settled &= maint.applied;
+                    all_applied &= c.maintenance.applied;
+                    settled &= c.maintenance.applied;
                 }
                 ConnState::Opening => settled = false,
                 ConnState::Lost => {}
             }
-            totals.0 += stats.reopens;
-            totals.1 += stats.refused;
-            totals.2 += stats.dropped;
-            let now_is = (
-                state,
-                c.client.acks_enabled(),
-                maint,
-                stats.reopens,
-                c.client.offer_refused().is_some(),
-            );
-            if x.last.get(i) != Some(&now_is) {
+            totals.0 += c.stats.reopens;
+            totals.1 += c.stats.refused;
+            totals.2 += c.stats.dropped;
+            if x.last.get(i) != Some(&c.key()) {
                 changed = true;
             }
         }
         if changed {
-            x.last = conns
-                .iter()
-                .map(|c| {
-                    (
-                        c.client.state(),
-                        c.client.acks_enabled(),
-                        c.client.maintenance(),
-                        c.client.stats().reopens,
-                        c.client.offer_refused().is_some(),
-                    )
-                })
-                .collect();
+            x.last = conns.iter().map(ConnView::key).collect();
             let infos: Vec<ConnInfo> = conns
                 .iter()
                 .map(|c| ConnInfo {
-                    endpoint: c.client.endpoint().to_string(),
-                    state: match c.client.state() {
-                        ConnState::Connected if c.client.offer_refused().is_some() => {
-                            "offer refused"
-                        }
+                    endpoint: c.endpoint.to_string(),
+                    state: match c.state {
+                        ConnState::Connected if c.offer_refused.is_some() => "offer refused",
                         ConnState::Connected => "connected",
                         ConnState::Opening => "opening",
                         ConnState::Lost => "lost",
                     },
-                    acknowledged: c.client.acks_enabled(),
-                    maintenance: c.client.maintenance(),
-                    reconnects: c.client.stats().reopens,
-                    offer_refused: c.client.offer_refused().map(str::to_string),
+                    acknowledged: c.acknowledged,
+                    maintenance: c.maintenance,
+                    reconnects: c.stats.reopens,
+                    offer_refused: c.offer_refused.map(str::to_string),
                 })
                 .collect();
             x.board
@@ -792,9 +775,54 @@ impl HubOps {
             x.wish,
             totals,
         );
-        Ok(())
     }
 }
+
+/// One broker connection as the hub shows it to [`HubOps::after_turn`]: a
+/// snapshot, so that the status side never touches a connection.
+#[derive(Debug, Clone)]
+pub struct ConnView<'a> {
+    /// The endpoint.
+    pub endpoint: &'a str,
+    /// Connected, opening, lost.
+    pub state: ConnState,
+    /// Acknowledged delivery (the broker said `ack/1`).
+    pub acknowledged: bool,
+    /// Where maintenance stands on it.
+    pub maintenance: crate::mlm::client::Maintenance,
+    /// Its counters.
+    pub stats: crate::mlm::client::ClientStats,
+    /// Why the broker refused the offer, if it did.
+    pub offer_refused: Option<&'a str>,
+}
+
+impl<'a> ConnView<'a> {
+    /// The snapshot of `client`.
+    pub fn of(client: &'a crate::mlm::Client) -> ConnView<'a> {
+        ConnView {
+            endpoint: client.endpoint(),
+            state: client.state(),
+            acknowledged: client.acks_enabled(),
+            maintenance: client.maintenance(),
+            stats: client.stats(),
+            offer_refused: client.offer_refused(),
+        }
+    }
+
+    /// What, changed, makes the published connections stale.
+    fn key(&self) -> ConnKey {
+        (
+            self.state,
+            self.acknowledged,
+            self.maintenance,
+            self.stats.reopens,
+            self.offer_refused.is_some(),
+        )
+    }
+}
+
+/// See [`ConnView::key`].
+type ConnKey = (ConnState, bool, crate::mlm::client::Maintenance, u64, bool);
 
 /// The systemd `STATUS=` line for `health`.
 fn status_line(health: Health, board: &Board) -> String {
