@@ -237,25 +237,7 @@ fn four_vms_waiting_in_calls_leave_a_fifth_request_served_at_once() {
     let back_dir = tempfile::tempdir().unwrap();
     let marks = tempfile::tempdir().unwrap();
     script(front_dir.path(), "front", FRONT);
-    // The backend says it has the call, then holds it until the test lets
-    // it go (a file), at most 10 s.
-    script(
-        back_dir.path(),
-        "hold",
-        &format!(
-            r#"
-local dir = '{}'
-io.open(dir .. '/started-' .. alaskaContext, 'w'):close()
-for _ = 1, 1000 do
-  local f = io.open(dir .. '/go', 'r')
-  if f then f:close() return 'released ' .. alaskaContext end
-  alaska.sleep(10)
-end
-return 'never released'
-"#,
-            marks.path().display()
-        ),
-    );
+    holding_backend(back_dir.path(), marks.path());
     let _f = worker(
         b.endpoint(),
         front_dir.path(),
@@ -290,20 +272,28 @@ return 'never released'
     );
     assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
     std::fs::write(marks.path().join("go"), "").unwrap();
-    let mut got: Vec<String> = (0..4)
-        .map(|_| {
-            let d = expect(&mut c, DeliveryKind::Mailbox, T);
-            String::from_utf8_lossy(&d.content[0]).into_owned()
-        })
-        .collect();
-    got.sort();
+    let got = sorted_replies(&mut c, 4);
     let want: Vec<String> = (0..4)
         .map(|i| format!("front got [released {i}] from backend/hold in 1 frame(s), hops here 0"))
         .collect();
     assert_eq!(got, want);
 }
 
-/// Waits (bounded) for a file a script creates.
+/// The first frames of the next `n` replies, sorted (they come in any
+/// order).
+fn sorted_replies(c: &mut Client, n: usize) -> Vec<String> {
+    let mut got: Vec<String> = (0..n)
+        .map(|_| {
+            let d = expect(c, DeliveryKind::Mailbox, T);
+            String::from_utf8_lossy(&d.content[0]).into_owned()
+        })
+        .collect();
+    got.sort();
+    got
+}
+
+/// Waits (bounded) for a file a script creates; polled, since the file is
+/// the only sign the script gives.
 fn wait_file_exists(path: &Path) {
     let deadline = Instant::now() + T;
     while !path.exists() {
@@ -942,13 +932,7 @@ fn a_script_reaching_alaska_call_indirectly_parks_from_its_second_request() {
         wait_file_exists(&marks.path().join(format!("started-{i}")));
     }
     std::fs::write(marks.path().join("go"), "").unwrap();
-    let mut got: Vec<String> = (0..5)
-        .map(|_| {
-            let d = expect(&mut c, DeliveryKind::Mailbox, T);
-            String::from_utf8_lossy(&d.content[0]).into_owned()
-        })
-        .collect();
-    got.sort();
+    let got = sorted_replies(&mut c, 5);
     assert_eq!(
         got,
         (0..5).map(|i| format!("released {i}")).collect::<Vec<_>>()
@@ -1313,13 +1297,7 @@ fn a_worker_calling_its_own_service_with_room_does_not_deadlock() {
         )
         .unwrap();
     }
-    let mut got: Vec<String> = (0..10)
-        .map(|_| {
-            let d = expect(&mut c, DeliveryKind::Mailbox, T);
-            String::from_utf8_lossy(&d.content[0]).into_owned()
-        })
-        .collect();
-    got.sort();
+    let got = sorted_replies(&mut c, 10);
     let mut want: Vec<String> = (0..10).map(|i| format!("inner saw {i}")).collect();
     want.sort();
     assert_eq!(got, want);

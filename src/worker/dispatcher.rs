@@ -403,7 +403,8 @@ impl Dispatcher {
     ) -> Result<(), WorkerError> {
         let Some(id) = self.parked_jobs.remove(&token) else {
             // Answered after its time was up (or twice): nobody waits.
-            self.cfg.reach.late();
+            let http = matches!(answer, Some(super::reach::Answered::Http(_)));
+            self.cfg.reach.late(http);
             return Ok(());
         };
         let step = {

@@ -396,8 +396,8 @@ impl Hub {
                 self.outcome(r)?;
             }
         }
-        let views: Vec<ConnView<'_>> = self.conns.iter().map(|c| ConnView::of(&c.client)).collect();
-        self.ops.after_turn(&views, in_flight, queued, retries);
+        let views = self.conns.iter().map(|c| ConnView::of(&c.client));
+        self.ops.after_turn(views, in_flight, queued, retries);
         Ok(())
     }
 
@@ -424,7 +424,7 @@ impl Hub {
                 let error = d.subject.starts_with(ERROR_REPLY_PREFIX);
                 if !self.calls.answer(&d.tracker, error, d.content) {
                     tracing::debug!(tracker = %d.tracker, "a call's reply came after its caller stopped waiting; dropped");
-                    self.reach.late();
+                    self.reach.late(false);
                 }
                 return Ok(());
             }

@@ -247,8 +247,8 @@ impl WorkerMetrics {
                 "script_calls_total",
                 "Calls scripts made with alaska.call (kind call) and alaska.http (kind http), by \
                  result: ok, error (an error reply or a failed request), timeout, refused (hop \
-                 limit, allow list, a pool of one calling itself), late (a call's reply that came \
-                 after its caller stopped waiting; dropped).",
+                 limit, allow list, a pool of one calling itself), late (a reply or response that \
+                 came after its caller stopped waiting; dropped).",
                 &["kind", "result"],
             )?,
             in_flight: m.gauge(

@@ -476,9 +476,10 @@ impl Reach {
         self.stopping.store(true, Ordering::Relaxed);
     }
 
-    /// Counts a reply that came after its caller stopped waiting.
-    pub fn late(&self) {
-        self.count("call", "late");
+    /// Counts an answer that came after its caller stopped waiting: a
+    /// call's reply, or (`http`) an HTTP response.
+    pub fn late(&self, http: bool) {
+        self.count(if http { "http" } else { "call" }, "late");
     }
 }
 

@@ -664,9 +664,11 @@ impl HubOps {
     /// snapshot of the connections, answers those who asked for a
     /// maintenance change, publishes health (and a systemd status line
     /// when it changes), the connections and the hub's figures.
-    pub fn after_turn(
+    /// `conns` is walked once, and again when something changed (an
+    /// iterator, so a turn costs no allocation).
+    pub fn after_turn<'a>(
         &mut self,
-        conns: &[ConnView<'_>],
+        conns: impl Iterator<Item = ConnView<'a>> + Clone,
         in_flight: usize,
         queued: usize,
         retry_waiting: usize,
@@ -685,9 +687,11 @@ impl HubOps {
         // it when back); one that is opening (a withdrawal) is waited for.
         let mut all_applied = true;
         let mut settled = true;
-        let mut changed = x.last.len() != conns.len();
+        let mut changed = false;
         let mut totals = (0, 0, 0);
-        for (i, c) in conns.iter().enumerate() {
+        let mut n = 0;
+        for (i, c) in conns.clone().enumerate() {
+            n += 1;
             match c.state {
                 ConnState::Connected => {
                     connected += 1;
@@ -707,10 +711,9 @@ impl HubOps {
                 changed = true;
             }
         }
-        if changed {
-            x.last = conns.iter().map(ConnView::key).collect();
+        if changed || n != x.last.len() {
+            x.last = conns.clone().map(|c| c.key()).collect();
             let infos: Vec<ConnInfo> = conns
-                .iter()
                 .map(|c| ConnInfo {
                     endpoint: c.endpoint.to_string(),
                     state: match c.state {
