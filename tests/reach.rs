@@ -1302,3 +1302,63 @@ fn a_worker_calling_its_own_service_with_room_does_not_deadlock() {
     want.sort();
     assert_eq!(got, want);
 }
+
+#[test]
+fn a_refused_call_and_a_lost_broker_each_return_nil_and_why() {
+    // A queue of one per service: a second call to a service nobody
+    // offers finds its queue full and is refused by the broker.
+    let b = broker_with(|cfg| {
+        cfg.service_queue_limit = alaska::broker::Limits {
+            messages: 1,
+            bytes: 1 << 20,
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let marks = tempfile::tempdir().unwrap();
+    script(
+        dir.path(),
+        "call",
+        &format!(
+            "local dir = '{}' io.open(dir .. '/started-' .. alaska.tracker, 'w'):close() \
+             local r, e = alaska.call('nobody-here', 'x', '', {{timeout = 4000}}) \
+             local f = io.open(dir .. '/' .. alaska.tracker, 'w') f:write(e) f:close() return e",
+            marks.path().display()
+        ),
+    );
+    let _w = worker(b.endpoint(), dir.path(), "svc", 2, reach(|_| {}));
+    let mut c = client(b.endpoint(), "producer");
+    ready_on(&mut c, dir.path(), "svc");
+    // One at a time (the queue of svc holds one too).
+    c.sendfor("svc", "call", "first", 0, vec![vec![]]).unwrap();
+    wait_file_exists(&marks.path().join("started-first"));
+    c.sendfor("svc", "call", "second", 0, vec![vec![]]).unwrap();
+    // The broker's refusal names no tracker: one of the two waiting calls
+    // is answered with it (the oldest), the other still waits.
+    let d = expect(&mut c, DeliveryKind::Mailbox, T);
+    let text = String::from_utf8_lossy(&d.content[0]).into_owned();
+    assert!(
+        text.starts_with(
+            "alaska.call to nobody-here/x: refused by the broker: service nobody-here queue full"
+        ),
+        "{text}"
+    );
+    // The broker goes away while the other still waits: its call ends.
+    b.stop();
+    let other = marks.path().join(if d.tracker == "first" {
+        "second"
+    } else {
+        "first"
+    });
+    let deadline = Instant::now() + T;
+    while std::fs::read_to_string(&other)
+        .unwrap_or_default()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the waiting call never ended");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        std::fs::read_to_string(&other).unwrap(),
+        "alaska.call to nobody-here/x: the broker connection was lost"
+    );
+}
