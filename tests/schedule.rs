@@ -534,3 +534,34 @@ impl StdinCompat for Command {
         self.stdin(std::fs::File::open(&path).unwrap())
     }
 }
+
+#[test]
+fn a_schedules_last_fire_is_shown_in_the_api_and_metrics() {
+    let (cfg, _) = alaska::broker::parse_config(
+        "mlm_server\n    schedule\n        tick\n            every = \"1s\"\n            address = \"svc\"\n            subject = \"tick\"\n",
+        Path::new("."),
+    )
+    .unwrap();
+    let (b, base) = http_broker(|c| c.schedules = cfg.schedules);
+    let mut w = service(b.endpoint(), ".*");
+    let d = expect(&mut w, DeliveryKind::Service, WAIT);
+    let due = due_of(&d.tracker);
+    let a = agent();
+    // The last fire is the due time it fired for (or a later one, if the
+    // next second came meanwhile): in the API and in /metrics alike.
+    wait_for("the last fire in /v1/schedules", || {
+        let list = json(&get(&a, &format!("{base}/v1/schedules")).1);
+        list["schedules"][0]["last_fire"]["unix_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms >= due && ms % 1000 == 0)
+    });
+    wait_for("the last fire in /metrics", || {
+        let scrape = prom::parse(&get(&a, &format!("{base}/metrics")).1).unwrap();
+        scrape
+            .get(
+                "alaska_broker_schedule_last_fire_timestamp_seconds",
+                &[("schedule", "tick")],
+            )
+            .is_some_and(|s| s >= (due / 1000) as f64)
+    });
+}

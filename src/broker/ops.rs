@@ -625,6 +625,7 @@ struct BrokerMetrics {
     delayed_requests: IntGauge,
     schedule_fires: IntCounterVec,
     schedule_next: IntGaugeVec,
+    schedule_last: IntGaugeVec,
     /// Fires per schedule already added to `schedule_fires`.
     schedule_fired: std::collections::HashMap<String, u64>,
     mail_bytes: IntGauge,
@@ -728,6 +729,7 @@ impl BrokerMetrics {
             delayed_requests: m.gauge("delayed_requests", "Requests held for a delay (delay/1), not yet due; listed by /v1/delayed.")?,
             schedule_fires: m.counter_vec("schedule_fires_total", "Fires of each schedule (mlm_server/schedule/<name>) since the broker started.", &["schedule"])?,
             schedule_next: m.gauge_vec("schedule_next_fire_timestamp_seconds", "When each schedule fires next, in seconds since the epoch.", &["schedule"])?,
+            schedule_last: m.gauge_vec("schedule_last_fire_timestamp_seconds", "The due time of each schedule's last fire (kept across restarts with storage), in seconds since the epoch.", &["schedule"])?,
             schedule_fired: std::collections::HashMap::new(),
             mail_bytes: m.gauge("mail_held_bytes", "Content bytes of the mail held.")?,
             streams: m.gauge("streams", "Streams with at least one reader.")?,
@@ -779,7 +781,7 @@ impl BrokerMetrics {
         set(&self.dead_letters, s.dead_letters);
         set(&self.delayed_requests, s.delayed_requests);
         // Schedules come from the configuration: a bounded label set.
-        for (name, fires, next) in &s.schedules {
+        for (name, fires, next, last) in &s.schedules {
             let seen = self.schedule_fired.entry(name.clone()).or_insert(0);
             let counter = self.schedule_fires.with_label_values(&[name]);
             if *fires > *seen {
@@ -788,6 +790,11 @@ impl BrokerMetrics {
             }
             if let Some(ms) = next {
                 self.schedule_next
+                    .with_label_values(&[name])
+                    .set((*ms / 1000) as i64);
+            }
+            if let Some(ms) = last {
+                self.schedule_last
                     .with_label_values(&[name])
                     .set((*ms / 1000) as i64);
             }

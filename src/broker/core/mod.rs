@@ -513,7 +513,7 @@ impl<J: Journal> Core<J> {
             schedules: self
                 .schedules
                 .iter()
-                .map(|s| (s.spec.name.clone(), s.fires, s.next))
+                .map(|s| (s.spec.name.clone(), s.fires, s.next, s.last))
                 .collect(),
         }
     }

@@ -114,9 +114,9 @@ pub struct Stats {
     pub dead_letters: usize,
     /// Requests held for a delay, not yet due.
     pub delayed_requests: usize,
-    /// Each schedule: name, fires since start, next due time (ms since
-    /// the epoch).
-    pub schedules: Vec<(String, u64, Option<u64>)>,
+    /// Each schedule: name, fires since start, next due time and the due
+    /// time of the last fire (ms since the epoch).
+    pub schedules: Vec<(String, u64, Option<u64>, Option<u64>)>,
 }
 
 /// One service for the admin API: [`ServiceStats`] and who offers what.
