@@ -947,7 +947,12 @@ mod tests {
             streams: 0,
             stream_readers: 0,
             delayed_requests: 0,
-            schedules: vec![("tick".into(), 3, Some(1_800_000_000_000))],
+            schedules: vec![(
+                "tick".into(),
+                3,
+                Some(1_800_000_000_000),
+                Some(1_799_999_999_000),
+            )],
         };
         bm.gauges(&stats);
         let text = m.render();
