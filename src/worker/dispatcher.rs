@@ -35,7 +35,7 @@
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::hub::{Conn, Hub};
@@ -192,28 +192,20 @@ pub fn run_with(
     // per connection (less, and a burst of Lua requests beside idle
     // runners overflowed it).
     let queue_limit = (capacity + slots) * conns.len();
-    let hub = Arc::new(Mutex::new(Hub::new(
-        opts,
-        conns,
-        pool,
-        done_rx,
-        wake_rx,
-        queue_limit,
-    )));
-    {
-        let mut h = hub.lock().unwrap_or_else(|p| p.into_inner());
-        h.set_inline_budget(vm.budget());
-        h.set_runners(runners);
-        h.set_ops(ops.hub());
-        h.set_calls(calls_rx, cfg.reach.clone());
-    }
-    vm.set_duty(duty(hub.clone(), shutdown.clone(), ops.liveness.clone()));
+    let mut hub = Box::new(Hub::new(opts, conns, pool, done_rx, wake_rx, queue_limit));
+    hub.set_inline_budget(vm.budget());
+    hub.set_runners(runners);
+    hub.set_ops(ops.hub());
+    hub.set_calls(calls_rx, cfg.reach.clone());
+    let lent: Lent = Arc::default();
+    vm.set_duty(duty(lent.clone(), shutdown.clone(), ops.liveness.clone()));
     // The dispatcher's VM parks requests waiting in alaska.call and runs
     // others meanwhile; their answers come here.
     let (answers_tx, answers) = crossbeam_channel::unbounded();
     vm.enable_parking(answers_tx.clone());
     let mut d = Dispatcher {
-        hub,
+        hub: Some(hub),
+        lent,
         vm,
         cfg,
         shared,
@@ -229,31 +221,48 @@ pub fn run_with(
         tracing::warn!("stopping: {e}");
     }
     let Dispatcher { hub, mut vm, .. } = d;
-    // The VM's duty holds the other reference to the hub (and the hub the
-    // VM's budget, which holds the duty): break the cycle.
+    // The hub holds the VM's budget, which holds the duty: break the
+    // cycle before the hub goes.
     drop(vm.take_duty());
     drop(vm);
-    let hub = match Arc::try_unwrap(hub) {
-        Ok(m) => m.into_inner().unwrap_or_else(|p| p.into_inner()),
-        Err(_) => {
-            tracing::error!("stopping: the hub is still shared; closing without a graceful stop");
-            return served;
-        }
-    };
     served?;
-    hub.stop()
+    match hub {
+        Some(hub) => hub.stop(),
+        // Only `Dispatcher::lend` takes it, and it puts it back.
+        None => Ok(()),
+    }
 }
+
+/// Where the hub is while the dispatcher's VM runs a request: lent to the
+/// VM's duty, which turns it (see [`Dispatcher::lend`]). Empty at all
+/// other times.
+type Lent = Arc<Mutex<Option<Box<Hub>>>>;
 
 /// The work the dispatcher's VM lends its thread to while it runs a
 /// request: one round of the hub's I/O (errors kept for the loop). Once a
 /// stop is asked, the request gets the shutdown timeout, not the rest of
 /// its budget. Each call is a sign of life for the watchdog: a script in a
 /// long Lua loop keeps the pings going, one stuck in a C call does not.
-fn duty(hub: Arc<Mutex<Hub>>, shutdown: Arc<AtomicBool>, liveness: Liveness) -> super::vm::Duty {
+///
+/// The hub is in `lent` whenever the VM runs: the only code that runs the
+/// dispatcher's VM is [`Dispatcher::lend`], which puts it there first. The
+/// lock is never contended (one thread; nobody holds it while the VM
+/// runs), so this never waits and never skips a turn for a busy lock.
+fn duty(lent: Lent, shutdown: Arc<AtomicBool>, liveness: Liveness) -> super::vm::Duty {
     let mut cut = false;
+    let mut told = false;
     Box::new(move |wait| {
         liveness.beat();
-        let Ok(mut h) = hub.try_lock() else {
+        let mut slot = lent.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(h) = slot.as_deref_mut() else {
+            // Only a VM run that bypassed `lend` gets here: a bug, said
+            // loudly (the broker would expire us for the missing pings).
+            if !told {
+                told = true;
+                tracing::error!(
+                    "the dispatcher's VM runs without its hub: no I/O until it ends (a bug of alaska's)"
+                );
+            }
             return;
         };
         if !cut && shutdown.load(Ordering::Relaxed) {
@@ -270,7 +279,10 @@ fn duty(hub: Arc<Mutex<Hub>>, shutdown: Arc<AtomicBool>, liveness: Liveness) -> 
 }
 
 struct Dispatcher {
-    hub: Arc<Mutex<Hub>>,
+    /// The hub, between runs of the VM (lent to the VM's duty during them).
+    hub: Option<Box<Hub>>,
+    /// Where it is lent.
+    lent: Lent,
     vm: Vm,
     cfg: Arc<PoolConfig>,
     shared: Arc<SharedDict>,
@@ -288,10 +300,25 @@ struct Dispatcher {
 const MAX_PARKED: usize = 1024;
 
 impl Dispatcher {
-    fn hub(&self) -> MutexGuard<'_, Hub> {
-        // Only this thread locks it; a poisoned lock means a panic in the
-        // hub, whose state is still the best there is.
-        self.hub.lock().unwrap_or_else(|p| p.into_inner())
+    fn hub(&mut self) -> &mut Hub {
+        // Always home here: only `lend` takes it, and `lend` holds `self`
+        // until it has put it back.
+        self.hub
+            .as_deref_mut()
+            .expect("the hub is lent only while the VM runs")
+    }
+
+    /// Runs the dispatcher's VM with the hub lent to its duty, and takes
+    /// it back after (a panic in the VM is caught and returned). While the
+    /// VM runs, the dispatcher has no hub to touch: the duty is its only
+    /// user, by construction.
+    fn lend<R>(&mut self, run: impl FnOnce(&mut Vm) -> R) -> std::thread::Result<R> {
+        let hub = self.hub.take();
+        *self.lent.lock().unwrap_or_else(|p| p.into_inner()) = hub;
+        let vm = &mut self.vm;
+        let r = catch_unwind(AssertUnwindSafe(|| run(vm)));
+        self.hub = self.lent.lock().unwrap_or_else(|p| p.into_inner()).take();
+        r
     }
 
     fn serve(&mut self, shutdown: &AtomicBool) -> Result<(), WorkerError> {
@@ -299,12 +326,13 @@ impl Dispatcher {
         while !shutdown.load(Ordering::Relaxed) {
             self.liveness.beat();
             self.settle_parked()?;
+            let room = self.vm.parked() < MAX_PARKED;
             let job = {
-                let mut h = self.hub();
+                let h = self.hub();
                 if let Some(e) = h.fatal.take() {
                     return Err(e);
                 }
-                if self.vm.parked() < MAX_PARKED {
+                if room {
                     h.take_inline()
                 } else {
                     None
@@ -315,14 +343,13 @@ impl Dispatcher {
                     Some(d) => d.saturating_duration_since(Instant::now()).min(IDLE_WAIT),
                     None => IDLE_WAIT,
                 };
-                let mut h = self.hub();
+                let h = self.hub();
                 h.turn(wait)?;
                 // Credentials refused by every broker will not get better
                 // by retrying: stop with the reason, as a single broker did.
                 if let Some(e) = h.refused_everywhere() {
                     return Err(e.into());
                 }
-                drop(h);
                 last_turn = Instant::now();
                 continue;
             };
@@ -330,7 +357,7 @@ impl Dispatcher {
             // Between requests run back to back, look at the sockets (and
             // the pool's completions) at least every millisecond.
             let now = Instant::now();
-            let mut h = self.hub();
+            let h = self.hub();
             if !h.has_queued() || now.duration_since(last_turn) >= DUTY_EVERY {
                 h.turn(Duration::ZERO)?;
                 last_turn = now;
@@ -343,13 +370,10 @@ impl Dispatcher {
     /// through the VM's duty meanwhile. A job that parks in `alaska.call`
     /// is finished later by [`Dispatcher::settle_parked`].
     fn run_inline(&mut self, job: Job) -> Result<(), WorkerError> {
-        self.hub().inline_busy = true;
+        self.hub().set_inline_busy(true);
         let Job { id, request } = job;
-        let step = {
-            let vm = &mut self.vm;
-            catch_unwind(AssertUnwindSafe(|| vm.start(request)))
-        };
-        self.hub().inline_busy = false;
+        let step = self.lend(|vm| vm.start(request));
+        self.hub().set_inline_busy(false);
         self.after_step(id, step)
     }
 
@@ -407,10 +431,7 @@ impl Dispatcher {
             self.cfg.reach.late(http);
             return Ok(());
         };
-        let step = {
-            let vm = &mut self.vm;
-            catch_unwind(AssertUnwindSafe(|| vm.resume(token, answer)))
-        };
+        let step = self.lend(|vm| vm.resume(token, answer));
         match step {
             Ok(None) => Ok(()),
             Ok(Some(step)) => self.after_step(id, Ok(step)),

@@ -9,6 +9,7 @@
 
 pub mod book;
 pub mod check;
+pub mod core;
 pub mod dispatcher;
 pub mod hub;
 pub mod metrics;
