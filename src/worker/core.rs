@@ -1049,3 +1049,7 @@ fn clip(s: &str) -> String {
 fn content_bytes(r: &Request) -> usize {
     r.content.iter().map(Vec::len).sum()
 }
+
+#[cfg(test)]
+#[path = "core_tests.rs"]
+mod tests;

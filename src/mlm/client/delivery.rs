@@ -26,6 +26,21 @@ pub struct AckToken {
     pub(super) seq: u64,
 }
 
+impl AckToken {
+    /// A token for unit tests of code that only carries tokens around
+    /// (the worker's core).
+    #[cfg(test)]
+    pub(crate) fn for_test(seq: u64) -> AckToken {
+        AckToken { epoch: 1, seq }
+    }
+
+    /// The delivery's number (unit tests).
+    #[cfg(test)]
+    pub(crate) fn seq_for_test(&self) -> u64 {
+        self.seq
+    }
+}
+
 /// A message the broker delivered to us.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
