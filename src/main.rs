@@ -256,6 +256,7 @@ fn run(
         acknowledge: true,
         hold_max: s.pool_hold,
         hold_bytes: s.pool_hold_bytes,
+        nats: s.nats.clone(),
     };
     let pool = PoolConfig {
         size: s.pool_size,
@@ -329,7 +330,7 @@ fn embedded_broker(s: &Settings) -> Result<Option<BrokerHandle>, Box<dyn std::er
     let [endpoint] = s.endpoints.as_slice() else {
         return Ok(None);
     };
-    if s.embedded == Embedded::Never {
+    if s.embedded == Embedded::Never || alaska::worker::dispatcher::is_nats(endpoint) {
         return Ok(None);
     }
     if s.embedded == Embedded::Auto && s.curve.is_some() {

@@ -125,6 +125,8 @@ pub struct Settings {
     pub http_token: Option<String>,
     /// `worker/broker/http/token` (or `token_file`): the embedded broker's.
     pub broker_http_token: Option<String>,
+    /// `worker/nats/...`: credentials and TLS for `nats://` endpoints.
+    pub nats: crate::worker::nats::NatsOptions,
 }
 
 impl Default for Settings {
@@ -171,6 +173,7 @@ impl Default for Settings {
             http_listen: None,
             http_token: None,
             broker_http_token: None,
+            nats: Default::default(),
         }
     }
 }
@@ -429,8 +432,42 @@ impl Settings {
                 "worker/broker/http/token_file",
                 &get("worker/broker/http/token_file"),
             )?,
+            nats: nats_options(&opt, &get)?,
         })
     }
+}
+
+/// `worker/nats/...`. Certificate and key go together; so do user and
+/// password.
+fn nats_options(
+    opt: &impl Fn(&'static str) -> Option<String>,
+    get: &impl Fn(&'static str) -> String,
+) -> Result<crate::worker::nats::NatsOptions, ConfigError> {
+    let path = |k| opt(k).map(PathBuf::from);
+    let tls_cert = match (path("worker/nats/tls/cert"), path("worker/nats/tls/key")) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        (c, _) => {
+            return Err(ConfigError::Value {
+                key: if c.is_some() {
+                    "worker/nats/tls/key"
+                } else {
+                    "worker/nats/tls/cert"
+                },
+                value: String::new(),
+                expected: "set together with worker/nats/tls/cert and worker/nats/tls/key",
+            })
+        }
+    };
+    Ok(crate::worker::nats::NatsOptions {
+        user: opt("worker/nats/user").map(|u| (u, get("worker/nats/password"))),
+        token: opt("worker/nats/token"),
+        creds: path("worker/nats/creds"),
+        nkey: path("worker/nats/nkey"),
+        tls_ca: path("worker/nats/tls/ca"),
+        tls_cert,
+        tls_required: boolean("worker/nats/tls/required", &get("worker/nats/tls/required"))?,
+    })
 }
 
 /// `worker/lua/call/...` and `worker/lua/http/...`: the CA file is read

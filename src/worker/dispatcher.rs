@@ -134,7 +134,7 @@ pub fn run_with(
         &wake,
         capacity + slots,
     )?;
-    let pool = Pool::start_with(threaded, shared.clone(), done_tx, wake)?;
+    let pool = Pool::start_with(threaded, shared.clone(), done_tx, wake.clone())?;
     ops.metrics.set_vm_memory(
         std::iter::once(vm.memory_gauge())
             .chain(pool.memory_gauges())
@@ -156,7 +156,30 @@ pub fn run_with(
     let maintenance = ops.board.maintenance_wanted();
     let ctx = zmq::Context::new();
     let mut conns = Vec::with_capacity(endpoints.len());
-    for endpoint in &endpoints {
+    let nats = endpoints.iter().filter(|e| is_nats(e)).count();
+    if nats > 0 && nats < endpoints.len() {
+        return Err(WorkerError::Nats(format!(
+            "worker/broker/endpoint mixes nats:// and MLM endpoints ({}): one kind per worker",
+            endpoints.join(",")
+        )));
+    }
+    if nats > 0 {
+        // One NATS connection for the whole list: the servers of one
+        // cluster, which the client fails over between by itself.
+        let mut link = super::nats::NatsLink::start(
+            &endpoints,
+            opts.nats.clone(),
+            &opts.service,
+            &opts.filter,
+            wake.clone(),
+        )
+        .map_err(WorkerError::Nats)?;
+        if maintenance {
+            link.set_maintenance(true);
+        }
+        conns.push(Conn::nats(link));
+    }
+    for endpoint in endpoints.iter().filter(|_| nats == 0) {
         let mut o = client_opts.clone();
         o.endpoint = endpoint.clone();
         let mut client = Client::connect_lazy_in(&ctx, o)?;
@@ -231,6 +254,11 @@ pub fn run_with(
         // Only `Dispatcher::lend` takes it, and it puts it back.
         None => Ok(()),
     }
+}
+
+/// Whether `endpoint` is a NATS server (`nats://`, `tls://`).
+pub fn is_nats(endpoint: &str) -> bool {
+    endpoint.starts_with("nats://") || endpoint.starts_with("tls://")
 }
 
 /// Where the hub is while the dispatcher's VM runs a request: lent to the

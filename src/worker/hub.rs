@@ -15,10 +15,11 @@
 //! [`super::dispatcher`]: it is handed to the duty by value for the length
 //! of a VM run).
 //!
-//! Connections: one per broker endpoint. A request is answered (reply,
-//! sends, confirmation) over the connection it came from; all connections
-//! share one queue and one pool, in arrival order, so no broker starves
-//! another.
+//! Connections: one per broker endpoint, or one NATS connection (to a
+//! list of servers of one cluster; see [`super::nats`]). A request is
+//! answered (reply, sends, confirmation) over the connection it came from;
+//! all connections share one queue and one pool, in arrival order, so no
+//! broker starves another.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use super::core::{Action, Core, Now, Outlets};
+use super::nats::{NatsEvent, NatsLink, Publish, ENVELOPE_HEADER};
 use super::options::{DispatcherOptions, WorkerError};
 use super::pool::Pool;
 use super::reach::{CallOut, Reach};
@@ -34,13 +36,13 @@ use super::status::{ConnView, HubOps};
 use super::types::{Completion, Job};
 use super::vm::Budget;
 use super::wake::WakeReceiver;
-use crate::mlm::{Client, ClientError, ConnState};
+use crate::mlm::{Client, ClientError, ConnState, Delivery};
 use crate::time::after;
 
 pub use super::options::{HOLD_BYTES, HOLD_MAX};
 
-/// One broker connection and what the shell logged of it.
-pub struct Conn {
+/// One MLM broker connection and what the shell logged of it.
+pub struct MlmConn {
     /// The client.
     pub client: Client,
     /// The state last seen, to log each change once.
@@ -49,13 +51,60 @@ pub struct Conn {
     told_unreachable: bool,
 }
 
+/// One connection of the hub: to an MLM broker, or to NATS.
+// A handful per worker, in a Vec: boxing the large one would only add a
+// pointer hop on the hot path.
+#[allow(clippy::large_enum_variant)]
+pub enum Conn {
+    /// A Malamute (or alaska-broker) connection.
+    Mlm(MlmConn),
+    /// A NATS connection (core request/reply).
+    Nats(NatsLink),
+}
+
 impl Conn {
     /// A connection around a client (connected, or connecting lazily).
     pub fn new(client: Client) -> Conn {
-        Conn {
+        Conn::Mlm(MlmConn {
             client,
             seen: ConnState::Lost,
             told_unreachable: false,
+        })
+    }
+
+    /// A NATS connection.
+    pub fn nats(link: NatsLink) -> Conn {
+        Conn::Nats(link)
+    }
+
+    /// The MLM client, if this is one.
+    pub fn client(&self) -> Option<&Client> {
+        match self {
+            Conn::Mlm(m) => Some(&m.client),
+            Conn::Nats(_) => None,
+        }
+    }
+
+    /// What the status page shows of it.
+    fn view(&self) -> ConnView<'_> {
+        match self {
+            Conn::Mlm(m) => ConnView::of(&m.client),
+            Conn::Nats(n) => ConnView {
+                endpoint: n.endpoint(),
+                state: if n.is_up() {
+                    ConnState::Connected
+                } else {
+                    ConnState::Lost
+                },
+                acknowledged: false,
+                maintenance: crate::mlm::client::Maintenance {
+                    wanted: n.maintenance(),
+                    applied: n.maintenance() && n.is_up(),
+                    by_broker: false,
+                },
+                stats: Default::default(),
+                offer_refused: None,
+            },
         }
     }
 }
@@ -95,6 +144,8 @@ impl Outlets for Places<'_> {
 /// See the module documentation.
 pub struct Hub {
     service: String,
+    /// Where dead letters go (on NATS: `<mailbox>.<service>`).
+    errors_mailbox: String,
     conns: Vec<Conn>,
     core: Core,
     pool: Option<Pool>,
@@ -139,11 +190,18 @@ impl Hub {
         wake: WakeReceiver,
         queue_limit: usize,
     ) -> Hub {
+        // No address of ours on NATS: replies go to inboxes, and calls
+        // are not sent there (see `execute`).
         let addresses = conns
             .iter()
-            .map(|c| c.client.address().to_string())
+            .map(|c| {
+                c.client()
+                    .map(|c| c.address().to_string())
+                    .unwrap_or_default()
+            })
             .collect();
         Hub {
+            errors_mailbox: opts.errors_mailbox.clone(),
             service: opts.service.clone(),
             core: Core::new(opts, addresses, queue_limit),
             conns,
@@ -215,7 +273,8 @@ impl Hub {
     pub fn refused_everywhere(&self) -> Option<ClientError> {
         let mut first = None;
         for c in &self.conns {
-            match c.client.refused_handshake() {
+            let client = c.client()?;
+            match client.refused_handshake() {
                 Some(e) => first = first.or(Some(e)),
                 None => return None,
             }
@@ -256,8 +315,8 @@ impl Hub {
     pub fn turn(&mut self, wait: Duration) -> Result<(), WorkerError> {
         let now = Instant::now();
         let mut until = after(now, wait);
-        for c in &self.conns {
-            until = until.min(c.client.next_deadline());
+        for c in self.conns.iter().filter_map(Conn::client) {
+            until = until.min(c.next_deadline());
         }
         if let Some(due) = self.core.next_deadline() {
             until = until.min(due);
@@ -267,7 +326,15 @@ impl Hub {
             // Arm, then a last look at the completions: one that lands in
             // between writes the wake-up byte.
             self.wake.arm();
-            if !self.done.is_empty() || !self.calls_rx.is_empty() || self.core.ops.has_work() {
+            let nats = self
+                .conns
+                .iter()
+                .any(|c| matches!(c, Conn::Nats(n) if n.has_events()));
+            if nats
+                || !self.done.is_empty()
+                || !self.calls_rx.is_empty()
+                || self.core.ops.has_work()
+            {
                 timeout = Duration::ZERO;
             }
         }
@@ -275,9 +342,11 @@ impl Hub {
         self.wake.disarm();
         let now = Now::real();
         for (i, (sock, mon)) in ready.into_iter().enumerate() {
-            let r = self.conns[i].client.process(sock, mon, now.at);
-            outcome(r)?;
-            self.log_state(i);
+            if let Conn::Mlm(m) = &mut self.conns[i] {
+                let r = m.client.process(sock, mon, now.at);
+                outcome(r)?;
+                self.log_state(i);
+            }
         }
         // One delivery per connection in turn, so a burst read from one
         // broker does not queue ahead of what another sent meanwhile.
@@ -285,7 +354,7 @@ impl Hub {
         while more {
             more = false;
             for i in 0..self.conns.len() {
-                if let Some(d) = self.conns[i].client.next_delivery() {
+                if let Some(d) = self.next_delivery(i) {
                     let (core, mut out) = split!(self);
                     core.delivery(i, d, now, &mut out);
                     more = true;
@@ -296,18 +365,47 @@ impl Hub {
         for i in 0..self.conns.len() {
             // What the broker refused of ours (a full mailbox for a reply,
             // a full queue for a forward): said once here, never fatal.
-            while let Some(r) = self.conns[i].client.next_refusal() {
+            let Conn::Mlm(m) = &mut self.conns[i] else {
+                continue;
+            };
+            while let Some(r) = m.client.next_refusal() {
                 self.core.refused(i, &r);
-                tracing::warn!(endpoint = %self.conns[i].client.endpoint(), "broker refused a send: {r}");
+                tracing::warn!(endpoint = %m.client.endpoint(), "broker refused a send: {r}");
             }
         }
         self.after_turn(now)
     }
 
+    /// The next delivery of connection `i`; a NATS connection's changes
+    /// met on the way are told to the core (and logged once each).
+    fn next_delivery(&mut self, i: usize) -> Option<Delivery> {
+        match &mut self.conns[i] {
+            Conn::Mlm(m) => m.client.next_delivery(),
+            Conn::Nats(n) => loop {
+                match n.next_event()? {
+                    NatsEvent::Request(d) => return Some(d),
+                    NatsEvent::Up => {
+                        // Core NATS: no acknowledgements, no delayed
+                        // requests (the core dead-letters delayed
+                        // forwards and retries locally).
+                        self.core.connection_up(i, false, false);
+                        tracing::info!(endpoint = %n.endpoint(), "NATS connected: serving {}", self.service);
+                    }
+                    NatsEvent::Down => {
+                        self.core.connection_down(i);
+                        tracing::warn!(endpoint = %n.endpoint(), "NATS connection lost; reconnecting");
+                    }
+                }
+            },
+        }
+    }
+
     /// Says once when a connection comes up (offering again) or goes
     /// away, and tells the core; the others keep serving either way.
     fn log_state(&mut self, i: usize) {
-        let c = &mut self.conns[i];
+        let Conn::Mlm(c) = &mut self.conns[i] else {
+            return;
+        };
         if c.client.unreachable() && !c.told_unreachable {
             // Said once: libzmq retries every second, the log need not.
             c.told_unreachable = true;
@@ -341,8 +439,9 @@ impl Hub {
         let fd = self.wake.as_raw_fd();
         let (ready, woken) = {
             let mut items: Vec<zmq::PollItem<'_>> = Vec::with_capacity(self.conns.len() * 2 + 1);
-            for c in &self.conns {
-                items.extend(c.client.poll_items());
+            let clients: Vec<&Client> = self.conns.iter().filter_map(Conn::client).collect();
+            for c in &clients {
+                items.extend(c.poll_items());
             }
             items.push(zmq::PollItem::from_fd(fd, zmq::POLLIN));
             match zmq::poll(&mut items, ms(timeout)) {
@@ -350,10 +449,18 @@ impl Hub {
                 Ok(_) | Err(zmq::Error::EINTR) => {}
                 Err(e) => return Err(ClientError::Zmq(e).into()),
             }
-            let ready: Vec<(bool, bool)> = items
+            let mut mlm = items
                 .chunks(2)
-                .take(self.conns.len())
-                .map(|p| (p[0].is_readable(), p[1].is_readable()))
+                .take(clients.len())
+                .map(|p| (p[0].is_readable(), p[1].is_readable()));
+            // One entry per connection, in order; NATS ones have no socket.
+            let ready: Vec<(bool, bool)> = self
+                .conns
+                .iter()
+                .map(|c| match c {
+                    Conn::Mlm(_) => mlm.next().unwrap_or((false, false)),
+                    Conn::Nats(_) => (false, false),
+                })
                 .collect();
             (ready, items[items.len() - 1].is_readable())
         };
@@ -388,7 +495,7 @@ impl Hub {
         let (in_flight, retries) = (self.core.in_flight(), self.core.retries());
         let (core, out) = split!(self);
         let queued = core.queued(&out);
-        let views = self.conns.iter().map(|c| ConnView::of(&c.client));
+        let views = self.conns.iter().map(Conn::view);
         self.core.ops.after_turn(views, in_flight, queued, retries);
         Ok(())
     }
@@ -405,7 +512,16 @@ impl Hub {
             }
             for a in acts.drain(..) {
                 // An error ends the worker: the rest is not sent.
-                execute(&mut self.conns, &mut self.core, a, now)?;
+                let on_nats = match &mut self.conns[conn_of(&a)] {
+                    Conn::Nats(n) => Some(n),
+                    Conn::Mlm(_) => None,
+                };
+                match on_nats {
+                    Some(n) => {
+                        execute_nats(n, &mut self.core, a, &self.errors_mailbox, &self.service)
+                    }
+                    None => execute(&mut self.conns, &mut self.core, a, now)?,
+                }
             }
             self.core.recycle(acts);
         }
@@ -420,6 +536,13 @@ impl Hub {
             let (core, out) = split!(self);
             let backlogged = out.runners.backlogged();
             core.stop_begin(&out, backlogged);
+        }
+        // NATS: leave the queue group, so new requests go to the other
+        // workers (an MLM broker stops giving work when we close).
+        for c in &mut self.conns {
+            if let Conn::Nats(n) = c {
+                n.set_maintenance(true);
+            }
         }
         let timeout = self.core.shutdown_timeout();
         // Runners wait for their running requests alongside the pool, up
@@ -443,16 +566,30 @@ impl Hub {
         // Deliveries that arrived during the stop are not run either.
         for i in 0..self.conns.len() {
             let deadline = after(Instant::now(), Duration::from_millis(50));
-            while let Some(d) = self.conns[i]
-                .client
-                .recv(deadline.saturating_duration_since(Instant::now()))?
-            {
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let d = match &mut self.conns[i] {
+                    Conn::Mlm(m) => m.client.recv(left)?,
+                    Conn::Nats(n) => match n.event_within(left) {
+                        Some(NatsEvent::Request(d)) => Some(d),
+                        Some(_) => continue,
+                        None => None,
+                    },
+                };
+                let Some(d) = d else { break };
                 self.core.delivery_at_stop(i, d, Now::real());
                 self.carry_out(now)?;
             }
         }
         tracing::info!("stopped");
         for c in self.conns {
+            let c = match c {
+                Conn::Mlm(m) => m,
+                Conn::Nats(n) => {
+                    n.close(Duration::from_secs(2));
+                    continue;
+                }
+            };
             match c.client.close() {
                 Ok(()) => {}
                 Err(ClientError::Rejected(refused)) => {
@@ -471,18 +608,19 @@ impl Hub {
 /// cannot take now is handled as the core would want: a call is answered
 /// with why, a delayed forward becomes a dead letter.
 fn execute(conns: &mut [Conn], core: &mut Core, a: Action, now: Now) -> Result<(), WorkerError> {
+    let conn = conn_of(&a);
+    let Conn::Mlm(m) = &mut conns[conn] else {
+        return Ok(());
+    };
+    let client = &mut m.client;
     match a {
         Action::SendTo {
-            conn,
             address,
             subject,
             tracker,
             content,
-        } => outcome(
-            conns[conn]
-                .client
-                .sendto(&address, &subject, &tracker, 0, content),
-        ),
+            ..
+        } => outcome(client.sendto(&address, &subject, &tracker, 0, content)),
         Action::SendFor {
             conn,
             address,
@@ -493,7 +631,6 @@ fn execute(conns: &mut [Conn], core: &mut Core, a: Action, now: Now) -> Result<(
             content,
             forwarded,
         } => {
-            let client = &mut conns[conn].client;
             let sent = match delay {
                 Some(d) => {
                     client.sendfor_delayed(&address, &subject, &tracker, timeout_ms, content, d)
@@ -522,26 +659,116 @@ fn execute(conns: &mut [Conn], core: &mut Core, a: Action, now: Now) -> Result<(
             }
         }
         Action::Stream {
-            conn,
             stream,
             subject,
             content,
-        } => {
-            let client = &mut conns[conn].client;
-            outcome(
-                client
-                    .switch_producer(&stream)
-                    .and_then(|_| client.send(&subject, content)),
-            )
-        }
-        Action::Confirm { conn, tokens } => outcome(conns[conn].client.confirm_all(&tokens)),
-        Action::Credit { conn, amount } => outcome(
-            conns[conn]
-                .client
-                .post(crate::mlm::Message::Credit { amount }),
+            ..
+        } => outcome(
+            client
+                .switch_producer(&stream)
+                .and_then(|_| client.send(&subject, content)),
         ),
-        Action::Maintenance { conn, on } => outcome(conns[conn].client.set_maintenance(on)),
+        Action::Confirm { tokens, .. } => outcome(client.confirm_all(&tokens)),
+        Action::Credit { amount, .. } => {
+            outcome(client.post(crate::mlm::Message::Credit { amount }))
+        }
+        Action::Maintenance { on, .. } => outcome(client.set_maintenance(on)),
     }
+}
+
+/// The connection an action goes over.
+fn conn_of(a: &Action) -> usize {
+    match a {
+        Action::SendTo { conn, .. }
+        | Action::SendFor { conn, .. }
+        | Action::Stream { conn, .. }
+        | Action::Confirm { conn, .. }
+        | Action::Credit { conn, .. }
+        | Action::Maintenance { conn, .. } => *conn,
+    }
+}
+
+/// Carries out one action on a NATS connection (see docs/NATS.md for the
+/// mapping): a reply is a publish to the requester's inbox, an error
+/// reply one with NATS micro's error headers, a dead letter a publish of
+/// its JSON report to `<errors mailbox>.<service>`, a forward or
+/// hand-back a publish to `<service>.<subject>` with the original inbox as
+/// its reply subject and the envelope in a header, a stream send a publish
+/// to `<stream>.<subject>`. Calls are not carried on NATS: their callers
+/// are answered so at once. Confirmations and credit mean nothing on core
+/// NATS.
+fn execute_nats(n: &mut NatsLink, core: &mut Core, a: Action, errors_mailbox: &str, service: &str) {
+    match a {
+        Action::SendTo {
+            address,
+            subject,
+            mut content,
+            ..
+        } => {
+            if address == errors_mailbox {
+                // The last frame is the JSON report with everything.
+                let report = content.pop().unwrap_or_default();
+                return n.publish(Publish::to(format!("{address}.{service}"), report));
+            }
+            if subject.starts_with(super::options::ERROR_REPLY_PREFIX) {
+                let text = content
+                    .first()
+                    .map(|t| String::from_utf8_lossy(t).into_owned())
+                    .unwrap_or_default();
+                return n.publish(super::nats::error_reply(&address, "500", &text));
+            }
+            n.publish(Publish::to(address, first_frame(content)));
+        }
+        Action::SendFor {
+            address,
+            subject,
+            tracker,
+            content,
+            delay,
+            ..
+        } => {
+            if tracker.contains(super::reach::CALL_TRACKER) {
+                core.call_not_sent(&tracker, "alaska.call is not available on NATS");
+                return;
+            }
+            if delay.is_some() {
+                // The core sends none: core NATS holds no delayed requests.
+                tracing::warn!(to = %address, subject = %subject, "delayed send not sent: NATS holds no delayed requests");
+                return;
+            }
+            let reply = super::outcomes::Envelope::decode(&tracker)
+                .map(|e| e.sender)
+                .filter(|s| !s.is_empty());
+            let headers = if tracker.is_empty() {
+                Vec::new()
+            } else {
+                vec![(ENVELOPE_HEADER.to_string(), tracker)]
+            };
+            n.publish(Publish {
+                subject: format!("{address}.{subject}"),
+                reply,
+                headers,
+                payload: first_frame(content),
+            });
+        }
+        Action::Stream {
+            stream,
+            subject,
+            content,
+            ..
+        } => n.publish(Publish::to(
+            format!("{stream}.{subject}"),
+            first_frame(content),
+        )),
+        Action::Maintenance { on, .. } => n.set_maintenance(on),
+        Action::Confirm { .. } | Action::Credit { .. } => {}
+    }
+}
+
+/// A NATS message has one payload: the first frame (more are dropped;
+/// documented).
+fn first_frame(content: Vec<Vec<u8>>) -> Vec<u8> {
+    content.into_iter().next().unwrap_or_default()
 }
 
 /// A send that failed because the outbox is full is logged by the client

@@ -13,6 +13,7 @@ pub mod core;
 pub mod dispatcher;
 pub mod hub;
 pub mod metrics;
+pub mod nats;
 pub mod options;
 pub mod outcomes;
 pub mod pool;

@@ -63,6 +63,9 @@ pub struct DispatcherOptions {
     pub hold_max: usize,
     /// Content bytes of the held requests, at most.
     pub hold_bytes: usize,
+    /// Credentials and TLS for `nats://` endpoints (see
+    /// [`super::nats`]).
+    pub nats: super::nats::NatsOptions,
 }
 
 impl DispatcherOptions {
@@ -85,6 +88,7 @@ impl DispatcherOptions {
             acknowledge: true,
             hold_max: HOLD_MAX,
             hold_bytes: HOLD_BYTES,
+            nats: Default::default(),
         }
     }
 }
@@ -104,4 +108,7 @@ pub enum WorkerError {
     /// A runner could not start.
     #[error("{0}")]
     Runner(#[from] super::runners::RunnerError),
+    /// The NATS connection could not start, or the endpoints mix kinds.
+    #[error("NATS: {0}")]
+    Nats(String),
 }

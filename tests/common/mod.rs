@@ -5,6 +5,7 @@
 pub mod bin;
 pub mod browser;
 pub mod malamute;
+pub mod nats;
 pub mod pool;
 
 use std::path::Path;
