@@ -200,3 +200,179 @@ fn mixed_endpoint_kinds_are_refused() {
     let e = w.stop().unwrap_err();
     assert!(e.contains("one kind per worker"), "{e}");
 }
+
+/// A worker consuming stream `WORK` through durable consumer `svc`.
+fn js_worker(
+    url: &str,
+    dir: &std::path::Path,
+    ack_wait: Duration,
+    max_deliver: i64,
+    tweak: impl FnOnce(&mut alaska::worker::DispatcherOptions, &mut alaska::worker::PoolConfig),
+) -> Worker {
+    Worker::start(url, dir, |o, p| {
+        o.nats.jetstream = Some(alaska::worker::nats::JetStreamOptions {
+            stream: "WORK".into(),
+            consumer: "svc".into(),
+            ack_wait,
+            max_deliver,
+            max_ack_pending: 0,
+        });
+        tweak(o, p);
+    })
+}
+
+#[test]
+fn jetstream_outcomes_ack_nak_with_delay_and_term_in_consumer_info() {
+    let sd = tempfile::tempdir().unwrap();
+    let Some(server) = NatsServer::start(
+        "jetstream_outcomes",
+        &["-js", "-sd", sd.path().to_str().unwrap()],
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    script(dir.path(), "ok", "return 'done ' .. alaskaContext");
+    script(
+        dir.path(),
+        "later",
+        "if alaska.attempt < 2 then return alaska.retry(400, 'later') end\n\
+         return 'second run, attempt ' .. alaska.attempt",
+    );
+    script(dir.path(), "bad", "return alaska.fail('bad item')");
+    let r = Requester::connect(&server.url);
+    r.create_stream("WORK", &["svc.>"], 1);
+    let mut replies = r.subscribe("replies.>");
+    let mut terminated = r.subscribe("$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.WORK.svc");
+    let _w = js_worker(
+        &server.url,
+        dir.path(),
+        Duration::from_secs(5),
+        5,
+        |_, _| {},
+    );
+    let t0 = std::time::Instant::now();
+    r.publish_work("svc.ok", b"a", "replies.ok");
+    r.publish_work("svc.later", b"b", "replies.later");
+    r.publish_work("svc.bad", b"c", "replies.bad");
+    let mut got = std::collections::HashMap::new();
+    while got.len() < 3 {
+        let m = r.next(&mut replies, T).expect("three replies");
+        got.insert(m.subject.to_string(), (m, t0.elapsed()));
+    }
+    assert_eq!(&got["replies.ok"].0.payload[..], b"done a");
+    let (later, at) = &got["replies.later"];
+    assert_eq!(&later.payload[..], b"second run, attempt 2");
+    assert!(
+        *at >= Duration::from_millis(400),
+        "redelivered after {at:?}"
+    );
+    let bad = &got["replies.bad"].0;
+    let error = header(bad, "Nats-Service-Error").expect("error header");
+    assert!(error.contains("bad item"), "{error}");
+    // The term, as the server saw it: its advisory names the message.
+    let adv = r
+        .next(&mut terminated, T)
+        .expect("a MSG_TERMINATED advisory");
+    let adv: serde_json::Value = serde_json::from_slice(&adv.payload).unwrap();
+    assert_eq!(adv["stream_seq"], 3, "{adv}");
+    // Four deliveries (one nak redelivered), all three settled.
+    let info = r.consumer_until("WORK", "svc", "all settled", |i| {
+        i.ack_floor.stream_sequence == 3 && i.num_ack_pending == 0
+    });
+    assert_eq!(info.delivered.consumer_sequence, 4, "{info:?}");
+    assert_eq!(info.num_pending, 0, "{info:?}");
+    assert_eq!(info.config.max_deliver, 5);
+}
+
+#[test]
+fn jetstream_long_script_is_kept_alive_by_working_heartbeats() {
+    let sd = tempfile::tempdir().unwrap();
+    let Some(server) = NatsServer::start(
+        "jetstream_long_script",
+        &["-js", "-sd", sd.path().to_str().unwrap()],
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    script(
+        dir.path(),
+        "long",
+        "alaska.sleep(2500)\nreturn 'slept ' .. alaskaContext",
+    );
+    let r = Requester::connect(&server.url);
+    r.create_stream("WORK", &["svc.>"], 1);
+    let mut replies = r.subscribe("replies.>");
+    // ack_wait 1 s: without "working" the server would redeliver it to
+    // the pool's other VM twice while the first run sleeps.
+    let _w = js_worker(
+        &server.url,
+        dir.path(),
+        Duration::from_secs(1),
+        5,
+        |_, p| {
+            p.timeout = Duration::from_secs(10);
+        },
+    );
+    r.publish_work("svc.long", b"z", "replies.long");
+    let m = r.next(&mut replies, T).expect("the reply");
+    assert_eq!(&m.payload[..], b"slept z");
+    let info = r.consumer_until("WORK", "svc", "acknowledged", |i| {
+        i.ack_floor.stream_sequence == 1 && i.num_ack_pending == 0
+    });
+    assert_eq!(info.delivered.consumer_sequence, 1, "redelivered: {info:?}");
+    assert_eq!(info.num_redelivered, 0, "{info:?}");
+}
+
+#[test]
+fn jetstream_max_deliver_stops_a_poison_message() {
+    let sd = tempfile::tempdir().unwrap();
+    let Some(server) = NatsServer::start(
+        "jetstream_max_deliver",
+        &["-js", "-sd", sd.path().to_str().unwrap()],
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    script(
+        dir.path(),
+        "poison",
+        "sendTo('run', alaskaContext .. alaska.attempt, 'runs')\n\
+         return alaska.retry(50, 'again')",
+    );
+    script(dir.path(), "ok", "return 'fine'");
+    let r = Requester::connect(&server.url);
+    r.create_stream("WORK", &["svc.>"], 1);
+    let mut runs = r.subscribe("runs");
+    let mut replies = r.subscribe("replies.>");
+    let mut max = r.subscribe("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.WORK.svc");
+    // The worker's own attempts are many: the server's limit is the one hit.
+    let _w = js_worker(
+        &server.url,
+        dir.path(),
+        Duration::from_secs(5),
+        3,
+        |o, _| {
+            o.policy.attempts = 100;
+        },
+    );
+    r.publish_work("svc.poison", b"p", "");
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let m = r.next(&mut runs, T).expect("a run");
+        seen.push(String::from_utf8_lossy(&m.payload).into_owned());
+    }
+    assert_eq!(seen, ["p1", "p2", "p3"]);
+    let adv = r.next(&mut max, T).expect("a MAX_DELIVERIES advisory");
+    let adv: serde_json::Value = serde_json::from_slice(&adv.payload).unwrap();
+    assert_eq!(adv["deliveries"], 3, "{adv}");
+    // Work behind it still flows, and the poison never ran a fourth time.
+    r.publish_work("svc.ok", b"", "replies.ok");
+    assert_eq!(
+        &r.next(&mut replies, T).expect("reply").payload[..],
+        b"fine"
+    );
+    assert!(
+        r.next(&mut runs, Duration::from_millis(200)).is_none(),
+        "a fourth run"
+    );
+}

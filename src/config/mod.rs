@@ -432,7 +432,11 @@ impl Settings {
                 "worker/broker/http/token_file",
                 &get("worker/broker/http/token_file"),
             )?,
-            nats: nats_options(&opt, &get)?,
+            nats: nats_options(
+                &opt,
+                &get,
+                &required("worker/service/address", get("worker/service/address"))?,
+            )?,
         })
     }
 }
@@ -442,7 +446,26 @@ impl Settings {
 fn nats_options(
     opt: &impl Fn(&'static str) -> Option<String>,
     get: &impl Fn(&'static str) -> String,
+    service: &str,
 ) -> Result<crate::worker::nats::NatsOptions, ConfigError> {
+    let jetstream = match opt("worker/nats/jetstream/stream") {
+        None => None,
+        Some(stream) => Some(crate::worker::nats::JetStreamOptions {
+            stream,
+            consumer: opt("worker/nats/jetstream/consumer")
+                .unwrap_or_else(|| crate::worker::nats::micro_name(service)),
+            ack_wait: nonzero_duration(
+                "worker/nats/jetstream/ack_wait",
+                &get("worker/nats/jetstream/ack_wait"),
+            )?,
+            max_deliver: positive(
+                "worker/nats/jetstream/max_deliver",
+                &get("worker/nats/jetstream/max_deliver"),
+            )?
+            .min(i64::MAX as usize) as i64,
+            max_ack_pending: 0,
+        }),
+    };
     let path = |k| opt(k).map(PathBuf::from);
     let tls_cert = match (path("worker/nats/tls/cert"), path("worker/nats/tls/key")) {
         (Some(c), Some(k)) => Some((c, k)),
@@ -467,6 +490,7 @@ fn nats_options(
         tls_ca: path("worker/nats/tls/ca"),
         tls_cert,
         tls_required: boolean("worker/nats/tls/required", &get("worker/nats/tls/required"))?,
+        jetstream,
     })
 }
 

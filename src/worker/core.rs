@@ -120,6 +120,26 @@ pub enum Action {
         /// How many requests more.
         amount: u16,
     },
+    /// The broker redelivers this request after `delay` (JetStream's
+    /// negative acknowledgement): a retry on a connection whose broker
+    /// redelivers.
+    Nak {
+        /// The connection.
+        conn: usize,
+        /// The delivery.
+        token: AckToken,
+        /// When to deliver it again.
+        delay: Duration,
+    },
+    /// The broker never delivers this request again, and does not count it
+    /// done (JetStream's `+TERM`): a dead letter or a drop on a connection
+    /// whose broker redelivers.
+    Term {
+        /// The connection.
+        conn: usize,
+        /// The delivery.
+        token: AckToken,
+    },
     /// Enters (true) or leaves maintenance.
     Maintenance {
         /// The connection.
@@ -164,6 +184,18 @@ struct Link {
     confirms: Vec<AckToken>,
     /// Credit granted beyond the pool's capacity for waiting retries.
     extra_credit: usize,
+    /// Its broker redelivers what is not acknowledged, after a delay we
+    /// may name (JetStream): a retry is handed to it ([`Action::Nak`]), a
+    /// dead letter or drop ends there ([`Action::Term`]).
+    redelivers: bool,
+}
+
+/// How a request ends on a broker that redelivers.
+enum Settle {
+    /// Deliver it again after this long.
+    Nak(Duration),
+    /// Never again.
+    Term,
 }
 
 /// What the core keeps of a request while it is out of its hands.
@@ -330,6 +362,12 @@ impl Core {
         l.up = true;
         l.acks = acks;
         l.delay = delay;
+    }
+
+    /// Whether connection `conn`'s broker redelivers (see
+    /// [`Action::Nak`]); set once, before its deliveries.
+    pub fn set_redelivers(&mut self, conn: usize, on: bool) {
+        self.links[conn].redelivers = on;
     }
 
     /// Connection `conn` went away: the calls sent on it will get no reply.
@@ -707,7 +745,11 @@ impl Core {
                     });
                 }
             }
-            Decision::Drop => {}
+            Decision::Drop => {
+                if self.settle(id, conn, Settle::Term) {
+                    return;
+                }
+            }
             Decision::Forward {
                 address,
                 subject,
@@ -748,12 +790,37 @@ impl Core {
                     "dead letter: {text}"
                 );
                 self.dead_letter(conn, &request, &text, name, now);
+                if self.settle(id, conn, Settle::Term) {
+                    return;
+                }
             }
             Decision::Retry { delay } => {
+                if self.settle(id, conn, Settle::Nak(delay)) {
+                    return;
+                }
                 return self.schedule_retry(id, conn, request, delay, now);
             }
         }
         self.confirm(id);
+    }
+
+    /// On a connection whose broker redelivers, ends job `id` there the
+    /// way `how` says and returns true; elsewhere (or for a job without a
+    /// token) does nothing and returns false.
+    fn settle(&mut self, id: u64, conn: usize, how: Settle) -> bool {
+        if !self.links[conn].redelivers {
+            return false;
+        }
+        let Some((conn, token)) = self.in_flight.remove(&id).and_then(InFlight::token) else {
+            return false;
+        };
+        // Confirmations queued before it go first, in order.
+        self.flush_confirms();
+        self.actions.push(match how {
+            Settle::Nak(delay) => Action::Nak { conn, token, delay },
+            Settle::Term => Action::Term { conn, token },
+        });
+        true
     }
 
     /// The shell's connection refused a delayed forward after all (it
@@ -865,6 +932,12 @@ impl Core {
             Some(f) => (f.conn, matches!(f.held, Held::Acked(_))),
             None => (0, false),
         };
+        if acked && self.links[conn].redelivers {
+            // Its broker gives it to another worker (or to us) again now.
+            tracing::warn!(subject = %job.request.subject, "{text}; returned to the broker");
+            self.settle(job.id, conn, Settle::Nak(Duration::ZERO));
+            return;
+        }
         if acked && stopping {
             // Unconfirmed: the broker gives it again when we are gone.
             self.in_flight.remove(&job.id);

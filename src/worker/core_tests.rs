@@ -658,3 +658,68 @@ fn a_relayed_reply_goes_to_the_original_requester() {
     );
     assert_eq!(c.in_flight(), 0, "a relayed mail is not a request");
 }
+
+#[test]
+fn a_broker_that_redelivers_gets_a_nak_for_a_retry_and_a_term_for_a_dead_letter_or_drop() {
+    let clock = Clock::new();
+    let mut c = core(1, 8);
+    let mut out = Fake::default();
+    c.set_redelivers(0, true);
+    c.connection_up(0, true, false);
+    for (i, subject) in ["flaky", "broken", "dropped", "fine"].iter().enumerate() {
+        let tracker = if *subject == "dropped" { "" } else { "t" };
+        c.delivery(
+            0,
+            request(subject, tracker, "x", Some(i as u64 + 1)),
+            clock.at(0),
+            &mut out,
+        );
+    }
+    let job = c.take_inline(&mut out).unwrap();
+    let retry = Ok(Outcome::Retry {
+        after: Some(Duration::from_millis(500)),
+        reason: "busy".into(),
+    });
+    c.completion(finished(job, retry), clock.at(10));
+    // Handed to the broker with the delay: nothing waits here, no credit.
+    let acts = c.take_actions();
+    assert_eq!(acts.len(), 1, "{acts:?}");
+    match &acts[0] {
+        Action::Nak {
+            conn: 0,
+            token,
+            delay,
+        } => {
+            assert_eq!(token.seq_for_test(), 1);
+            assert_eq!(*delay, Duration::from_millis(500));
+        }
+        a => panic!("not a nak: {a:?}"),
+    }
+    assert_eq!(c.retries(), 0);
+    assert_eq!(c.next_deadline(), None);
+    let job = c.take_inline(&mut out).unwrap();
+    let fail = Ok(Outcome::Fail {
+        reason: "no stock".into(),
+    });
+    c.completion(finished(job, fail), clock.at(20));
+    // The report and the error reply, then the term (never redelivered).
+    let acts = c.take_actions();
+    assert_eq!(acts.len(), 3, "{acts:?}");
+    assert!(matches!(&acts[0], Action::SendTo { address, .. } if address == "awerr"));
+    assert!(matches!(&acts[1], Action::SendTo { subject, .. } if subject == "ERROR:broken"));
+    assert!(matches!(&acts[2], Action::Term { conn: 0, token } if token.seq_for_test() == 2));
+    let job = c.take_inline(&mut out).unwrap();
+    c.completion(finished(job, Ok(Outcome::Drop)), clock.at(30));
+    let acts = c.take_actions();
+    assert!(
+        matches!(&acts[..], [Action::Term { conn: 0, token }] if token.seq_for_test() == 3),
+        "{acts:?}"
+    );
+    // Done is the usual confirmation (an acknowledgement).
+    let job = c.take_inline(&mut out).unwrap();
+    c.completion(done(job, "ok"), clock.at(40));
+    c.flush_confirms();
+    let acts = c.take_actions();
+    assert_eq!(confirmed(&acts), vec![4]);
+    assert_eq!(c.in_flight(), 0);
+}

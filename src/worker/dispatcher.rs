@@ -166,9 +166,14 @@ pub fn run_with(
     if nats > 0 {
         // One NATS connection for the whole list: the servers of one
         // cluster, which the client fails over between by itself.
+        let mut nats_opts = opts.nats.clone();
+        if let Some(j) = &mut nats_opts.jetstream {
+            // As the MLM credit: what the pool and runners can hold.
+            j.max_ack_pending = (capacity + slots).min(i64::MAX as usize) as i64;
+        }
         let mut link = super::nats::NatsLink::start(
             &endpoints,
-            opts.nats.clone(),
+            nats_opts,
             &opts.service,
             &opts.filter,
             wake.clone(),

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use super::core::{Action, Core, Now, Outlets};
-use super::nats::{NatsEvent, NatsLink, Publish, ENVELOPE_HEADER};
+use super::nats::{NatsEvent, NatsLink, Publish, Settle, ENVELOPE_HEADER};
 use super::options::{DispatcherOptions, WorkerError};
 use super::pool::Pool;
 use super::reach::{CallOut, Reach};
@@ -36,7 +36,7 @@ use super::status::{ConnView, HubOps};
 use super::types::{Completion, Job};
 use super::vm::Budget;
 use super::wake::WakeReceiver;
-use crate::mlm::{Client, ClientError, ConnState, Delivery};
+use crate::mlm::{AckToken, Client, ClientError, ConnState, Delivery};
 use crate::time::after;
 
 pub use super::options::{HOLD_BYTES, HOLD_MAX};
@@ -203,7 +203,15 @@ impl Hub {
         Hub {
             errors_mailbox: opts.errors_mailbox.clone(),
             service: opts.service.clone(),
-            core: Core::new(opts, addresses, queue_limit),
+            core: {
+                let mut core = Core::new(opts, addresses, queue_limit);
+                for (i, c) in conns.iter().enumerate() {
+                    if let Conn::Nats(n) = c {
+                        core.set_redelivers(i, n.jetstream());
+                    }
+                }
+                core
+            },
             conns,
             jobs: pool.receiver(),
             pool: Some(pool),
@@ -387,8 +395,9 @@ impl Hub {
                     NatsEvent::Up => {
                         // Core NATS: no acknowledgements, no delayed
                         // requests (the core dead-letters delayed
-                        // forwards and retries locally).
-                        self.core.connection_up(i, false, false);
+                        // forwards and retries locally). JetStream:
+                        // acknowledged, and the server redelivers.
+                        self.core.connection_up(i, n.jetstream(), false);
                         tracing::info!(endpoint = %n.endpoint(), "NATS connected: serving {}", self.service);
                     }
                     NatsEvent::Down => {
@@ -673,6 +682,8 @@ fn execute(conns: &mut [Conn], core: &mut Core, a: Action, now: Now) -> Result<(
             outcome(client.post(crate::mlm::Message::Credit { amount }))
         }
         Action::Maintenance { on, .. } => outcome(client.set_maintenance(on)),
+        // Only for connections whose broker redelivers (JetStream).
+        Action::Nak { .. } | Action::Term { .. } => Ok(()),
     }
 }
 
@@ -684,7 +695,9 @@ fn conn_of(a: &Action) -> usize {
         | Action::Stream { conn, .. }
         | Action::Confirm { conn, .. }
         | Action::Credit { conn, .. }
-        | Action::Maintenance { conn, .. } => *conn,
+        | Action::Maintenance { conn, .. }
+        | Action::Nak { conn, .. }
+        | Action::Term { conn, .. } => *conn,
     }
 }
 
@@ -761,7 +774,24 @@ fn execute_nats(n: &mut NatsLink, core: &mut Core, a: Action, errors_mailbox: &s
             first_frame(content),
         )),
         Action::Maintenance { on, .. } => n.set_maintenance(on),
-        Action::Confirm { .. } | Action::Credit { .. } => {}
+        Action::Confirm { tokens, .. } => n.settle(
+            tokens
+                .iter()
+                .filter_map(AckToken::foreign_id)
+                .map(|id| (id, Settle::Ack))
+                .collect(),
+        ),
+        Action::Nak { token, delay, .. } => {
+            if let Some(id) = token.foreign_id() {
+                n.settle(vec![(id, Settle::Nak(delay))]);
+            }
+        }
+        Action::Term { token, .. } => {
+            if let Some(id) = token.foreign_id() {
+                n.settle(vec![(id, Settle::Term)]);
+            }
+        }
+        Action::Credit { .. } => {}
     }
 }
 

@@ -64,7 +64,32 @@ pub struct NatsOptions {
     pub tls_cert: Option<(PathBuf, PathBuf)>,
     /// Insist on TLS even when the server does not ask for it.
     pub tls_required: bool,
+    /// Consume from a JetStream durable pull consumer instead of a core
+    /// NATS queue subscription.
+    pub jetstream: Option<JetStreamOptions>,
 }
+
+/// `worker/nats/jetstream/...`: where the work queue is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JetStreamOptions {
+    /// The stream (made by the operator; the worker does not create it).
+    pub stream: String,
+    /// The durable consumer's name; created (filter `<service>.>`,
+    /// explicit acknowledgements) when absent, used as it is otherwise.
+    pub consumer: String,
+    /// How long the server waits for an acknowledgement before it
+    /// redelivers (the worker sends "working" every third of it while a
+    /// request is with it).
+    pub ack_wait: Duration,
+    /// Deliveries of one message at most (the poison-request limit).
+    pub max_deliver: i64,
+    /// Unacknowledged messages with this worker's consumer at most (set by
+    /// the dispatcher from the pool and runners, like the MLM credit).
+    pub max_ack_pending: i64,
+}
+
+/// Header of a JetStream work item naming where its reply goes.
+pub const REPLY_HEADER: &str = "Alaska-Reply";
 
 /// What happened on the NATS connection, for the hub.
 #[derive(Debug)]
@@ -101,8 +126,20 @@ impl Publish {
     }
 }
 
+/// How a JetStream delivery ends (or is kept alive).
+#[derive(Debug, Clone, Copy)]
+pub enum Settle {
+    /// Done (`+ACK`).
+    Ack,
+    /// Deliver again after this long (`-NAK`).
+    Nak(Duration),
+    /// Never again (`+TERM`).
+    Term,
+}
+
 enum Cmd {
     Publish(Publish),
+    Settle(Vec<(u64, Settle)>),
     /// Unsubscribe from the service's subjects (true) or subscribe again.
     Maintenance(bool),
     /// Flush, then end the thread.
@@ -118,6 +155,7 @@ pub struct NatsLink {
     done: Receiver<()>,
     up: bool,
     maintenance: bool,
+    jetstream: bool,
 }
 
 /// What the runtime thread needs.
@@ -151,6 +189,7 @@ impl NatsLink {
         let (tx, cmds) = unbounded_channel();
         let (events, rx) = crossbeam_channel::unbounded();
         let (done_tx, done) = crossbeam_channel::bounded(1);
+        let jetstream = opts.jetstream.is_some();
         let setup = Setup {
             servers: servers.to_vec(),
             opts,
@@ -177,7 +216,19 @@ impl NatsLink {
             done,
             up: false,
             maintenance: false,
+            jetstream,
         })
+    }
+
+    /// Whether this connection consumes from JetStream (acknowledged,
+    /// redelivered by the server).
+    pub fn jetstream(&self) -> bool {
+        self.jetstream
+    }
+
+    /// Ends (or gives back) JetStream deliveries by their ids.
+    pub fn settle(&self, what: Vec<(u64, Settle)>) {
+        let _ = self.tx.send(Cmd::Settle(what));
     }
 
     /// The servers, as configured.
@@ -374,7 +425,17 @@ async fn run(setup: Setup, mut cmds: UnboundedReceiver<Cmd>) -> Result<(), Strin
     let client = connect(&setup).await?;
     let id = service_id();
     let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
-    let mut requests = Some(subscribe_service(&client, &setup.service).await?);
+    let js_opts = setup.opts.jetstream.clone();
+    let mut requests = match js_opts {
+        Some(_) => None,
+        None => Some(subscribe_service(&client, &setup.service).await?),
+    };
+    let mut work = Work::default();
+    let mut next_setup = tokio::time::Instant::now();
+    let beat = js_opts.as_ref().map_or(Duration::from_secs(3600), |j| {
+        (j.ack_wait / 3).max(Duration::from_millis(20))
+    });
+    let mut heartbeat = tokio::time::interval(beat);
     let srv = |s: String| {
         let c = client.clone();
         async move {
@@ -399,17 +460,49 @@ async fn run(setup: Setup, mut cmds: UnboundedReceiver<Cmd>) -> Result<(), Strin
             cmd = cmds.recv() => match cmd {
                 None | Some(Cmd::Close) => break,
                 Some(Cmd::Publish(p)) => publish(&client, p, &mut stats).await,
+                Some(Cmd::Settle(what)) => work.settle(&client, what).await,
                 Some(Cmd::Maintenance(true)) => {
+                    work.paused = true;
+                    work.messages = None;
                     if let Some(mut s) = requests.take() {
                         let _ = s.unsubscribe().await;
                     }
                 }
                 Some(Cmd::Maintenance(false)) => {
-                    if requests.is_none() {
+                    work.paused = false;
+                    if requests.is_none() && js_opts.is_none() {
                         requests = Some(subscribe_service(&client, &setup.service).await?);
                     }
                 }
             },
+            _ = tokio::time::sleep_until(next_setup), if js_opts.is_some() && work.messages.is_none() && !work.paused => {
+                let j = js_opts.as_ref().expect("JetStream options");
+                match tokio::time::timeout(Duration::from_secs(5), consume(&client, j, &setup.service)).await {
+                    Ok(Ok(m)) => {
+                        tracing::info!(stream = %j.stream, consumer = %j.consumer, "JetStream: consuming");
+                        work.messages = Some(m);
+                    }
+                    Ok(Err(e)) => tracing::warn!("JetStream: {e}; trying again in 1 s"),
+                    Err(_) => tracing::warn!("JetStream: no answer within 5 s; trying again in 1 s"),
+                }
+                next_setup = tokio::time::Instant::now() + Duration::from_secs(1);
+            },
+            m = next_work(&mut work.messages) => match m {
+                Some(Ok(m)) => {
+                    if let Some(d) = work.delivery(&client, m, &setup).await {
+                        stats.requests += 1;
+                        let _ = setup.events.send(NatsEvent::Request(d));
+                        setup.waker.wake();
+                    }
+                }
+                Some(Err(e)) => tracing::warn!("JetStream: {e}"),
+                None => {
+                    tracing::warn!("JetStream: the consumer's message stream ended; consuming again in 1 s");
+                    work.messages = None;
+                    next_setup = tokio::time::Instant::now() + Duration::from_secs(1);
+                }
+            },
+            _ = heartbeat.tick(), if !work.held.is_empty() => work.keep_alive(&client, beat).await,
             m = next_of(&mut requests) => {
                 let Some(m) = m else { continue };
                 let subject = m.subject.as_str().get(prefix_len..).unwrap_or("").to_string();
@@ -459,6 +552,155 @@ async fn run(setup: Setup, mut cmds: UnboundedReceiver<Cmd>) -> Result<(), Strin
     }
     let _ = client.flush().await;
     Ok(())
+}
+
+type Messages = async_nats::jetstream::consumer::pull::Stream;
+
+/// The next JetStream message, when consuming.
+async fn next_work(
+    m: &mut Option<Messages>,
+) -> Option<Result<async_nats::jetstream::Message, String>> {
+    match m {
+        Some(s) => s.next().await.map(|r| r.map_err(|e| e.to_string())),
+        None => std::future::pending().await,
+    }
+}
+
+/// Binds (or creates) the durable pull consumer and starts its message
+/// stream.
+async fn consume(
+    client: &async_nats::Client,
+    j: &JetStreamOptions,
+    service: &str,
+) -> Result<Messages, String> {
+    use async_nats::jetstream::consumer::{pull, AckPolicy};
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = js
+        .get_stream(&j.stream)
+        .await
+        .map_err(|e| format!("stream {}: {e}", j.stream))?;
+    let consumer: async_nats::jetstream::consumer::Consumer<pull::Config> = stream
+        .get_or_create_consumer(
+            &j.consumer,
+            pull::Config {
+                durable_name: Some(j.consumer.clone()),
+                filter_subject: format!("{service}.>"),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: j.ack_wait,
+                max_deliver: j.max_deliver,
+                max_ack_pending: j.max_ack_pending,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| format!("consumer {}: {e}", j.consumer))?;
+    consumer
+        .messages()
+        .await
+        .map_err(|e| format!("consumer {} messages: {e}", j.consumer))
+}
+
+/// JetStream deliveries with the worker: their acknowledgement subjects
+/// by id, and when each was last said to be in progress.
+#[derive(Default)]
+struct Work {
+    messages: Option<Messages>,
+    held: HashMap<u64, (String, Instant)>,
+    next_id: u64,
+    /// Maintenance: not consuming.
+    paused: bool,
+}
+
+impl Work {
+    /// A delivery for the hub, or `None` (a message the worker's filter
+    /// rejects is terminated here).
+    async fn delivery(
+        &mut self,
+        client: &async_nats::Client,
+        m: async_nats::jetstream::Message,
+        setup: &Setup,
+    ) -> Option<Delivery> {
+        let delivered = m.info().map(|i| i.delivered.max(1) as u32).unwrap_or(1);
+        let m = m.message;
+        let ack_subject = m.reply.as_ref()?.as_str().to_string();
+        let subject = m
+            .subject
+            .as_str()
+            .get(setup.service.len() + 1..)
+            .unwrap_or("")
+            .to_string();
+        if !setup.filter.is_match(&subject) {
+            tracing::warn!(subject = %subject, "JetStream: subject outside the worker's filter; terminated");
+            let _ = client.publish(ack_subject, "+TERM".into()).await;
+            return None;
+        }
+        let header = |name: &str| {
+            m.headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_string())
+        };
+        let reply = header(REPLY_HEADER).unwrap_or_default();
+        // The attempt is the server's delivery count (so worker/retry/
+        // attempts counts redeliveries); hops and the original requester
+        // come from an envelope when a stage forwarded it here.
+        let mut env = header(ENVELOPE_HEADER)
+            .and_then(|t| super::outcomes::Envelope::decode(&t))
+            .unwrap_or(super::outcomes::Envelope {
+                hops: 0,
+                attempt: 1,
+                sender: reply.clone(),
+                tracker: if reply.is_empty() {
+                    String::new()
+                } else {
+                    REPLY_TRACKER.to_string()
+                },
+            });
+        env.attempt = env.attempt.max(delivered);
+        self.next_id += 1;
+        let id = self.next_id;
+        self.held.insert(id, (ack_subject, Instant::now()));
+        Some(Delivery {
+            kind: DeliveryKind::Service,
+            sender: env.sender.clone(),
+            address: setup.service.clone(),
+            subject,
+            tracker: env.encode().unwrap_or_default(),
+            content: vec![m.payload.to_vec()],
+            ack: Some(crate::mlm::AckToken::foreign(id)),
+        })
+    }
+
+    async fn settle(&mut self, client: &async_nats::Client, what: Vec<(u64, Settle)>) {
+        use async_nats::jetstream::AckKind;
+        for (id, how) in what {
+            let Some((subject, _)) = self.held.remove(&id) else {
+                continue;
+            };
+            let kind = match how {
+                Settle::Ack => AckKind::Ack,
+                Settle::Nak(d) if d.is_zero() => AckKind::Nak(None),
+                Settle::Nak(d) => AckKind::Nak(Some(d)),
+                Settle::Term => AckKind::Term,
+            };
+            if let Err(e) = client.publish(subject, kind.into()).await {
+                tracing::warn!("JetStream acknowledgement not sent: {e}");
+            }
+        }
+    }
+
+    /// "Working" (`+WPI`) for every delivery with us for a third of the
+    /// acknowledgement wait since it was last said, so a long script is
+    /// not redelivered to another worker meanwhile.
+    async fn keep_alive(&mut self, client: &async_nats::Client, every: Duration) {
+        let now = Instant::now();
+        for (subject, last) in self.held.values_mut() {
+            if now.duration_since(*last) >= every {
+                *last = now;
+                let _ = client.publish(subject.clone(), "+WPI".into()).await;
+            }
+        }
+    }
 }
 
 /// An error reply with NATS micro's headers; the text is the payload too.

@@ -170,3 +170,74 @@ pub fn header(m: &async_nats::Message, name: &str) -> Option<String> {
         .and_then(|h| h.get(name))
         .map(|v| v.as_str().to_string())
 }
+
+/// JetStream from the test's side: a stream, publishing, consumer info.
+impl Requester {
+    /// Creates stream `name` on `subjects` with `replicas` copies.
+    pub fn create_stream(&self, name: &str, subjects: &[&str], replicas: usize) {
+        let _in = self.rt.enter();
+        let js = async_nats::jetstream::new(self.client.clone());
+        let cfg = async_nats::jetstream::stream::Config {
+            name: name.to_string(),
+            subjects: subjects.iter().map(|s| s.to_string()).collect(),
+            num_replicas: replicas,
+            ..Default::default()
+        };
+        self.rt
+            .block_on(async move { js.create_stream(cfg).await })
+            .expect("stream created");
+    }
+
+    /// Publishes a work item (stored before this returns) whose reply goes
+    /// to `reply` (none when empty).
+    pub fn publish_work(&self, subject: &str, body: &[u8], reply: &str) {
+        let _in = self.rt.enter();
+        let js = async_nats::jetstream::new(self.client.clone());
+        let mut h = async_nats::HeaderMap::new();
+        if !reply.is_empty() {
+            h.insert("Alaska-Reply", reply);
+        }
+        let (s, b) = (subject.to_string(), body.to_vec());
+        self.rt
+            .block_on(async move { js.publish_with_headers(s, h, b.into()).await?.await })
+            .expect("work stored");
+    }
+
+    /// The consumer's info.
+    pub fn consumer_info(
+        &self,
+        stream: &str,
+        consumer: &str,
+    ) -> async_nats::jetstream::consumer::Info {
+        let _in = self.rt.enter();
+        let js = async_nats::jetstream::new(self.client.clone());
+        let (s, c) = (stream.to_string(), consumer.to_string());
+        self.rt
+            .block_on(async move {
+                let st = js.get_stream(s).await.map_err(|e| e.to_string())?;
+                st.consumer_info(c).await.map_err(|e| e.to_string())
+            })
+            .expect("consumer info")
+    }
+
+    /// Polls the consumer's info until `done` holds (acknowledgements are
+    /// asynchronous: the reply can arrive before the server applied the
+    /// ack), every 20 ms for 10 s at most.
+    pub fn consumer_until(
+        &self,
+        stream: &str,
+        consumer: &str,
+        what: &str,
+        done: impl Fn(&async_nats::jetstream::consumer::Info) -> bool,
+    ) -> async_nats::jetstream::consumer::Info {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let info = self.consumer_info(stream, consumer);
+            if done(&info) {
+                return info;
+            }
+            assert!(Instant::now() < deadline, "{what}: {info:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

@@ -26,7 +26,25 @@ pub struct AckToken {
     pub(super) seq: u64,
 }
 
+/// The epoch of tokens made by another backend: no MLM connection
+/// reaches it.
+const FOREIGN_EPOCH: u64 = u64::MAX;
+
 impl AckToken {
+    /// A token for a delivery of another backend (NATS JetStream), which
+    /// numbers its deliveries itself; the core only carries it back.
+    pub fn foreign(id: u64) -> AckToken {
+        AckToken {
+            epoch: FOREIGN_EPOCH,
+            seq: id,
+        }
+    }
+
+    /// The number of a token made by [`AckToken::foreign`].
+    pub fn foreign_id(&self) -> Option<u64> {
+        (self.epoch == FOREIGN_EPOCH).then_some(self.seq)
+    }
+
     /// A token for unit tests of code that only carries tokens around
     /// (the worker's core).
     #[cfg(test)]
