@@ -241,3 +241,66 @@ impl Requester {
         }
     }
 }
+
+impl Requester {
+    /// Connects to any of `urls` (a cluster), failing over between them.
+    pub fn connect_many(urls: &[String]) -> Requester {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = rt
+            .block_on(
+                async_nats::ConnectOptions::new()
+                    .retry_on_initial_connect()
+                    .connect(urls),
+            )
+            .expect("test client connects");
+        Requester { rt, client }
+    }
+
+    /// Publishes a work item with a `Nats-Msg-Id` (so a resend after a
+    /// lost acknowledgement is stored once) until the stream acknowledges
+    /// it. Each try waits 2 s for the acknowledgement at most; a cluster
+    /// electing a new leader answers nothing meanwhile, so tries go on for
+    /// 30 s.
+    pub fn publish_work_once(&self, subject: &str, body: &[u8], id: &str) {
+        let _in = self.rt.enter();
+        let js = async_nats::jetstream::new(self.client.clone());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Nats-Msg-Id", id);
+            let (s, b, js) = (subject.to_string(), body.to_vec(), js.clone());
+            let r = self.rt.block_on(async move {
+                let ack = js
+                    .publish_with_headers(s, h, b.into())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match tokio::time::timeout(Duration::from_secs(2), ack).await {
+                    Ok(r) => r.map(|_| ()).map_err(|e| e.to_string()),
+                    Err(_) => Err("no acknowledgement within 2 s".to_string()),
+                }
+            });
+            match r {
+                Ok(()) => return,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "{id} never stored: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    /// The name of the server leading stream `name` (`None` while none
+    /// does).
+    pub fn stream_leader(&self, name: &str) -> Option<String> {
+        let _in = self.rt.enter();
+        let js = async_nats::jetstream::new(self.client.clone());
+        let n = name.to_string();
+        self.rt.block_on(async move {
+            let s = js.get_stream(n).await.ok()?;
+            s.get_info().await.ok()?.cluster?.leader
+        })
+    }
+}
