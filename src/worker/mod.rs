@@ -4,8 +4,9 @@
 //! of a request once its handler ends ([`outcomes`]), handlers that are
 //! HTTP applications or child processes ([`runners`]), the dictionary the
 //! VMs share ([`shared`]), which script a subject selects ([`subject`]),
-//! the types they all pass around ([`types`]), and the wake-up pipe
-//! between threads ([`wake`], from [`crate::ops`]).
+//! the types they all pass around ([`types`]), the NATS backend's
+//! connection ([`nats`]), and the wake-up pipe between threads ([`wake`],
+//! from [`crate::ops`]).
 
 pub mod book;
 pub mod check;
