@@ -6,6 +6,8 @@
 #                               batching flusher ("batch")
 #   alaska-broker + echo worker alaska-bench --echo-worker (no Lua)
 #   alaska-broker + alaska Lua  alaska pool 1 running `return alaskaContext`
+#   NATS + alaska Lua           the same worker on the same nats-server
+#                               (issue 25's backend, core request/reply)
 # 64-byte requests; p50 at window 1 and req/s at window 100, best of the
 # rounds (interleaved); CPU per request of server + responder (median round),
 # each process's own accounting (/proc/<pid>/task/*/schedstat). Then the
@@ -72,6 +74,20 @@ CFG
 "$BIN/alaska" -f -c "$TMP/a1.cfg" >"$TMP/a1.log" 2>&1 &
 A1=$!; PIDS+=($A1)
 wait_log "$TMP/a1.log" ready
+cat >"$TMP/an.cfg" <<CFG
+worker
+    scripts
+        dir = "$TMP/services"
+    pool
+        size = "1"
+    broker
+        endpoint = "$NURL"
+    service
+        address = "anats"
+CFG
+"$BIN/alaska" -f -c "$TMP/an.cfg" >"$TMP/an.log" 2>&1 &
+AN=$!; PIDS+=($AN)
+wait_log "$TMP/an.log" "NATS: serving"
 
 # run KEY KIND WINDOW REQUESTS PIDS... -- COMMAND: one run; keeps the best
 # summary (rps or p50) and the CPU per request of the listed processes.
@@ -97,10 +113,12 @@ for _ in $(seq "$ROUNDS"); do
   run b100 rps "$NATS" "$RBATCH" -- "$TMP/nats-bench" request "$NURL" echo.batch "$N" 100 64
   run e100 rps "$BROKER" "$ECHO" -- "$BIN/alaska-bench" -e "$EP" -a ceiling -s echo -w 100 -n "$N" -b 64 --json
   run l100 rps "$BROKER" "$A1" -- "$BIN/alaska-bench" -e "$EP" -a a1 -s echo -w 100 -n "$N" -b 64 --json
+  run an100 rps "$NATS" "$AN" -- "$TMP/nats-bench" request "$NURL" anats.echo "$N" 100 64
   run n1 p50 "$NATS" "$RASAP" -- "$TMP/nats-bench" request "$NURL" echo.asap "$N1" 1 64
   run b1 p50 "$NATS" "$RBATCH" -- "$TMP/nats-bench" request "$NURL" echo.batch "$N1" 1 64
   run e1 p50 "$BROKER" "$ECHO" -- "$BIN/alaska-bench" -e "$EP" -a ceiling -s echo -w 1 -n "$N1" -b 64 --json
   run l1 p50 "$BROKER" "$A1" -- "$BIN/alaska-bench" -e "$EP" -a a1 -s echo -w 1 -n "$N1" -b 64 --json
+  run an1 p50 "$NATS" "$AN" -- "$TMP/nats-bench" request "$NURL" anats.echo "$N1" 1 64
 done
 cpu() { echo "${CPUS[$1]}" | tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 printf '%-34s %12s %14s %18s %18s\n' "system" "p50 w=1 us" "req/s w=100" "cpu us/req w=100" "cpu us/req w=1"
@@ -109,6 +127,7 @@ line "NATS + C echo (asap)" n1 n100
 line "NATS + C echo (batching flusher)" b1 b100
 line "alaska-broker + echo worker" e1 e100
 line "alaska-broker + alaska Lua pool 1" l1 l100
+line "NATS + alaska Lua pool 1" an1 an100
 LP50=$(field p50_us "${BEST[l1]}"); NP50=$(field p50_us "${BEST[n1]}")
 LRPS=$(field rps "${BEST[l100]}"); NRPS=$(field rps "${BEST[n100]}")
 LCPU=$(cpu l100); BCPU=$(cpu b100)

@@ -447,6 +447,19 @@ async fn run(setup: Setup, mut cmds: UnboundedReceiver<Cmd>) -> Result<(), Strin
     let mut srv_all = srv("$SRV.*".into()).await?;
     let mut srv_name = srv(format!("$SRV.*.{}", setup.name)).await?;
     let mut srv_id = srv(format!("$SRV.*.{}.{id}", setup.name)).await?;
+    // Said once the server has the subscriptions (a flush is a round
+    // trip), so a client may send from then on; not awaited longer than
+    // 2 s, so a server that is down does not hold up the loop.
+    if requests.is_some() {
+        match tokio::time::timeout(Duration::from_secs(2), client.flush()).await {
+            Ok(Ok(())) => tracing::info!(
+                "NATS: serving {}.> (queue group {})",
+                setup.service,
+                setup.service
+            ),
+            _ => tracing::info!("NATS: subscriptions made; the server has not confirmed them yet"),
+        }
+    }
     let prefix_len = setup.service.len() + 1;
     let mut stats = Stats::default();
     let micro = Micro {
