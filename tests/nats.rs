@@ -376,3 +376,93 @@ fn jetstream_max_deliver_stops_a_poison_message() {
         "a fourth run"
     );
 }
+
+/// Runs `alas -e <url> ARGS` with `stdin`.
+fn alas(url: &str, args: &[&str], stdin: &[u8]) -> std::process::Output {
+    use assert_cmd::cargo::CommandCargoExt;
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::cargo_bin("alas")
+        .unwrap()
+        .arg("-e")
+        .arg(url)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn alas_sends_nats_requests_and_jetstream_work_with_the_same_exit_codes() {
+    let sd = tempfile::tempdir().unwrap();
+    let Some(server) =
+        NatsServer::start("alas_on_nats", &["-js", "-sd", sd.path().to_str().unwrap()])
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    script(dir.path(), "ping", "return 'pong'");
+    script(dir.path(), "echo", "return 'got ' .. alaskaContext");
+    script(dir.path(), "broken", "return alaska.fail('out of pears')");
+    let core = Worker::start(&server.url, dir.path(), |_, _| {});
+    let r = Requester::connect(&server.url);
+    r.wait_ready("svc.ping");
+    let out = alas(
+        &server.url,
+        &["-a", "svc", "-s", "echo", "--wait", "5"],
+        b"{\"a\":1}\n",
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "got {\"a\":1}\n");
+    let out = alas(
+        &server.url,
+        &["-a", "svc", "-s", "broken", "--wait", "5"],
+        b"{}",
+    );
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("out of pears"),
+        "{out:?}"
+    );
+    // Nobody serves `none`: no reply (6).
+    let out = alas(
+        &server.url,
+        &["-a", "none", "-s", "x", "--wait", "1"],
+        b"{}",
+    );
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    // Nothing listens there: unreachable (4).
+    let out = alas(
+        "nats://127.0.0.1:1",
+        &["-a", "svc", "-s", "echo", "--wait", "1"],
+        b"{}",
+    );
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    drop(core);
+    // JetStream: the work is stored, a worker consumes it and replies.
+    r.create_stream("WORK", &["svc.>"], 1);
+    let _js = js_worker(
+        &server.url,
+        dir.path(),
+        Duration::from_secs(5),
+        5,
+        |_, _| {},
+    );
+    let out = alas(
+        &server.url,
+        &["-a", "svc", "-s", "echo", "--jetstream", "--wait", "10"],
+        b"{\"b\":2}",
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "got {\"b\":2}\n");
+    let out = alas(
+        &server.url,
+        &["-a", "svc", "-s", "broken", "--jetstream", "--wait", "10"],
+        b"{}",
+    );
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+}

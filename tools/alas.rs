@@ -38,6 +38,8 @@ mod exit {
 
 #[path = "alas/look.rs"]
 mod look;
+#[path = "alas/nats.rs"]
+mod nats;
 
 /// Command-line flags (the original's short flags kept).
 #[derive(Parser, Debug)]
@@ -45,7 +47,7 @@ mod look;
     name = "alas",
     version,
     about = "Send stdin to an Alaska service as a request, and optionally wait for the reply",
-    after_help = "Examples:\n  echo '{\"c\":1}' | alas                         # service 'default', subject 'dump'\n  reply=$(echo '{\"n\":1000}' | alas -s pi --wait)  # print the reply\n  alas --lines -s echo --wait < requests.jsonl     # one request per line\n  alas -e tcp://10.0.0.1:9999,tcp://10.0.0.2:9999 -s pi --wait 2 --retries 2\n                                                   # fail over to the second broker\n\n\
+    after_help = "Examples:\n  echo '{\"c\":1}' | alas                         # service 'default', subject 'dump'\n  reply=$(echo '{\"n\":1000}' | alas -s pi --wait)  # print the reply\n  alas --lines -s echo --wait < requests.jsonl     # one request per line\n  alas -e tcp://10.0.0.1:9999,tcp://10.0.0.2:9999 -s pi --wait 2 --retries 2\n                                                   # fail over to the second broker\n  alas -e nats://127.0.0.1:4222 -a orders -s create --wait   # NATS request to orders.create\n\n\
 Several brokers: requests go to the first one that is connected (or round robin with\n\
 --balance rr). With --wait and --retries N, a request with no reply within the wait\n\
 (or whose broker went away) is sent again to the next broker with the same tracker,\n\
@@ -127,6 +129,12 @@ struct Args {
     /// Print nothing but replies.
     #[arg(short, long)]
     quiet: bool,
+    /// With nats:// endpoints: store each request in the JetStream stream
+    /// that holds `<address>.<subject>` (a work queue) instead of a core
+    /// NATS request; with --wait, the reply comes to an inbox named in its
+    /// `Alaska-Reply` header.
+    #[arg(long)]
+    jetstream: bool,
     /// Report brokers going away, requests sent again and duplicate
     /// replies dropped.
     #[arg(short, long)]
@@ -190,6 +198,12 @@ fn run(args: &Args) -> Result<(), Failure> {
                 );
             }
         }
+    }
+    if nats::is_nats(&args.endpoint) {
+        return nats::run(args, &requests);
+    }
+    if args.jetstream {
+        return Err((exit::USAGE, "--jetstream needs nats:// endpoints".into()));
     }
     let name = args.name.clone().unwrap_or_else(unique_name);
     let timeout = Duration::from_millis(args.timeout.max(1));
