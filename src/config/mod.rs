@@ -894,7 +894,32 @@ mod tests {
     }
 
     #[test]
+    fn nats_keys_are_read_and_checked() {
+        let text = "worker\n    broker\n        endpoint = \"nats://a:4222,nats://b:4222\"\n    service\n        address = \"orders.eu\"\n    nats\n        user = \"u\"\n        password = \"p\"\n        jetstream\n            stream = \"ORDERS\"\n            ack_wait = \"2s\"\n";
+        let s = Settings::from_sources(text, no_env()).unwrap();
+        assert_eq!(s.endpoints, ["nats://a:4222", "nats://b:4222"]);
+        assert_eq!(s.nats.user, Some(("u".into(), "p".into())));
+        let j = s.nats.jetstream.expect("JetStream configured");
+        assert_eq!(j.stream, "ORDERS");
+        // The consumer defaults to the service address as a NATS name.
+        assert_eq!(j.consumer, "orders_eu");
+        assert_eq!(j.ack_wait, std::time::Duration::from_secs(2));
+        assert_eq!(j.max_deliver, 5);
+        let s = Settings::from_sources("worker\n", no_env()).unwrap();
+        assert_eq!(s.nats, crate::worker::nats::NatsOptions::default());
+        let text = "worker\n    nats\n        tls\n            cert = \"c.pem\"\n";
+        let e = Settings::from_sources(text, no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("worker/nats/tls/key"), "{e}");
+        let text = "worker\n    nats\n        jetstream\n            stream = \"S\"\n            max_deliver = \"0\"\n";
+        let e = Settings::from_sources(text, no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("worker/nats/jetstream/max_deliver"), "{e}");
+    }
 
+    #[test]
     fn the_endpoint_key_takes_a_list_in_order() {
         let text = "worker\n    broker\n        endpoint = \"tcp://10.0.0.2:9999, tcp://10.0.0.1:9999\"\n        embedded = \"0\"\n";
         let s = Settings::from_sources(text, no_env()).unwrap();
