@@ -342,7 +342,7 @@ fn jetstream_max_deliver_stops_a_poison_message() {
     script(dir.path(), "ok", "return 'fine'");
     let r = Requester::connect(&server.url);
     r.create_stream("WORK", &["svc.>"], 1);
-    let mut runs = r.subscribe("runs");
+    let mut runs = r.subscribe("runs.run");
     let mut replies = r.subscribe("replies.>");
     let mut max = r.subscribe("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.WORK.svc");
     // The worker's own attempts are many: the server's limit is the one hit.
@@ -465,4 +465,59 @@ fn alas_sends_nats_requests_and_jetstream_work_with_the_same_exit_codes() {
         b"{}",
     );
     assert_eq!(out.status.code(), Some(7), "{out:?}");
+}
+
+/// POSTs `body` to `url`: status and body.
+fn http_post(url: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .into();
+    let mut r = agent.post(url).send(body).expect("HTTP POST");
+    (r.status().as_u16(), r.body_mut().read_to_vec().unwrap())
+}
+
+#[test]
+fn gateway_relays_http_to_nats_with_the_same_statuses() {
+    let Some(server) = NatsServer::start("gateway_on_nats", &[]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    script(dir.path(), "ping", "return 'pong'");
+    script(dir.path(), "echo", "return 'got ' .. alaskaContext");
+    script(dir.path(), "broken", "return alaska.fail('out of pears')");
+    let _w = Worker::start(&server.url, dir.path(), |_, _| {});
+    let r = Requester::connect(&server.url);
+    r.wait_ready("svc.ping");
+    let mut mail = r.subscribe("box.note");
+    let g = alaska::gateway::Gateway::start(alaska::gateway::GatewayOptions::new(
+        server.url.as_str(),
+        "127.0.0.1:0",
+    ))
+    .expect("gateway starts");
+    let deadline = std::time::Instant::now() + T;
+    // Polled: the gateway's connection is a flag, set by the client's event.
+    while !g.is_connected() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gateway never connected"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let base = format!("http://{}", g.local_addr().unwrap());
+    let (status, body) = http_post(&format!("{base}/v1/request/svc/echo"), b"hi");
+    assert_eq!((status, body.as_slice()), (200, b"got hi".as_slice()));
+    let (status, body) = http_post(&format!("{base}/v1/request/svc/broken"), b"");
+    assert_eq!(status, 502);
+    assert!(String::from_utf8_lossy(&body).contains("out of pears"));
+    let (status, _) = http_post(&format!("{base}/v1/request/nobody/x"), b"");
+    assert_eq!(status, 503);
+    let (status, _) = http_post(&format!("{base}/v1/request/svc/echo?delay=1s"), b"");
+    assert_eq!(status, 501);
+    let (status, _) = http_post(&format!("{base}/v1/mail/box/note"), b"hello box");
+    assert_eq!(status, 202);
+    let m = r.next(&mut mail, T).expect("the mail");
+    assert_eq!(&m.payload[..], b"hello box");
+    g.stop();
 }

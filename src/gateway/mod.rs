@@ -23,6 +23,7 @@
 mod api;
 pub mod config;
 pub mod metrics;
+mod nats;
 pub mod pending;
 mod relay;
 
@@ -175,10 +176,20 @@ impl Gateway {
         // Room for every admitted request plus a burst of mail and stream
         // posts, so the HTTP thread never blocks on it.
         let (tx, rx) = crossbeam_channel::bounded(opts.max_waiting + 1024);
-        let relay = relay::Relay::new(opts.clone(), rx, wake_rx, shared.clone());
-        let relay = std::thread::Builder::new()
-            .name("alaska-gateway-relay".into())
-            .spawn(move || relay.run())?;
+        let relay = if crate::worker::dispatcher::is_nats(&opts.endpoint) {
+            // NATS: the relay is a runtime thread (see `nats`); the
+            // wake-up pipe is not needed there.
+            drop(wake_rx);
+            let (o, s) = (opts.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name("alaska-gateway-relay".into())
+                .spawn(move || nats::run(o, rx, s))?
+        } else {
+            let relay = relay::Relay::new(opts.clone(), rx, wake_rx, shared.clone());
+            std::thread::Builder::new()
+                .name("alaska-gateway-relay".into())
+                .spawn(move || relay.run())?
+        };
         let api = api::Api::new(&opts, tx, waker.clone(), shared.clone());
         let mut http_opts = HttpOptions::new(opts.listen.clone());
         http_opts.max_body = opts.max_body;

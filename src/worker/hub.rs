@@ -704,7 +704,8 @@ fn conn_of(a: &Action) -> usize {
 /// Carries out one action on a NATS connection (see docs/NATS.md for the
 /// mapping): a reply is a publish to the requester's inbox, an error
 /// reply one with NATS micro's error headers, a dead letter a publish of
-/// its JSON report to `<errors mailbox>.<service>`, a forward or
+/// its JSON report to `<errors mailbox>.<service>`, a mail a publish to
+/// `<mailbox>.<subject>`, a forward or
 /// hand-back a publish to `<service>.<subject>` with the original inbox as
 /// its reply subject and the envelope in a header, a stream send a publish
 /// to `<stream>.<subject>`. Calls are not carried on NATS: their callers
@@ -715,6 +716,7 @@ fn execute_nats(n: &mut NatsLink, core: &mut Core, a: Action, errors_mailbox: &s
         Action::SendTo {
             address,
             subject,
+            tracker,
             mut content,
             ..
         } => {
@@ -729,6 +731,14 @@ fn execute_nats(n: &mut NatsLink, core: &mut Core, a: Action, errors_mailbox: &s
                     .map(|t| String::from_utf8_lossy(t).into_owned())
                     .unwrap_or_default();
                 return n.publish(super::nats::error_reply(&address, "500", &text));
+            }
+            if tracker.is_empty() && !subject.is_empty() {
+                // A mail (replies carry the requester's tracker): its
+                // subject is part of the NATS subject, as the gateway's.
+                return n.publish(Publish::to(
+                    format!("{address}.{subject}"),
+                    first_frame(content),
+                ));
             }
             n.publish(Publish::to(address, first_frame(content)));
         }
