@@ -4,6 +4,7 @@
 //! why) where `nats-server` is not installed.
 
 mod common;
+mod ops_support;
 
 use std::time::Duration;
 
@@ -520,4 +521,54 @@ fn gateway_relays_http_to_nats_with_the_same_statuses() {
     let m = r.next(&mut mail, T).expect("the mail");
     assert_eq!(&m.payload[..], b"hello box");
     g.stop();
+}
+
+#[test]
+fn operations_are_the_same_on_nats_health_metrics_maintenance() {
+    use ops_support::http::{agent, wait_for};
+    use ops_support::worker::OpsWorker;
+    let Some(server) = NatsServer::start("operations_on_nats", &[]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    script(dir.path(), "ping", "return 'pong'");
+    script(dir.path(), "echo", "return alaskaContext");
+    let w = OpsWorker::start(&server.url, dir.path(), |_, _| {});
+    let a = agent();
+    let r = Requester::connect(&server.url);
+    r.wait_ready("svc.ping");
+    w.wait_health(&a, 200, "serving");
+    let received = |w: &OpsWorker| {
+        w.scrape(&a)
+            .value("alaska_worker_requests_received_total", &[])
+    };
+    let before = received(&w);
+    for i in 0..5 {
+        let m = r
+            .request("svc.echo", format!("e{i}").as_bytes(), T)
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&m.payload), format!("e{i}"));
+    }
+    wait_for("five requests counted", || received(&w) - before == 5.0);
+    let status = w.status(&a);
+    assert_eq!(
+        status["connections"][0]["endpoint"],
+        server.url.as_str(),
+        "{status}"
+    );
+    assert_eq!(status["connections"][0]["state"], "connected", "{status}");
+    // Maintenance leaves the queue group: NATS then has no responder.
+    w.maintenance(&a, true);
+    w.wait_health(&a, 503, "maintenance");
+    wait_for("no responder in maintenance", || {
+        r.request("svc.echo", b"x", Duration::from_secs(2))
+            .is_err_and(|e| e.contains("no responders"))
+    });
+    w.maintenance(&a, false);
+    w.wait_health(&a, 200, "serving");
+    wait_for("served again", || {
+        r.request("svc.echo", b"back", Duration::from_secs(2))
+            .is_ok_and(|m| &m.payload[..] == b"back")
+    });
+    w.stop().unwrap();
 }

@@ -99,7 +99,7 @@ impl Conn {
                 acknowledged: false,
                 maintenance: crate::mlm::client::Maintenance {
                     wanted: n.maintenance(),
-                    applied: n.maintenance() && n.is_up(),
+                    applied: n.maintenance_applied(),
                     by_broker: false,
                 },
                 stats: Default::default(),
@@ -403,6 +403,9 @@ impl Hub {
                     NatsEvent::Down => {
                         self.core.connection_down(i);
                         tracing::warn!(endpoint = %n.endpoint(), "NATS connection lost; reconnecting");
+                    }
+                    NatsEvent::Maintenance(on) => {
+                        tracing::info!(endpoint = %n.endpoint(), "NATS: maintenance {}", if on { "in effect" } else { "over" });
                     }
                 }
             },

@@ -100,6 +100,9 @@ pub enum NatsEvent {
     Down,
     /// A request for the service.
     Request(Delivery),
+    /// Maintenance is in effect (true: the server has our unsubscribe) or
+    /// over (the server has our subscription again).
+    Maintenance(bool),
 }
 
 /// One message to publish.
@@ -155,6 +158,8 @@ pub struct NatsLink {
     done: Receiver<()>,
     up: bool,
     maintenance: bool,
+    /// The maintenance state the runtime thread last confirmed.
+    maintenance_applied: bool,
     jetstream: bool,
 }
 
@@ -216,6 +221,7 @@ impl NatsLink {
             done,
             up: false,
             maintenance: false,
+            maintenance_applied: false,
             jetstream,
         })
     }
@@ -246,6 +252,12 @@ impl NatsLink {
         self.maintenance
     }
 
+    /// Whether the server has the maintenance state asked (the
+    /// subscription gone, or back).
+    pub fn maintenance_applied(&self) -> bool {
+        self.maintenance_applied == self.maintenance
+    }
+
     /// Whether events wait.
     pub fn has_events(&self) -> bool {
         !self.rx.is_empty()
@@ -254,23 +266,24 @@ impl NatsLink {
     /// The next event, if one waits.
     pub fn next_event(&mut self) -> Option<NatsEvent> {
         let e = self.rx.try_recv().ok()?;
-        match e {
-            NatsEvent::Up => self.up = true,
-            NatsEvent::Down => self.up = false,
-            NatsEvent::Request(_) => {}
-        }
+        self.saw(&e);
         Some(e)
     }
 
     /// The next event within `wait`.
     pub fn event_within(&mut self, wait: Duration) -> Option<NatsEvent> {
         let e = self.rx.recv_timeout(wait).ok()?;
+        self.saw(&e);
+        Some(e)
+    }
+
+    fn saw(&mut self, e: &NatsEvent) {
         match e {
             NatsEvent::Up => self.up = true,
             NatsEvent::Down => self.up = false,
+            NatsEvent::Maintenance(on) => self.maintenance_applied = *on,
             NatsEvent::Request(_) => {}
         }
-        Some(e)
     }
 
     /// Publishes (queued for the runtime thread; never blocks).
@@ -474,17 +487,21 @@ async fn run(setup: Setup, mut cmds: UnboundedReceiver<Cmd>) -> Result<(), Strin
                 None | Some(Cmd::Close) => break,
                 Some(Cmd::Publish(p)) => publish(&client, p, &mut stats).await,
                 Some(Cmd::Settle(what)) => work.settle(&client, what).await,
-                Some(Cmd::Maintenance(true)) => {
-                    work.paused = true;
-                    work.messages = None;
-                    if let Some(mut s) = requests.take() {
-                        let _ = s.unsubscribe().await;
-                    }
-                }
-                Some(Cmd::Maintenance(false)) => {
-                    work.paused = false;
-                    if requests.is_none() && js_opts.is_none() {
+                Some(Cmd::Maintenance(on)) => {
+                    work.paused = on;
+                    if on {
+                        work.messages = None;
+                        if let Some(mut s) = requests.take() {
+                            let _ = s.unsubscribe().await;
+                        }
+                    } else if requests.is_none() && js_opts.is_none() {
                         requests = Some(subscribe_service(&client, &setup.service).await?);
+                    }
+                    // In effect once the server has it (a flush is a
+                    // round trip); said to the hub for /v1/maintenance.
+                    if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(2), client.flush()).await {
+                        let _ = setup.events.send(NatsEvent::Maintenance(on));
+                        setup.waker.wake();
                     }
                 }
             },
