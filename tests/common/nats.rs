@@ -8,8 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `nats-server` binary, if installed.
+/// The `nats-server` binary, if installed (`ALASKA_TEST_NO_NATS=1`
+/// pretends it is not, to check that the tests skip).
 pub fn nats_binary() -> Option<PathBuf> {
+    if std::env::var_os("ALASKA_TEST_NO_NATS").is_some() {
+        return None;
+    }
     let paths = std::env::var_os("PATH")?;
     std::env::split_paths(&paths)
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
