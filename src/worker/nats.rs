@@ -515,7 +515,7 @@ async fn run(setup: Setup, mut cmds: UnboundedReceiver<Cmd>) -> Result<(), Strin
                     Ok(Err(e)) => tracing::warn!("JetStream: {e}; trying again in 1 s"),
                     Err(_) => tracing::warn!("JetStream: no answer within 5 s; trying again in 1 s"),
                 }
-                next_setup = tokio::time::Instant::now() + Duration::from_secs(1);
+                next_setup = in_a_second();
             },
             m = next_work(&mut work.messages) => match m {
                 Some(Ok(m)) => {
@@ -529,7 +529,7 @@ async fn run(setup: Setup, mut cmds: UnboundedReceiver<Cmd>) -> Result<(), Strin
                 None => {
                     tracing::warn!("JetStream: the consumer's message stream ended; consuming again in 1 s");
                     work.messages = None;
-                    next_setup = tokio::time::Instant::now() + Duration::from_secs(1);
+                    next_setup = in_a_second();
                 }
             },
             _ = heartbeat.tick(), if !work.held.is_empty() => work.keep_alive(&client, beat).await,
@@ -585,6 +585,11 @@ async fn run(setup: Setup, mut cmds: UnboundedReceiver<Cmd>) -> Result<(), Strin
 }
 
 type Messages = async_nats::jetstream::consumer::pull::Stream;
+
+/// A second from now, for the next attempt to consume.
+fn in_a_second() -> tokio::time::Instant {
+    tokio::time::Instant::from_std(crate::time::after(Instant::now(), Duration::from_secs(1)))
+}
 
 /// The next JetStream message, when consuming.
 async fn next_work(
