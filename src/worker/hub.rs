@@ -241,6 +241,13 @@ impl Hub {
     pub fn complete(&mut self, c: Completion) -> Result<(), WorkerError> {
         let now = Now::real();
         self.core.completion(c, now);
+        if !self.core.has_queued() {
+            // Nothing else to run now: the confirmation goes right behind
+            // the reply, so libzmq's I/O thread writes both at once (one
+            // wake-up and one TCP segment, here and at the broker) instead
+            // of a second round at the next turn.
+            self.core.flush_confirms();
+        }
         self.carry_out(now)
     }
 
