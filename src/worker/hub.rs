@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use super::core::{Action, Core, Now, Outlets};
+use super::core::{Action, Core, Now, Origin, Outlets};
 use super::options::{DispatcherOptions, WorkerError};
 use super::pool::Pool;
 use super::reach::{CallOut, Reach};
@@ -321,14 +321,18 @@ impl Hub {
             tracing::warn!(endpoint = %c.client.endpoint(), "broker unreachable (connection refused or dropped); still trying");
         }
         let state = c.client.state();
+        if state == ConnState::Connected {
+            // Every turn, not only on a change: a reconnection within one
+            // turn may have reached a broker that does other things.
+            self.core
+                .connection_up(i, c.client.acks_enabled(), c.client.supports_delay());
+        }
         if state == c.seen || state == ConnState::Opening {
             return;
         }
         c.seen = state;
         if state == ConnState::Connected {
             c.told_unreachable = false;
-            self.core
-                .connection_up(i, c.client.acks_enabled(), c.client.supports_delay());
             tracing::info!(
                 endpoint = %c.client.endpoint(),
                 acknowledged = c.client.acks_enabled(),
@@ -498,7 +502,7 @@ fn execute(conns: &mut [Conn], core: &mut Core, a: Action, now: Now) -> Result<(
             timeout_ms,
             delay,
             content,
-            forwarded,
+            origin,
         } => {
             let client = &mut conns[conn].client;
             let sent = match delay {
@@ -507,25 +511,26 @@ fn execute(conns: &mut [Conn], core: &mut Core, a: Action, now: Now) -> Result<(
                 }
                 None => client.sendfor(&address, &subject, &tracker, timeout_ms, content),
             };
-            match sent {
-                Err(e @ (ClientError::Unsupported(_) | ClientError::NotConnected(_)))
-                    if delay.is_some() =>
-                {
-                    match forwarded {
-                        Some(request) => core.delayed_refused(conn, &request, &e.to_string(), now),
-                        None => {
-                            tracing::warn!(to = %address, subject = %subject, "alaska.schedule not sent: {e}")
-                        }
-                    }
+            match (sent, origin) {
+                (Ok(()), _) => Ok(()),
+                (
+                    Err(e @ (ClientError::Unsupported(_) | ClientError::NotConnected(_))),
+                    Origin::DelayedForward(request),
+                ) => {
+                    core.delayed_refused(conn, &request, &e.to_string(), now);
                     Ok(())
                 }
-                Err(e) => {
-                    if tracker.contains(super::reach::CALL_TRACKER) {
-                        core.call_not_sent(&tracker, &format!("cannot send: {e}"));
-                    }
+                (Err(e @ (ClientError::Unsupported(_) | ClientError::NotConnected(_))), _)
+                    if delay.is_some() =>
+                {
+                    tracing::warn!(to = %address, subject = %subject, "alaska.schedule not sent: {e}");
+                    Ok(())
+                }
+                (Err(e), Origin::Call(tracker)) => {
+                    core.call_not_sent(&tracker, &format!("cannot send: {e}"));
                     outcome(Err(e))
                 }
-                Ok(()) => Ok(()),
+                (Err(e), _) => outcome(Err(e)),
             }
         }
         Action::Stream {
