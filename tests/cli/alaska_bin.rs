@@ -1,7 +1,7 @@
 //! The real `alaska` binary: configuration file handling, --check, the
 //! embedded broker, graceful stop on SIGTERM, background mode.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! End-to-end: a real broker, real workers, real producers; what arrives is
 //! checked byte for byte.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -4,7 +4,7 @@
 //! (a TCP relay records them) with and without CURVE, the broker's ACL and
 //! its reload on SIGHUP, and a worker dropping root.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};

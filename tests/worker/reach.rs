@@ -5,9 +5,8 @@
 //! CA). What the script returns, and what the server saw, is checked byte
 //! for byte.
 
-mod common;
-#[path = "runners/server.rs"]
-mod server;
+use crate::common;
+use crate::server;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

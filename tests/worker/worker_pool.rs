@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-mod common;
+use crate::common;
 
 use alaska::worker::{ErrorKind, Job, Output, Request};
 use common::pool::{text, Harness};

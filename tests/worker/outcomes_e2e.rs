@@ -2,7 +2,7 @@
 //! where installed), real workers, real producers (the library's client
 //! and the `alas` binary); what arrives is checked byte for byte.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

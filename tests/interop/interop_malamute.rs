@@ -7,7 +7,7 @@
 //! The C programs in `tests/interop/` are ours; they are compiled here
 //! against the libmlm found. See docs/interop.md.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -3,7 +3,7 @@
 //! a stop that always ends) and systemd notifications to a fake
 //! `NOTIFY_SOCKET`.
 
-mod ops_support;
+use crate::ops_support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -8,8 +8,8 @@
 //! while the dispatcher is wedged in a C call. (The broker's own operations
 //! are in `broker_ops.rs`.)
 
-mod common;
-mod ops_support;
+use crate::common;
+use crate::ops_support;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};

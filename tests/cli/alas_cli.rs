@@ -1,7 +1,7 @@
 //! The real `alas` binary against a broker started in the test, with a
 //! service played by a client of the project.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};

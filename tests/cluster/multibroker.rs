@@ -3,7 +3,7 @@
 //! came from; a broker that is down at start or restarts does not stop
 //! the others; and the lazy client underneath.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};

@@ -4,9 +4,8 @@
 //! one with the protocol done by hand) and a real HTTP server (a thread of
 //! this test). What arrives is checked byte for byte.
 
-mod common;
-#[path = "runners/server.rs"]
-mod server;
+use crate::common;
+use crate::server;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -3,8 +3,8 @@
 //! MLM clients receiving mail and stream posts; and the real binary under a
 //! fake systemd.
 
-mod common;
-mod ops_support;
+use crate::common;
+use crate::ops_support;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixDatagram;

@@ -5,7 +5,7 @@
 //! reference broker. The barrier mail the gateway sends itself is ordinary
 //! mail there.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

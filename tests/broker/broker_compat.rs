@@ -2,7 +2,7 @@
 //! the reference's known defects, each sending the exact bytes that break
 //! it, over raw DEALER sockets.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
