@@ -168,10 +168,12 @@ fn a_second_open_with_the_same_address_takes_it_over() {
 
 #[test]
 fn silent_clients_expire_and_lose_their_offers() {
-    let b = broker_with(|c| c.client_timeout = Duration::from_millis(300));
+    let b = broker_with_admin(|c| c.client_timeout = Duration::from_millis(300));
     let silent = Raw::open(b.endpoint(), "w1");
     silent.offer("svc", ".*");
-    std::thread::sleep(Duration::from_millis(700));
+    wait_until(Duration::from_secs(5), "the silent w1 to expire", || {
+        !has_client(&b, "w1")
+    });
     let p = Raw::open(b.endpoint(), "p");
     p.request("svc", "s", b"queued");
     assert!(
@@ -531,12 +533,18 @@ fn patterns_that_hang_the_reference_get_error() {
 
 #[test]
 fn mail_to_a_vanished_client_is_stored_not_lost() {
-    let b = broker_with(|c| c.client_timeout = Duration::from_secs(30));
+    let b = broker_with_admin(|c| c.client_timeout = Duration::from_secs(30));
     {
         let gone = Raw::open(b.endpoint(), "gone");
         drop(gone); // socket closed without CLOSE
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // The broker sees the disconnect (its socket monitor) long before the
+    // 30 s timeout; mail sent before it does would go to the dead peer.
+    wait_until(
+        Duration::from_secs(5),
+        "the broker to see gone's disconnect",
+        || !has_client(&b, "gone"),
+    );
     let sender = Raw::open(b.endpoint(), "sender");
     sender.mail("gone", "kept", b"for later");
     assert!(is_pong(&sender.ping()));
@@ -591,6 +599,9 @@ fn expired_requests_and_mail_are_never_delivered() {
         timeout: 200,
         content: vec![b"stale mail".to_vec()],
     });
+    // The PONG: the broker has taken all three (their 200 ms start there).
+    assert!(is_pong(&p.ping()));
+    // Time passing is what is tested: both deadlines lie behind us after.
     std::thread::sleep(Duration::from_millis(500));
     let w = Raw::open(b.endpoint(), "w");
     w.offer("svc", ".*");
@@ -605,6 +616,9 @@ fn mailboxes_of_addresses_that_never_return_are_reclaimed() {
     let b = broker_with(|c| c.mailbox_expiry = Duration::from_millis(200));
     let p = Raw::open(b.endpoint(), "p");
     p.mail("ghost", "s", b"lost cause");
+    // The PONG: the broker has the mail (its mailbox's 200 ms start there).
+    assert!(is_pong(&p.ping()));
+    // Time passing is what is tested: the mailbox's expiry lies behind us.
     std::thread::sleep(Duration::from_millis(600));
     let ghost = Raw::open(b.endpoint(), "ghost");
     assert!(is_pong(&ghost.ping()), "reclaimed mailbox delivers nothing");
@@ -671,7 +685,7 @@ fn a_killed_worker_loses_nothing_and_each_request_gets_one_reply() {
 
 #[test]
 fn a_hundred_thousand_requests_to_two_workers_arrive_exactly_once() {
-    let b = broker();
+    let b = broker_with_admin(|_| {});
     let n: usize = 100_000;
     let workers: Vec<_> = (0..2)
         .map(|i| {
@@ -689,7 +703,14 @@ fn a_hundred_thousand_requests_to_two_workers_arrive_exactly_once() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // Both offers in before the first request, or one worker takes all.
+    wait_until(Duration::from_secs(5), "two workers offering svc", || {
+        admin(&b, "/v1/services")["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "svc" && s["workers"] == 2)
+    });
     let p = Raw::open(b.endpoint(), "p");
     for i in 0..n as u32 {
         p.request("svc", "s", &i.to_le_bytes());

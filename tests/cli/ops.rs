@@ -247,7 +247,7 @@ fn systemd_ready_watchdog_while_alive_and_stopping() {
         std::thread::spawn(move || {
             while alive.load(Ordering::SeqCst) {
                 l.beat();
-                std::thread::sleep(Duration::from_millis(5));
+                std::thread::sleep(Duration::from_millis(5)); // the liveness beat under test, every 5 ms
             }
         })
     };
@@ -274,7 +274,7 @@ fn systemd_ready_watchdog_while_alive_and_stopping() {
         std::thread::spawn(move || {
             for _ in 0..100 {
                 l.beat();
-                std::thread::sleep(Duration::from_millis(5));
+                std::thread::sleep(Duration::from_millis(5)); // the liveness beat under test, every 5 ms
             }
         })
     };

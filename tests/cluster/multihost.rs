@@ -228,6 +228,8 @@ fn report(scenario: &str, f: &Figures) {
     );
 }
 
+/// A scenario's phase (a link down, a process paused for so long): time
+/// passing is what the scenarios test, not a wait for an event.
 fn sleep_s(s: f64) {
     std::thread::sleep(Duration::from_secs_f64(s));
 }
