@@ -233,7 +233,7 @@ impl Drop for Worker {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(20)); // bounded poll (deadline above)
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -256,7 +256,7 @@ fn run_bounded(mut cmd: Command, input: &[u8], limit: Duration) -> (Option<i32>,
             let _ = child.kill();
             break;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20)); // bounded poll (deadline above)
     }
     let out = child.wait_with_output().unwrap();
     let text = format!(

@@ -4,14 +4,14 @@
 //! `kill -9`, `SIGSTOP`/`SIGCONT`. Each scenario counts requests sent,
 //! answered, lost and duplicated (the bench's JSON summary) and asserts
 //! that none is lost. The figures are printed as table rows
-//! (`cargo test --test multihost -- --nocapture`); docs/MULTIHOST.md has
+//! (`cargo test --test cluster multihost:: -- --nocapture`); docs/MULTIHOST.md has
 //! those of a run.
 //!
 //! Skipped, with the reason printed, where namespaces cannot be made (not
 //! root, no `ip`); scenario 4 also without the real Malamute.
 
-mod common;
-mod netns;
+use crate::common;
+use crate::netns;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -228,6 +228,8 @@ fn report(scenario: &str, f: &Figures) {
     );
 }
 
+/// A scenario's phase (a link down, a process paused for so long): time
+/// passing is what the scenarios test, not a wait for an event.
 fn sleep_s(s: f64) {
     std::thread::sleep(Duration::from_secs_f64(s));
 }

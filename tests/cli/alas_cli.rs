@@ -1,7 +1,7 @@
 //! The real `alas` binary against a broker started in the test, with a
 //! service played by a client of the project.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -82,7 +82,7 @@ impl Service {
                 "only {} of {n} arrived",
                 self.seen().len()
             );
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(10)); // bounded poll (deadline above)
         }
         self.seen()
     }
@@ -158,6 +158,7 @@ fn lines_mode_delivers_a_thousand_once_each() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("sent 1000 request(s)"));
     let seen = s.wait_for(1000);
+    // Nothing more within 200 ms is what is tested: a fixed wait.
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(s.seen().len(), 1000, "no duplicates");
     let mut got: Vec<Vec<u8>> = seen.into_iter().map(|(_, c)| c[0].clone()).collect();

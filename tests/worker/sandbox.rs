@@ -4,7 +4,7 @@
 //! request. Each test here hung or passed wrongly before the sandbox was
 //! closed (see docs/SANDBOX.md).
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

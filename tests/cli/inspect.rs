@@ -7,8 +7,8 @@
 //! Malamute, `alas dead list` (which consumes) and a replay from the saved
 //! file.
 
-mod common;
-mod ops_support;
+use crate::common;
+use crate::ops_support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};

@@ -39,7 +39,7 @@ impl Broker {
                 Instant::now() < deadline,
                 "broker not ready in 30 s:\n{log}"
             );
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(20)); // bounded poll (deadline above)
         }
     }
 
@@ -111,7 +111,7 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
             return s;
         }
         assert!(Instant::now() < deadline, "no exit within {within:?}");
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20)); // bounded poll (deadline above)
     }
 }
 
@@ -320,7 +320,8 @@ fn expired_mail_and_requests_do_not_come_back() {
         .unwrap();
     sync(&mut p);
     a.kill_9();
-    // Down for longer than the short timeouts.
+    // Down for longer than the short timeouts: time passing is what is
+    // tested (the 300 ms request must be expired at recovery).
     std::thread::sleep(Duration::from_millis(400));
     let b = Broker::start(dir.path(), &ep, "always");
     assert!(

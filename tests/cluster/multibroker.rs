@@ -3,7 +3,7 @@
 //! came from; a broker that is down at start or restarts does not stop
 //! the others; and the lazy client underneath.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -72,7 +72,15 @@ fn one_worker_serves_two_brokers_and_answers_over_the_one_each_request_came_from
 fn one_pool_serves_both_brokers_and_a_flood_on_one_does_not_starve_the_other() {
     let (b1, b2) = (broker(), broker());
     let dir = tempfile::tempdir().unwrap();
-    script(dir.path(), "slow", "alaska.sleep(100) return alaskaContext");
+    script(
+        dir.path(),
+        "slow",
+        &format!(
+            "{}alaska.sleep(100) return alaskaContext",
+            "io.open('DIR/' .. alaskaContext .. '.mark', 'w'):close() "
+                .replace("DIR", &dir.path().display().to_string())
+        ),
+    );
     // Pool of 2 VMs, backlog 4: each broker may hand the worker at most 6
     // requests at once (its credit), so broker 1's flood waits in broker
     // 1, not ahead of broker 2's request in the worker.
@@ -90,7 +98,8 @@ fn one_pool_serves_both_brokers_and_a_flood_on_one_does_not_starve_the_other() {
         p1.sendfor("svc", "slow", "t", 0, vec![format!("{i}").into_bytes()])
             .unwrap();
     }
-    std::thread::sleep(Duration::from_millis(200));
+    // The flood has reached the worker: both VMs on it.
+    wait_marks(dir.path(), &["0", "1"], Duration::from_secs(10));
     p2.sendfor("svc", "slow", "t", 0, vec![b"other".to_vec()])
         .unwrap();
     let r = expect(&mut p2, DeliveryKind::Mailbox, Duration::from_secs(20));
@@ -220,6 +229,7 @@ fn alas(endpoints: &str, args: &[&str], stdin: &[u8]) -> (Option<i32>, String, S
     child.stdin.take().unwrap().write_all(stdin).unwrap();
     let pid = child.id() as i32;
     let watchdog = std::thread::spawn(move || {
+        // A watchdog, not a wait: a hung alas is killed after 60 s.
         std::thread::sleep(Duration::from_secs(60));
         // SAFETY: kill(2) on our child's pid; harmless if it has exited.
         unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -247,9 +257,10 @@ fn tagged_worker(
         dir,
         "who",
         &format!(
-            "if alaskaContext == 'slow' then alaska.sleep({slow_ms}) end\n\
+            "{}if alaskaContext == 'slow' then alaska.sleep({slow_ms}) end\n\
              alaska.sleep({sleep_ms})\n\
-             return '{tag}:' .. alaskaContext .. '@' .. alaska.tracker"
+             return '{tag}:' .. alaskaContext .. '@' .. alaska.tracker",
+            mark_lua(dir, "who")
         ),
     );
     script(dir, "ping", "return 'pong'");
@@ -397,7 +408,7 @@ fn alas_sends_again_at_once_when_its_broker_goes_away() {
         )
     });
     // Broker 1 has the request (its worker sleeps on it); it dies.
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_marks(d1.path(), &["who"], Duration::from_secs(10));
     b1.stop();
     let (code, out, err, took) = run.join().unwrap();
     assert_eq!((code, out.as_str()), (Some(0), "two:x@gone-1\n"), "{err}");
@@ -427,7 +438,7 @@ fn alas_without_retries_waits_then_times_out_as_before() {
 
 #[test]
 fn bench_round_robin_over_two_brokers_survives_one_stopping_mid_run() {
-    let (b1, b2) = (broker(), broker());
+    let (b1, b2) = (broker_with_admin(|_| {}), broker());
     let dir = tempfile::tempdir().unwrap();
     script(dir.path(), "echo", "return alaskaContext");
     let _w = worker_on(&[b1.endpoint(), b2.endpoint()], dir.path());
@@ -450,7 +461,13 @@ fn bench_round_robin_over_two_brokers_survives_one_stopping_mid_run() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1000));
+    // Mid-run: broker 1 has served a share of the bench (about 100 in its
+    // first second), however slowly the bench started.
+    wait_until(
+        Duration::from_secs(20),
+        "the bench's requests on broker 1",
+        || broker_metric(&b1, "alaska_broker_requests_dispatched_total") >= 50.0,
+    );
     b1.stop();
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -491,7 +508,7 @@ fn http_post(url: &str, body: &[u8]) -> (u16, String) {
 fn gateway_fails_over_to_the_next_broker_and_balances_round_robin() {
     use alaska::failover::Balance;
     use alaska::gateway::{Gateway, GatewayOptions};
-    let (b1, b2) = (broker(), broker());
+    let (b1, b2) = (broker_with_admin(|_| {}), broker_with_admin(|_| {}));
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let _w1 = tagged_worker(b1.endpoint(), d1.path(), "one", (0, 0), 2);
     let _w2 = tagged_worker(b2.endpoint(), d2.path(), "two", (0, 0), 2);
@@ -501,15 +518,20 @@ fn gateway_fails_over_to_the_next_broker_and_balances_round_robin() {
         let list = format!("{},{}", b1.endpoint(), b2.endpoint());
         let mut o = GatewayOptions::new(list, "127.0.0.1:0");
         o.address = format!("gw-{}", unique());
+        let o_address = o.address.clone();
         o.balance = balance;
         let g = Gateway::start(o).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while !g.is_connected() {
             assert!(Instant::now() < deadline, "gateway never connected");
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(20)); // bounded poll
         }
         // Both connections up before the round robin starts.
-        std::thread::sleep(Duration::from_millis(300));
+        wait_until(
+            Duration::from_secs(10),
+            "the gateway on both brokers",
+            || has_client(&b1, &o_address) && has_client(&b2, &o_address),
+        );
         let url = format!("http://{}/v1/request/default/who", g.local_addr().unwrap());
         (g, url)
     };
@@ -598,6 +620,8 @@ fn the_worker_binary_takes_a_list_says_which_brokers_are_unreachable_and_stops_c
     let mut p = client(up.endpoint(), "p");
     let r = request(&mut p, "echo", b"through the list", Duration::from_secs(10));
     assert_eq!(r.content, vec![b"through the list".to_vec()]);
+    // Time for the down broker's reconnects to repeat: that the worker says
+    // it is unreachable once, not at each, is what is tested.
     std::thread::sleep(Duration::from_millis(500));
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };

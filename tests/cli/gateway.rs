@@ -3,8 +3,8 @@
 //! MLM clients receiving mail and stream posts; and the real binary under a
 //! fake systemd.
 
-mod common;
-mod ops_support;
+use crate::common;
+use crate::ops_support;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixDatagram;
@@ -77,7 +77,7 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20)); // bounded poll (deadline above)
     }
 }
 
@@ -222,7 +222,7 @@ fn restart(endpoint: &str) -> BrokerHandle {
             Ok(b) => return b,
             Err(e) => {
                 assert!(Instant::now() < deadline, "broker restart: {e}");
-                std::thread::sleep(Duration::from_millis(50));
+                std::thread::sleep(Duration::from_millis(50)); // bounded poll (deadline above)
             }
         }
     }
@@ -514,7 +514,7 @@ fn the_binary_under_a_fake_systemd() {
             break s;
         }
         assert!(Instant::now() < deadline, "the gateway did not exit");
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20)); // bounded poll (deadline above)
     };
     assert!(status.success(), "{status:?}");
 }
@@ -568,7 +568,7 @@ fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {
             let _ = child.kill();
             panic!("the gateway did not exit on SIGTERM");
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20)); // bounded poll (deadline above)
     }
 }
 

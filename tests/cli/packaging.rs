@@ -9,7 +9,7 @@ use std::process::Command;
 
 use assert_cmd::cargo::CommandCargoExt;
 
-mod common;
+use crate::common;
 
 const BINARIES: [&str; 5] = [
     "alaska",

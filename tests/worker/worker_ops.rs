@@ -8,8 +8,8 @@
 //! while the dispatcher is wedged in a C call. (The broker's own operations
 //! are in `broker_ops.rs`.)
 
-mod common;
-mod ops_support;
+use crate::common;
+use crate::ops_support;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
@@ -209,7 +209,7 @@ fn restart(endpoint: &str) -> BrokerHandle {
             Ok(b) => return b,
             Err(e) => {
                 assert!(Instant::now() < deadline, "broker restart: {e}");
-                std::thread::sleep(Duration::from_millis(50));
+                std::thread::sleep(Duration::from_millis(50)); // bounded poll (deadline above)
             }
         }
     }
@@ -344,7 +344,7 @@ impl Peer {
                 "timed out waiting for {what}: {:#?}",
                 self.seen()
             );
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(10)); // bounded poll (deadline above)
         }
     }
 }
@@ -499,6 +499,7 @@ fn maintenance_on_another_broker_withdraws_the_offer_and_resuming_offers_again()
     peer.wait_for("the slow request's reply", |s| {
         s.iter().any(|m| reply_to(m, "t0"))
     });
+    // No offer within 300 ms is what is tested: a fixed wait.
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         !since_open(&peer.seen(), 2).iter().any(is_offer),

@@ -1,7 +1,7 @@
 //! End-to-end: a real broker, real workers, real producers; what arrives is
 //! checked byte for byte.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
@@ -266,10 +266,14 @@ fn four_vms_serve_forty_sleeping_requests_concurrently() {
 fn graceful_stop_finishes_requests_in_flight() {
     let b = broker();
     let dir = tempfile::tempdir().unwrap();
+    let marks = dir.path().display();
     script(
         dir.path(),
         "slow",
-        "alaska.sleep(400)\nreturn alaskaContext",
+        &format!(
+            "io.open('{marks}/' .. alaskaContext .. '.mark', 'w'):close()\n\
+             alaska.sleep(400)\nreturn alaskaContext"
+        ),
     );
     let w = Worker::start(b.endpoint(), dir.path(), |_, p| {
         p.size = 4;
@@ -281,7 +285,8 @@ fn graceful_stop_finishes_requests_in_flight() {
         p.sendfor("svc", "slow", "t", 0, vec![format!("r{i}").into_bytes()])
             .unwrap();
     }
-    std::thread::sleep(Duration::from_millis(150));
+    // All four on a VM: in flight, not waiting in the broker's queue.
+    wait_marks(dir.path(), &["r0", "r1", "r2", "r3"], T);
     assert_eq!(w.stop(), Ok(()));
     let mut got: Vec<Vec<u8>> = (0..4)
         .map(|_| expect(&mut p, DeliveryKind::Mailbox, T).content[0].clone())
@@ -310,7 +315,10 @@ fn a_restarted_broker_gets_the_offer_again() {
         ready(&mut p, dir.path());
     }
     b.stop();
-    std::thread::sleep(Duration::from_millis(300));
+    let addr = endpoint.trim_start_matches("tcp://").to_string();
+    wait_until(T, "the stopped broker's port to be free", || {
+        std::net::TcpListener::bind(&addr).is_ok()
+    });
     let b2 = broker_with(|c| c.endpoint = endpoint.clone());
     let mut p = client(b2.endpoint(), "producer2");
     // The worker must reconnect and offer again; the request waits in the
@@ -372,16 +380,22 @@ fn long_scripts_keep_the_worker_alive_and_never_block_the_others() {
         "spin",
         // Spins until the quick request has run (at least the nap's 2.5 s),
         // so its reply cannot overtake the quick one; capped at 8 s.
-        "alaska.shared:incr('spin', 1, 0)\n\
-         local t = os.time() + 8\n\
-         local n = 0\n\
-         while not alaska.shared:get('quick') and os.time() < t do n = n + 1 end\n\
-         return 'spun'",
+        &format!(
+            "{}alaska.shared:incr('spin', 1, 0)\n\
+             local t = os.time() + 8\n\
+             local n = 0\n\
+             while not alaska.shared:get('quick') and os.time() < t do n = n + 1 end\n\
+             return 'spun'",
+            mark_lua(dir.path(), "spin")
+        ),
     );
     script(
         dir.path(),
         "nap",
-        "alaska.shared:incr('nap', 1, 0)\nalaska.sleep(2500)\nreturn 'napped'",
+        &format!(
+            "{}alaska.shared:incr('nap', 1, 0)\nalaska.sleep(2500)\nreturn 'napped'",
+            mark_lua(dir.path(), "nap")
+        ),
     );
     script(
         dir.path(),
@@ -402,7 +416,7 @@ fn long_scripts_keep_the_worker_alive_and_never_block_the_others() {
     p.sendfor("svc", "spin", "s", 0, vec![b"".to_vec()])
         .unwrap();
     p.sendfor("svc", "nap", "n", 0, vec![b"".to_vec()]).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    wait_marks(dir.path(), &["spin", "nap"], T);
     // Both VMs are busy for seconds: a quick request waits for neither to
     // finish before it is taken... but with two VMs busy it must wait for
     // one. So ask while only one is busy: the nap ends first.
@@ -438,7 +452,8 @@ fn long_scripts_keep_the_worker_alive_and_never_block_the_others() {
     got.sort();
     assert_eq!(got, vec!["napped".to_string(), "spun".to_string()]);
     assert!(started.elapsed() < Duration::from_secs(8));
-    // Neither was given again after an expiry.
+    // Neither was given again after an expiry: nothing arriving within
+    // 300 ms is what is tested, so a fixed wait.
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
         request(&mut p, "runs", b"", T).content,
@@ -453,7 +468,10 @@ fn a_slow_request_on_the_dispatchers_vm_does_not_hold_up_a_quick_one() {
     script(
         dir.path(),
         "spin",
-        "local t = os.time() + 2\nwhile os.time() < t do end\nreturn 'spun'",
+        &format!(
+            "{}local t = os.time() + 2\nwhile os.time() < t do end\nreturn 'spun'",
+            mark_lua(dir.path(), "spin")
+        ),
     );
     script(dir.path(), "quick", "return 'quick'");
     let _w = Worker::start(b.endpoint(), dir.path(), |_, p| {
@@ -464,7 +482,7 @@ fn a_slow_request_on_the_dispatchers_vm_does_not_hold_up_a_quick_one() {
     ready(&mut p, dir.path());
     p.sendfor("svc", "spin", "s", 0, vec![b"".to_vec()])
         .unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    wait_marks(dir.path(), &["spin"], T);
     let asked = Instant::now();
     let q = request(&mut p, "quick", b"", T);
     assert_eq!(q.content, vec![b"quick".to_vec()]);

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-mod common;
+use crate::common;
 
 use alaska::worker::{ErrorKind, Job, Output, Request};
 use common::pool::{text, Harness};
@@ -306,9 +306,17 @@ fn full_pool_refuses_and_shutdown_returns_unstarted_jobs() {
         c.backlog = 2;
         c.timeout = Duration::from_secs(5);
     });
-    h.script("nap", "alaska.sleep(300)\nreturn 'done'");
+    let marks = h.dir.path().display().to_string();
+    h.script(
+        "nap",
+        &format!(
+            "io.open('{marks}/' .. alaskaContext .. '.mark', 'w'):close()\n\
+             alaska.sleep(300)\nreturn 'done'"
+        ),
+    );
     h.submit("nap", &[b"1"]);
-    std::thread::sleep(Duration::from_millis(100));
+    // Job 1 on the VM: 2 and 3 then fill the backlog.
+    common::wait_marks(h.dir.path(), &["1"], Duration::from_secs(5));
     h.submit("nap", &[b"2"]);
     h.submit("nap", &[b"3"]);
     let extra = Job {
@@ -521,6 +529,7 @@ fn the_shared_dictionary_api() {
         "{:?}",
         c.error()
     );
+    // Time passing is what is tested: the 50 ms TTL of 't' lies behind us.
     std::thread::sleep(Duration::from_millis(80));
     h.script(
         "later",

@@ -4,7 +4,7 @@
 //! (a TCP relay records them) with and without CURVE, the broker's ACL and
 //! its reload on SIGHUP, and a worker dropping root.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -89,7 +89,7 @@ impl BrokerProc {
                 "no broker log line with {needle:?} within {within:?}; log:\n{}",
                 self.log.lock().unwrap()
             );
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(20)); // bounded poll (deadline above)
         }
     }
 
@@ -491,7 +491,7 @@ impl Relay {
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
                     let Ok((client, _)) = listener.accept() else {
-                        std::thread::sleep(Duration::from_millis(10));
+                        std::thread::sleep(Duration::from_millis(10)); // non-blocking accept: the relay polls its stop flag
                         continue;
                     };
                     client.set_nonblocking(false).unwrap();
@@ -911,10 +911,22 @@ fn ids_after_switch(pid: u32) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
             break;
         }
         assert!(Instant::now() < deadline, "the worker never switched user");
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(50)); // bounded poll of /proc
     }
     // Then every thread, the ones started before the switch included.
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until(
+        Duration::from_secs(20),
+        "every thread to switch user",
+        || {
+            std::fs::read_dir(format!("/proc/{pid}/task"))
+                .unwrap()
+                .all(|t| {
+                    let s = std::fs::read_to_string(t.unwrap().path().join("status"))
+                        .unwrap_or_default();
+                    !ids(&s, "Uid:").contains(&0)
+                })
+        },
+    );
     let (mut u, mut g, mut gr) = (Vec::new(), Vec::new(), Vec::new());
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let s = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap_or_default();

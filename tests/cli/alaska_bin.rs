@@ -1,7 +1,7 @@
 //! The real `alaska` binary: configuration file handling, --check, the
 //! embedded broker, graceful stop on SIGTERM, background mode.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -136,10 +136,14 @@ fn embedded_broker_serves_alas_and_sigterm_finishes_requests_in_flight() {
     let dir = tempfile::tempdir().unwrap();
     let scripts = dir.path().join("services");
     std::fs::create_dir_all(&scripts).unwrap();
+    let marks = scripts.display().to_string();
     script(
         &scripts,
         "slow",
-        "alaska.sleep(500)\nreturn 'done ' .. alaskaContext",
+        &format!(
+            "io.open('{marks}/' .. alaskaContext .. '.mark', 'w'):close()\n\
+             alaska.sleep(500)\nreturn 'done ' .. alaskaContext"
+        ),
     );
     script(&scripts, "echo", "return alaskaContext");
     let endpoint = free_endpoint();
@@ -183,7 +187,8 @@ fn embedded_broker_serves_alas_and_sigterm_finishes_requests_in_flight() {
         p.sendfor("svc", "slow", "t", 0, vec![format!("{i}").into_bytes()])
             .unwrap();
     }
-    std::thread::sleep(Duration::from_millis(200));
+    // All four on a VM: in flight when SIGTERM comes.
+    wait_marks(&scripts, &["0", "1", "2", "3"], Duration::from_secs(10));
     // SAFETY: sending a signal to our own child.
     unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
     let mut got: Vec<Vec<u8>> = (0..4)
@@ -229,7 +234,7 @@ fn background_mode_detaches_and_holds_the_lock_file() {
             break pid;
         }
         assert!(Instant::now() < deadline, "no pid in the lock file");
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(50)); // bounded poll (deadline above)
     };
     // The daemon serves, and a second worker with the same lock refuses.
     script(&scripts, "echo", "return alaskaContext");
@@ -247,7 +252,7 @@ fn background_mode_detaches_and_holds_the_lock_file() {
     let deadline = Instant::now() + Duration::from_secs(10);
     while unsafe { libc::kill(pid, 0) } == 0 {
         assert!(Instant::now() < deadline, "daemon did not stop");
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(50)); // bounded poll (deadline above)
     }
 }
 

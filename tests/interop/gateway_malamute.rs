@@ -5,7 +5,7 @@
 //! reference broker. The barrier mail the gateway sends itself is ordinary
 //! mail there.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,7 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20)); // bounded poll (deadline above)
     }
 }
 

@@ -7,7 +7,7 @@
 //! The C programs in `tests/interop/` are ours; they are compiled here
 //! against the libmlm found. See docs/interop.md.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -187,7 +187,8 @@ fn alaska_worker_serves_libmlm_and_survives_a_real_broker_restart() {
     let m = Malamute::start(&s.malamute, s.dir.path(), port);
     let endpoint = m.endpoint.clone();
     let _w = Worker::start(&endpoint, &scripts, |_, p| p.size = 2);
-    std::thread::sleep(Duration::from_millis(500));
+    // The worker's offer is in once a probe gets its answer.
+    ready(&mut client(&endpoint, "probe"), &scripts);
     let out = run_producer(&s, &endpoint, "svc", "echo", "one", 20);
     assert_eq!(
         out,
@@ -195,7 +196,12 @@ fn alaska_worker_serves_libmlm_and_survives_a_real_broker_restart() {
         "20 requests, 20 replies: no CONFIRM got the worker dropped"
     );
     drop(m);
-    std::thread::sleep(Duration::from_millis(500));
+    // Malamute is gone (killed and reaped): its port free for the restart.
+    wait_until(
+        Duration::from_secs(10),
+        "Malamute's port to be free",
+        || std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+    );
     let _m2 = Malamute::start(&s.malamute, s.dir.path(), port);
     // The worker notices, opens again and offers again by itself.
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -8,8 +8,8 @@
 //! `?delay=`; and against the real Malamute, `alas --delay` refused with
 //! exit 12.
 
-mod common;
-mod ops_support;
+use crate::common;
+use crate::ops_support;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

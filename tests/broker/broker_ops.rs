@@ -7,8 +7,8 @@
 //! `alaska-broker` binary to a fake `NOTIFY_SOCKET` (the watchdog fed by
 //! the router's loop).
 
-mod common;
-mod ops_support;
+use crate::common;
+use crate::ops_support;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};

@@ -7,8 +7,8 @@
 //! replayed from the page, the token asked once, and a worker's own page.
 //! Screenshots are written under `target/screenshots/`.
 
-mod common;
-mod ops_support;
+use crate::common;
+use crate::ops_support;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

@@ -2,7 +2,7 @@
 //! the reference's known defects, each sending the exact bytes that break
 //! it, over raw DEALER sockets.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -96,6 +96,21 @@ impl Raw {
     }
 }
 
+/// Connections the server on 127.0.0.1:`port` still holds (ESTABLISHED or
+/// CLOSE_WAIT on its side), from /proc/net/tcp.
+fn connections_to(port: u16) -> usize {
+    let local = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f[1] == local && (f[3] == "01" || f[3] == "08")
+        })
+        .count()
+}
+
 fn is_pong(m: &Message) -> bool {
     *m == Message::ConnectionPong
 }
@@ -168,10 +183,12 @@ fn a_second_open_with_the_same_address_takes_it_over() {
 
 #[test]
 fn silent_clients_expire_and_lose_their_offers() {
-    let b = broker_with(|c| c.client_timeout = Duration::from_millis(300));
+    let b = broker_with_admin(|c| c.client_timeout = Duration::from_millis(300));
     let silent = Raw::open(b.endpoint(), "w1");
     silent.offer("svc", ".*");
-    std::thread::sleep(Duration::from_millis(700));
+    wait_until(Duration::from_secs(5), "the silent w1 to expire", || {
+        !has_client(&b, "w1")
+    });
     let p = Raw::open(b.endpoint(), "p");
     p.request("svc", "s", b"queued");
     assert!(
@@ -536,7 +553,15 @@ fn mail_to_a_vanished_client_is_stored_not_lost() {
         let gone = Raw::open(b.endpoint(), "gone");
         drop(gone); // socket closed without CLOSE
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // The broker's libzmq has dropped the connection (its end closed, so
+    // the peer's pipe is terminated): mail sent before that would go into
+    // the dead peer's pipe. The client stays known until its timeout.
+    let port: u16 = b.endpoint().rsplit(':').next().unwrap().parse().unwrap();
+    wait_until(
+        Duration::from_secs(5),
+        "the broker to close gone's connection",
+        || connections_to(port) == 0,
+    );
     let sender = Raw::open(b.endpoint(), "sender");
     sender.mail("gone", "kept", b"for later");
     assert!(is_pong(&sender.ping()));
@@ -591,6 +616,9 @@ fn expired_requests_and_mail_are_never_delivered() {
         timeout: 200,
         content: vec![b"stale mail".to_vec()],
     });
+    // The PONG: the broker has taken all three (their 200 ms start there).
+    assert!(is_pong(&p.ping()));
+    // Time passing is what is tested: both deadlines lie behind us after.
     std::thread::sleep(Duration::from_millis(500));
     let w = Raw::open(b.endpoint(), "w");
     w.offer("svc", ".*");
@@ -605,6 +633,9 @@ fn mailboxes_of_addresses_that_never_return_are_reclaimed() {
     let b = broker_with(|c| c.mailbox_expiry = Duration::from_millis(200));
     let p = Raw::open(b.endpoint(), "p");
     p.mail("ghost", "s", b"lost cause");
+    // The PONG: the broker has the mail (its mailbox's 200 ms start there).
+    assert!(is_pong(&p.ping()));
+    // Time passing is what is tested: the mailbox's expiry lies behind us.
     std::thread::sleep(Duration::from_millis(600));
     let ghost = Raw::open(b.endpoint(), "ghost");
     assert!(is_pong(&ghost.ping()), "reclaimed mailbox delivers nothing");
@@ -671,7 +702,7 @@ fn a_killed_worker_loses_nothing_and_each_request_gets_one_reply() {
 
 #[test]
 fn a_hundred_thousand_requests_to_two_workers_arrive_exactly_once() {
-    let b = broker();
+    let b = broker_with_admin(|_| {});
     let n: usize = 100_000;
     let workers: Vec<_> = (0..2)
         .map(|i| {
@@ -689,7 +720,14 @@ fn a_hundred_thousand_requests_to_two_workers_arrive_exactly_once() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // Both offers in before the first request, or one worker takes all.
+    wait_until(Duration::from_secs(5), "two workers offering svc", || {
+        admin(&b, "/v1/services")["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "svc" && s["workers"] == 2)
+    });
     let p = Raw::open(b.endpoint(), "p");
     for i in 0..n as u32 {
         p.request("svc", "s", &i.to_le_bytes());

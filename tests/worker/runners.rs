@@ -4,9 +4,8 @@
 //! one with the protocol done by hand) and a real HTTP server (a thread of
 //! this test). What arrives is checked byte for byte.
 
-mod common;
-#[path = "runners/server.rs"]
-mod server;
+use crate::common;
+use crate::server;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -117,7 +116,7 @@ fn all_gone(pids: &[u32], within: Duration) -> bool {
         if pids.iter().all(|&p| gone(p)) {
             return true;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20)); // bounded poll (deadline above)
     }
     pids.iter().all(|&p| gone(p))
 }
@@ -135,7 +134,7 @@ fn pids_from(file: &Path) -> Vec<u32> {
             "{} never written",
             file.display()
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20)); // bounded poll (deadline above)
     }
 }
 
@@ -273,7 +272,7 @@ fn a_crashing_or_garbling_child_is_replaced_and_the_next_request_served() {
     // which does not fail.
     let quitter: u32 = text(&ask(&mut p, "quit", &[b""])).parse().unwrap();
     assert_eq!(quitter, second);
-    std::thread::sleep(Duration::from_millis(600));
+    assert!(all_gone(&[quitter], T), "the quitter did not exit");
     let d = ask(&mut p, "pid", &[b""]);
     assert_eq!(d.subject, "pid", "{}", text(&d));
     assert_ne!(text(&d).parse::<u32>().unwrap(), quitter);
@@ -455,7 +454,7 @@ fn the_shipped_examples_run() {
 
 #[test]
 fn requests_waiting_for_a_runner_at_a_stop_go_to_another_worker() {
-    let b = broker();
+    let b = common::broker_with_admin(|_| {});
     let dir = tempfile::tempdir().unwrap();
     let zpl = python_runner("^(slow|pid)$", 1, "60s", dir.path());
     let w1 = worker(b.endpoint(), dir.path(), runners(&zpl), 3);
@@ -468,7 +467,14 @@ fn requests_waiting_for_a_runner_at_a_stop_go_to_another_worker() {
         p.sendfor("svc", "pid", &format!("q{i}"), 0, vec![b"".to_vec()])
             .unwrap();
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // All three taken by the worker (none left in the broker's queue).
+    common::wait_until(T, "the worker to take q1..q3", || {
+        common::admin(&b, "/v1/services")["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "svc" && s["queued"] == 0)
+    });
     // A graceful stop: the running request gets the shutdown timeout (2 s)
     // and is cut; none is lost.
     let stopping = Instant::now();
@@ -550,7 +556,7 @@ fn stderr_lines_appear_in_the_worker_log_tagged_with_runner_and_pid() {
             Instant::now() < deadline,
             "stderr lines not in the log:\n{got}"
         );
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(50)); // bounded poll (deadline above)
     }
     // SAFETY: a signal to our own child.
     unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
@@ -585,7 +591,7 @@ fn no_child_survives_sigterm_of_the_worker() {
             "two children never started:\n{}",
             read(&log)
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20)); // bounded poll (deadline above)
     };
     assert!(children.contains(&stubborn[0]), "{children:?} {stubborn:?}");
     let asked = Instant::now();
@@ -846,6 +852,7 @@ fn x_alaska_forward_chains_into_a_lua_stage_and_nothing_blocks_lua_or_other_runn
     );
     let app = Server::start(0, |r| {
         if r.body == b"slow" {
+            // The slow application under test: busy for 3 s.
             std::thread::sleep(Duration::from_secs(3));
             return Reply::new(200, b"slow done");
         }
@@ -871,7 +878,9 @@ fn x_alaska_forward_chains_into_a_lua_stage_and_nothing_blocks_lua_or_other_runn
     // exec runner still answer at once.
     p.sendfor("svc", "app", "slow-1", 0, vec![b"slow".to_vec()])
         .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    common::wait_until(T, "the slow request at the application", || {
+        app.seen().iter().any(|r| r.body == b"slow")
+    });
     let started = Instant::now();
     let d = ask(&mut p, "ping", &[b""]);
     assert_eq!(text(&d), "pong");
@@ -1068,7 +1077,7 @@ fn after_a_sigkill_of_the_worker_its_grandchildren_are_left_to_the_supervisor() 
                 Instant::now() < deadline,
                 "{orphan} was not re-parented to us"
             );
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(20)); // bounded poll (deadline above)
         }
         assert!(!gone(orphan));
         // SAFETY: a signal and a wait for our own (adopted) child.

@@ -3,7 +3,7 @@
 //! a stop that always ends) and systemd notifications to a fake
 //! `NOTIFY_SOCKET`.
 
-mod ops_support;
+use crate::ops_support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -247,7 +247,7 @@ fn systemd_ready_watchdog_while_alive_and_stopping() {
         std::thread::spawn(move || {
             while alive.load(Ordering::SeqCst) {
                 l.beat();
-                std::thread::sleep(Duration::from_millis(5));
+                std::thread::sleep(Duration::from_millis(5)); // the liveness beat under test, every 5 ms
             }
         })
     };
@@ -274,7 +274,7 @@ fn systemd_ready_watchdog_while_alive_and_stopping() {
         std::thread::spawn(move || {
             for _ in 0..100 {
                 l.beat();
-                std::thread::sleep(Duration::from_millis(5));
+                std::thread::sleep(Duration::from_millis(5)); // the liveness beat under test, every 5 ms
             }
         })
     };

@@ -7,7 +7,7 @@
 //! supervisor would, serve other requests. The count survives a `kill -9`
 //! of a durable broker.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

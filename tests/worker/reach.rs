@@ -5,9 +5,8 @@
 //! CA). What the script returns, and what the server saw, is checked byte
 //! for byte.
 
-mod common;
-#[path = "runners/server.rs"]
-mod server;
+use crate::common;
+use crate::server;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -302,7 +301,7 @@ fn wait_file_exists(path: &Path) {
             "{} never appeared",
             path.display()
         );
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(10)); // bounded poll (deadline above)
     }
 }
 
@@ -537,7 +536,7 @@ fn http_connections_are_reused_and_a_waiting_script_delays_nobody() {
             Instant::now() < deadline,
             "the slow request never reached the server"
         );
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(5)); // bounded poll (deadline above)
     }
     let t0 = Instant::now();
     c.sendfor("svc", "ping", "quick", 0, vec![vec![]]).unwrap();
@@ -1108,7 +1107,7 @@ fn the_binary_reads_the_keys_and_counts_calls_including_late_replies() {
             Instant::now() < deadline,
             "the late reply was never counted"
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20)); // bounded poll (deadline above)
     }
     assert_eq!(calls_metric(&addr, "call", "timeout"), 1);
     assert_eq!(
@@ -1198,7 +1197,7 @@ fn one_vm_parks_ten_slow_http_requests_at_once() {
             Instant::now() < deadline,
             "the ten requests never all reached the server"
         );
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(5)); // bounded poll (deadline above)
     }
     // All ten wait on the server at once, on the worker's single VM.
     c.sendfor("svc", "ping", "quick", 0, vec![vec![]]).unwrap();
@@ -1355,7 +1354,7 @@ fn a_refused_call_and_a_lost_broker_each_return_nil_and_why() {
         .is_empty()
     {
         assert!(Instant::now() < deadline, "the waiting call never ended");
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20)); // bounded poll (deadline above)
     }
     assert_eq!(
         std::fs::read_to_string(&other).unwrap(),

@@ -2,7 +2,7 @@
 //! brokers: one thread drives two clients on two brokers with one
 //! `zmq::poll`; a full service queue reaches the caller as a typed refusal.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};

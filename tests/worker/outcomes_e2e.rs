@@ -2,7 +2,7 @@
 //! where installed), real workers, real producers (the library's client
 //! and the `alas` binary); what arrives is checked byte for byte.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -428,7 +428,7 @@ fn a_worker_killed_holding_retries_loses_nothing() {
             break;
         }
         assert!(Instant::now() < deadline, "not all held: {log}");
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(50)); // bounded poll of the log
     }
     first.0.kill().unwrap();
     first.0.wait().unwrap();
@@ -493,21 +493,34 @@ fn waiting_retries_are_bounded_and_the_overflow_is_a_dead_letter() {
 fn a_graceful_stop_hands_waiting_retries_back_with_their_attempt_count() {
     for b in all_brokers("stop_hands_back") {
         let holding = tempfile::tempdir().unwrap();
-        script(holding.path(), "job", "return alaska.retry(60000)");
+        script(
+            holding.path(),
+            "job",
+            &format!(
+                "{}return alaska.retry(60000)",
+                mark_lua(holding.path(), "job")
+            ),
+        );
+        script(holding.path(), "who", "return 'first'");
         let finishing = tempfile::tempdir().unwrap();
         script(
             finishing.path(),
             "job",
             "return 'finished on attempt ' .. alaska.attempt .. ': ' .. alaskaContext",
         );
+        script(finishing.path(), "who", "return 'second'");
         let first = worker(b.endpoint(), holding.path(), "svc");
         let mut p = client(b.endpoint(), &format!("p-{}", unique()));
         wait_ready(&mut p, holding.path(), "svc");
         p.sendfor("svc", "job", "trk-7", 0, vec![b"payload".to_vec()])
             .unwrap();
-        std::thread::sleep(Duration::from_millis(300));
+        // The job ran on the first worker, which holds it for its retry.
+        wait_marks(holding.path(), &["job"], T);
         let _second = worker(b.endpoint(), finishing.path(), "svc");
-        std::thread::sleep(Duration::from_millis(300));
+        // The second's offer is in once a request reaches it.
+        wait_until(T, "the second worker's offer", || {
+            ask(&mut p, "svc", "who", b"").content == [b"second".to_vec()]
+        });
         assert_eq!(first.stop(), Ok(()), "{}", b.name());
         let d = expect(&mut p, DeliveryKind::Mailbox, T);
         assert_eq!(d.tracker, "trk-7", "{}", b.name());

@@ -89,7 +89,7 @@ impl Peer {
                 "timed out waiting for {what}: {:?}",
                 self.seen()
             );
-            thread::sleep(Duration::from_millis(10));
+            thread::sleep(Duration::from_millis(10)); // bounded poll (deadline above)
         }
     }
 }
