@@ -699,10 +699,11 @@ fn the_embedded_broker_serves_its_own_endpoints() {
     let mut child = Running(child);
     let addr = http_address(&rx, "broker serving http://");
     let a = agent();
-    assert_eq!(
-        get(&a, &format!("http://{addr}/health")),
-        (200, "serving\n".into())
-    );
+    // "starting" (503) until the router's first turn, which a loaded
+    // machine may run a little after the listener is announced.
+    wait_for("/health to say serving", || {
+        get(&a, &format!("http://{addr}/health")) == (200, "serving\n".into())
+    });
     wait_for("the worker's offer", || {
         let v = json(&get(&a, &format!("http://{addr}/v1/services")).1);
         v["services"][0]["name"] == "svc" && v["services"][0]["workers"] == 1
