@@ -300,6 +300,22 @@ fn head_on_health_answers_like_get_without_a_body() {
     assert!(r.ends_with("\r\n\r\n"), "a body came with HEAD: {r:?}");
 }
 
+/// The server's side of its connections on 127.0.0.1:`port` from
+/// /proc/net/tcp: how many are established, and how many of those hold
+/// bytes the server has not read.
+fn server_side(port: u16) -> (usize, usize) {
+    let local = format!("0100007F:{port:04X}");
+    let text = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let mine: Vec<Vec<&str>> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f[1] == local && f[3] == "01")
+        .collect();
+    let unread = mine.iter().filter(|f| !f[4].ends_with(":00000000")).count();
+    (mine.len(), unread)
+}
+
 /// 200 clients each send a body one byte per TCP segment. The memory the
 /// server takes for them stays under twice their bodies (each byte used to
 /// cost about 1.5 KB); a declared length over the limit is 413 at once; a
@@ -343,7 +359,16 @@ fn trickled_bodies_cost_bounded_memory_and_time_out() {
         })
         .collect();
     // Every connection's headers are in: what follows is the bodies' cost.
-    std::thread::sleep(Duration::from_millis(300)); // no event to await: the server's reads are its own
+    // The server has accepted all 200 and read what they sent (nothing
+    // left unread on its side, in /proc/net/tcp).
+    common::wait_until(
+        Duration::from_secs(10),
+        "the server to read 200 heads",
+        || {
+            let (open, unread) = server_side(addr.port());
+            open == 200 && unread == 0
+        },
+    );
     let before = common::rss_kb();
     let started = Instant::now();
     for _ in 0..LIMIT - 1 {

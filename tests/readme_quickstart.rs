@@ -137,18 +137,27 @@ fn readme_quick_start_works_as_written_in_a_fresh_clone() {
             stop(libc::SIGKILL);
             panic!("the worker was not ready within 30 minutes:\n{text}");
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(200)); // bounded poll of the log
     }
     let mut results = Vec::new();
     for cmd in &after {
         let out = sh(&clone, cmd);
         results.push((cmd.clone(), out));
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // The dump's line in the worker's log (what the last assert reads):
+    // polled, bounded; a missing line is reported by that assert.
+    let logged = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .contains("c = 1")
+        && Instant::now() < logged
+    {
+        std::thread::sleep(Duration::from_millis(50)); // bounded poll (deadline above)
+    }
     stop(libc::SIGTERM);
     let ended = Instant::now() + Duration::from_secs(15);
     while worker.try_wait().unwrap().is_none() && Instant::now() < ended {
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(50)); // bounded poll of the exit
     }
     if worker.try_wait().unwrap().is_none() {
         stop(libc::SIGKILL);

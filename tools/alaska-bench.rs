@@ -25,7 +25,7 @@
 //! that got no reply within `--retry-after` (or whose broker went away)
 //! again to the next broker; the summary then counts the requests sent
 //! again and the replies that came twice. `--rate` paces the load so a run
-//! lasts long enough to inject faults into (tests/multihost.rs).
+//! lasts long enough to inject faults into (tests/cluster/multihost.rs).
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};

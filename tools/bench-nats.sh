@@ -5,6 +5,9 @@
 #                               (SendAsap); CPU also with libnats' default
 #                               batching flusher ("batch")
 #   alaska-broker + echo worker alaska-bench --echo-worker (no Lua)
+#   ... + acknowledged echo    the same with --ack-window 100: the broker
+#                               messages the alaska worker exchanges
+#                               (CREDIT, CONFIRM), without Lua
 #   alaska-broker + alaska Lua  alaska pool 1 running `return alaskaContext`
 #   NATS + alaska Lua           the same worker on the same nats-server
 #                               (issue 25's backend, core request/reply)
@@ -25,7 +28,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     -n) N="$2"; shift 2 ;;
     -r) ROUNDS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "bench-nats.sh: unknown argument $1" >&2; exit 1 ;;
   esac
 done
@@ -59,6 +62,8 @@ mkdir -p "$TMP/services"
 echo 'return alaskaContext' >"$TMP/services/echo.lua"
 "$BIN/alaska-bench" --echo-worker -e "$EP" -a ceiling >"$TMP/echo.log" 2>&1 &
 ECHO=$!; PIDS+=($ECHO)
+"$BIN/alaska-bench" --echo-worker -e "$EP" -a ackecho --ack-window 100 >"$TMP/ackecho.log" 2>&1 &
+ACKECHO=$!; PIDS+=($ACKECHO)
 cat >"$TMP/a1.cfg" <<CFG
 worker
     scripts
@@ -112,11 +117,13 @@ for _ in $(seq "$ROUNDS"); do
   run n100 rps "$NATS" "$RASAP" -- "$TMP/nats-bench" request "$NURL" echo.asap "$N" 100 64
   run b100 rps "$NATS" "$RBATCH" -- "$TMP/nats-bench" request "$NURL" echo.batch "$N" 100 64
   run e100 rps "$BROKER" "$ECHO" -- "$BIN/alaska-bench" -e "$EP" -a ceiling -s echo -w 100 -n "$N" -b 64 --json
+  run k100 rps "$BROKER" "$ACKECHO" -- "$BIN/alaska-bench" -e "$EP" -a ackecho -s echo -w 100 -n "$N" -b 64 --json
   run l100 rps "$BROKER" "$A1" -- "$BIN/alaska-bench" -e "$EP" -a a1 -s echo -w 100 -n "$N" -b 64 --json
   run an100 rps "$NATS" "$AN" -- "$TMP/nats-bench" request "$NURL" anats.echo "$N" 100 64
   run n1 p50 "$NATS" "$RASAP" -- "$TMP/nats-bench" request "$NURL" echo.asap "$N1" 1 64
   run b1 p50 "$NATS" "$RBATCH" -- "$TMP/nats-bench" request "$NURL" echo.batch "$N1" 1 64
   run e1 p50 "$BROKER" "$ECHO" -- "$BIN/alaska-bench" -e "$EP" -a ceiling -s echo -w 1 -n "$N1" -b 64 --json
+  run k1 p50 "$BROKER" "$ACKECHO" -- "$BIN/alaska-bench" -e "$EP" -a ackecho -s echo -w 1 -n "$N1" -b 64 --json
   run l1 p50 "$BROKER" "$A1" -- "$BIN/alaska-bench" -e "$EP" -a a1 -s echo -w 1 -n "$N1" -b 64 --json
   run an1 p50 "$NATS" "$AN" -- "$TMP/nats-bench" request "$NURL" anats.echo "$N1" 1 64
 done
@@ -126,6 +133,7 @@ line() { printf '%-34s %12s %14s %18s %18s\n' "$1" "$(field p50_us "${BEST[$2]}"
 line "NATS + C echo (asap)" n1 n100
 line "NATS + C echo (batching flusher)" b1 b100
 line "alaska-broker + echo worker" e1 e100
+line "alaska-broker + acknowledged echo" k1 k100
 line "alaska-broker + alaska Lua pool 1" l1 l100
 line "NATS + alaska Lua pool 1" an1 an100
 LP50=$(field p50_us "${BEST[l1]}"); NP50=$(field p50_us "${BEST[n1]}")
@@ -136,3 +144,9 @@ echo "targets (issue 22):"
 echo "  alaska Lua p50 w=1 / NATS p50          $(ratio "$LP50" "$NP50")x  target <= 1.2x (stretch 1.0x): $(verdict "$(ratio "$LP50" "$NP50")" 1.2 '<=')"
 echo "  alaska Lua req/s w=100 / NATS req/s    $(ratio "$LRPS" "$NRPS")x  target >= 2.0x: $(verdict "$(ratio "$LRPS" "$NRPS")" 2.0 '>=')"
 echo "  broker + Lua CPU/req / NATS batching   $(ratio "$LCPU" "$BCPU")x  target <= 1.0x: $(verdict "$(ratio "$LCPU" "$BCPU")" 1.0 '<=')"
+KP50=$(field p50_us "${BEST[k1]}"); EP50=$(field p50_us "${BEST[e1]}")
+echo
+echo "where the w=1 time goes (p50, this run):"
+echo "  broker + push echo worker (transport, two hops each way)   ${EP50} us  (NATS: ${NP50} us)"
+echo "  + acknowledgements (CREDIT window, a CONFIRM per request)  $(awk -v a="$KP50" -v b="$EP50" 'BEGIN { printf "%+d", a - b }') us"
+echo "  + the alaska worker (its poll turn, the Lua VM, the reply) $(awk -v a="$LP50" -v b="$KP50" 'BEGIN { printf "%+d", a - b }') us"

@@ -2,7 +2,7 @@
 //! in code: the shipped sample files (`alaska.cfg`,
 //! `alaska-gateway.cfg`) are documentation, and a test checks that they
 //! name exactly these keys with exactly these values
-//! (`tests/config_files.rs`). Editing a sample changes no default.
+//! (`tests/cli/config_files.rs`). Editing a sample changes no default.
 //! (The broker's keys and defaults are in `broker::config`, which reads
 //! the reference's `malamute.cfg` layout.)
 

@@ -91,9 +91,8 @@ pub enum Action {
         delay: Option<Duration>,
         /// Frames.
         content: Vec<Vec<u8>>,
-        /// A delayed forward of this request: if the connection refuses the
-        /// delay after all, the shell tells [`Core::delayed_refused`].
-        forwarded: Option<Box<Request>>,
+        /// What it is, for when the connection refuses it after all.
+        origin: Origin,
     },
     /// STREAM SEND on `stream` (switching the producer first).
     Stream {
@@ -147,6 +146,20 @@ pub enum Action {
         /// The wish.
         on: bool,
     },
+}
+
+/// What a [`Action::SendFor`] is, so that a send the connection refuses
+/// after all (it went away or changed since the core looked) is handled.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A forward or a hand-back: the client's error is the worker's.
+    Plain,
+    /// A script's `alaska.call` with this tracker (before the envelope):
+    /// its caller is told with [`Core::call_not_sent`].
+    Call(String),
+    /// A delayed forward of this request: a refused delay is a dead letter
+    /// ([`Core::delayed_refused`]).
+    DelayedForward(Box<Request>),
 }
 
 /// Where a request can run besides the dispatcher's own VM: the pool's VMs
@@ -517,16 +530,14 @@ impl Core {
             timeout_ms,
             delay: None,
             content: call.content,
-            forwarded: None,
+            origin: Origin::Call(tracker),
         });
     }
 
     /// A call the shell could not send (its connection refused it): its
     /// caller is answered with why.
     pub fn call_not_sent(&mut self, tracker: &str, why: &str) {
-        if let Some(env) = Envelope::decode(tracker) {
-            self.calls.fail(&env.tracker, why);
-        }
+        self.calls.fail(tracker, why);
     }
 
     /// Answers every call still waiting for its reply with `why`.
@@ -716,7 +727,7 @@ impl Core {
                         timeout_ms: 0,
                         delay: Some(delay),
                         content,
-                        forwarded: None,
+                        origin: Origin::Plain,
                     });
                 }
             }
@@ -768,7 +779,10 @@ impl Core {
                     tracing::warn!(subject = %request.subject, "dead letter: {text}");
                     self.dead_letter(conn, &request, &text, "forward", now);
                 } else {
-                    let forwarded = delay.map(|_| Box::new(request.clone()));
+                    let origin = match delay {
+                        Some(_) => Origin::DelayedForward(Box::new(request.clone())),
+                        None => Origin::Plain,
+                    };
                     self.actions.push(Action::SendFor {
                         conn,
                         address,
@@ -777,7 +791,7 @@ impl Core {
                         timeout_ms: 0,
                         delay,
                         content,
-                        forwarded,
+                        origin,
                     });
                 }
             }
@@ -980,7 +994,7 @@ impl Core {
                     timeout_ms: 0,
                     delay: None,
                     content: r.content.clone(),
-                    forwarded: None,
+                    origin: Origin::Plain,
                 });
             }
             None => self.dead_letter(

@@ -566,6 +566,21 @@ fn a_calls_reply_is_matched_by_its_tracker_and_a_lost_connection_answers_the_res
         other => panic!("{other:?}"),
     }
     assert_eq!(c.calls_waiting(), 0);
+    // A call whose send the client refuses: its caller is told why.
+    c.connection_up(0, true, false);
+    c.call(call(4, 1000), clock.at(20));
+    let tracker = match c.take_actions().pop() {
+        Some(Action::SendFor {
+            origin: Origin::Call(t),
+            ..
+        }) => t,
+        other => panic!("{other:?}"),
+    };
+    c.call_not_sent(&tracker, "cannot send: outbox full");
+    match rx.try_recv().unwrap() {
+        (4, crate::worker::reach::Answered::Call(Err(why))) => assert!(why.contains("outbox")),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
@@ -615,7 +630,7 @@ fn a_delayed_forward_to_a_broker_without_delays_is_a_dead_letter() {
         [Action::SendFor {
             address,
             delay: Some(d),
-            forwarded: Some(r),
+            origin: Origin::DelayedForward(r),
             ..
         }] => {
             assert_eq!((address.as_str(), *d), ("next", Duration::from_secs(5)));

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use super::core::{Action, Core, Now, Outlets};
+use super::core::{Action, Core, Now, Origin, Outlets};
 use super::nats::{NatsEvent, NatsLink, Publish, Settle, ENVELOPE_HEADER};
 use super::options::{DispatcherOptions, WorkerError};
 use super::pool::Pool;
@@ -308,6 +308,13 @@ impl Hub {
     pub fn complete(&mut self, c: Completion) -> Result<(), WorkerError> {
         let now = Now::real();
         self.core.completion(c, now);
+        if !self.core.has_queued() {
+            // Nothing else to run now: the confirmation goes right behind
+            // the reply, so libzmq's I/O thread writes both at once (one
+            // wake-up and one TCP segment, here and at the broker) instead
+            // of a second round at the next turn.
+            self.core.flush_confirms();
+        }
         self.carry_out(now)
     }
 
@@ -424,14 +431,18 @@ impl Hub {
             tracing::warn!(endpoint = %c.client.endpoint(), "broker unreachable (connection refused or dropped); still trying");
         }
         let state = c.client.state();
+        if state == ConnState::Connected {
+            // Every turn, not only on a change: a reconnection within one
+            // turn may have reached a broker that does other things.
+            self.core
+                .connection_up(i, c.client.acks_enabled(), c.client.supports_delay());
+        }
         if state == c.seen || state == ConnState::Opening {
             return;
         }
         c.seen = state;
         if state == ConnState::Connected {
             c.told_unreachable = false;
-            self.core
-                .connection_up(i, c.client.acks_enabled(), c.client.supports_delay());
             tracing::info!(
                 endpoint = %c.client.endpoint(),
                 acknowledged = c.client.acks_enabled(),
@@ -641,7 +652,7 @@ fn execute(conns: &mut [Conn], core: &mut Core, a: Action, now: Now) -> Result<(
             timeout_ms,
             delay,
             content,
-            forwarded,
+            origin,
         } => {
             let sent = match delay {
                 Some(d) => {
@@ -649,25 +660,26 @@ fn execute(conns: &mut [Conn], core: &mut Core, a: Action, now: Now) -> Result<(
                 }
                 None => client.sendfor(&address, &subject, &tracker, timeout_ms, content),
             };
-            match sent {
-                Err(e @ (ClientError::Unsupported(_) | ClientError::NotConnected(_)))
-                    if delay.is_some() =>
-                {
-                    match forwarded {
-                        Some(request) => core.delayed_refused(conn, &request, &e.to_string(), now),
-                        None => {
-                            tracing::warn!(to = %address, subject = %subject, "alaska.schedule not sent: {e}")
-                        }
-                    }
+            match (sent, origin) {
+                (Ok(()), _) => Ok(()),
+                (
+                    Err(e @ (ClientError::Unsupported(_) | ClientError::NotConnected(_))),
+                    Origin::DelayedForward(request),
+                ) => {
+                    core.delayed_refused(conn, &request, &e.to_string(), now);
                     Ok(())
                 }
-                Err(e) => {
-                    if tracker.contains(super::reach::CALL_TRACKER) {
-                        core.call_not_sent(&tracker, &format!("cannot send: {e}"));
-                    }
+                (Err(e @ (ClientError::Unsupported(_) | ClientError::NotConnected(_))), _)
+                    if delay.is_some() =>
+                {
+                    tracing::warn!(to = %address, subject = %subject, "alaska.schedule not sent: {e}");
+                    Ok(())
+                }
+                (Err(e), Origin::Call(tracker)) => {
+                    core.call_not_sent(&tracker, &format!("cannot send: {e}"));
                     outcome(Err(e))
                 }
-                Ok(()) => Ok(()),
+                (Err(e), _) => outcome(Err(e)),
             }
         }
         Action::Stream {
@@ -751,10 +763,11 @@ fn execute_nats(n: &mut NatsLink, core: &mut Core, a: Action, errors_mailbox: &s
             tracker,
             content,
             delay,
+            origin,
             ..
         } => {
-            if tracker.contains(super::reach::CALL_TRACKER) {
-                core.call_not_sent(&tracker, "alaska.call is not available on NATS");
+            if let Origin::Call(call) = origin {
+                core.call_not_sent(&call, "alaska.call is not available on NATS");
                 return;
             }
             if delay.is_some() {

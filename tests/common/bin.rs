@@ -65,7 +65,7 @@ pub fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::Ex
         if let Some(s) = child.try_wait().unwrap() {
             return Some(s);
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20)); // bounded poll (deadline above)
     }
     None
 }
@@ -85,6 +85,6 @@ pub fn wait_file(path: &Path, needle: &str, within: Duration, what: &str) -> Str
             Instant::now() < deadline,
             "{what} within {within:?}:\n{text}"
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20)); // bounded poll (deadline above)
     }
 }

@@ -69,7 +69,7 @@ impl Browser {
                 break;
             }
             assert!(Instant::now() < deadline, "chromedriver did not start");
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(50)); // bounded poll (deadline above)
         }
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
@@ -131,7 +131,7 @@ impl Browser {
                 Instant::now() < deadline,
                 "the page never showed {what} within {within:?}"
             );
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(100)); // bounded poll (deadline above)
         }
     }
 
@@ -162,7 +162,7 @@ impl Browser {
                 return t.to_string();
             }
             assert!(Instant::now() < deadline, "no dialog opened: {v}");
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(50)); // bounded poll (deadline above)
         }
     }
 

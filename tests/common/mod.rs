@@ -202,3 +202,74 @@ pub fn rss_kb() -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
 }
+
+/// Polls `cond` until it holds; panics naming `what` (and how long it
+/// waited) when it does not within `within`. For an event with no
+/// message to wait on (a state a process reaches, a file, a port).
+pub fn wait_until(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        // Bounded poll: the interval between looks, not a wait for the event.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A broker on a free port serving its admin API on a free port too.
+pub fn broker_with_admin(tweak: impl FnOnce(&mut BrokerConfig)) -> BrokerHandle {
+    broker_with(|c| {
+        c.http_listen = Some("127.0.0.1:0".into());
+        tweak(c);
+    })
+}
+
+/// `GET path` of a broker's admin API (see [`broker_with_admin`]), as JSON.
+pub fn admin(b: &BrokerHandle, path: &str) -> serde_json::Value {
+    let addr = b.http_addr().expect("the broker serves HTTP");
+    let mut r = ureq::get(&format!("http://{addr}{path}"))
+        .call()
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    let text = r.body_mut().read_to_string().unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}"))
+}
+
+/// Whether the broker's `/v1/clients` lists `address`.
+pub fn has_client(b: &BrokerHandle, address: &str) -> bool {
+    admin(b, "/v1/clients")["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["address"] == address)
+}
+
+/// A Lua statement creating `<dir>/<name>.mark`: first in a script, it
+/// tells the test (see [`wait_marks`]) that the script is running on a VM.
+pub fn mark_lua(dir: &Path, name: &str) -> String {
+    format!(
+        "io.open('{}', 'w'):close()\n",
+        dir.join(format!("{name}.mark")).display()
+    )
+}
+
+/// Waits until every `<dir>/<name>.mark` exists (see [`mark_lua`]).
+pub fn wait_marks(dir: &Path, names: &[&str], within: Duration) {
+    wait_until(within, &format!("scripts {names:?} to start"), || {
+        names.iter().all(|n| dir.join(format!("{n}.mark")).exists())
+    });
+}
+
+/// The value of the unlabelled metric `name` on a broker's `/metrics` (see
+/// [`broker_with_admin`]); 0 when absent.
+pub fn broker_metric(b: &BrokerHandle, name: &str) -> f64 {
+    let addr = b.http_addr().expect("the broker serves HTTP");
+    let mut r = ureq::get(&format!("http://{addr}/metrics"))
+        .call()
+        .unwrap_or_else(|e| panic!("GET /metrics: {e}"));
+    let text = r.body_mut().read_to_string().unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}

@@ -368,7 +368,7 @@ impl Net {
             if Instant::now() >= deadline {
                 return None;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(50)); // bounded poll (deadline above)
         }
     }
 
@@ -398,7 +398,7 @@ impl Net {
             if Instant::now() >= deadline {
                 return false;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(50)); // bounded poll (deadline above)
         }
     }
 
@@ -421,7 +421,7 @@ impl Net {
             if Instant::now() >= deadline {
                 return false;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(50)); // bounded poll (deadline above)
         }
     }
 

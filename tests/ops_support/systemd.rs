@@ -92,7 +92,7 @@ impl Running {
                 Instant::now() < deadline,
                 "no exit within {WAIT:?} of SIGTERM"
             );
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(20)); // bounded poll (deadline above)
         }
     }
 }
