@@ -58,6 +58,11 @@ struct Args {
     /// Log every request (gateway/verbose).
     #[arg(short, long)]
     verbose: bool,
+    /// NATS only: /v1/request stores each request in the JetStream stream
+    /// that holds its subject, then waits for its reply
+    /// (gateway/broker/jetstream).
+    #[arg(long)]
+    jetstream: bool,
 }
 
 fn main() -> ExitCode {
@@ -115,6 +120,10 @@ fn settings(args: &Args) -> Result<GatewaySettings, Box<dyn std::error::Error>> 
         plain.1 = p.clone();
     }
     s.verbose |= args.verbose;
+    s.jetstream |= args.jetstream;
+    if s.jetstream && !alaska::worker::dispatcher::is_nats(&s.endpoint) {
+        return Err("--jetstream (gateway/broker/jetstream) needs nats:// endpoints".into());
+    }
     Ok(s)
 }
 

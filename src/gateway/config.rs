@@ -35,6 +35,8 @@ pub struct GatewaySettings {
     pub address: Option<String>,
     /// `gateway/broker/timeout`.
     pub broker_timeout: Duration,
+    /// `gateway/broker/jetstream`: NATS requests go through JetStream.
+    pub jetstream: bool,
     /// `gateway/request/timeout`.
     pub request_timeout: Duration,
     /// `gateway/request/max_timeout`.
@@ -60,6 +62,7 @@ impl Default for GatewaySettings {
             balance: crate::failover::Balance::Priority,
             address: None,
             broker_timeout: Duration::from_millis(1000),
+            jetstream: false,
             request_timeout: Duration::from_secs(5),
             max_timeout: Duration::from_secs(60),
             max_waiting: 1024,
@@ -124,6 +127,7 @@ impl GatewaySettings {
             })?,
             address: opt("gateway/broker/address"),
             broker_timeout: duration("gateway/broker/timeout", &get("gateway/broker/timeout"))?,
+            jetstream: boolean("gateway/broker/jetstream", &get("gateway/broker/jetstream"))?,
             request_timeout: duration("gateway/request/timeout", &get("gateway/request/timeout"))?,
             max_timeout: duration(
                 "gateway/request/max_timeout",
@@ -193,6 +197,7 @@ impl GatewaySettings {
         o.max_timeout = self.max_timeout;
         o.max_waiting = self.max_waiting;
         o.verbose = self.verbose;
+        o.jetstream = self.jetstream;
         o
     }
 }

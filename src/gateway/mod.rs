@@ -74,6 +74,9 @@ pub struct GatewayOptions {
     pub max_waiting: usize,
     /// Log every request (endpoint, address, subject, size, status, time).
     pub verbose: bool,
+    /// NATS only: a request is stored in the JetStream stream that holds
+    /// its subject (a durable work queue), then its reply awaited.
+    pub jetstream: bool,
 }
 
 impl GatewayOptions {
@@ -94,6 +97,7 @@ impl GatewayOptions {
             max_timeout: Duration::from_secs(60),
             max_waiting: 1024,
             verbose: false,
+            jetstream: false,
         }
     }
 }

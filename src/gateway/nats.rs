@@ -4,7 +4,11 @@
 //! `<service>.<subject>`: `200` with the reply, `502` for a reply with
 //! NATS micro's error header, `504` when none comes in time, `503` when
 //! no worker serves the subject (NATS says so at once), `501` for a
-//! delay (NATS holds no delayed requests). A mail is a publish to
+//! delay (NATS holds no delayed requests). With `jetstream` a request is
+//! first stored in the stream that holds `<service>.<subject>` (with the
+//! reply inbox in the `Alaska-Reply` header the worker answers to), then
+//! its reply awaited with the same statuses; `503` when no stream stores
+//! it. A mail is a publish to
 //! `<address>.<subject>`, a stream post a publish to `<stream>.<subject>`
 //! (`202` each).
 
@@ -91,7 +95,7 @@ pub(crate) fn run(opts: GatewayOptions, rx: Receiver<Command>, shared: Arc<Share
         loop {
             tokio::select! {
                 c = cmds.recv() => match c {
-                    Some(c) => carry_out(&client, c),
+                    Some(c) => carry_out(&client, opts.jetstream, c),
                     None => break,
                 },
                 _ = tick.tick() => {
@@ -110,7 +114,7 @@ pub(crate) fn run(opts: GatewayOptions, rx: Receiver<Command>, shared: Arc<Share
 }
 
 /// One command: a request waits on a task of its own.
-fn carry_out(client: &async_nats::Client, c: Command) {
+fn carry_out(client: &async_nats::Client, jetstream: bool, c: Command) {
     let client = client.clone();
     match c {
         Command::Request {
@@ -126,6 +130,14 @@ fn carry_out(client: &async_nats::Client, c: Command) {
                     501,
                     "delay: NATS holds no delayed requests",
                 ));
+            }
+            if jetstream {
+                tokio::spawn(async move {
+                    let to = format!("{service}.{subject}");
+                    let response = through_jetstream(&client, to, body, timeout).await;
+                    answer.finish(response);
+                });
+                return;
             }
             tokio::spawn(async move {
                 let to = format!("{service}.{subject}");
@@ -164,6 +176,46 @@ fn carry_out(client: &async_nats::Client, c: Command) {
             body,
             answer,
         } => publish(client, format!("{stream}.{subject}"), body, answer),
+    }
+}
+
+/// A request through JetStream: its reply inbox subscribed first, the
+/// request stored (acknowledged by the stream), then the reply awaited.
+async fn through_jetstream(
+    client: &async_nats::Client,
+    to: String,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> HttpResponse {
+    use futures_util::StreamExt;
+    let inbox = client.new_inbox();
+    let mut sub = match client.subscribe(inbox.clone()).await {
+        Ok(s) => s,
+        Err(e) => return HttpResponse::text(503, &format!("NATS: {e}")),
+    };
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Alaska-Reply", inbox.as_str());
+    let js = async_nats::jetstream::new(client.clone());
+    let stored = async {
+        js.publish_with_headers(to.clone(), h, body.into())
+            .await?
+            .await
+            .map_err(|e| e.to_string().into())
+    };
+    let stored: Result<_, Box<dyn std::error::Error + Send + Sync>> =
+        match tokio::time::timeout(timeout, stored).await {
+            Ok(r) => r,
+            Err(_) => Err("the stream did not answer in time".into()),
+        };
+    if let Err(e) = stored {
+        return HttpResponse::text(503, &format!("no JetStream stream stored {to}: {e}"));
+    }
+    match tokio::time::timeout(timeout, sub.next()).await {
+        Ok(Some(m)) => match m.headers.as_ref().and_then(|h| h.get("Nats-Service-Error")) {
+            Some(_) => HttpResponse::new(502, "text/plain; charset=utf-8", m.payload.to_vec()),
+            None => HttpResponse::new(200, "application/octet-stream", m.payload.to_vec()),
+        },
+        _ => HttpResponse::text(504, "stored, but no reply in time"),
     }
 }
 

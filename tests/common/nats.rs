@@ -207,6 +207,22 @@ impl Requester {
             .expect("work stored");
     }
 
+    /// Messages stream `name` holds now.
+    pub fn stream_messages(&self, name: &str) -> u64 {
+        let _in = self.rt.enter();
+        let js = async_nats::jetstream::new(self.client.clone());
+        let n = name.to_string();
+        self.rt
+            .block_on(async move {
+                let mut st = js.get_stream(n).await.map_err(|e| e.to_string())?;
+                st.info()
+                    .await
+                    .map(|i| i.state.messages)
+                    .map_err(|e| e.to_string())
+            })
+            .expect("stream info")
+    }
+
     /// The consumer's info.
     pub fn consumer_info(
         &self,

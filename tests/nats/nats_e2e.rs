@@ -572,3 +572,66 @@ fn operations_are_the_same_on_nats_health_metrics_maintenance() {
     });
     w.stop().unwrap();
 }
+
+#[test]
+fn gateway_requests_through_jetstream_are_stored_then_answered() {
+    let sd = tempfile::tempdir().unwrap();
+    let Some(server) = NatsServer::start(
+        "gateway_jetstream",
+        &["-js", "-sd", sd.path().to_str().unwrap()],
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    script(dir.path(), "echo", "return 'stored ' .. alaskaContext");
+    script(dir.path(), "broken", "return alaska.fail('no pears')");
+    let r = Requester::connect(&server.url);
+    r.create_stream("WORK", &["svc.>"], 1);
+    let mut opts = alaska::gateway::GatewayOptions::new(server.url.as_str(), "127.0.0.1:0");
+    opts.jetstream = true;
+    let g = alaska::gateway::Gateway::start(opts).expect("gateway starts");
+    let deadline = std::time::Instant::now() + T;
+    // Polled: the gateway's connection is a flag, set by the client's event.
+    while !g.is_connected() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gateway never connected"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let base = format!("http://{}", g.local_addr().unwrap());
+    // No stream holds this subject: refused, nothing waits for a reply.
+    let (status, body) = http_post(&format!("{base}/v1/request/other/x?timeout=3000"), b"");
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    // Stored before any worker runs: the work queue keeps it, and the
+    // worker started afterwards answers the waiting HTTP request.
+    let base2 = base.clone();
+    let waiting = std::thread::spawn(move || {
+        http_post(
+            &format!("{base2}/v1/request/svc/echo?timeout=20000"),
+            b"early",
+        )
+    });
+    let stored = std::time::Instant::now() + T;
+    // Polled: the stream's message count is where "stored" shows.
+    while r.stream_messages("WORK") < 1 {
+        assert!(
+            std::time::Instant::now() < stored,
+            "the request was never stored"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _w = js_worker(
+        &server.url,
+        dir.path(),
+        Duration::from_secs(5),
+        5,
+        |_, _| {},
+    );
+    let (status, body) = waiting.join().unwrap();
+    assert_eq!((status, body.as_slice()), (200, b"stored early".as_slice()));
+    let (status, body) = http_post(&format!("{base}/v1/request/svc/broken"), b"");
+    assert_eq!(status, 502);
+    assert!(String::from_utf8_lossy(&body).contains("no pears"));
+    g.stop();
+}
