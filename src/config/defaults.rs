@@ -84,6 +84,7 @@ pub const GATEWAY_DEFAULTS: &[(&str, &str)] = &[
     ("gateway/broker/balance", "priority"),
     ("gateway/broker/address", ""),
     ("gateway/broker/timeout", "1000"),
+    ("gateway/broker/jetstream", "0"),
     ("gateway/request/timeout", "5s"),
     ("gateway/request/max_timeout", "60s"),
     ("gateway/request/max_waiting", "1024"),

@@ -598,13 +598,16 @@ fn plain_credentials_from_the_environment() {
         ],
     );
     let deadline = Instant::now() + WAIT;
+    let mut seen = String::new();
     loop {
         let line = lines
             .recv_deadline(deadline)
-            .expect("an authentication error");
+            .unwrap_or_else(|e| panic!("an authentication error ({e}); the gateway said:\n{seen}"));
         if line.contains("refused authentication") {
             break;
         }
+        seen.push_str(&line);
+        seen.push('\n');
     }
     assert_eq!(
         get(&a, &format!("http://{addr}/health")),
