@@ -143,15 +143,7 @@ fn carry_out(client: &async_nats::Client, jetstream: bool, c: Command) {
                 let to = format!("{service}.{subject}");
                 let r = tokio::time::timeout(timeout, client.request(to, body.into())).await;
                 let response = match r {
-                    Ok(Ok(m)) => match m.headers.as_ref().and_then(|h| h.get("Nats-Service-Error"))
-                    {
-                        Some(_) => {
-                            HttpResponse::new(502, "text/plain; charset=utf-8", m.payload.to_vec())
-                        }
-                        None => {
-                            HttpResponse::new(200, "application/octet-stream", m.payload.to_vec())
-                        }
-                    },
+                    Ok(Ok(m)) => reply_response(&m),
                     Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
                         HttpResponse::text(503, &format!("no worker serves {service}/{subject}"))
                     }
@@ -211,11 +203,17 @@ async fn through_jetstream(
         return HttpResponse::text(503, &format!("no JetStream stream stored {to}: {e}"));
     }
     match tokio::time::timeout(timeout, sub.next()).await {
-        Ok(Some(m)) => match m.headers.as_ref().and_then(|h| h.get("Nats-Service-Error")) {
-            Some(_) => HttpResponse::new(502, "text/plain; charset=utf-8", m.payload.to_vec()),
-            None => HttpResponse::new(200, "application/octet-stream", m.payload.to_vec()),
-        },
+        Ok(Some(m)) => reply_response(&m),
         _ => HttpResponse::text(504, "stored, but no reply in time"),
+    }
+}
+
+/// A worker's reply as the HTTP answer: `502` with the text for an error
+/// reply (NATS micro's error header), else `200` with the payload.
+fn reply_response(m: &async_nats::Message) -> HttpResponse {
+    match m.headers.as_ref().and_then(|h| h.get("Nats-Service-Error")) {
+        Some(_) => HttpResponse::new(502, "text/plain; charset=utf-8", m.payload.to_vec()),
+        None => HttpResponse::new(200, "application/octet-stream", m.payload.to_vec()),
     }
 }
 
