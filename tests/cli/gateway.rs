@@ -546,13 +546,25 @@ fn spawn_gateway(
             let _ = line_tx.send(line);
         }
     });
+    // The lines before the serving line are kept for the caller: the relay
+    // thread may log (a refused handshake, say) before the main thread
+    // says it serves, and a test waiting for that line must still see it.
+    let (keep_tx, keep_rx) = crossbeam_channel::unbounded::<String>();
     let addr = loop {
         let line = line_rx.recv_timeout(WAIT).expect("a serving line");
         if let Some(rest) = line.split("serving http://").nth(1) {
             break rest.split_whitespace().next().unwrap().to_string();
         }
+        let _ = keep_tx.send(line);
     };
-    (child, addr, line_rx)
+    std::thread::spawn(move || {
+        for line in line_rx {
+            if keep_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, addr, keep_rx)
 }
 
 /// Stops the binary with SIGTERM and returns its exit status.
